@@ -1,0 +1,27 @@
+//! Compactor's intermediate representation of ONNX models.
+//!
+//! - [`Model`] / [`Graph`]: an arena of nodes and values with typed ids ([`NodeId`], [`ValueId`]);
+//!   subgraphs are [`Region`]s of the same arena.
+//! - [`Tensor`]: shared, lazily loaded, zero-copy weights.
+//! - Reading and writing ONNX ([`Model::load`], [`Model::save_with`]) without loss.
+
+pub mod dtype;
+pub mod error;
+pub mod graph;
+pub mod model;
+pub mod onnx;
+pub mod tensor;
+pub mod types;
+
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+pub use dtype::DataType;
+pub use error::{IrError, Origin, Result};
+pub use graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, Use, UseMap, Value, ValueDef, ValueId};
+pub use model::Model;
+pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport};
+pub use tensor::Tensor;
+pub use types::{Dim, Shape, TypeKind, ValueType};

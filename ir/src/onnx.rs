@@ -1,0 +1,842 @@
+//! Reading ONNX files into the IR and writing the IR back, losslessly.
+//!
+//! Reading maps the file and decodes it with prost into `Bytes` that slice the map, so
+//! tensor data is never copied; external data files are checked at load time and mapped
+//! on first use. Writing goes to a temporary file in the target directory that is renamed
+//! over the target only once everything is written.
+
+use crate::dtype::DataType;
+use crate::error::{IrError, Origin, Result};
+use crate::graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, SparseTensor, Value, ValueDef, ValueId, constant_node_tensor};
+use crate::model::Model;
+use crate::proto::{self, type_proto, tensor_shape_proto};
+use crate::tensor::{ExternalFile, ExternalSource, Tensor, parse_external_entries};
+use crate::types::{Dim, Shape, TypeKind, ValueType};
+use bytes::Bytes;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// Options for reading a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Turn `Constant` nodes into initializers of their graph.
+    pub lift_constants: bool,
+}
+
+/// Where tensor data goes when a model is written.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum ExternalDataPolicy {
+    /// Tensors read from external files go back to files of the same `location` (next to the
+    /// output) at the same offsets; every other tensor is written inline.
+    #[default]
+    Preserve,
+    /// Every tensor inline.
+    Inline,
+    /// Tensors of at least `min_bytes` go to the side file `location` (relative to the output's
+    /// directory), each at a 4 KiB-aligned offset; the rest inline.
+    Threshold { min_bytes: u64, location: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct SaveOptions {
+    pub external_data: ExternalDataPolicy,
+    /// fsync files before renaming them into place (durability on power loss; atomicity against
+    /// a failed or killed process comes from the rename alone).
+    pub sync: bool,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions { external_data: ExternalDataPolicy::Preserve, sync: false }
+    }
+}
+
+/// What a save wrote.
+#[derive(Clone, Debug, Default)]
+pub struct SaveReport {
+    pub model_bytes: u64,
+    /// External data files written, with their sizes.
+    pub external_files: Vec<(PathBuf, u64)>,
+}
+
+const PROTOBUF_LIMIT: u64 = i32::MAX as u64;
+const EXTERNAL_ALIGNMENT: u64 = 4096;
+
+impl Model {
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        let origin = Origin::File(path.to_path_buf());
+        let read_err = |source| IrError::Read { origin: origin.clone(), source };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if meta.is_dir() {
+            return Err(IrError::NotOnnx { origin, reason: "is a directory".into() });
+        }
+        if meta.len() == 0 {
+            return Err(IrError::NotOnnx { origin, reason: "the file is empty".into() });
+        }
+        // SAFETY: read-only map; tensors slice it. Like every mmap loader, we rely on the file not
+        // being truncated while the model is in use.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
+        let base_dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+        decode(Bytes::from_owner(map), origin, base_dir, options)
+    }
+
+    /// Reads a model from bytes; `base_dir` resolves external data (none allowed without it).
+    pub fn from_bytes(bytes: Bytes, base_dir: Option<&Path>, options: &LoadOptions) -> Result<Model> {
+        decode(bytes, Origin::Memory, base_dir, options)
+    }
+
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<SaveReport> {
+        self.save_with(path, &SaveOptions::default())
+    }
+
+    /// Writes the model (and its external data files) atomically: each file is written to a
+    /// temporary file beside it and renamed into place only when complete.
+    pub fn save_with(&self, path: impl AsRef<Path>, options: &SaveOptions) -> Result<SaveReport> {
+        let path = path.as_ref();
+        let write_err = |source| IrError::Write { path: path.to_path_buf(), source };
+        let mut writer = Writer::new(options.external_data.clone());
+        let proto = writer.model(self)?;
+        let len = proto.encoded_len() as u64;
+        if len > PROTOBUF_LIMIT {
+            return Err(IrError::TooLargeForProtobuf { path: path.to_path_buf(), bytes: len });
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut report = SaveReport { model_bytes: len, external_files: Vec::new() };
+        let mut pending = Vec::new();
+        for (location, file) in &writer.external_files {
+            let target = dir.join(location);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| IrError::Write { path: target.clone(), source })?;
+            }
+            let tmp = write_temp(&target, options.sync, |out| file.write_to(out))
+                .map_err(|source| IrError::Write { path: target.clone(), source })?;
+            report.external_files.push((target.clone(), file.len));
+            pending.push((tmp, target));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        proto.encode(&mut buf).expect("a Vec grows as needed");
+        let model_tmp = write_temp(path, options.sync, |out| std::io::Write::write_all(out, &buf)).map_err(write_err)?;
+        // Data files first, so the model never points at data that is not there yet.
+        for (tmp, target) in pending {
+            tmp.persist(&target).map_err(|e| IrError::Write { path: target.clone(), source: e.error })?;
+        }
+        model_tmp.persist(path).map_err(|e| write_err(e.error))?;
+        Ok(report)
+    }
+
+    /// The model as a `ModelProto` with every tensor inline.
+    pub fn to_proto(&self) -> Result<proto::ModelProto> {
+        Writer::new(ExternalDataPolicy::Inline).model(self)
+    }
+
+    /// The model serialized with every tensor inline (for handing to a runtime).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        Ok(self.to_proto()?.encode_to_vec())
+    }
+}
+
+fn write_temp(target: &Path, sync: bool, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{file_name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(dir)?;
+    fill(tmp.as_file_mut())?;
+    if sync {
+        tmp.as_file().sync_all()?;
+    }
+    Ok(tmp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+fn decode(bytes: Bytes, origin: Origin, base_dir: Option<&Path>, options: &LoadOptions) -> Result<Model> {
+    if bytes.is_empty() {
+        return Err(IrError::NotOnnx { origin, reason: "the file is empty".into() });
+    }
+    let proto = proto::ModelProto::decode(bytes).map_err(|e| IrError::NotOnnx {
+        origin: origin.clone(),
+        reason: format!("protobuf decoding failed ({e}); the file is truncated or is not an ONNX model"),
+    })?;
+    let Some(graph) = proto.graph else {
+        return Err(IrError::NotOnnx { origin, reason: "it has no graph (a protobuf message, but not an ONNX ModelProto)".into() });
+    };
+    let mut reader = Reader { origin: origin.clone(), base_dir, external_files: HashMap::new(), graph: Graph::default(), errors: Vec::new() };
+    let mut scopes = Vec::new();
+    reader.region(graph, None, &mut scopes)?;
+    if !reader.errors.is_empty() {
+        let count = reader.errors.len();
+        let mut reason = reader.errors.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        if count > 10 {
+            reason.push_str(&format!("; and {} more", count - 10));
+        }
+        return Err(IrError::Structure { origin, location: "graph".into(), reason });
+    }
+    let mut model = Model {
+        ir_version: proto.ir_version,
+        opset_import: proto.opset_import,
+        producer_name: proto.producer_name,
+        producer_version: proto.producer_version,
+        domain: proto.domain,
+        model_version: proto.model_version,
+        doc_string: proto.doc_string,
+        graph: reader.graph,
+        metadata_props: proto.metadata_props,
+        training_info: proto.training_info,
+        functions: proto.functions,
+        configuration: proto.configuration,
+        origin,
+    };
+    if options.lift_constants {
+        lift_constants(&mut model.graph);
+    }
+    Ok(model)
+}
+
+struct Reader<'a> {
+    origin: Origin,
+    base_dir: Option<&'a Path>,
+    external_files: HashMap<PathBuf, Arc<ExternalFile>>,
+    graph: Graph,
+    /// Unresolved references, reported together.
+    errors: Vec<String>,
+}
+
+type Scope = HashMap<String, ValueId>;
+
+impl Reader<'_> {
+    fn structure(&self, location: String, reason: String) -> IrError {
+        IrError::Structure { origin: self.origin.clone(), location, reason }
+    }
+
+    fn tensor(&mut self, proto: proto::TensorProto) -> Result<Tensor> {
+        let name = proto.name.clone().unwrap_or_default();
+        let external = if proto.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
+            Some(self.external_source(&proto, &name)?)
+        } else {
+            None
+        };
+        Tensor::from_proto(proto, external).map_err(|e| match e {
+            IrError::TensorData { tensor, reason } => IrError::Tensor { origin: self.origin.clone(), tensor, reason },
+            other => other,
+        })
+    }
+
+    fn external_source(&mut self, proto: &proto::TensorProto, name: &str) -> Result<ExternalSource> {
+        let tensor_err = |reason: String| IrError::Tensor { origin: self.origin.clone(), tensor: name.to_string(), reason };
+        let (location, offset, length) = parse_external_entries(&proto.external_data).map_err(tensor_err)?;
+        let ext_err = |file: PathBuf, reason: String| IrError::ExternalData { origin: self.origin.clone(), tensor: name.to_string(), file, reason };
+        let relative = Path::new(&location);
+        if relative.is_absolute() || relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(ext_err(relative.to_path_buf(), "must be a relative path inside the model's directory".into()));
+        }
+        let Some(base) = self.base_dir else {
+            return Err(ext_err(relative.to_path_buf(), "cannot be resolved: the model was not read from a file".into()));
+        };
+        let path = base.join(relative);
+        let file = match self.external_files.get(&path) {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(ExternalFile::open(path.clone()).map_err(|e| {
+                    let reason = if e.kind() == std::io::ErrorKind::NotFound { "does not exist".to_string() } else { format!("cannot be read: {e}") };
+                    ext_err(path.clone(), reason)
+                })?);
+                self.external_files.insert(path.clone(), f.clone());
+                f
+            }
+        };
+        let length = match length {
+            Some(l) => l,
+            None => {
+                let count = proto.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(u64::try_from(d).ok()?));
+                let dtype = proto.data_type.and_then(DataType::from_code);
+                count.zip(dtype).and_then(|(c, t)| t.storage_bytes(c)).ok_or_else(|| tensor_err("external data without 'length' and with no computable size".into()))?
+            }
+        };
+        match offset.checked_add(length) {
+            Some(end) if end <= file.len() => Ok(ExternalSource::new(location, offset, length, file)),
+            _ => Err(ext_err(path, format!("holds {} bytes, but the tensor needs bytes [{offset}, {offset}+{length})", file.len()))),
+        }
+    }
+
+    fn sparse(&mut self, proto: proto::SparseTensorProto) -> Result<SparseTensor> {
+        Ok(SparseTensor {
+            values: proto.values.map(|t| self.tensor(t)).transpose()?,
+            indices: proto.indices.map(|t| self.tensor(t)).transpose()?,
+            dims: proto.dims,
+        })
+    }
+
+    fn value_type(&self, ty: Option<proto::TypeProto>, name: &str) -> Result<Option<ValueType>> {
+        ty.map(|t| type_from_proto(t).map_err(|reason| self.structure(format!("value '{name}'"), reason))).transpose()
+    }
+
+    fn new_value(&mut self, name: String, def: ValueDef, region: RegionId) -> ValueId {
+        self.graph.add_value(Value { name, ty: None, doc_string: None, metadata_props: Vec::new(), def, region, initializer: None, sparse_initializer: None })
+    }
+
+    fn define(&self, scope: &mut Scope, name: &str, id: ValueId, what: &str) -> Result<()> {
+        if let Some(prev) = scope.insert(name.to_string(), id) {
+            let before = describe_def(&self.graph, prev);
+            return Err(self.structure(format!("value '{name}'"), format!("defined twice: by {before} and by {what} (ONNX graphs must be in SSA form)")));
+        }
+        Ok(())
+    }
+
+    fn region(&mut self, gp: proto::GraphProto, owner: Option<NodeId>, scopes: &mut Vec<Scope>) -> Result<RegionId> {
+        let rid = self.graph.add_region(Region {
+            name: gp.name,
+            doc_string: gp.doc_string,
+            quantization_annotation: gp.quantization_annotation,
+            metadata_props: gp.metadata_props,
+            owner,
+            ..Default::default()
+        });
+        let graph_label = self.graph.region(rid).name.clone().unwrap_or_default();
+        let mut scope = Scope::new();
+        for vi in gp.input {
+            let name = vi.name.unwrap_or_default();
+            let ty = self.value_type(vi.r#type, &name)?;
+            let id = self.new_value(name.clone(), ValueDef::Input, rid);
+            let v = self.graph.value_mut(id);
+            (v.ty, v.doc_string, v.metadata_props) = (ty, vi.doc_string, vi.metadata_props);
+            self.define(&mut scope, &name, id, "a graph input")?;
+            self.graph.region_mut(rid).inputs.push(id);
+        }
+        for tp in gp.initializer {
+            let name = tp.name.clone().unwrap_or_default();
+            let tensor = self.tensor(tp)?;
+            let id = match scope.get(&name) {
+                // IR < 4: an initializer named like an input is that input's default value.
+                Some(&id) if self.graph.value(id).def == ValueDef::Input && self.graph.value(id).initializer.is_none() => id,
+                _ => {
+                    let id = self.new_value(name.clone(), ValueDef::Initializer, rid);
+                    self.graph.value_mut(id).ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
+                    self.define(&mut scope, &name, id, "an initializer")?;
+                    id
+                }
+            };
+            self.graph.value_mut(id).initializer = Some(tensor);
+            self.graph.region_mut(rid).initializers.push(id);
+        }
+        for sp in gp.sparse_initializer {
+            let sparse = self.sparse(sp)?;
+            let name = sparse.values.as_ref().and_then(|t| t.proto_name()).unwrap_or_default().to_string();
+            let id = self.new_value(name.clone(), ValueDef::SparseInitializer, rid);
+            if let Some(values) = &sparse.values {
+                let shape = Shape::known(&sparse.dims);
+                self.graph.value_mut(id).ty = Some(ValueType::tensor(values.dtype(), Some(shape)));
+            }
+            self.graph.value_mut(id).sparse_initializer = Some(sparse);
+            self.define(&mut scope, &name, id, "a sparse initializer")?;
+            self.graph.region_mut(rid).sparse_initializers.push(id);
+        }
+        // Every node's outputs are defined before any input is resolved: ONNX files are not
+        // always topologically sorted, and subgraphs may capture values defined later.
+        let mut pending = Vec::with_capacity(gp.node.len());
+        for np in gp.node {
+            let id = self.graph.add_node_detached(Node {
+                op_type: np.op_type.clone().unwrap_or_default(),
+                domain: np.domain.clone(),
+                name: np.name.clone(),
+                overload: np.overload.clone(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                attributes: Vec::new(),
+                doc_string: np.doc_string.clone(),
+                metadata_props: np.metadata_props.clone(),
+                device_configurations: np.device_configurations.clone(),
+                region: rid,
+            });
+            let mut outputs = Vec::with_capacity(np.output.len());
+            for (k, out) in np.output.iter().enumerate() {
+                if out.is_empty() {
+                    outputs.push(None);
+                    continue;
+                }
+                let vid = self.new_value(out.clone(), ValueDef::Node { node: id, output: k as u32 }, rid);
+                let what = self.graph.node(id).label(id);
+                self.define(&mut scope, out, vid, &what)?;
+                outputs.push(Some(vid));
+            }
+            self.graph.node_mut(id).outputs = outputs;
+            self.graph.region_mut(rid).nodes.push(id);
+            pending.push((id, np));
+        }
+        scopes.push(scope);
+        let result = self.region_body(rid, &graph_label, pending, gp.output, gp.value_info, scopes);
+        scopes.pop();
+        result.map(|_| rid)
+    }
+
+    fn region_body(
+        &mut self,
+        rid: RegionId,
+        graph_label: &str,
+        pending: Vec<(NodeId, proto::NodeProto)>,
+        outputs: Vec<proto::ValueInfoProto>,
+        value_info: Vec<proto::ValueInfoProto>,
+        scopes: &mut Vec<Scope>,
+    ) -> Result<()> {
+        for (id, np) in pending {
+            let mut inputs = Vec::with_capacity(np.input.len());
+            for name in &np.input {
+                if name.is_empty() {
+                    inputs.push(None);
+                } else if let Some(v) = resolve(scopes, name) {
+                    inputs.push(Some(v));
+                } else {
+                    let label = self.graph.node(id).label(id);
+                    self.errors.push(format!("{label}: input '{name}' is not defined in graph '{graph_label}' or an enclosing graph"));
+                    inputs.push(None);
+                }
+            }
+            self.graph.node_mut(id).inputs = inputs;
+            let mut attributes = Vec::with_capacity(np.attribute.len());
+            for ap in np.attribute {
+                attributes.push(self.attribute(ap, id, scopes)?);
+            }
+            self.graph.node_mut(id).attributes = attributes;
+        }
+        for vi in outputs {
+            let name = vi.name.unwrap_or_default();
+            let ty = self.value_type(vi.r#type, &name)?;
+            let Some(id) = resolve(scopes, &name) else {
+                self.errors.push(format!("graph '{graph_label}': output '{name}' is not defined"));
+                continue;
+            };
+            let v = self.graph.value_mut(id);
+            (v.ty, v.doc_string, v.metadata_props) = (ty, vi.doc_string, vi.metadata_props);
+            self.graph.region_mut(rid).outputs.push(id);
+        }
+        for vi in value_info {
+            let name = vi.name.unwrap_or_default();
+            let ty = self.value_type(vi.r#type, &name)?;
+            let id = match resolve(scopes, &name) {
+                Some(id) => id,
+                None => self.new_value(name, ValueDef::Annotation, rid),
+            };
+            let v = self.graph.value_mut(id);
+            (v.ty, v.doc_string, v.metadata_props) = (ty, vi.doc_string, vi.metadata_props);
+            self.graph.region_mut(rid).value_info.push(id);
+        }
+        Ok(())
+    }
+
+    fn attribute(&mut self, ap: proto::AttributeProto, node: NodeId, scopes: &mut Vec<Scope>) -> Result<Attribute> {
+        use proto::attribute_proto::AttributeType as T;
+        let name = ap.name.clone().unwrap_or_default();
+        let kind = match ap.r#type {
+            Some(code) => T::try_from(code).map_err(|_| {
+                let label = self.graph.node(node).label(node);
+                self.structure(label, format!("attribute '{name}' has unknown type {code}"))
+            })?,
+            None => infer_attr_type(&ap),
+        };
+        let value = match kind {
+            T::Float => AttrValue::Float(ap.f.unwrap_or_default()),
+            T::Int => AttrValue::Int(ap.i.unwrap_or_default()),
+            T::String => AttrValue::String(ap.s.unwrap_or_default()),
+            T::Tensor => match ap.t {
+                Some(t) => AttrValue::Tensor(self.tensor(t)?),
+                None => AttrValue::Undefined,
+            },
+            T::Graph => match ap.g {
+                Some(g) => AttrValue::Graph(self.region(g, Some(node), scopes)?),
+                None => AttrValue::Undefined,
+            },
+            T::SparseTensor => match ap.sparse_tensor {
+                Some(s) => AttrValue::SparseTensor(self.sparse(s)?),
+                None => AttrValue::Undefined,
+            },
+            T::TypeProto => match ap.tp {
+                Some(tp) => AttrValue::Type(self.value_type(Some(tp), &name)?.expect("given Some")),
+                None => AttrValue::Undefined,
+            },
+            T::Floats => AttrValue::Floats(ap.floats),
+            T::Ints => AttrValue::Ints(ap.ints),
+            T::Strings => AttrValue::Strings(ap.strings),
+            T::Tensors => AttrValue::Tensors(ap.tensors.into_iter().map(|t| self.tensor(t)).collect::<Result<_>>()?),
+            T::Graphs => AttrValue::Graphs(ap.graphs.into_iter().map(|g| self.region(g, Some(node), scopes)).collect::<Result<_>>()?),
+            T::SparseTensors => AttrValue::SparseTensors(ap.sparse_tensors.into_iter().map(|s| self.sparse(s)).collect::<Result<_>>()?),
+            T::TypeProtos => AttrValue::Types(
+                ap.type_protos.into_iter().map(|tp| Ok(self.value_type(Some(tp), &name)?.expect("given Some"))).collect::<Result<_>>()?,
+            ),
+            T::Undefined => AttrValue::Undefined,
+        };
+        Ok(Attribute { name, value, ref_attr_name: ap.ref_attr_name, doc_string: ap.doc_string, proto_type: ap.r#type })
+    }
+}
+
+fn resolve(scopes: &[Scope], name: &str) -> Option<ValueId> {
+    scopes.iter().rev().find_map(|s| s.get(name).copied())
+}
+
+fn describe_def(graph: &Graph, id: ValueId) -> String {
+    match graph.value(id).def {
+        ValueDef::Input => "a graph input".into(),
+        ValueDef::Initializer => "an initializer".into(),
+        ValueDef::SparseInitializer => "a sparse initializer".into(),
+        ValueDef::Node { node, .. } => graph.node(node).label(node),
+        ValueDef::Annotation => "a value_info entry".into(),
+    }
+}
+
+/// The kind of an attribute whose `type` field is unset, from the field that holds a value.
+fn infer_attr_type(ap: &proto::AttributeProto) -> proto::attribute_proto::AttributeType {
+    use proto::attribute_proto::AttributeType as T;
+    if ap.f.is_some() {
+        T::Float
+    } else if ap.i.is_some() {
+        T::Int
+    } else if ap.s.is_some() {
+        T::String
+    } else if ap.t.is_some() {
+        T::Tensor
+    } else if ap.g.is_some() {
+        T::Graph
+    } else if ap.sparse_tensor.is_some() {
+        T::SparseTensor
+    } else if ap.tp.is_some() {
+        T::TypeProto
+    } else if !ap.floats.is_empty() {
+        T::Floats
+    } else if !ap.ints.is_empty() {
+        T::Ints
+    } else if !ap.strings.is_empty() {
+        T::Strings
+    } else if !ap.tensors.is_empty() {
+        T::Tensors
+    } else if !ap.graphs.is_empty() {
+        T::Graphs
+    } else if !ap.sparse_tensors.is_empty() {
+        T::SparseTensors
+    } else if !ap.type_protos.is_empty() {
+        T::TypeProtos
+    } else {
+        T::Undefined
+    }
+}
+
+fn dtype_from_code(code: Option<i32>) -> Result<Option<DataType>, String> {
+    code.map(|c| DataType::from_code(c).ok_or_else(|| format!("unknown data type {c}"))).transpose()
+}
+
+fn shape_from_proto(shape: proto::TensorShapeProto) -> Shape {
+    let has_denotations = shape.dim.iter().any(|d| d.denotation.is_some());
+    let mut denotations = Vec::new();
+    let dims = shape
+        .dim
+        .into_iter()
+        .map(|d| {
+            if has_denotations {
+                denotations.push(d.denotation);
+            }
+            match d.value {
+                Some(tensor_shape_proto::dimension::Value::DimValue(v)) => Dim::Known(v),
+                Some(tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Sym(p),
+                None => Dim::Unknown,
+            }
+        })
+        .collect();
+    Shape { dims, denotations }
+}
+
+pub(crate) fn type_from_proto(tp: proto::TypeProto) -> Result<ValueType, String> {
+    let sub = |t: Option<Box<proto::TypeProto>>| -> Result<Option<Box<ValueType>>, String> { t.map(|t| type_from_proto(*t).map(Box::new)).transpose() };
+    let kind = match tp.value {
+        None => TypeKind::Unset,
+        Some(type_proto::Value::TensorType(t)) => TypeKind::Tensor { elem: dtype_from_code(t.elem_type)?, shape: t.shape.map(shape_from_proto) },
+        Some(type_proto::Value::SparseTensorType(t)) => TypeKind::SparseTensor { elem: dtype_from_code(t.elem_type)?, shape: t.shape.map(shape_from_proto) },
+        Some(type_proto::Value::SequenceType(s)) => TypeKind::Sequence(sub(s.elem_type)?),
+        Some(type_proto::Value::OptionalType(o)) => TypeKind::Optional(sub(o.elem_type)?),
+        Some(type_proto::Value::MapType(m)) => TypeKind::Map { key: dtype_from_code(m.key_type)?, value: sub(m.value_type)? },
+        Some(type_proto::Value::OpaqueType(o)) => TypeKind::Opaque { domain: o.domain, name: o.name },
+    };
+    Ok(ValueType { kind, denotation: tp.denotation })
+}
+
+/// Turns `Constant` nodes that hold one tensor into initializers of their region.
+pub fn lift_constants(graph: &mut Graph) -> usize {
+    let mut lifted = 0;
+    for id in graph.all_nodes() {
+        let node = graph.node(id);
+        if !node.is("Constant") || node.outputs.len() != 1 {
+            continue;
+        }
+        let (Some(out), Some(tensor)) = (node.output(0), constant_node_tensor(node)) else { continue };
+        let region = node.region;
+        graph.remove_node(id);
+        let v = graph.value_mut(out);
+        v.def = ValueDef::Initializer;
+        v.initializer = Some(tensor.with_name(None));
+        if v.ty.is_none() {
+            v.ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
+        }
+        graph.region_mut(region).initializers.push(out);
+        lifted += 1;
+    }
+    lifted
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// An external data file being assembled: chunks at offsets.
+#[derive(Default)]
+struct ExternalFileBuilder {
+    chunks: BTreeMap<u64, Bytes>,
+    len: u64,
+}
+
+impl ExternalFileBuilder {
+    fn write_to(&self, out: &mut std::fs::File) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut pos = 0u64;
+        for (&offset, data) in &self.chunks {
+            if offset < pos {
+                // Overlapping chunks (tensors that shared storage in the source file): write the rest.
+                let skip = (pos - offset) as usize;
+                if skip < data.len() {
+                    w.write_all(&data[skip..])?;
+                    pos = offset + data.len() as u64;
+                }
+                continue;
+            }
+            std::io::copy(&mut std::io::repeat(0).take(offset - pos), &mut w)?;
+            w.write_all(data)?;
+            pos = offset + data.len() as u64;
+        }
+        std::io::copy(&mut std::io::repeat(0).take(self.len.saturating_sub(pos)), &mut w)?;
+        w.flush()
+    }
+}
+
+use std::io::Read as _;
+
+struct Writer {
+    policy: ExternalDataPolicy,
+    external_files: BTreeMap<String, ExternalFileBuilder>,
+}
+
+impl Writer {
+    fn new(policy: ExternalDataPolicy) -> Self {
+        Writer { policy, external_files: BTreeMap::new() }
+    }
+
+    fn model(&mut self, model: &Model) -> Result<proto::ModelProto> {
+        Ok(proto::ModelProto {
+            ir_version: model.ir_version,
+            opset_import: model.opset_import.clone(),
+            producer_name: model.producer_name.clone(),
+            producer_version: model.producer_version.clone(),
+            domain: model.domain.clone(),
+            model_version: model.model_version,
+            doc_string: model.doc_string.clone(),
+            graph: Some(self.region(&model.graph, Graph::MAIN)?),
+            metadata_props: model.metadata_props.clone(),
+            training_info: model.training_info.clone(),
+            functions: model.functions.clone(),
+            configuration: model.configuration.clone(),
+        })
+    }
+
+    fn tensor(&mut self, tensor: &Tensor, name: Option<String>) -> Result<proto::TensorProto> {
+        let mut p = tensor.proto().clone();
+        if name.is_some() {
+            p.name = name;
+        }
+        let inline = |p: &mut proto::TensorProto| -> Result<()> {
+            if tensor.external().is_some() {
+                p.raw_data = Some(tensor.raw_data()?);
+                p.data_location = None;
+                p.external_data.clear();
+            }
+            Ok(())
+        };
+        match self.policy.clone() {
+            ExternalDataPolicy::Inline => inline(&mut p)?,
+            ExternalDataPolicy::Preserve => {
+                if let Some(ext) = tensor.external() {
+                    let data = tensor.raw_data()?;
+                    let file = self.external_files.entry(ext.location.clone()).or_default();
+                    file.len = file.len.max(ext.offset + ext.length);
+                    file.chunks.insert(ext.offset, data);
+                }
+            }
+            ExternalDataPolicy::Threshold { min_bytes, location } => {
+                if tensor.dtype() != DataType::String && tensor.data_bytes() >= min_bytes {
+                    let data = tensor.raw_data()?;
+                    let file = self.external_files.entry(location.clone()).or_default();
+                    let offset = file.len.next_multiple_of(EXTERNAL_ALIGNMENT);
+                    file.len = offset + data.len() as u64;
+                    let length = data.len() as u64;
+                    file.chunks.insert(offset, data);
+                    p.raw_data = None;
+                    (p.float_data, p.int32_data, p.int64_data, p.double_data, p.uint64_data) = Default::default();
+                    p.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
+                    let entry = |k: &str, v: String| proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+                    p.external_data = vec![entry("location", location), entry("offset", offset.to_string()), entry("length", length.to_string())];
+                } else {
+                    inline(&mut p)?;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn sparse(&mut self, s: &SparseTensor) -> Result<proto::SparseTensorProto> {
+        Ok(proto::SparseTensorProto {
+            values: s.values.as_ref().map(|t| self.tensor(t, None)).transpose()?,
+            indices: s.indices.as_ref().map(|t| self.tensor(t, None)).transpose()?,
+            dims: s.dims.clone(),
+        })
+    }
+
+    fn value_info(&self, graph: &Graph, id: ValueId) -> proto::ValueInfoProto {
+        let v = graph.value(id);
+        proto::ValueInfoProto {
+            name: Some(v.name.clone()),
+            r#type: v.ty.as_ref().map(type_to_proto),
+            doc_string: v.doc_string.clone(),
+            metadata_props: v.metadata_props.clone(),
+        }
+    }
+
+    fn region(&mut self, graph: &Graph, rid: RegionId) -> Result<proto::GraphProto> {
+        let region = graph.region(rid);
+        let name_of = |v: &Option<ValueId>| v.map(|v| graph.value(v).name.clone()).unwrap_or_default();
+        let mut nodes = Vec::with_capacity(region.nodes.len());
+        for &nid in &region.nodes {
+            let n = graph.node(nid);
+            let mut attribute = Vec::with_capacity(n.attributes.len());
+            for a in &n.attributes {
+                attribute.push(self.attribute(graph, a)?);
+            }
+            nodes.push(proto::NodeProto {
+                input: n.inputs.iter().map(name_of).collect(),
+                output: n.outputs.iter().map(name_of).collect(),
+                name: n.name.clone(),
+                op_type: Some(n.op_type.clone()),
+                domain: n.domain.clone(),
+                overload: n.overload.clone(),
+                attribute,
+                doc_string: n.doc_string.clone(),
+                metadata_props: n.metadata_props.clone(),
+                device_configurations: n.device_configurations.clone(),
+            });
+        }
+        let mut initializer = Vec::with_capacity(region.initializers.len());
+        for &v in &region.initializers {
+            let value = graph.value(v);
+            let tensor = value.initializer.as_ref().ok_or_else(|| IrError::TensorData { tensor: value.name.clone(), reason: "listed as an initializer but holds no tensor".into() })?;
+            initializer.push(self.tensor(tensor, Some(value.name.clone()))?);
+        }
+        let mut sparse_initializer = Vec::with_capacity(region.sparse_initializers.len());
+        for &v in &region.sparse_initializers {
+            let value = graph.value(v);
+            let sparse = value.sparse_initializer.as_ref().ok_or_else(|| IrError::TensorData { tensor: value.name.clone(), reason: "listed as a sparse initializer but holds none".into() })?;
+            let mut p = self.sparse(sparse)?;
+            if let Some(values) = p.values.as_mut() {
+                values.name = Some(value.name.clone());
+            }
+            sparse_initializer.push(p);
+        }
+        Ok(proto::GraphProto {
+            node: nodes,
+            name: region.name.clone(),
+            initializer,
+            sparse_initializer,
+            doc_string: region.doc_string.clone(),
+            input: region.inputs.iter().map(|&v| self.value_info(graph, v)).collect(),
+            output: region.outputs.iter().map(|&v| self.value_info(graph, v)).collect(),
+            value_info: region.value_info.iter().map(|&v| self.value_info(graph, v)).collect(),
+            quantization_annotation: region.quantization_annotation.clone(),
+            metadata_props: region.metadata_props.clone(),
+        })
+    }
+
+    fn attribute(&mut self, graph: &Graph, a: &Attribute) -> Result<proto::AttributeProto> {
+        let mut p = proto::AttributeProto {
+            name: Some(a.name.clone()),
+            ref_attr_name: a.ref_attr_name.clone(),
+            doc_string: a.doc_string.clone(),
+            r#type: a.proto_type,
+            ..Default::default()
+        };
+        match &a.value {
+            AttrValue::Float(f) => p.f = Some(*f),
+            AttrValue::Int(i) => p.i = Some(*i),
+            AttrValue::String(s) => p.s = Some(s.clone()),
+            AttrValue::Tensor(t) => p.t = Some(self.tensor(t, None)?),
+            AttrValue::Graph(r) => p.g = Some(self.region(graph, *r)?),
+            AttrValue::SparseTensor(s) => p.sparse_tensor = Some(self.sparse(s)?),
+            AttrValue::Type(t) => p.tp = Some(type_to_proto(t)),
+            AttrValue::Floats(v) => p.floats = v.clone(),
+            AttrValue::Ints(v) => p.ints = v.clone(),
+            AttrValue::Strings(v) => p.strings = v.clone(),
+            AttrValue::Tensors(v) => p.tensors = v.iter().map(|t| self.tensor(t, None)).collect::<Result<_>>()?,
+            AttrValue::Graphs(v) => p.graphs = v.iter().map(|r| self.region(graph, *r)).collect::<Result<_>>()?,
+            AttrValue::SparseTensors(v) => p.sparse_tensors = v.iter().map(|s| self.sparse(s)).collect::<Result<_>>()?,
+            AttrValue::Types(v) => p.type_protos = v.iter().map(type_to_proto).collect(),
+            AttrValue::Undefined => {}
+        }
+        Ok(p)
+    }
+}
+
+fn shape_to_proto(shape: &Shape) -> proto::TensorShapeProto {
+    proto::TensorShapeProto {
+        dim: shape
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| proto::tensor_shape_proto::Dimension {
+                value: match d {
+                    Dim::Known(v) => Some(tensor_shape_proto::dimension::Value::DimValue(*v)),
+                    Dim::Sym(s) => Some(tensor_shape_proto::dimension::Value::DimParam(s.clone())),
+                    Dim::Unknown => None,
+                },
+                denotation: shape.denotations.get(i).cloned().flatten(),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn type_to_proto(t: &ValueType) -> proto::TypeProto {
+    let sub = |t: &Option<Box<ValueType>>| t.as_ref().map(|t| Box::new(type_to_proto(t)));
+    let value = match &t.kind {
+        TypeKind::Unset => None,
+        TypeKind::Tensor { elem, shape } => Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: elem.map(DataType::code), shape: shape.as_ref().map(shape_to_proto) })),
+        TypeKind::SparseTensor { elem, shape } => {
+            Some(type_proto::Value::SparseTensorType(type_proto::SparseTensor { elem_type: elem.map(DataType::code), shape: shape.as_ref().map(shape_to_proto) }))
+        }
+        TypeKind::Sequence(e) => Some(type_proto::Value::SequenceType(Box::new(type_proto::Sequence { elem_type: sub(e) }))),
+        TypeKind::Optional(e) => Some(type_proto::Value::OptionalType(Box::new(type_proto::Optional { elem_type: sub(e) }))),
+        TypeKind::Map { key, value } => Some(type_proto::Value::MapType(Box::new(type_proto::Map { key_type: key.map(DataType::code), value_type: sub(value) }))),
+        TypeKind::Opaque { domain, name } => Some(type_proto::Value::OpaqueType(type_proto::Opaque { domain: domain.clone(), name: name.clone() })),
+    };
+    proto::TypeProto { value, denotation: t.denotation.clone() }
+}

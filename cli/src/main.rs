@@ -1,1 +1,46 @@
-fn main() {}
+//! The `compactor` command line.
+//!
+//! Exit codes: 0 success; 1 the command ran but a check failed (verifier problems, error
+//! bounds broken); 2 bad input or a failed operation (unreadable model, bad option, I/O).
+
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "compactor", version, about = "Make ONNX models smaller and faster", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Summarize a model: opsets, inputs and outputs, ops, parameters, largest tensors, external data.
+    Inspect(cmd::inspect::Args),
+}
+
+/// What a command reports back to `main`.
+pub enum Outcome {
+    Success,
+    /// The command ran, but a check failed.
+    CheckFailed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => cmd::inspect::run(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

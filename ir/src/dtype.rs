@@ -5,7 +5,7 @@ use std::fmt;
 /// Every element type of `TensorProto.DataType` (onnx 1.22, IR version 13).
 ///
 /// The discriminants are the ONNX codes, so `dtype as i32` is what goes into a proto.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(i32)]
 pub enum DataType {
     Undefined = 0,
@@ -215,6 +215,12 @@ impl DataType {
         Self::ALL
             .into_iter()
             .find(|t| t.short_name() == name || t.onnx_name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl serde::Serialize for DataType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.short_name())
     }
 }
 

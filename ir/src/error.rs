@@ -20,8 +20,8 @@ impl std::fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IrError {
-    #[error("{origin}: cannot read: {source}")]
-    Read { origin: Origin, source: std::io::Error },
+    #[error("{origin}: cannot read: {error}")]
+    Read { origin: Origin, error: std::io::Error },
 
     #[error("{origin}: not an ONNX model: {reason}")]
     NotOnnx { origin: Origin, reason: String },
@@ -35,8 +35,8 @@ pub enum IrError {
     #[error("{origin}: {location}: {reason}")]
     Structure { origin: Origin, location: String, reason: String },
 
-    #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot write: {error}")]
+    Write { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: the model needs {bytes} bytes inline, over protobuf's 2 GiB limit; save with external data (a size threshold) instead")]
     TooLargeForProtobuf { path: PathBuf, bytes: u64 },

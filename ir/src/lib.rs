@@ -10,8 +10,11 @@ pub mod error;
 pub mod graph;
 pub mod model;
 pub mod onnx;
+pub mod summary;
 pub mod tensor;
+pub mod text;
 pub mod types;
+pub mod verify;
 
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
@@ -25,3 +28,5 @@ pub use model::Model;
 pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport};
 pub use tensor::Tensor;
 pub use types::{Dim, Shape, TypeKind, ValueType};
+pub use verify::{Problem, Problems, verify};
+pub use text::{model_to_text, graph_to_text};

@@ -72,7 +72,7 @@ impl Model {
     pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let path = path.as_ref();
         let origin = Origin::File(path.to_path_buf());
-        let read_err = |source| IrError::Read { origin: origin.clone(), source };
+        let read_err = |error| IrError::Read { origin: origin.clone(), error };
         let file = std::fs::File::open(path).map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
         if meta.is_dir() {
@@ -101,7 +101,7 @@ impl Model {
     /// temporary file beside it and renamed into place only when complete.
     pub fn save_with(&self, path: impl AsRef<Path>, options: &SaveOptions) -> Result<SaveReport> {
         let path = path.as_ref();
-        let write_err = |source| IrError::Write { path: path.to_path_buf(), source };
+        let write_err = |error| IrError::Write { path: path.to_path_buf(), error };
         let mut writer = Writer::new(options.external_data.clone());
         let proto = writer.model(self)?;
         let len = proto.encoded_len() as u64;
@@ -117,10 +117,10 @@ impl Model {
         for (location, file) in &writer.external_files {
             let target = dir.join(location);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| IrError::Write { path: target.clone(), source })?;
+                std::fs::create_dir_all(parent).map_err(|error| IrError::Write { path: target.clone(), error })?;
             }
             let tmp = write_temp(&target, options.sync, |out| file.write_to(out))
-                .map_err(|source| IrError::Write { path: target.clone(), source })?;
+                .map_err(|error| IrError::Write { path: target.clone(), error })?;
             report.external_files.push((target.clone(), file.len));
             pending.push((tmp, target));
         }
@@ -129,7 +129,7 @@ impl Model {
         let model_tmp = write_temp(path, options.sync, |out| std::io::Write::write_all(out, &buf)).map_err(write_err)?;
         // Data files first, so the model never points at data that is not there yet.
         for (tmp, target) in pending {
-            tmp.persist(&target).map_err(|e| IrError::Write { path: target.clone(), source: e.error })?;
+            tmp.persist(&target).map_err(|e| IrError::Write { path: target.clone(), error: e.error })?;
         }
         model_tmp.persist(path).map_err(|e| write_err(e.error))?;
         Ok(report)

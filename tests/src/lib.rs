@@ -1,0 +1,103 @@
+//! Where the test data is, and how to reach the Python references.
+//!
+//! Real models and the ONNX node tests are fetched by `scripts/fetch-test-data.sh` into a
+//! git-ignored cache; when the cache is missing, the first test that needs it runs the
+//! script (under a lock, so parallel tests fetch once).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_path_buf()
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("COMPACTOR_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"))
+}
+
+/// The cache with every download in place, fetching it first if needed.
+pub fn test_data() -> PathBuf {
+    let cache = cache_dir();
+    if cache.join("test-data.v1.ok").exists() {
+        return cache;
+    }
+    std::fs::create_dir_all(&cache).expect("create the cache directory");
+    let lock = std::fs::File::create(cache.join(".fetch.lock")).expect("create the fetch lock");
+    lock.lock().expect("lock the cache");
+    if !cache.join("test-data.v1.ok").exists() {
+        let status = Command::new(repo_root().join("scripts/fetch-test-data.sh")).status().expect("run scripts/fetch-test-data.sh");
+        assert!(status.success(), "scripts/fetch-test-data.sh failed; the tests need its downloads (network access to PyPI)");
+    }
+    cache
+}
+
+/// The venv Python with onnx and onnxruntime.
+pub fn python() -> PathBuf {
+    test_data().join("venv/bin/python")
+}
+
+/// Runs a script from `tests/py` with the venv Python; panics with its output if it fails.
+pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = repo_root().join("tests/py").join(script);
+    let out = Command::new(python()).arg(&path).args(args).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{script} failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Every ONNX backend node test directory (each has `model.onnx` and `test_data_set_*`), sorted.
+pub fn node_test_dirs() -> Vec<PathBuf> {
+    let root = test_data().join("onnx-node-tests");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.expect("read dir entry").path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The real models from PyPI wheels, sorted.
+pub fn pypi_models() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    collect_onnx(&test_data().join("models"), &mut out);
+    out.sort();
+    assert!(out.len() >= 10, "expected the PyPI models in the cache, found {}", out.len());
+    out
+}
+
+fn collect_onnx(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("read dir entry").path();
+        if path.is_dir() {
+            collect_onnx(&path, out);
+        } else if path.extension().is_some_and(|e| e == "onnx") {
+            out.push(path);
+        }
+    }
+}
+
+/// The shared models directory (MiniLM and its reference data): `$COMPACTOR_SHARED_MODELS`,
+/// default `<repo>/../shared/models`.
+pub fn shared_models() -> PathBuf {
+    let dir = std::env::var_os("COMPACTOR_SHARED_MODELS").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/models"));
+    assert!(dir.join("minilm-l6-v2.onnx").exists(), "the shared MiniLM model is not at {} (set COMPACTOR_SHARED_MODELS)", dir.display());
+    dir
+}
+
+pub fn minilm() -> PathBuf {
+    shared_models().join("minilm-l6-v2.onnx")
+}
+
+/// Every real model the tests use: MiniLM and the PyPI models.
+pub fn real_models() -> Vec<PathBuf> {
+    let mut all = vec![minilm()];
+    all.extend(pypi_models());
+    all
+}
+
+/// A short name for a model path, for messages.
+pub fn short(path: &Path) -> String {
+    let parts: Vec<_> = path.components().rev().take(2).collect();
+    parts.iter().rev().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}

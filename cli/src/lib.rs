@@ -1,0 +1,3 @@
+//! Compactor as a library: the IR, the passes and the runtime behind the `compactor` binary.
+
+pub use compactor_ir as ir;

@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Summarize a model: opsets, inputs and outputs, ops, parameters, largest tensors, external data.
     Inspect(cmd::inspect::Args),
+    /// Benchmarks against the reference tools, measured in the same run.
+    Bench(cmd::bench::Args),
 }
 
 /// What a command reports back to `main`.
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

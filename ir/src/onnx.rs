@@ -124,9 +124,12 @@ impl Model {
             report.external_files.push((target.clone(), file.len));
             pending.push((tmp, target));
         }
-        let mut buf = Vec::with_capacity(len as usize);
-        proto.encode(&mut buf).expect("a Vec grows as needed");
-        let model_tmp = write_temp(path, options.sync, |out| std::io::Write::write_all(out, &buf)).map_err(write_err)?;
+        let model_tmp = write_temp(path, options.sync, |out| {
+            let mut stream = StreamBuf::new(out);
+            proto.encode(&mut stream).expect("StreamBuf has unbounded capacity");
+            stream.finish()
+        })
+        .map_err(write_err)?;
         // Data files first, so the model never points at data that is not there yet.
         for (tmp, target) in pending {
             tmp.persist(&target).map_err(|e| IrError::Write { path: target.clone(), error: e.error })?;
@@ -143,6 +146,79 @@ impl Model {
     /// The model serialized with every tensor inline (for handing to a runtime).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         Ok(self.to_proto()?.encode_to_vec())
+    }
+}
+
+/// Encodes a message straight into a file: small fields gather in a 1 MiB buffer, large
+/// byte fields (tensor data, slices of the source map) go to `write(2)` without a copy. prost
+/// only encodes into a `BufMut`, so this is the smallest adapter from `BufMut` to `io::Write`.
+struct StreamBuf<'a> {
+    out: &'a mut std::fs::File,
+    buf: Vec<u8>,
+    /// The first write error; later writes are skipped and `finish` reports it.
+    error: Option<std::io::Error>,
+}
+
+impl<'a> StreamBuf<'a> {
+    const CAPACITY: usize = 1 << 20;
+
+    fn new(out: &'a mut std::fs::File) -> Self {
+        StreamBuf { out, buf: Vec::with_capacity(Self::CAPACITY), error: None }
+    }
+
+    fn flush_buffer(&mut self) {
+        if self.error.is_none() && !self.buf.is_empty() {
+            self.error = std::io::Write::write_all(self.out, &self.buf).err();
+        }
+        self.buf.clear();
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.flush_buffer();
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the buffer's spare capacity, and `advance_mut` only marks as
+// initialised bytes that the caller has just written into that spare capacity.
+unsafe impl bytes::BufMut for StreamBuf<'_> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX
+    }
+
+    unsafe fn advance_mut(&mut self, count: usize) {
+        // SAFETY: see the impl comment.
+        unsafe { self.buf.set_len(self.buf.len() + count) };
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush_buffer();
+        }
+        bytes::buf::UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= Self::CAPACITY / 4 {
+            self.flush_buffer();
+            if self.error.is_none() {
+                self.error = std::io::Write::write_all(self.out, src).err();
+            }
+        } else {
+            if self.buf.capacity() - self.buf.len() < src.len() {
+                self.flush_buffer();
+            }
+            self.buf.extend_from_slice(src);
+        }
+    }
+
+    fn put<T: bytes::Buf>(&mut self, mut src: T) {
+        while src.has_remaining() {
+            let chunk = src.chunk();
+            let n = chunk.len();
+            self.put_slice(chunk);
+            src.advance(n);
+        }
     }
 }
 

@@ -1,0 +1,199 @@
+//! External data: read lazily, written back at the same offsets, inlined, or split out by a
+//! size threshold; models over protobuf's 2 GiB limit.
+
+use compactor_ir::proto;
+use compactor_ir::{ExternalDataPolicy, IrError, Model, SaveOptions};
+use compactor_tests::{repo_root, run_python};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+/// `src` saved by the onnx package with its tensors in `dir/weights.bin`.
+fn onnx_external_copy(src: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join("model.onnx");
+    run_python("external_data.py", &["to-external".as_ref(), src.as_os_str(), out.as_os_str(), "weights.bin".as_ref()]);
+    out
+}
+
+fn save(model: &Model, path: &Path, policy: ExternalDataPolicy) -> compactor_ir::SaveReport {
+    model.save_with(path, &SaveOptions { external_data: policy, sync: false }).unwrap()
+}
+
+#[test]
+fn external_data_written_by_onnx_round_trips_byte_identically() {
+    for src in [fixture("tiny_bert.onnx"), compactor_tests::minilm()] {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let external = onnx_external_copy(&src, a.path());
+        let model = Model::load(&external).unwrap();
+        let inline = Model::load(&src).unwrap();
+        // Lazily mapped external tensors hold exactly the inline data.
+        let weights = compactor_ir::summary::weights(&model.graph);
+        let inline_weights = compactor_ir::summary::weights(&inline.graph);
+        assert_eq!(weights.len(), inline_weights.len());
+        assert!(weights.iter().any(|(_, t)| t.external().is_some()));
+        for ((name, t), (_, u)) in weights.iter().zip(&inline_weights) {
+            assert!(t.content_eq(u).unwrap(), "{name}");
+        }
+        let report = save(&model, &b.path().join("model.onnx"), ExternalDataPolicy::Preserve);
+        assert_eq!(report.external_files.len(), 1);
+        assert_eq!(std::fs::read(&external).unwrap(), std::fs::read(b.path().join("model.onnx")).unwrap());
+        assert_eq!(std::fs::read(a.path().join("weights.bin")).unwrap(), std::fs::read(b.path().join("weights.bin")).unwrap());
+    }
+}
+
+#[test]
+fn inlining_external_data_restores_the_original_file() {
+    let a = tempfile::tempdir().unwrap();
+    let src = fixture("tiny_bert.onnx");
+    let model = Model::load(onnx_external_copy(&src, a.path())).unwrap();
+    let out = a.path().join("inline.onnx");
+    let report = save(&model, &out, ExternalDataPolicy::Inline);
+    assert!(report.external_files.is_empty());
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&out).unwrap());
+}
+
+#[test]
+fn threshold_policy_output_is_accepted_by_onnx_and_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("tiny_bert.onnx");
+    let out = dir.path().join("split.onnx");
+    let model = Model::load(&src).unwrap();
+    save(&model, &out, ExternalDataPolicy::Threshold { min_bytes: 4096, location: "split.data".into() });
+    // Big tensors moved out at page-aligned offsets, small ones stayed inline.
+    let reloaded = Model::load(&out).unwrap();
+    let weights = compactor_ir::summary::weights(&reloaded.graph);
+    let (external, inline): (Vec<_>, Vec<_>) = weights.iter().partition(|(_, t)| t.external().is_some());
+    assert!(!external.is_empty() && !inline.is_empty());
+    for (name, t) in &external {
+        let ext = t.external().unwrap();
+        assert_eq!(ext.offset % 4096, 0, "{name} at {}", ext.offset);
+        assert!(t.data_bytes() >= 4096, "{name}");
+    }
+    for (name, t) in &inline {
+        assert!(t.data_bytes() < 4096, "{name}");
+    }
+    let out_text = run_python("external_data.py", &["check".as_ref(), src.as_os_str(), out.as_os_str()]);
+    assert!(out_text.starts_with("ok:"), "{out_text}");
+}
+
+#[test]
+fn external_data_errors_name_the_tensor_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = onnx_external_copy(&fixture("tiny_mlp.onnx"), dir.path());
+    // Truncated data file: the tensor that no longer fits is named.
+    let data = dir.path().join("weights.bin");
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len - 8).unwrap();
+    let err = Model::load(&model).unwrap_err().to_string();
+    assert!(err.contains("model.onnx") && err.contains("weights.bin") && err.contains("tensor '"), "{err}");
+    // Missing data file.
+    std::fs::remove_file(&data).unwrap();
+    let err = Model::load(&model).unwrap_err();
+    assert!(matches!(err, IrError::ExternalData { .. }), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn external_locations_outside_the_model_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for location in ["../escape.bin", "/etc/passwd"] {
+        let path = write_external_model(dir.path(), &[(location, 0, 4)]);
+        let err = Model::load(&path).unwrap_err().to_string();
+        assert!(err.contains("relative path inside the model's directory"), "{location}: {err}");
+    }
+}
+
+/// A model whose initializers `w{i}` (f32, 1-D) live in external files at the given places,
+/// used by `y = x + sum(w0) + sum(w1) + ...`.
+fn write_external_model(dir: &Path, tensors: &[(&str, u64, u64)]) -> PathBuf {
+    let entry = |k: &str, v: String| proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let mut graph = proto::GraphProto { name: Some("external".into()), ..Default::default() };
+    let f32_info = |name: &str, dims: &[i64]| proto::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(proto::TypeProto {
+            value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(proto::TensorShapeProto {
+                    dim: dims.iter().map(|&d| proto::tensor_shape_proto::Dimension { value: Some(proto::tensor_shape_proto::dimension::Value::DimValue(d)), denotation: None }).collect(),
+                }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    };
+    graph.input.push(f32_info("x", &[1]));
+    let mut acc = "x".to_string();
+    for (i, (location, offset, bytes)) in tensors.iter().enumerate() {
+        let name = format!("w{i}");
+        graph.initializer.push(proto::TensorProto {
+            name: Some(name.clone()),
+            dims: vec![(*bytes / 4) as i64],
+            data_type: Some(1),
+            data_location: Some(1),
+            external_data: vec![entry("location", location.to_string()), entry("offset", offset.to_string()), entry("length", bytes.to_string())],
+            ..Default::default()
+        });
+        let node = |op: &str, inputs: Vec<String>, output: String| proto::NodeProto { op_type: Some(op.into()), input: inputs, output: vec![output], ..Default::default() };
+        graph.node.push(node("ReduceSum", vec![name.clone()], format!("s{i}")));
+        graph.node.push(node("Add", vec![acc.clone(), format!("s{i}")], format!("a{i}")));
+        acc = format!("a{i}");
+    }
+    graph.output.push(f32_info(&acc, &[1]));
+    let model = proto::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(12) }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+/// Writes `value` as f32 at `offset` of `file` (which is sparse elsewhere).
+fn poke(file: &std::fs::File, offset: u64, value: f32) {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&value.to_le_bytes(), offset).unwrap();
+}
+
+#[test]
+fn models_over_two_gigabytes_keep_their_data_external() {
+    const TENSOR: u64 = 1_100 * 1024 * 1024; // two of these exceed protobuf's 2 GiB
+    let src = tempfile::tempdir().unwrap();
+    let data = std::fs::File::create(src.path().join("big.bin")).unwrap();
+    data.set_len(2 * TENSOR).unwrap(); // sparse: costs no disk until written
+    poke(&data, 0, 1.5);
+    poke(&data, TENSOR - 4, 2.5);
+    poke(&data, TENSOR, 3.5); // past the 1 GiB mark
+    poke(&data, 2 * TENSOR - 4, 4.5); // past 2 GiB: needs 64-bit offsets end to end
+    drop(data);
+    let path = write_external_model(src.path(), &[("big.bin", 0, TENSOR), ("big.bin", TENSOR, TENSOR)]);
+    let model = Model::load(&path).unwrap();
+    compactor_ir::verify(&model).unwrap();
+
+    // All inline would need more than 2 GiB of protobuf: refused before anything is written.
+    let out = tempfile::tempdir().unwrap();
+    let inline = out.path().join("inline.onnx");
+    let err = model.save_with(&inline, &SaveOptions { external_data: ExternalDataPolicy::Inline, sync: false }).unwrap_err();
+    assert!(matches!(err, IrError::TooLargeForProtobuf { .. }), "{err}");
+    assert!(err.to_string().contains("external data"), "{err}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing may be left behind");
+
+    // Preserved external data: same offsets, values intact past the 2 GiB mark.
+    let kept = out.path().join("kept.onnx");
+    save(&model, &kept, ExternalDataPolicy::Preserve);
+    let reloaded = Model::load(&kept).unwrap();
+    let w1 = reloaded.graph.value(reloaded.graph.main().initializers[1]).initializer.clone().unwrap();
+    assert_eq!(w1.external().unwrap().offset, TENSOR);
+    let raw = w1.raw_data().unwrap();
+    assert_eq!(f32::from_le_bytes(raw[..4].try_into().unwrap()), 3.5);
+    assert_eq!(f32::from_le_bytes(raw[raw.len() - 4..].try_into().unwrap()), 4.5);
+    let w0 = reloaded.graph.value(reloaded.graph.main().initializers[0]).initializer.clone().unwrap().raw_data().unwrap();
+    assert_eq!(f32::from_le_bytes(w0[..4].try_into().unwrap()), 1.5);
+    assert_eq!(f32::from_le_bytes(w0[w0.len() - 4..].try_into().unwrap()), 2.5);
+    assert_eq!(std::fs::metadata(out.path().join("big.bin")).unwrap().len(), 2 * TENSOR);
+}

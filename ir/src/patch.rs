@@ -1,0 +1,546 @@
+//! Structural edits, applied atomically.
+//!
+//! A pass describes an edit as a [`Patch`] (new values and initializers, new nodes placed
+//! relative to existing ones, removed nodes and values, re-wired uses, renames) and hands it to
+//! [`Graph::apply`]. The patch is checked as a whole first; if anything is wrong the graph is
+//! left exactly as it was and the error says what. Only then is it applied.
+//!
+//! Re-wiring (`replace_uses`) changes the uses that exist *before* the patch, so inserting a node
+//! on a value — `y = Cast(x)`, then every old use of `x` reads `y` — needs no special care: the
+//! new Cast still reads `x`.
+
+use crate::graph::{Attribute, AttrValue, Graph, Node, NodeId, RegionId, Use, Value, ValueDef, ValueId};
+use crate::tensor::Tensor;
+use crate::types::ValueType;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A value in a patch: one that exists, or the `n`-th one the patch creates.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PValue {
+    Existing(ValueId),
+    New(u32),
+}
+
+impl From<ValueId> for PValue {
+    fn from(v: ValueId) -> Self {
+        PValue::Existing(v)
+    }
+}
+
+/// Where a new node goes in its region's order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// Right before this node (also allowed when the patch removes it: the new node takes its place).
+    Before(NodeId),
+    After(NodeId),
+    /// At the end of the region.
+    End(RegionId),
+}
+
+#[derive(Clone, Debug)]
+struct NewValue {
+    name_hint: String,
+    ty: Option<ValueType>,
+    region: RegionId,
+    initializer: Option<Tensor>,
+}
+
+/// A node the patch creates; build it with [`Patch::node`].
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    pub op_type: String,
+    pub domain: Option<String>,
+    pub name: Option<String>,
+    pub inputs: Vec<Option<PValue>>,
+    /// `New` values, or `Existing` values whose producer this patch removes (the new node takes
+    /// them over, keeping their name, type and uses).
+    pub outputs: Vec<Option<PValue>>,
+    pub attributes: Vec<Attribute>,
+    pub anchor: Anchor,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid patch: {0}")]
+pub struct PatchError(pub String);
+
+/// What an applied patch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatchSummary {
+    pub nodes_added: usize,
+    pub nodes_removed: usize,
+    pub values_added: usize,
+    pub values_removed: usize,
+    /// The ids the patch's new values received, in creation order.
+    pub new_values: Vec<ValueId>,
+    /// The ids of the new nodes, in creation order.
+    pub new_nodes: Vec<NodeId>,
+}
+
+impl PatchSummary {
+    /// The id a `PValue` of the applied patch ended up with.
+    pub fn value(&self, v: PValue) -> ValueId {
+        match v {
+            PValue::Existing(id) => id,
+            PValue::New(i) => self.new_values[i as usize],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    values: Vec<NewValue>,
+    nodes: Vec<NewNode>,
+    removed_nodes: BTreeSet<NodeId>,
+    removed_values: BTreeSet<ValueId>,
+    rewires: Vec<(ValueId, PValue)>,
+    input_changes: Vec<(NodeId, usize, Option<PValue>)>,
+    renames: Vec<(ValueId, String)>,
+}
+
+/// Builder for a new node; finish with [`NodeBuilder::add`].
+pub struct NodeBuilder<'p> {
+    patch: &'p mut Patch,
+    node: NewNode,
+}
+
+impl NodeBuilder<'_> {
+    pub fn domain(mut self, domain: &str) -> Self {
+        self.node.domain = Some(domain.to_string());
+        self
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.node.name = Some(name.into());
+        self
+    }
+
+    pub fn input(mut self, v: impl Into<PValue>) -> Self {
+        self.node.inputs.push(Some(v.into()));
+        self
+    }
+
+    /// An omitted optional input.
+    pub fn no_input(mut self) -> Self {
+        self.node.inputs.push(None);
+        self
+    }
+
+    pub fn output(mut self, v: PValue) -> Self {
+        self.node.outputs.push(Some(v));
+        self
+    }
+
+    pub fn attr(mut self, name: &str, value: AttrValue) -> Self {
+        self.node.attributes.push(Attribute::new(name, value));
+        self
+    }
+
+    /// Adds the node to the patch; returns its index among the patch's new nodes.
+    pub fn add(self) -> usize {
+        self.patch.nodes.push(self.node);
+        self.patch.nodes.len() - 1
+    }
+}
+
+impl Patch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.nodes.is_empty() && self.removed_nodes.is_empty() && self.removed_values.is_empty() && self.rewires.is_empty() && self.input_changes.is_empty() && self.renames.is_empty()
+    }
+
+    /// A new value, to be produced by a new node. Its name is `name_hint`, made unique.
+    pub fn new_value(&mut self, region: RegionId, name_hint: &str, ty: Option<ValueType>) -> PValue {
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None });
+        PValue::New(self.values.len() as u32 - 1)
+    }
+
+    /// A new initializer of `region`.
+    pub fn new_initializer(&mut self, region: RegionId, name_hint: &str, tensor: Tensor) -> PValue {
+        let ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: Some(tensor.with_name(None)) });
+        PValue::New(self.values.len() as u32 - 1)
+    }
+
+    /// Starts a new node of the default domain placed at `anchor`.
+    pub fn node(&mut self, op_type: &str, anchor: Anchor) -> NodeBuilder<'_> {
+        NodeBuilder {
+            patch: self,
+            node: NewNode { op_type: op_type.to_string(), domain: None, name: None, inputs: Vec::new(), outputs: Vec::new(), attributes: Vec::new(), anchor },
+        }
+    }
+
+    pub fn remove_node(&mut self, node: NodeId) {
+        self.removed_nodes.insert(node);
+    }
+
+    /// Removes a value that will have no uses once the patch is applied (an initializer, say).
+    pub fn remove_value(&mut self, value: ValueId) {
+        self.removed_values.insert(value);
+    }
+
+    /// Every use of `from` that exists before the patch (node inputs and graph outputs) reads `to` instead.
+    pub fn replace_uses(&mut self, from: ValueId, to: impl Into<PValue>) {
+        self.rewires.push((from, to.into()));
+    }
+
+    /// Sets one input of an existing node.
+    pub fn set_input(&mut self, node: NodeId, index: usize, value: Option<PValue>) {
+        self.input_changes.push((node, index, value));
+    }
+
+    pub fn rename(&mut self, value: ValueId, name: impl Into<String>) {
+        self.renames.push((value, name.into()));
+    }
+}
+
+fn err(message: impl Into<String>) -> PatchError {
+    PatchError(message.into())
+}
+
+impl Graph {
+    /// Applies a patch, all or nothing.
+    pub fn apply(&mut self, patch: Patch) -> Result<PatchSummary, PatchError> {
+        self.check_patch(&patch)?;
+        Ok(self.apply_checked(patch))
+    }
+
+    fn check_patch(&self, patch: &Patch) -> Result<(), PatchError> {
+        let live_node = |n: NodeId, what: &str| self.try_node(n).map(|_| ()).ok_or_else(|| err(format!("{what} {n} does not exist")));
+        let live_value = |v: ValueId, what: &str| self.try_value(v).map(|_| ()).ok_or_else(|| err(format!("{what} {v} does not exist")));
+        let new_index = |v: PValue| -> Result<(), PatchError> {
+            match v {
+                PValue::Existing(id) => live_value(id, "value"),
+                PValue::New(i) if (i as usize) < patch.values.len() => Ok(()),
+                PValue::New(i) => Err(err(format!("new value #{i} was never created"))),
+            }
+        };
+        for &n in &patch.removed_nodes {
+            live_node(n, "removed node")?;
+        }
+        for &v in &patch.removed_values {
+            live_value(v, "removed value")?;
+        }
+        for v in &patch.values {
+            if self.try_region(v.region).is_none() {
+                return Err(err(format!("new value '{}' is in region {}, which does not exist", v.name_hint, v.region)));
+            }
+        }
+        // Every new value is defined exactly once: as an initializer or by one new node.
+        let mut defined: Vec<usize> = patch.values.iter().map(|v| v.initializer.is_some() as usize).collect();
+        let mut rehomed: BTreeSet<ValueId> = BTreeSet::new();
+        for node in &patch.nodes {
+            match node.anchor {
+                Anchor::Before(n) | Anchor::After(n) => live_node(n, "anchor node")?,
+                Anchor::End(r) if self.try_region(r).is_none() => return Err(err(format!("anchor region {r} does not exist"))),
+                Anchor::End(_) => {}
+            }
+            if matches!(node.anchor, Anchor::After(n) if patch.removed_nodes.contains(&n)) {
+                return Err(err(format!("new {} is placed after {}, which the patch removes", node.op_type, match node.anchor { Anchor::After(n) => n, _ => unreachable!() })));
+            }
+            for v in node.inputs.iter().flatten() {
+                new_index(*v)?;
+            }
+            for out in node.outputs.iter().flatten() {
+                new_index(*out)?;
+                match *out {
+                    PValue::New(i) => defined[i as usize] += 1,
+                    PValue::Existing(v) => {
+                        let producer = self.producer(v).map(|(p, _)| p);
+                        if !producer.is_some_and(|p| patch.removed_nodes.contains(&p)) {
+                            return Err(err(format!("new {} takes over value '{}', but its producer is not removed by the patch", node.op_type, self.value(v).name)));
+                        }
+                        if !rehomed.insert(v) {
+                            return Err(err(format!("value '{}' is taken over twice", self.value(v).name)));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, count) in defined.iter().enumerate() {
+            if *count != 1 {
+                return Err(err(format!("new value '{}' is defined {count} times (must be once)", patch.values[i].name_hint)));
+            }
+        }
+        for (from, to) in &patch.rewires {
+            live_value(*from, "re-wired value")?;
+            new_index(*to)?;
+        }
+        for (node, index, value) in &patch.input_changes {
+            live_node(*node, "node whose input changes")?;
+            if *index >= self.node(*node).inputs.len() {
+                return Err(err(format!("{} has no input {index}", self.node(*node).label(*node))));
+            }
+            if let Some(v) = value {
+                new_index(*v)?;
+            }
+        }
+        for (v, _) in &patch.renames {
+            live_value(*v, "renamed value")?;
+        }
+
+        // What disappears: removed values and the outputs of removed nodes no new node takes over.
+        let mut vanishing: BTreeSet<ValueId> = patch.removed_values.clone();
+        for &n in &patch.removed_nodes {
+            vanishing.extend(self.node(n).outputs.iter().flatten().filter(|v| !rehomed.contains(v)));
+        }
+        // None of them may still be used after the patch.
+        let rewired: HashMap<ValueId, PValue> = patch.rewires.iter().copied().collect();
+        let changed_inputs: BTreeSet<(NodeId, usize)> = patch.input_changes.iter().map(|(n, i, _)| (*n, *i)).collect();
+        let uses = self.uses();
+        for &v in &vanishing {
+            if rewired.contains_key(&v) {
+                continue;
+            }
+            for u in uses.of(v) {
+                let survives = match *u {
+                    Use::Node { node, input } => !patch.removed_nodes.contains(&node) && !changed_inputs.contains(&(node, input as usize)),
+                    Use::Output { .. } => true,
+                };
+                if survives {
+                    let by = match *u {
+                        Use::Node { node, .. } => self.node(node).label(node),
+                        Use::Output { region, index } => format!("output {index} of region {region}"),
+                    };
+                    return Err(err(format!("value '{}' is removed but still used by {by}", self.value(v).name)));
+                }
+            }
+        }
+        let reads_vanishing = |v: &PValue| matches!(v, PValue::Existing(id) if vanishing.contains(id));
+        for node in &patch.nodes {
+            if let Some(v) = node.inputs.iter().flatten().find(|v| reads_vanishing(v)) {
+                return Err(err(format!("new {} reads value '{}', which the patch removes", node.op_type, self.value(self_id(*v)).name)));
+            }
+        }
+        for (from, to) in &patch.rewires {
+            if reads_vanishing(to) {
+                return Err(err(format!("uses of '{}' are re-wired to '{}', which the patch removes", self.value(*from).name, self.value(self_id(*to)).name)));
+            }
+        }
+        for (_, _, v) in &patch.input_changes {
+            if v.as_ref().is_some_and(reads_vanishing) {
+                return Err(err(format!("an input is set to '{}', which the patch removes", self.value(self_id(v.unwrap())).name)));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_checked(&mut self, patch: Patch) -> PatchSummary {
+        let mut summary = PatchSummary::default();
+        // 1. New values.
+        for v in &patch.values {
+            let name = self.fresh_name(&v.name_hint);
+            let def = if v.initializer.is_some() { ValueDef::Initializer } else { ValueDef::Annotation };
+            let id = self.add_value(Value { name, ty: v.ty.clone(), doc_string: None, metadata_props: Vec::new(), def, region: v.region, initializer: v.initializer.clone(), sparse_initializer: None });
+            if v.initializer.is_some() {
+                self.region_mut(v.region).initializers.push(id);
+            }
+            summary.new_values.push(id);
+        }
+        summary.values_added = summary.new_values.len();
+        let resolve = |v: PValue, new: &[ValueId]| match v {
+            PValue::Existing(id) => id,
+            PValue::New(i) => new[i as usize],
+        };
+        // 2. Re-wire the uses that exist now (new nodes are not there yet, so they keep their inputs).
+        for (from, to) in &patch.rewires {
+            let to = resolve(*to, &summary.new_values);
+            self.replace_uses(*from, to);
+        }
+        for (node, index, value) in &patch.input_changes {
+            let value = value.map(|v| resolve(v, &summary.new_values));
+            self.node_mut(*node).inputs[*index] = value;
+        }
+        // 3. New nodes, placed around their anchors.
+        let mut before: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
+        let mut after: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
+        let mut at_end: BTreeMap<RegionId, Vec<NodeId>> = BTreeMap::new();
+        for spec in patch.nodes {
+            let region = match spec.anchor {
+                Anchor::Before(n) | Anchor::After(n) => self.node(n).region,
+                Anchor::End(r) => r,
+            };
+            let id = self.add_node_detached(Node {
+                op_type: spec.op_type,
+                domain: spec.domain,
+                name: spec.name,
+                overload: None,
+                inputs: spec.inputs.iter().map(|v| v.map(|v| resolve(v, &summary.new_values))).collect(),
+                outputs: spec.outputs.iter().map(|v| v.map(|v| resolve(v, &summary.new_values))).collect(),
+                attributes: spec.attributes,
+                doc_string: None,
+                metadata_props: Vec::new(),
+                device_configurations: Vec::new(),
+                region,
+            });
+            for (k, out) in self.node(id).outputs.clone().into_iter().enumerate() {
+                if let Some(v) = out {
+                    let value = self.value_mut(v);
+                    value.def = ValueDef::Node { node: id, output: k as u32 };
+                    value.region = region;
+                }
+            }
+            match spec.anchor {
+                Anchor::Before(n) => before.entry(n).or_default().push(id),
+                Anchor::After(n) => after.entry(n).or_default().push(id),
+                Anchor::End(r) => at_end.entry(r).or_default().push(id),
+            }
+            summary.new_nodes.push(id);
+        }
+        summary.nodes_added = summary.new_nodes.len();
+        let touched: BTreeSet<RegionId> = before.keys().chain(after.keys()).map(|&n| self.node(n).region).chain(at_end.keys().copied()).chain(patch.removed_nodes.iter().map(|&n| self.node(n).region)).collect();
+        for r in touched {
+            let old = std::mem::take(&mut self.region_mut(r).nodes);
+            let mut order = Vec::with_capacity(old.len());
+            for n in old {
+                order.extend(before.remove(&n).unwrap_or_default());
+                if !patch.removed_nodes.contains(&n) {
+                    order.push(n);
+                }
+                order.extend(after.remove(&n).unwrap_or_default());
+            }
+            order.extend(at_end.remove(&r).unwrap_or_default());
+            self.region_mut(r).nodes = order;
+        }
+        // 4. Removed nodes (with their subgraphs) and the outputs nobody took over.
+        for &n in &patch.removed_nodes {
+            let outputs: Vec<ValueId> = self.node(n).outputs.iter().flatten().copied().collect();
+            let subgraphs: Vec<RegionId> = self.node(n).subgraphs().collect();
+            for v in outputs {
+                if matches!(self.value(v).def, ValueDef::Node { node, .. } if node == n) {
+                    self.remove_value(v);
+                    summary.values_removed += 1;
+                }
+            }
+            for sub in subgraphs {
+                self.remove_region(sub);
+            }
+            self.remove_node(n);
+            summary.nodes_removed += 1;
+        }
+        for v in patch.removed_values {
+            if self.try_value(v).is_some() {
+                self.remove_value(v);
+                summary.values_removed += 1;
+            }
+        }
+        for (v, name) in patch.renames {
+            self.value_mut(v).name = name;
+        }
+        summary
+    }
+}
+
+/// The id of an `Existing` patch value (only called on those).
+fn self_id(v: PValue) -> ValueId {
+    match v {
+        PValue::Existing(id) => id,
+        PValue::New(_) => unreachable!("only existing values vanish"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DataType;
+    use crate::verify::verify_graph;
+
+    /// x -> Relu -> r -> Neg -> y (output); w is an unused initializer.
+    fn chain() -> (Graph, [ValueId; 4], [NodeId; 2]) {
+        let mut g = Graph::new("main");
+        let f32 = || Some(ValueType::tensor(DataType::Float, None));
+        let value = |name: &str, def| Value { name: name.into(), ty: f32(), doc_string: None, metadata_props: vec![], def, region: Graph::MAIN, initializer: None, sparse_initializer: None };
+        let x = g.add_value(value("x", ValueDef::Input));
+        g.main_mut().inputs.push(x);
+        let relu = g.add_node_detached(Node { op_type: "Relu".into(), domain: None, name: Some("relu".into()), overload: None, inputs: vec![Some(x)], outputs: vec![], attributes: vec![], doc_string: None, metadata_props: vec![], device_configurations: vec![], region: Graph::MAIN });
+        let r = g.add_value(value("r", ValueDef::Node { node: relu, output: 0 }));
+        g.node_mut(relu).outputs = vec![Some(r)];
+        let neg = g.add_node_detached(Node { op_type: "Neg".into(), name: Some("neg".into()), inputs: vec![Some(r)], ..g.node(relu).clone() });
+        let y = g.add_value(value("y", ValueDef::Node { node: neg, output: 0 }));
+        g.node_mut(neg).outputs = vec![Some(y)];
+        g.main_mut().nodes = vec![relu, neg];
+        g.main_mut().outputs.push(y);
+        let mut w = value("w", ValueDef::Initializer);
+        w.initializer = Some(Tensor::from_f32(&[1], &[1.0]).unwrap());
+        let w = g.add_value(w);
+        g.main_mut().initializers.push(w);
+        verify_graph(&g).unwrap();
+        (g, [x, r, y, w], [relu, neg])
+    }
+
+    #[test]
+    fn inserting_a_node_on_a_value_keeps_its_own_input() {
+        let (mut g, [x, _, _, _], [relu, _]) = chain();
+        let mut p = Patch::new();
+        let c = p.new_value(Graph::MAIN, "x_clipped", None);
+        p.node("Clip", Anchor::Before(relu)).input(x).output(c).add();
+        p.replace_uses(x, c);
+        let s = g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        let clip = s.new_nodes[0];
+        assert_eq!(g.node(clip).inputs, vec![Some(x)]);
+        assert_eq!(g.node(relu).inputs, vec![Some(s.value(c))]);
+        assert_eq!(g.main().nodes, vec![clip, relu, g.main().nodes[2]]);
+    }
+
+    #[test]
+    fn replacing_a_node_keeps_the_output_value_and_its_name() {
+        let (mut g, [_, r, y, _], [_, neg]) = chain();
+        let mut p = Patch::new();
+        p.node("Abs", Anchor::Before(neg)).input(r).output(y.into()).add();
+        p.remove_node(neg);
+        let s = g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        assert_eq!(g.value(y).name, "y");
+        assert_eq!(g.producer(y), Some((s.new_nodes[0], 0)));
+        assert_eq!(g.main().outputs, vec![y]);
+        assert!(g.try_node(neg).is_none());
+    }
+
+    #[test]
+    fn bypassing_a_node_rewires_graph_outputs_too() {
+        let (mut g, [_, r, y, _], [_, neg]) = chain();
+        let mut p = Patch::new();
+        p.replace_uses(y, r);
+        p.remove_node(neg);
+        g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        assert_eq!(g.main().outputs, vec![r]);
+        assert!(g.try_value(y).is_none());
+    }
+
+    #[test]
+    fn a_bad_patch_leaves_the_graph_untouched() {
+        let (mut g, [_, _, _, w], [relu, neg]) = chain();
+        let before = crate::text::graph_to_text(&g);
+        let cases: Vec<(Patch, &str)> = vec![
+            ({ let mut p = Patch::new(); p.remove_node(relu); p }, "value 'r' is removed but still used by node 'neg' (Neg)"),
+            ({ let mut p = Patch::new(); p.remove_node(neg); p }, "value 'y' is removed but still used by output 0"),
+            ({ let mut p = Patch::new(); p.new_value(Graph::MAIN, "orphan", None); p }, "new value 'orphan' is defined 0 times"),
+            ({ let mut p = Patch::new(); p.remove_node(NodeId(99)); p }, "removed node n99 does not exist"),
+            ({ let mut p = Patch::new(); let v = p.new_value(Graph::MAIN, "t", None); p.node("Neg", Anchor::After(relu)).input(w).output(v).add(); p.remove_value(w); p }, "reads value 'w', which the patch removes"),
+            ({ let mut p = Patch::new(); let y = g.main().outputs[0]; p.node("Abs", Anchor::Before(neg)).input(w).output(y.into()).add(); p }, "its producer is not removed"),
+        ];
+        for (patch, expected) in cases {
+            let e = g.apply(patch).unwrap_err().to_string();
+            assert!(e.contains(expected), "expected '{expected}' in '{e}'");
+            assert_eq!(crate::text::graph_to_text(&g), before);
+        }
+    }
+
+    #[test]
+    fn new_initializers_get_unique_names_and_are_listed() {
+        let (mut g, [_, r, _, _], [_, neg]) = chain();
+        let mut p = Patch::new();
+        let one = p.new_initializer(Graph::MAIN, "w", Tensor::from_f32(&[1], &[2.0]).unwrap());
+        let out = p.new_value(Graph::MAIN, "scaled", None);
+        p.node("Mul", Anchor::Before(neg)).input(r).input(one).output(out).add();
+        p.set_input(neg, 0, Some(out));
+        let s = g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        assert_eq!(g.value(s.value(one)).name, "w_1");
+        assert!(g.main().initializers.contains(&s.value(one)));
+    }
+}

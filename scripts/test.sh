@@ -4,4 +4,5 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/fetch-test-data.sh
-cargo test --workspace --release --locked "$@"
+# Snapshot mismatches fail the run instead of writing new snapshots.
+INSTA_UPDATE=no cargo test --workspace --release --locked "$@"

@@ -94,7 +94,7 @@ pub struct Patch {
     removed_values: BTreeSet<ValueId>,
     rewires: Vec<(ValueId, PValue)>,
     input_changes: Vec<(NodeId, usize, Option<PValue>)>,
-    renames: Vec<(ValueId, String)>,
+    renames: Vec<(PValue, String)>,
 }
 
 /// Builder for a new node; finish with [`NodeBuilder::add`].
@@ -191,8 +191,10 @@ impl Patch {
         self.input_changes.push((node, index, value));
     }
 
-    pub fn rename(&mut self, value: ValueId, name: impl Into<String>) {
-        self.renames.push((value, name.into()));
+    /// Gives a value (existing or new) an exact name, after everything else is applied — so a
+    /// new value can take the name of one the patch removes.
+    pub fn rename(&mut self, value: impl Into<PValue>, name: impl Into<String>) {
+        self.renames.push((value.into(), name.into()));
     }
 }
 
@@ -278,13 +280,23 @@ impl Graph {
             }
         }
         for (v, _) in &patch.renames {
-            live_value(*v, "renamed value")?;
+            new_index(*v)?;
         }
 
         // What disappears: removed values and the outputs of removed nodes no new node takes over.
         let mut vanishing: BTreeSet<ValueId> = patch.removed_values.clone();
         for &n in &patch.removed_nodes {
             vanishing.extend(self.node(n).outputs.iter().flatten().filter(|v| !rehomed.contains(v)));
+        }
+        // Nodes that go: the removed ones and everything inside their subgraphs.
+        let mut gone: BTreeSet<NodeId> = BTreeSet::new();
+        let mut stack: Vec<NodeId> = patch.removed_nodes.iter().copied().collect();
+        while let Some(n) = stack.pop() {
+            if gone.insert(n) {
+                for r in self.node(n).subgraphs() {
+                    stack.extend(self.region(r).nodes.iter().copied());
+                }
+            }
         }
         // None of them may still be used after the patch.
         let rewired: HashMap<ValueId, PValue> = patch.rewires.iter().copied().collect();
@@ -296,8 +308,8 @@ impl Graph {
             }
             for u in uses.of(v) {
                 let survives = match *u {
-                    Use::Node { node, input } => !patch.removed_nodes.contains(&node) && !changed_inputs.contains(&(node, input as usize)),
-                    Use::Output { .. } => true,
+                    Use::Node { node, input } => !gone.contains(&node) && !changed_inputs.contains(&(node, input as usize)),
+                    Use::Output { region, .. } => self.region(region).owner.is_none_or(|o| !gone.contains(&o)),
                 };
                 if survives {
                     let by = match *u {
@@ -427,6 +439,7 @@ impl Graph {
             }
         }
         for (v, name) in patch.renames {
+            let v = resolve(v, &summary.new_values);
             self.value_mut(v).name = name;
         }
         summary

@@ -1,0 +1,17 @@
+//! Compactor's pass framework and passes.
+//!
+//! - [`Pass`] / [`PassDef`]: a pass is a small struct whose serde fields are its options.
+//! - [`registry`]: the one list of passes and presets (what `compactor passes` prints).
+//! - [`Pipeline`]: parse `fold-constants,quantize(bits=4)` (or a TOML file) and run it.
+//! - [`patterns`], [`transformer`]: find linear layers and transformer blocks however they were exported.
+
+pub mod pass;
+pub mod passes;
+pub mod patterns;
+pub mod pipeline;
+pub mod registry;
+pub mod spec;
+pub mod transformer;
+
+pub use pass::{Activation, Calibrator, ConstantEvaluator, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome, Progress, Silent};
+pub use pipeline::{GraphStats, PassReport, Pipeline, PipelineReport, RunOptions};

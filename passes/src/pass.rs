@@ -1,0 +1,195 @@
+//! The `Pass` trait and what a pass gets to work with.
+
+use compactor_ir::model::OpsetImport;
+use compactor_ir::{Graph, Model, Node, Tensor, ValueId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A graph analysis or transformation.
+///
+/// A pass is a small struct whose fields are its options (see [`PassDef`]); `run` reads or
+/// rewrites the graph and says what it did.
+pub trait Pass: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError>;
+}
+
+/// What the registry needs to know about a pass type: its name, its one-line description,
+/// whether it changes the graph, and its options (the struct's serde fields, with defaults).
+pub trait PassDef: Pass + Default + Serialize + DeserializeOwned + schemars::JsonSchema + 'static {
+    const NAME: &'static str;
+    const SUMMARY: &'static str;
+    const KIND: PassKind;
+
+    /// Checks option values beyond their types (ranges, combinations).
+    fn validate(&self) -> Result<(), OptionError> {
+        Ok(())
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassKind {
+    /// Reports on the graph; never changes it.
+    Analysis,
+    Transform,
+}
+
+/// A bad option value, found by [`PassDef::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    pub option: String,
+    pub reason: String,
+}
+
+impl OptionError {
+    pub fn new(option: &str, reason: impl Into<String>) -> Self {
+        OptionError { option: option.to_string(), reason: reason.into() }
+    }
+}
+
+/// What a pass reports about its run. The pipeline adds measurements before and after.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassOutcome {
+    pub changed: bool,
+    /// One line for people: "folded 12 nodes into 9 initializers".
+    pub summary: String,
+    /// Pass-specific details for machines (per-layer numbers, lists of matches).
+    pub details: serde_json::Value,
+}
+
+impl PassOutcome {
+    pub fn changed(summary: impl Into<String>) -> Self {
+        PassOutcome { changed: true, summary: summary.into(), details: serde_json::Value::Null }
+    }
+
+    pub fn unchanged(summary: impl Into<String>) -> Self {
+        PassOutcome { changed: false, summary: summary.into(), details: serde_json::Value::Null }
+    }
+
+    /// `changed` if `count` > 0.
+    pub fn counted(count: usize, summary: impl Into<String>) -> Self {
+        PassOutcome { changed: count > 0, summary: summary.into(), details: serde_json::Value::Null }
+    }
+
+    pub fn with_details(mut self, details: impl Serialize) -> Self {
+        self.details = serde_json::to_value(details).unwrap_or(serde_json::Value::Null);
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("unknown pass '{name}'; valid passes and presets: {valid}")]
+    UnknownPass { name: String, valid: String },
+
+    #[error("pass '{pass}': unknown option '{option}'; valid options: {valid}")]
+    UnknownOption { pass: String, option: String, valid: String },
+
+    #[error("pass '{pass}': option '{option}': {reason}")]
+    BadOption { pass: String, option: String, reason: String },
+
+    #[error("pipeline spec: {0}")]
+    Spec(String),
+
+    #[error("pass '{pass}': {location}: {reason}")]
+    Failed { pass: String, location: String, reason: String },
+
+    #[error("pass '{pass}': {source}")]
+    Ir {
+        pass: String,
+        #[source]
+        source: compactor_ir::IrError,
+    },
+
+    #[error("pass '{pass}': {source}")]
+    Patch {
+        pass: String,
+        #[source]
+        source: compactor_ir::PatchError,
+    },
+
+    #[error("pass '{pass}' left an invalid graph: {problems}")]
+    Invalid { pass: String, problems: compactor_ir::Problems },
+
+    #[error("pass '{pass}' needs {what}, which this pipeline was not given")]
+    Missing { pass: String, what: String },
+}
+
+impl PassError {
+    pub fn failed(pass: &str, location: impl Into<String>, reason: impl Into<String>) -> Self {
+        PassError::Failed { pass: pass.to_string(), location: location.into(), reason: reason.into() }
+    }
+
+    pub fn patch(pass: &str, source: compactor_ir::PatchError) -> Self {
+        PassError::Patch { pass: pass.to_string(), source }
+    }
+
+    pub fn ir(pass: &str, source: compactor_ir::IrError) -> Self {
+        PassError::Ir { pass: pass.to_string(), source }
+    }
+}
+
+/// Progress of long work inside a pass (the CLI draws bars; the library default is silent).
+pub trait Progress: Sync {
+    /// Starts a unit of work with `total` steps.
+    fn begin(&self, label: &str, total: u64);
+    fn advance(&self, steps: u64);
+    fn end(&self);
+}
+
+/// No progress display.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn begin(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn end(&self) {}
+}
+
+/// Evaluates single nodes on constant inputs (used by constant folding). The runtime provides
+/// one; passes do not carry their own kernels.
+pub trait ConstantEvaluator: Sync {
+    /// The outputs of `node` given its inputs (`None` for omitted optional inputs).
+    fn evaluate(&self, node: &Node, inputs: &[Option<Tensor>], opsets: &[OpsetImport]) -> Result<Vec<Tensor>, String>;
+}
+
+/// A batch of one captured activation: row-major f32 with its shape.
+pub struct Activation<'a> {
+    pub shape: &'a [usize],
+    pub data: &'a [f32],
+}
+
+/// Runs calibration inputs through a model and streams chosen intermediate values, batch by
+/// batch, to a sink (so statistics are accumulated without keeping activations).
+pub trait Calibrator {
+    /// How many batches one `capture` streams.
+    fn batches(&self) -> usize;
+
+    fn capture(&mut self, model: &Model, values: &[ValueId], sink: &mut dyn FnMut(ValueId, Activation<'_>)) -> Result<(), String>;
+}
+
+/// What a pass gets besides the graph. (`'env` is the lifetime of the calibrator itself.)
+pub struct PassCtx<'a, 'env> {
+    /// The model's opset imports (a pass that emits newer ops updates them).
+    pub opsets: &'a mut Vec<OpsetImport>,
+    pub progress: &'a dyn Progress,
+    pub evaluator: Option<&'a dyn ConstantEvaluator>,
+    pub calibrator: Option<&'a mut (dyn Calibrator + 'env)>,
+}
+
+impl PassCtx<'_, '_> {
+    /// The imported version of a domain (`""` is the default ONNX domain).
+    pub fn opset(&self, domain: &str) -> Option<i64> {
+        let canon = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+        self.opsets.iter().find(|o| canon(o.domain.as_deref().unwrap_or("")) == canon(domain)).and_then(|o| o.version)
+    }
+
+    /// A model around a copy of `graph` with these opsets (for running it, e.g. to calibrate).
+    /// Tensors are shared, not copied.
+    pub fn snapshot(&self, graph: &Graph) -> Model {
+        let mut model = Model::new(graph.clone(), 0);
+        model.opset_import = self.opsets.clone();
+        model
+    }
+}

@@ -1,0 +1,79 @@
+//! Reports the linear layers and transformer blocks the pattern helpers find (for checking
+//! what a compression pass will see).
+
+use crate::pass::{Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use crate::patterns::linear_layers;
+use crate::transformer::transformer_blocks;
+use compactor_ir::Graph;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindLayers {}
+
+impl PassDef for FindLayers {
+    const NAME: &'static str = "find-layers";
+    const SUMMARY: &'static str = "Report linear layers (MatMul/Gemm/Conv with constant weights) and transformer blocks";
+    const KIND: PassKind = PassKind::Analysis;
+}
+
+#[derive(Serialize)]
+struct LayerReport {
+    name: String,
+    op: crate::patterns::LinearOp,
+    weight: String,
+    in_features: u64,
+    out_features: u64,
+    transposed: bool,
+    quantized: bool,
+    bias: Option<String>,
+}
+
+#[derive(Serialize)]
+struct BlockReport {
+    q: String,
+    k: String,
+    v: String,
+    o: String,
+    ffn_up: Option<String>,
+    ffn_gate: Option<String>,
+    ffn_down: Option<String>,
+    norms: usize,
+    residual_adds: usize,
+}
+
+impl Pass for FindLayers {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        let layers = linear_layers(graph);
+        let blocks = transformer_blocks(graph, &layers);
+        let name = |i: usize| layers[i].label(graph);
+        let details = serde_json::json!({
+            "layers": layers.iter().map(|l| LayerReport {
+                name: l.label(graph),
+                op: l.op,
+                weight: graph.value(l.weight.value).name.clone(),
+                in_features: l.in_features,
+                out_features: l.out_features,
+                transposed: l.weight.transposed,
+                quantized: l.weight.is_quantized(),
+                bias: l.bias.as_ref().map(|b| graph.value(b.value).name.clone()),
+            }).collect::<Vec<_>>(),
+            "blocks": blocks.iter().map(|b| BlockReport {
+                q: name(b.attention.q),
+                k: name(b.attention.k),
+                v: name(b.attention.v),
+                o: name(b.attention.o),
+                ffn_up: b.ffn.as_ref().map(|f| name(f.up)),
+                ffn_gate: b.ffn.as_ref().and_then(|f| f.gate).map(name),
+                ffn_down: b.ffn.as_ref().map(|f| name(f.down)),
+                norms: b.norms.len(),
+                residual_adds: b.residual_adds.len(),
+            }).collect::<Vec<_>>(),
+        });
+        Ok(PassOutcome::unchanged(format!("{} linear layers, {} transformer blocks", layers.len(), blocks.len())).with_details(details))
+    }
+}

@@ -1,0 +1,173 @@
+//! Running a list of passes over a model, with measurements, verification and dumps.
+
+use crate::pass::{Calibrator, ConstantEvaluator, Pass, PassCtx, PassError, PassKind, Progress, Silent};
+use crate::registry::find_pass;
+use crate::spec::{self, PassSpec};
+use compactor_ir::{Graph, Model, verify};
+use serde::Serialize;
+use std::time::Instant;
+
+/// A parsed, validated list of passes, ready to run.
+pub struct Pipeline {
+    steps: Vec<Step>,
+}
+
+struct Step {
+    name: &'static str,
+    kind: PassKind,
+    /// The options in effect (defaults filled in), for reports.
+    options: serde_json::Value,
+    pass: Box<dyn Pass>,
+}
+
+/// How to run a pipeline, and what it may use.
+pub struct RunOptions<'a> {
+    /// Verify the graph after every pass (it is always verified after the last one).
+    pub verify_each: bool,
+    /// Pass names after which to hand the text form of the model to `on_dump`.
+    pub dump_after: Vec<String>,
+    /// Stop after the first pass with this name.
+    pub stop_after: Option<String>,
+    pub progress: &'a dyn Progress,
+    pub evaluator: Option<&'a dyn ConstantEvaluator>,
+    pub calibrator: Option<&'a mut dyn Calibrator>,
+    pub on_dump: Option<&'a mut dyn FnMut(&str, usize, &str)>,
+    /// Called before each pass with (index, count, name).
+    pub on_pass_start: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions { verify_each: false, dump_after: Vec::new(), stop_after: None, progress: &Silent, evaluator: None, calibrator: None, on_dump: None, on_pass_start: None }
+    }
+}
+
+/// Size measurements of a graph.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GraphStats {
+    pub nodes: usize,
+    /// Elements of all weight tensors (initializers and Constant nodes).
+    pub parameters: u64,
+    pub weight_bytes: u64,
+}
+
+impl GraphStats {
+    pub fn of(graph: &Graph) -> Self {
+        let weights = compactor_ir::summary::weights(graph);
+        GraphStats { nodes: graph.all_nodes().len(), parameters: weights.iter().map(|(_, t)| t.len()).sum(), weight_bytes: weights.iter().map(|(_, t)| t.data_bytes()).sum() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PassReport {
+    pub pass: String,
+    pub kind: PassKind,
+    pub options: serde_json::Value,
+    pub changed: bool,
+    pub summary: String,
+    pub details: serde_json::Value,
+    pub before: GraphStats,
+    pub after: GraphStats,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineReport {
+    pub passes: Vec<PassReport>,
+    pub before: GraphStats,
+    pub after: GraphStats,
+    pub seconds: f64,
+    /// Set when `stop_after` ended the pipeline early.
+    pub stopped_after: Option<String>,
+}
+
+impl Pipeline {
+    /// Parses a command-line spec (`fold-constants,quantize(bits=4)`), checking every pass and option.
+    pub fn parse(spec: &str) -> Result<Self, PassError> {
+        Self::from_specs(spec::parse(spec)?)
+    }
+
+    /// Parses a TOML pipeline file's text.
+    pub fn from_toml(text: &str) -> Result<Self, PassError> {
+        Self::from_specs(spec::parse_toml(text)?)
+    }
+
+    pub fn from_specs(specs: Vec<PassSpec>) -> Result<Self, PassError> {
+        let mut steps = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let info = find_pass(&spec.name).ok_or_else(|| PassError::UnknownPass { name: spec.name.clone(), valid: crate::registry::valid_names() })?;
+            let pass = info.build(&spec.options)?;
+            let mut options = info.defaults();
+            if let Some(map) = options.as_object_mut() {
+                map.extend(spec.options.clone());
+            }
+            steps.push(Step { name: info.name, kind: info.kind, options, pass });
+        }
+        Ok(Pipeline { steps })
+    }
+
+    pub fn pass_names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(|s| s.name).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Runs every pass with default options (no evaluator, no calibration data).
+    pub fn run(&self, model: &mut Model) -> Result<PipelineReport, PassError> {
+        self.run_with(model, RunOptions::default())
+    }
+
+    pub fn run_with(&self, model: &mut Model, mut options: RunOptions<'_>) -> Result<PipelineReport, PassError> {
+        if let Some(stop) = &options.stop_after
+            && !self.steps.iter().any(|s| s.name == stop)
+        {
+            return Err(PassError::Spec(format!("--stop-after '{stop}': no such pass in this pipeline ({})", self.pass_names().join(", "))));
+        }
+        for dump in &options.dump_after {
+            if !self.steps.iter().any(|s| s.name == dump) {
+                return Err(PassError::Spec(format!("--dump-after '{dump}': no such pass in this pipeline ({})", self.pass_names().join(", "))));
+            }
+        }
+        let start = Instant::now();
+        let initial = GraphStats::of(&model.graph);
+        let mut reports = Vec::with_capacity(self.steps.len());
+        let mut stopped_after = None;
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Some(f) = options.on_pass_start.as_mut() {
+                f(i, self.steps.len(), step.name);
+            }
+            let before = reports.last().map(|r: &PassReport| r.after).unwrap_or(initial);
+            let t = Instant::now();
+            let outcome = {
+                let mut ctx = PassCtx { opsets: &mut model.opset_import, progress: options.progress, evaluator: options.evaluator, calibrator: options.calibrator.as_deref_mut() };
+                step.pass.run(&mut model.graph, &mut ctx)?
+            };
+            let seconds = t.elapsed().as_secs_f64();
+            if step.kind == PassKind::Analysis && outcome.changed {
+                return Err(PassError::failed(step.name, "graph", "an analysis pass reported a change"));
+            }
+            let last = i + 1 == self.steps.len() || options.stop_after.as_deref() == Some(step.name);
+            if options.verify_each || last {
+                verify(model).map_err(|problems| PassError::Invalid { pass: step.name.into(), problems })?;
+            }
+            let after = if outcome.changed { GraphStats::of(&model.graph) } else { before };
+            if options.dump_after.iter().any(|d| d == step.name)
+                && let Some(f) = options.on_dump.as_mut()
+            {
+                f(step.name, i, &compactor_ir::model_to_text(model));
+            }
+            reports.push(PassReport { pass: step.name.into(), kind: step.kind, options: step.options.clone(), changed: outcome.changed, summary: outcome.summary, details: outcome.details, before, after, seconds });
+            if options.stop_after.as_deref() == Some(step.name) {
+                stopped_after = Some(step.name.to_string());
+                break;
+            }
+        }
+        if self.steps.is_empty() {
+            verify(model).map_err(|problems| PassError::Invalid { pass: "(none)".into(), problems })?;
+        }
+        let after = reports.last().map(|r| r.after).unwrap_or(initial);
+        Ok(PipelineReport { passes: reports, before: initial, after, seconds: start.elapsed().as_secs_f64(), stopped_after })
+    }
+}

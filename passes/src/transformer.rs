@@ -1,0 +1,292 @@
+//! Finding transformer blocks (attention, FFN, norms, residual adds) in exported graphs.
+//!
+//! Structural, not name-based: attention is found from its Softmax — back to the `Q·Kᵀ` MatMul
+//! and through the head reshapes to the Q and K projections, forward to `P·V` and to the output
+//! projection. An FFN is a linear layer whose output reaches another linear layer of matching
+//! width through activation arithmetic only (GELU as Erf arithmetic, Gelu, Relu, SiLU, and the
+//! gated `act(gate) * up` form).
+
+use crate::patterns::LinearLayer;
+use compactor_ir::{Graph, NodeId, ValueId};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// Indices into the layer list given to [`transformer_blocks`].
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Attention {
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub o: usize,
+    pub scores: NodeId,
+    pub softmax: NodeId,
+    pub context: NodeId,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Ffn {
+    pub up: usize,
+    /// The gate projection of a gated FFN (`act(gate) * up`).
+    pub gate: Option<usize>,
+    pub down: usize,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TransformerBlock {
+    pub attention: Attention,
+    pub ffn: Option<Ffn>,
+    /// LayerNormalization-style nodes of the block, in order.
+    pub norms: Vec<NodeId>,
+    /// Adds that close residual connections, in order.
+    pub residual_adds: Vec<NodeId>,
+}
+
+const NORM_OPS: &[&str] = &["LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization"];
+/// Ops on the path from Softmax back to Q·Kᵀ (scale, mask, casts).
+const SCORE_OPS: &[&str] = &["Add", "Sub", "Div", "Mul", "Where", "Cast"];
+/// Ops between a projection and the attention matmuls (head split/merge, scaling).
+const HEAD_OPS: &[&str] = &["Transpose", "Reshape", "Mul", "Div", "Cast", "Identity", "Squeeze", "Unsqueeze"];
+const ACTIVATION_OPS: &[&str] = &["Erf", "Div", "Mul", "Add", "Sub", "Pow", "Tanh", "Sigmoid", "Relu", "Gelu", "FastGelu", "QuickGelu", "Softplus", "HardSigmoid", "HardSwish", "Clip", "Cast", "BiasGelu"];
+
+struct Finder<'a> {
+    graph: &'a Graph,
+    layers: &'a [LinearLayer],
+    by_output: HashMap<ValueId, usize>,
+    by_input: HashMap<ValueId, Vec<usize>>,
+    uses: compactor_ir::UseMap,
+    position: HashMap<NodeId, usize>,
+}
+
+impl Finder<'_> {
+    fn op(&self, v: ValueId) -> Option<(NodeId, &str)> {
+        let (n, _) = self.graph.producer(v)?;
+        let node = self.graph.node(n);
+        node.domain().is_empty().then_some((n, node.op_type.as_str())).or(Some((n, node.op_type.as_str())))
+    }
+
+    fn non_constant_inputs(&self, n: NodeId) -> Vec<ValueId> {
+        self.graph.node(n).inputs.iter().flatten().copied().filter(|&v| self.graph.constant(v).is_none()).collect()
+    }
+
+    /// The linear layer whose output `v` is, following `ops` backwards along non-constant inputs.
+    fn layer_behind(&self, v: ValueId, ops: &[&str]) -> Option<usize> {
+        let mut v = v;
+        for _ in 0..8 {
+            if let Some(&i) = self.by_output.get(&v) {
+                return Some(i);
+            }
+            let (n, op) = self.op(v)?;
+            if !ops.contains(&op) {
+                return None;
+            }
+            let inputs = self.non_constant_inputs(n);
+            // Follow the data, not the shape arguments of Reshape.
+            v = *inputs.first()?;
+        }
+        None
+    }
+
+    /// The `Q·Kᵀ` MatMul feeding a Softmax: a MatMul of two computed values, reached backwards
+    /// through scale and mask arithmetic.
+    fn scores_matmul(&self, softmax_input: ValueId) -> Option<NodeId> {
+        let mut work = vec![(softmax_input, 0)];
+        let mut seen = HashSet::new();
+        while let Some((v, depth)) = work.pop() {
+            if depth > 6 || !seen.insert(v) {
+                continue;
+            }
+            let Some((n, op)) = self.op(v) else { continue };
+            if op == "MatMul" && self.non_constant_inputs(n).len() == 2 && !self.by_output.contains_key(&v) {
+                return Some(n);
+            }
+            if SCORE_OPS.contains(&op) {
+                work.extend(self.non_constant_inputs(n).into_iter().map(|x| (x, depth + 1)));
+            }
+        }
+        None
+    }
+
+    /// Follows single-consumer chains of `ops` forward from `v`; returns the node reached first
+    /// whose op is `target` (with `v`'s chain as input `input`), or a linear layer taking it.
+    fn forward(&self, v: ValueId, ops: &[&str], target: Target) -> Option<usize> {
+        let mut frontier = vec![v];
+        for _ in 0..8 {
+            let mut next = Vec::new();
+            for value in frontier {
+                if let Target::LayerInput = target
+                    && let Some(layers) = self.by_input.get(&value)
+                    && let Some(&i) = layers.first()
+                {
+                    return Some(i);
+                }
+                for n in self.uses.consumers(value) {
+                    let node = self.graph.node(n);
+                    if let Target::Node(op) = target
+                        && node.op_type == op
+                        && node.input(0) == Some(value)
+                    {
+                        return Some(n.index());
+                    }
+                    if ops.contains(&node.op_type.as_str()) {
+                        next.extend(node.outputs.iter().flatten().copied());
+                    }
+                }
+            }
+            if next.is_empty() {
+                return None;
+            }
+            frontier = next;
+        }
+        None
+    }
+
+    fn attention(&self, softmax: NodeId) -> Option<Attention> {
+        let s = self.graph.node(softmax);
+        let scores = self.scores_matmul(s.input(0)?)?;
+        let qk = self.graph.node(scores);
+        let q = self.layer_behind(qk.input(0)?, HEAD_OPS)?;
+        let k = self.layer_behind(qk.input(1)?, HEAD_OPS)?;
+        let context = NodeId(self.forward(s.output(0)?, &["Cast", "Dropout", "Identity", "Where"], Target::Node("MatMul"))? as u32);
+        let v = self.layer_behind(self.graph.node(context).input(1)?, HEAD_OPS)?;
+        let o = self.forward(self.graph.node(context).output(0)?, HEAD_OPS, Target::LayerInput)?;
+        let distinct: HashSet<usize> = [q, k, v, o].into_iter().collect();
+        (distinct.len() == 4).then_some(Attention { q, k, v, o, scores, softmax, context })
+    }
+
+    /// Linear layers reached from `up`'s output through activation arithmetic only.
+    fn ffn_down(&self, up: usize) -> Option<usize> {
+        let width = self.layers[up].out_features;
+        let mut frontier = vec![self.layers[up].output];
+        let mut seen = HashSet::new();
+        for _ in 0..10 {
+            let mut next = Vec::new();
+            for value in frontier {
+                if !seen.insert(value) {
+                    continue;
+                }
+                if let Some(layers) = self.by_input.get(&value) {
+                    // The first activation op must have been crossed: a direct layer-to-layer
+                    // link is not an FFN.
+                    if value != self.layers[up].output
+                        && let Some(&down) = layers.iter().find(|&&d| d != up && self.layers[d].in_features == width)
+                    {
+                        return Some(down);
+                    }
+                }
+                for n in self.uses.consumers(value) {
+                    if ACTIVATION_OPS.contains(&self.graph.node(n).op_type.as_str()) {
+                        next.extend(self.graph.node(n).outputs.iter().flatten().copied());
+                    }
+                }
+            }
+            frontier = next;
+        }
+        None
+    }
+
+    fn ffn(&self, first: usize, taken: &HashSet<usize>) -> Option<Ffn> {
+        let candidate = self.layers[first].clone();
+        if taken.contains(&first) {
+            return None;
+        }
+        let down = self.ffn_down(first)?;
+        if taken.contains(&down) || self.layers[down].out_features != candidate.in_features {
+            return None;
+        }
+        // A gated FFN has a second projection of the same input and width feeding the same down.
+        let siblings: Vec<usize> = self.by_input.get(&candidate.input).into_iter().flatten().copied().filter(|&s| s != first && !taken.contains(&s) && self.layers[s].out_features == candidate.out_features).collect();
+        for s in siblings {
+            if self.ffn_down(s) == Some(down) {
+                // The gate is the one that goes through a nonlinearity before the product;
+                // with `first` earlier in the graph we call the later one `up`.
+                let (gate, up) = if self.passes_activation(first) { (first, s) } else { (s, first) };
+                return Some(Ffn { up, gate: Some(gate), down });
+            }
+        }
+        Some(Ffn { up: first, gate: None, down })
+    }
+
+    /// Whether the layer's output goes through a nonlinear op before anything else.
+    fn passes_activation(&self, layer: usize) -> bool {
+        self.uses.consumers(self.layers[layer].output).iter().any(|&n| ["Sigmoid", "Relu", "Gelu", "Erf", "Tanh", "Softplus", "HardSwish", "QuickGelu", "FastGelu"].contains(&self.graph.node(n).op_type.as_str()))
+    }
+
+    /// The Add closing a residual: it reads `v` and a computed value, not a constant.
+    fn residual_add(&self, v: ValueId) -> Option<NodeId> {
+        self.uses.consumers(v).into_iter().find(|&n| {
+            let node = self.graph.node(n);
+            node.is("Add") && self.non_constant_inputs(n).len() == 2
+        })
+    }
+
+    fn norm_consuming(&self, v: ValueId) -> Option<NodeId> {
+        self.uses.consumers(v).into_iter().find(|&n| NORM_OPS.contains(&self.graph.node(n).op_type.as_str()))
+    }
+
+    fn norm_producing(&self, v: ValueId) -> Option<NodeId> {
+        let (n, op) = self.op(v)?;
+        NORM_OPS.contains(&op).then_some(n)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Node(&'static str),
+    LayerInput,
+}
+
+/// The transformer blocks of a graph, given its linear layers (from [`crate::patterns::linear_layers`]).
+pub fn transformer_blocks(graph: &Graph, layers: &[LinearLayer]) -> Vec<TransformerBlock> {
+    let mut by_output = HashMap::new();
+    let mut by_input: HashMap<ValueId, Vec<usize>> = HashMap::new();
+    for (i, l) in layers.iter().enumerate() {
+        by_output.insert(l.output, i);
+        by_input.entry(l.input).or_default().push(i);
+    }
+    let all = graph.all_nodes();
+    let position: HashMap<NodeId, usize> = all.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let finder = Finder { graph, layers, by_output, by_input, uses: graph.uses(), position };
+
+    let mut attentions: Vec<Attention> = all.iter().filter(|&&n| graph.node(n).op_type == "Softmax").filter_map(|&n| finder.attention(n)).collect();
+    attentions.sort_by_key(|a| finder.position[&a.softmax]);
+    let mut taken: HashSet<usize> = attentions.iter().flat_map(|a| [a.q, a.k, a.v, a.o]).collect();
+
+    let mut blocks = Vec::with_capacity(attentions.len());
+    for (i, attention) in attentions.iter().enumerate() {
+        let o_pos = finder.position[&layers[attention.o].node];
+        let next_q_pos = attentions.get(i + 1).map(|a| finder.position[&layers[a.q].node]).unwrap_or(usize::MAX);
+        // The block's FFN starts after its attention output and before the next attention.
+        let ffn = (0..layers.len())
+            .filter(|&l| {
+                let p = finder.position[&layers[l].node];
+                p > o_pos && p < next_q_pos
+            })
+            .find_map(|l| finder.ffn(l, &taken));
+        if let Some(f) = &ffn {
+            taken.extend([Some(f.up), f.gate, Some(f.down)].into_iter().flatten());
+        }
+        let mut residual_adds = Vec::new();
+        let mut norms = Vec::new();
+        let ends = [Some(attention.o), ffn.as_ref().map(|f| f.down)];
+        let starts = [Some(attention.q), ffn.as_ref().map(|f| f.gate.unwrap_or(f.up))];
+        for (end, start) in ends.into_iter().zip(starts) {
+            let Some(end) = end else { continue };
+            if let Some(add) = finder.residual_add(layers[end].output) {
+                residual_adds.push(add);
+                // Post-norm (BERT): the norm follows the residual add.
+                if let Some(norm) = graph.node(add).output(0).and_then(|v| finder.norm_consuming(v)) {
+                    norms.push(norm);
+                    continue;
+                }
+            }
+            // Pre-norm (GPT, Llama): the norm feeds the sub-block.
+            if let Some(norm) = start.and_then(|s| finder.norm_producing(layers[s].input)) {
+                norms.push(norm);
+            }
+        }
+        norms.sort_by_key(|n| finder.position[n]);
+        norms.dedup();
+        blocks.push(TransformerBlock { attention: attention.clone(), ffn, norms, residual_adds });
+    }
+    blocks
+}

@@ -1,0 +1,59 @@
+"""Runs two models in onnxruntime on the same deterministic inputs and compares every output.
+
+Usage: compare_ort.py A.onnx B.onnx [ATOL] [RTOL]
+Prints the max abs difference per output; exits 1 if any output differs beyond the tolerance
+(default: exact equality) or the output names/shapes differ.
+"""
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def inputs_for(path, seed=0):
+    model = onnx.load(path, load_external_data=False)
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else 3 for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        if dtype == np.bool_:
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(bool)
+        elif np.issubdtype(dtype, np.integer):
+            feeds[inp.name] = rng.integers(0, 10, size=shape).astype(dtype)
+        else:
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def main():
+    a, b = sys.argv[1], sys.argv[2]
+    atol = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    rtol = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    feeds = inputs_for(a)
+    sa, sb = ort.InferenceSession(a), ort.InferenceSession(b)
+    names_a = [o.name for o in sa.get_outputs()]
+    names_b = [o.name for o in sb.get_outputs()]
+    if names_a != names_b:
+        print(f"output names differ: {names_a} vs {names_b}")
+        return 1
+    failed = 0
+    for name, x, y in zip(names_a, sa.run(None, feeds), sb.run(None, feeds)):
+        if x.shape != y.shape:
+            print(f"{name}: shape {x.shape} vs {y.shape}")
+            failed += 1
+            continue
+        diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+        ok = np.allclose(x, y, atol=atol, rtol=rtol)
+        print(f"{name}: max abs diff {diff:.3g} {'ok' if ok else 'FAIL'}")
+        failed += not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+//! The pass framework: registry, option validation, pipelines, per-pass before/after
+//! snapshots, pattern helpers, and numeric checks of the cleanup passes in onnxruntime.
+
+use compactor_ir::{Model, model_to_text};
+use compactor_passes::patterns::{LinearOp, linear_layers};
+use compactor_passes::registry::{PRESETS, passes};
+use compactor_passes::transformer::transformer_blocks;
+use compactor_passes::{PassError, Pipeline, RunOptions};
+use compactor_tests::{minilm, repo_root, run_python};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+fn load(path: &Path) -> Model {
+    Model::load(path).unwrap()
+}
+
+fn run(spec: &str, model: &mut Model) -> compactor_passes::PipelineReport {
+    Pipeline::parse(spec).unwrap().run_with(model, RunOptions { verify_each: true, ..Default::default() }).unwrap()
+}
+
+#[test]
+fn every_pass_is_listed_with_described_options() {
+    let all = passes();
+    assert!(all.len() >= 8);
+    for p in &all {
+        assert!(!p.summary.is_empty(), "{}", p.name);
+        for o in p.options() {
+            assert!(!o.description.is_empty(), "{}: option {} has no description", p.name, o.name);
+            assert!(!o.default.is_null(), "{}: option {} has no default", p.name, o.name);
+        }
+        // Every pass builds from its defaults.
+        p.build(&serde_json::Map::new()).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+    }
+    let fold = all.iter().find(|p| p.name == "fold-constants").unwrap().options();
+    assert_eq!(fold[0].name, "max_bytes");
+    assert_eq!(fold[0].ty, "integer");
+    assert_eq!(fold[0].default, serde_json::json!(1 << 20));
+    for preset in PRESETS {
+        assert!(all.iter().all(|p| p.name != preset.name), "preset {} shadows a pass", preset.name);
+        Pipeline::parse(preset.spec).unwrap();
+    }
+}
+
+#[test]
+fn unknown_names_and_bad_values_are_rejected_with_what_is_valid() {
+    let e = Pipeline::parse("fold-constants(max_byte=1)").err().unwrap();
+    assert!(matches!(e, PassError::UnknownOption { .. }));
+    assert_eq!(e.to_string(), "pass 'fold-constants': unknown option 'max_byte'; valid options: max_bytes");
+    let e = Pipeline::parse("eliminate-dead-code(x=1)").err().unwrap().to_string();
+    assert!(e.contains("valid options: (none)"), "{e}");
+    let e = Pipeline::parse("fold-constants(max_bytes=lots)").err().unwrap().to_string();
+    assert!(e.starts_with("pass 'fold-constants': option 'max_bytes': invalid type: string \"lots\""), "{e}");
+    let e = Pipeline::parse("fold-constants(max_bytes=0)").err().unwrap().to_string();
+    assert_eq!(e, "pass 'fold-constants': option 'max_bytes': must be at least 1");
+    let e = Pipeline::parse("quantise").err().unwrap().to_string();
+    assert!(e.contains("unknown pass 'quantise'") && e.contains("eliminate-dead-code") && e.contains("cleanup"), "{e}");
+    let e = Pipeline::from_toml("[[pass]]\nname = \"fold-constants\"\nmax_bytes = \"x\"\n").err().unwrap().to_string();
+    assert!(e.contains("option 'max_bytes'"), "{e}");
+}
+
+/// Runs one pass on a fixture and returns the text before, after, and the pass's summary.
+fn before_after(pass: &str, fixture_name: &str) -> String {
+    let mut model = load(&fixture(fixture_name));
+    let before = model_to_text(&model);
+    let report = run(pass, &mut model);
+    let after = model_to_text(&model);
+    format!("--- {fixture_name} before\n{before}--- after {pass}: {}\n{after}", report.passes[0].summary)
+}
+
+#[test]
+fn snapshot_lift_constants() {
+    insta::assert_snapshot!(before_after("lift-constants", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_eliminate_identity() {
+    insta::assert_snapshot!(before_after("eliminate-identity", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_fold_shapes() {
+    insta::assert_snapshot!(before_after("fold-shapes", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_eliminate_dead_code() {
+    insta::assert_snapshot!(before_after("eliminate-dead-code", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_merge_duplicate_initializers() {
+    insta::assert_snapshot!(before_after("merge-duplicate-initializers", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_fuse_matmul_add() {
+    insta::assert_snapshot!(before_after("fuse-matmul-add", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn dead_code_in_and_around_subgraphs() {
+    // The If reads `w` and `x` from inside its branches: both stay; the whole If goes when unused.
+    let mut model = load(&fixture("if_subgraph.onnx"));
+    let report = run("eliminate-dead-code", &mut model);
+    assert!(!report.passes[0].changed, "{}", report.passes[0].summary);
+    let main_outputs = std::mem::take(&mut model.graph.main_mut().outputs);
+    let report = run("eliminate-dead-code", &mut model);
+    assert_eq!(report.passes[0].summary, "removed 1 dead nodes and 1 unused initializers");
+    assert_eq!(model.graph.region_ids().count(), 1, "the branches go with the If");
+    assert_eq!(main_outputs.len(), 1);
+}
+
+fn ort_equal(a: &Path, b: &Path, atol: &str) {
+    let out = run_python("compare_ort.py", &[a.as_os_str(), b.as_os_str(), atol.as_ref(), "1e-5".as_ref()]);
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn cleanup_passes_keep_outputs_in_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    // fold-constants needs the runtime's evaluator; every other cleanup pass runs here.
+    let spec = "lift-constants,eliminate-identity,fold-shapes,eliminate-identity,eliminate-dead-code,merge-duplicate-initializers,fuse-matmul-add,eliminate-dead-code";
+    for name in ["cleanup_zoo.onnx", "tiny_mlp.onnx", "tiny_bert.onnx", "if_subgraph.onnx"] {
+        let mut model = load(&fixture(name));
+        let report = run(spec, &mut model);
+        let out = dir.path().join(name);
+        model.save(&out).unwrap();
+        if name != "if_subgraph.onnx" {
+            ort_equal(&fixture(name), &out, "1e-6");
+        }
+        assert!(report.after.nodes <= report.before.nodes, "{name}");
+    }
+    let mut zoo = load(&fixture("cleanup_zoo.onnx"));
+    let report = run(spec, &mut zoo);
+    // 23 nodes - 2 Constants - 6 no-ops (Identity, Dropout, Cast, Transpose, Mul by 1, the output
+    // Identity) - Shape - 2 dead - 1 (MatMul+Add fused into Gemm) = 11. The Add of the two
+    // constants and the Gather/Unsqueeze/Concat after Shape stay: folding them needs fold-constants.
+    assert_eq!((report.before.nodes, report.after.nodes), (23, 11), "{}", model_to_text(&zoo));
+    assert_eq!(zoo.graph.main().initializers.iter().filter(|&&v| zoo.graph.value(v).name.starts_with("w2")).count(), 1);
+}
+
+#[test]
+fn pipeline_stops_dumps_and_reports() {
+    let mut model = load(&fixture("cleanup_zoo.onnx"));
+    let mut dumps = Vec::new();
+    let mut on_dump = |pass: &str, index: usize, text: &str| dumps.push((pass.to_string(), index, text.len()));
+    let report = Pipeline::parse("lift-constants,eliminate-identity,eliminate-dead-code")
+        .unwrap()
+        .run_with(&mut model, RunOptions { stop_after: Some("eliminate-identity".into()), dump_after: vec!["lift-constants".into()], on_dump: Some(&mut on_dump), ..Default::default() })
+        .unwrap();
+    assert_eq!(report.passes.len(), 2);
+    assert_eq!(report.stopped_after.as_deref(), Some("eliminate-identity"));
+    assert_eq!(dumps.len(), 1);
+    assert_eq!((dumps[0].0.as_str(), dumps[0].1), ("lift-constants", 0));
+    assert!(report.passes[0].changed && report.passes[0].after.nodes + 2 == report.passes[0].before.nodes);
+    let e = Pipeline::parse("lift-constants").unwrap().run_with(&mut model, RunOptions { stop_after: Some("fold-shapes".into()), ..Default::default() }).err().unwrap().to_string();
+    assert!(e.contains("--stop-after 'fold-shapes': no such pass"), "{e}");
+}
+
+#[test]
+fn linear_layers_are_found_however_they_were_exported() {
+    let mlp = load(&fixture("tiny_mlp.onnx"));
+    let layers = linear_layers(&mlp.graph);
+    assert_eq!(layers.len(), 2);
+    assert_eq!((layers[0].op, layers[0].in_features, layers[0].out_features, layers[0].weight.transposed), (LinearOp::MatMul, 64, 128, false));
+    assert!(layers[0].bias.as_ref().unwrap().add.is_some());
+    assert_eq!((layers[1].op, layers[1].in_features, layers[1].out_features, layers[1].weight.transposed), (LinearOp::Gemm, 128, 32, true));
+    assert!(layers[1].bias.as_ref().unwrap().add.is_none());
+
+    let m = load(&minilm());
+    let layers = linear_layers(&m.graph);
+    assert_eq!(layers.len(), 36, "6 layers x (q, k, v, o, up, down)");
+    assert!(layers.iter().all(|l| l.bias.is_some() && l.op == LinearOp::MatMul));
+    assert_eq!(layers.iter().filter(|l| (l.in_features, l.out_features) == (384, 1536)).count(), 6);
+}
+
+#[test]
+fn transformer_blocks_of_minilm_and_tiny_bert() {
+    for (path, blocks_expected, hidden, ffn) in [(minilm(), 6, 384, 1536), (fixture("tiny_bert.onnx"), 2, 64, 128)] {
+        let model = load(&path);
+        let layers = linear_layers(&model.graph);
+        let blocks = transformer_blocks(&model.graph, &layers);
+        assert_eq!(blocks.len(), blocks_expected, "{}", path.display());
+        for (i, b) in blocks.iter().enumerate() {
+            let name = |l: usize| layers[l].label(&model.graph);
+            let a = &b.attention;
+            for (l, role) in [(a.q, "query"), (a.k, "key"), (a.v, "value")] {
+                assert_eq!((layers[l].in_features, layers[l].out_features), (hidden, hidden));
+                assert!(name(l).contains(role), "block {i}: {role} is {}", name(l));
+            }
+            assert!(name(a.o).contains("output"), "block {i}: o is {}", name(a.o));
+            let f = b.ffn.as_ref().expect("every block has an FFN");
+            assert_eq!((layers[f.up].in_features, layers[f.up].out_features), (hidden, ffn));
+            assert_eq!((layers[f.down].in_features, layers[f.down].out_features), (ffn, hidden));
+            assert!(f.gate.is_none());
+            assert_eq!((b.norms.len(), b.residual_adds.len()), (2, 2), "block {i}");
+            assert!(name(a.q).contains(&format!("layer.{i}")), "{}", name(a.q));
+        }
+    }
+}
+
+#[test]
+fn cleanup_output_is_deterministic() {
+    let spec = "lift-constants,eliminate-identity,fold-shapes,eliminate-dead-code,merge-duplicate-initializers";
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let mut model = load(&minilm());
+        run(spec, &mut model);
+        let out = dir.path().join(format!("{i}.onnx"));
+        model.save(&out).unwrap();
+        files.push(std::fs::read(out).unwrap());
+    }
+    assert!(files[0] == files[1]);
+}

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod output;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +21,10 @@ struct Cli {
 enum Command {
     /// Summarize a model: opsets, inputs and outputs, ops, parameters, largest tensors, external data.
     Inspect(cmd::inspect::Args),
+    /// Run a pipeline of passes over a model and write the result.
+    Optimize(cmd::optimize::Args),
+    /// List every pass with its options, defaults and description, and the presets.
+    Passes(cmd::passes::Args),
     /// Benchmarks against the reference tools, measured in the same run.
     Bench(cmd::bench::Args),
 }
@@ -35,6 +40,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Optimize(args) => cmd::optimize::run(args),
+        Command::Passes(args) => cmd::passes::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     };
     match result {

@@ -32,3 +32,4 @@ pub use types::{Dim, Shape, TypeKind, ValueType};
 pub use verify::{Problem, Problems, verify};
 pub use text::{model_to_text, graph_to_text};
 pub use patch::{Anchor, PValue, Patch, PatchError, PatchSummary};
+pub use bytes;

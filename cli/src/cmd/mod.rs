@@ -1,2 +1,4 @@
 pub mod inspect;
 pub mod bench;
+pub mod optimize;
+pub mod passes;

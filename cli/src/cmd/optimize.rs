@@ -1,0 +1,125 @@
+use crate::Outcome;
+use crate::output::bytes;
+use crate::progress::Bars;
+use anyhow::{Context, bail};
+use compactor_ir::{ExternalDataPolicy, LoadOptions, Model, SaveOptions};
+use compactor_passes::{Pipeline, RunOptions};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to optimize.
+    input: PathBuf,
+    /// Where to write the result.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The passes, e.g. 'cleanup,fold-constants(max_bytes=4096)' (see `compactor passes`).
+    #[arg(long, conflicts_with = "pipeline", required_unless_present = "pipeline")]
+    passes: Option<String>,
+    /// A TOML pipeline file ([[pass]] tables with `name` and options).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Write a JSON report of every pass (sizes, timings, details) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Verify the graph after every pass (it is always verified before writing).
+    #[arg(long)]
+    verify_each: bool,
+    /// Write the text form of the model after this pass (repeatable); see --dump-dir.
+    #[arg(long)]
+    dump_after: Vec<String>,
+    /// Directory for --dump-after files (default: the output's directory).
+    #[arg(long)]
+    dump_dir: Option<PathBuf>,
+    /// Stop after this pass (and write what there is).
+    #[arg(long)]
+    stop_after: Option<String>,
+    /// Put tensors of at least this many bytes in an external data file next to the output.
+    #[arg(long)]
+    external_data_threshold: Option<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let pipeline = match (&args.passes, &args.pipeline) {
+        (Some(spec), _) => Pipeline::parse(spec)?,
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+            Pipeline::from_toml(&text).with_context(|| format!("{}", file.display()))?
+        }
+        (None, None) => bail!("give --passes or --pipeline"),
+    };
+    if args.output == args.input {
+        bail!("the output would overwrite the input {}; write to another file", args.input.display());
+    }
+    let mut model = Model::load_with(&args.input, &LoadOptions::default())?;
+    let progress = Bars::new();
+    let mut on_pass_start = |i: usize, n: usize, name: &str| eprintln!("[{}/{n}] {name}", i + 1);
+    let dump_dir = args.dump_dir.clone().unwrap_or_else(|| args.output.parent().map(Path::to_path_buf).unwrap_or_default());
+    let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let mut dump_error = None;
+    let mut on_dump = |pass: &str, index: usize, text: &str| {
+        let path = dump_dir.join(format!("{stem}.{:02}-{pass}.txt", index + 1));
+        match std::fs::write(&path, text) {
+            Ok(()) => eprintln!("      wrote {}", path.display()),
+            Err(e) => dump_error = Some(format!("{}: {e}", path.display())),
+        }
+    };
+    let options = RunOptions {
+        verify_each: args.verify_each,
+        dump_after: args.dump_after.clone(),
+        stop_after: args.stop_after.clone(),
+        progress: &progress,
+        on_dump: Some(&mut on_dump),
+        on_pass_start: Some(&mut on_pass_start),
+        ..Default::default()
+    };
+    let report = pipeline.run_with(&mut model, options)?;
+    if let Some(e) = dump_error {
+        bail!("cannot write dump {e}");
+    }
+    for r in &report.passes {
+        eprintln!("  {:<30} {:>8.1} ms  {}", r.pass, r.seconds * 1e3, r.summary);
+    }
+    // The pipeline verified the final graph; saving writes atomically.
+    let external_data = match args.external_data_threshold {
+        Some(min_bytes) => ExternalDataPolicy::Threshold { min_bytes, location: format!("{}.data", args.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()) },
+        None => ExternalDataPolicy::Preserve,
+    };
+    let saved = model.save_with(&args.output, &SaveOptions { external_data, sync: false })?;
+    let input_bytes = std::fs::metadata(&args.input)?.len() + external_bytes(&args.input)?;
+    let output_bytes = saved.model_bytes + saved.external_files.iter().map(|(_, n)| n).sum::<u64>();
+    eprintln!(
+        "{} -> {}: {} -> {} ({:.2}x smaller), {} -> {} nodes, {:.1} s",
+        args.input.display(),
+        args.output.display(),
+        bytes(input_bytes),
+        bytes(output_bytes),
+        input_bytes as f64 / output_bytes.max(1) as f64,
+        report.before.nodes,
+        report.after.nodes,
+        report.seconds
+    );
+    if let Some(path) = &args.report {
+        let value = serde_json::json!({
+            "input": { "path": args.input, "bytes": input_bytes },
+            "output": { "path": args.output, "bytes": output_bytes },
+            "pipeline": report,
+        });
+        write_atomically(path, serde_json::to_vec_pretty(&value)?)?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// Bytes of the external data files a model refers to.
+fn external_bytes(model: &Path) -> anyhow::Result<u64> {
+    let m = Model::load(model)?;
+    Ok(compactor_ir::summary::summarize(&m, 0).external_files.iter().map(|f| f.bytes).sum())
+}
+
+fn write_atomically(path: &Path, data: Vec<u8>) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot write", path.display()))?;
+    std::io::Write::write_all(&mut tmp, &data)?;
+    tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}

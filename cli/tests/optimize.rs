@@ -1,0 +1,112 @@
+//! `compactor optimize` and `compactor passes` from the command line.
+
+use compactor_tests::repo_root;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn compactor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_compactor")).args(args).output().expect("run compactor")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const CLEANUP_NO_FOLD: &str = "lift-constants,eliminate-identity,fold-shapes,eliminate-dead-code,merge-duplicate-initializers,fuse-matmul-add";
+
+#[test]
+fn optimize_writes_the_model_and_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("zoo.onnx");
+    let report = dir.path().join("report.json");
+    let o = compactor(&["optimize", s(&fixture("cleanup_zoo.onnx")), "-o", s(&out), "--passes", CLEANUP_NO_FOLD, "--report", s(&report), "--verify-each"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let passes = json["pipeline"]["passes"].as_array().unwrap();
+    assert_eq!(passes.len(), 6);
+    assert_eq!(passes[1]["pass"], "eliminate-identity");
+    assert_eq!(passes[1]["summary"], "removed 6 no-op nodes");
+    assert_eq!(json["pipeline"]["before"]["nodes"], 23);
+    assert_eq!(json["pipeline"]["after"]["nodes"], 11);
+    assert_eq!(json["output"]["bytes"].as_u64().unwrap(), std::fs::metadata(&out).unwrap().len());
+    assert!(json["input"]["bytes"].as_u64().unwrap() > json["output"]["bytes"].as_u64().unwrap());
+    compactor_ir::Model::load(&out).unwrap();
+}
+
+#[test]
+fn same_input_and_options_give_byte_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("{i}.onnx"))).collect();
+    for out in &outs {
+        let o = compactor(&["optimize", s(&fixture("tiny_bert.onnx")), "-o", s(out), "--passes", CLEANUP_NO_FOLD]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read(&outs[0]).unwrap(), std::fs::read(&outs[1]).unwrap());
+}
+
+#[test]
+fn a_toml_pipeline_means_the_same_as_the_cli_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("pipeline.toml");
+    let tables: String = CLEANUP_NO_FOLD.split(',').map(|p| format!("[[pass]]\nname = \"{p}\"\n")).collect();
+    std::fs::write(&toml, tables).unwrap();
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    assert!(compactor(&["optimize", s(&fixture("cleanup_zoo.onnx")), "-o", s(&a), "--passes", CLEANUP_NO_FOLD]).status.success());
+    let o = compactor(&["optimize", s(&fixture("cleanup_zoo.onnx")), "-o", s(&b), "--pipeline", s(&toml)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn stop_after_and_dump_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let o = compactor(&["optimize", s(&fixture("cleanup_zoo.onnx")), "-o", s(&out), "--passes", CLEANUP_NO_FOLD, "--stop-after", "eliminate-identity", "--dump-after", "lift-constants"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dump = std::fs::read_to_string(dir.path().join("m.01-lift-constants.txt")).unwrap();
+    assert!(dump.contains("init %c1 = tensor<f32[8]>"), "{dump}");
+    // Stopped before fold-shapes: the Shape node is still there.
+    let text = compactor_ir::model_to_text(&compactor_ir::Model::load(&out).unwrap());
+    assert!(text.contains("= Shape(%r)") && !text.contains("Identity("), "{text}");
+}
+
+#[test]
+fn bad_pipelines_exit_2_and_say_what_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let model = fixture("tiny_mlp.onnx");
+    for (spec, needle) in [
+        ("fold-constantz", "unknown pass 'fold-constantz'; valid passes and presets: lift-constants"),
+        ("fold-constants(max_bytes=0)", "option 'max_bytes': must be at least 1"),
+        ("fold-constants(bytes=1)", "unknown option 'bytes'; valid options: max_bytes"),
+        ("fold-constants(max_bytes", "expected '=' after option 'max_bytes'"),
+    ] {
+        let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", spec]);
+        assert_eq!(o.status.code(), Some(2), "{spec}");
+        assert!(stderr(&o).contains(needle), "{spec}: {}", stderr(&o));
+        assert!(!out.exists(), "nothing is written on error");
+    }
+    let o = compactor(&["optimize", s(&model), "-o", s(&model), "--passes", "eliminate-dead-code"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("would overwrite the input"), "{}", stderr(&o));
+}
+
+#[test]
+fn passes_lists_every_registered_pass() {
+    let o = compactor(&["passes", "--json"]);
+    assert!(o.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = json["passes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let registered: Vec<&str> = compactor_passes::registry::passes().iter().map(|p| p.name).collect();
+    assert_eq!(names, registered);
+    let text = String::from_utf8(compactor(&["passes"]).stdout).unwrap();
+    assert!(text.contains("max_bytes: integer = 1048576  Largest folded output"), "{text}");
+}

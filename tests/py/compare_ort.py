@@ -1,9 +1,11 @@
 """Runs two models in onnxruntime on the same deterministic inputs and compares every output.
 
-Usage: compare_ort.py A.onnx B.onnx [ATOL] [RTOL]
-Prints the max abs difference per output; exits 1 if any output differs beyond the tolerance
-(default: exact equality) or the output names/shapes differ.
+Usage: compare_ort.py A.onnx B.onnx [--atol X] [--rtol Y] [--input NAME=FILE.npy ...]
+Inputs not given are random (ints in [0, 10), symbolic dims 3). Prints the max abs difference
+per output; exits 1 if any output differs beyond the tolerance (default: exact equality) or
+the output names/shapes differ.
 """
+import argparse
 import sys
 
 import numpy as np
@@ -32,10 +34,18 @@ def inputs_for(path, seed=0):
 
 
 def main():
-    a, b = sys.argv[1], sys.argv[2]
-    atol = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-    rtol = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--atol", type=float, default=0.0)
+    parser.add_argument("--rtol", type=float, default=0.0)
+    parser.add_argument("--input", action="append", default=[])
+    args = parser.parse_args()
+    a, b, atol, rtol = args.a, args.b, args.atol, args.rtol
     feeds = inputs_for(a)
+    for spec in args.input:
+        name, path = spec.split("=", 1)
+        feeds[name] = np.load(path)
     sa, sb = ort.InferenceSession(a), ort.InferenceSession(b)
     names_a = [o.name for o in sa.get_outputs()]
     names_b = [o.name for o in sb.get_outputs()]

@@ -113,9 +113,19 @@ fn dead_code_in_and_around_subgraphs() {
     assert_eq!(main_outputs.len(), 1);
 }
 
-fn ort_equal(a: &Path, b: &Path, atol: &str) {
-    let out = run_python("compare_ort.py", &[a.as_os_str(), b.as_os_str(), atol.as_ref(), "1e-5".as_ref()]);
+fn ort_equal(a: &Path, b: &Path, atol: &str, inputs: &[String]) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str(), "--atol".as_ref(), atol.as_ref(), "--rtol".as_ref(), "1e-5".as_ref()];
+    for i in inputs {
+        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
+    }
+    let out = run_python("compare_ort.py", &args);
     assert!(!out.contains("FAIL"), "{out}");
+}
+
+/// MiniLM's reference inputs, as `name=path` for compare_ort.py.
+fn minilm_inputs() -> Vec<String> {
+    let dir = compactor_tests::shared_models();
+    ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| format!("{n}={}", dir.join(format!("minilm_{n}.npy")).display())).collect()
 }
 
 #[test]
@@ -129,7 +139,7 @@ fn cleanup_passes_keep_outputs_in_onnxruntime() {
         let out = dir.path().join(name);
         model.save(&out).unwrap();
         if name != "if_subgraph.onnx" {
-            ort_equal(&fixture(name), &out, "1e-6");
+            ort_equal(&fixture(name), &out, "1e-6", &[]);
         }
         assert!(report.after.nodes <= report.before.nodes, "{name}");
     }
@@ -140,6 +150,19 @@ fn cleanup_passes_keep_outputs_in_onnxruntime() {
     // constants and the Gather/Unsqueeze/Concat after Shape stay: folding them needs fold-constants.
     assert_eq!((report.before.nodes, report.after.nodes), (23, 11), "{}", model_to_text(&zoo));
     assert_eq!(zoo.graph.main().initializers.iter().filter(|&&v| zoo.graph.value(v).name.starts_with("w2")).count(), 1);
+}
+
+#[test]
+fn cleanup_passes_keep_minilm_outputs_in_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "lift-constants,eliminate-identity,fold-shapes,eliminate-dead-code,merge-duplicate-initializers,fuse-matmul-add,eliminate-dead-code";
+    let mut model = load(&minilm());
+    let report = run(spec, &mut model);
+    assert!(report.after.nodes < report.before.nodes);
+    let out = dir.path().join("minilm.onnx");
+    model.save(&out).unwrap();
+    // Same kernels, same graph computation: results must be bit-identical.
+    ort_equal(&minilm(), &out, "0", &minilm_inputs());
 }
 
 #[test]

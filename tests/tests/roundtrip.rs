@@ -17,6 +17,11 @@ fn round_trip_all(models: &[PathBuf], out_dir: &Path, name_of: impl Fn(&Path) ->
             if let Err(problems) = verify(&m) {
                 failures.push(format!("{}: verifier: {problems}", short(original)));
             }
+            // What `compactor inspect` shows must be computable for every model.
+            let summary = compactor_ir::summary::summarize(&m, 10);
+            if summary.nodes != m.graph.all_nodes().len() || !summary.problems.is_empty() {
+                failures.push(format!("{}: summary disagrees with the graph", short(original)));
+            }
             m.save(&written)
         });
         match result {

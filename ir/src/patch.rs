@@ -186,7 +186,7 @@ impl Patch {
         self.rewires.push((from, to.into()));
     }
 
-    /// Sets one input of an existing node.
+    /// Sets one input of an existing node (past the last input: the inputs in between are omitted ones).
     pub fn set_input(&mut self, node: NodeId, index: usize, value: Option<PValue>) {
         self.input_changes.push((node, index, value));
     }
@@ -270,11 +270,8 @@ impl Graph {
             live_value(*from, "re-wired value")?;
             new_index(*to)?;
         }
-        for (node, index, value) in &patch.input_changes {
+        for (node, _, value) in &patch.input_changes {
             live_node(*node, "node whose input changes")?;
-            if *index >= self.node(*node).inputs.len() {
-                return Err(err(format!("{} has no input {index}", self.node(*node).label(*node))));
-            }
             if let Some(v) = value {
                 new_index(*v)?;
             }
@@ -363,7 +360,11 @@ impl Graph {
         }
         for (node, index, value) in &patch.input_changes {
             let value = value.map(|v| resolve(v, &summary.new_values));
-            self.node_mut(*node).inputs[*index] = value;
+            let inputs = &mut self.node_mut(*node).inputs;
+            if inputs.len() <= *index {
+                inputs.resize(*index + 1, None);
+            }
+            inputs[*index] = value;
         }
         // 3. New nodes, placed around their anchors.
         let mut before: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();

@@ -173,6 +173,8 @@ pub trait Calibrator {
 pub struct PassCtx<'a, 'env> {
     /// The model's opset imports (a pass that emits newer ops updates them).
     pub opsets: &'a mut Vec<OpsetImport>,
+    /// The model's IR version (newer opsets and types need a minimum).
+    pub ir_version: &'a mut Option<i64>,
     pub progress: &'a dyn Progress,
     pub evaluator: Option<&'a dyn ConstantEvaluator>,
     pub calibrator: Option<&'a mut (dyn Calibrator + 'env)>,
@@ -185,11 +187,28 @@ impl PassCtx<'_, '_> {
         self.opsets.iter().find(|o| canon(o.domain.as_deref().unwrap_or("")) == canon(domain)).and_then(|o| o.version)
     }
 
+    /// Sets (or adds) a domain's imported version.
+    pub fn set_opset(&mut self, domain: &str, version: i64) {
+        let canon = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+        match self.opsets.iter_mut().find(|o| canon(o.domain.as_deref().unwrap_or("")) == canon(domain)) {
+            Some(o) => o.version = Some(version),
+            None => self.opsets.push(OpsetImport { domain: Some(domain.to_string()), version: Some(version) }),
+        }
+    }
+
+    /// Raises the IR version to at least `min`.
+    pub fn require_ir_version(&mut self, min: i64) {
+        if self.ir_version.is_none_or(|v| v < min) {
+            *self.ir_version = Some(min);
+        }
+    }
+
     /// A model around a copy of `graph` with these opsets (for running it, e.g. to calibrate).
     /// Tensors are shared, not copied.
     pub fn snapshot(&self, graph: &Graph) -> Model {
         let mut model = Model::new(graph.clone(), 0);
         model.opset_import = self.opsets.clone();
+        model.ir_version = *self.ir_version;
         model
     }
 }

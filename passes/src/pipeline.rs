@@ -141,7 +141,7 @@ impl Pipeline {
             let before = reports.last().map(|r: &PassReport| r.after).unwrap_or(initial);
             let t = Instant::now();
             let outcome = {
-                let mut ctx = PassCtx { opsets: &mut model.opset_import, progress: options.progress, evaluator: options.evaluator, calibrator: options.calibrator.as_deref_mut() };
+                let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: options.progress, evaluator: options.evaluator, calibrator: options.calibrator.as_deref_mut() };
                 step.pass.run(&mut model.graph, &mut ctx)?
             };
             let seconds = t.elapsed().as_secs_f64();

@@ -129,6 +129,7 @@ pub fn passes() -> Vec<PassInfo> {
         PassInfo::of::<eliminate_dead_code::EliminateDeadCode>(),
         PassInfo::of::<merge_duplicate_initializers::MergeDuplicateInitializers>(),
         PassInfo::of::<fuse_matmul_add::FuseMatMulAdd>(),
+        PassInfo::of::<upgrade_opset::UpgradeOpset>(),
         PassInfo::of::<find_layers::FindLayers>(),
     ]
 }

@@ -13,16 +13,16 @@ import onnx
 import onnxruntime as ort
 
 
-def inputs_for(path, seed=0):
+def inputs_for(path, given, seed=0):
     model = onnx.load(path, load_external_data=False)
     rng = np.random.default_rng(seed)
     inits = {i.name for i in model.graph.initializer}
     feeds = {}
     for inp in model.graph.input:
-        if inp.name in inits:
+        if inp.name in inits or inp.name in given:
             continue
         t = inp.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 3 for d in t.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 3 for d in t.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
         if dtype == np.bool_:
             feeds[inp.name] = rng.integers(0, 2, size=shape).astype(bool)
@@ -42,10 +42,12 @@ def main():
     parser.add_argument("--input", action="append", default=[])
     args = parser.parse_args()
     a, b, atol, rtol = args.a, args.b, args.atol, args.rtol
-    feeds = inputs_for(a)
+    given = {}
     for spec in args.input:
         name, path = spec.split("=", 1)
-        feeds[name] = np.load(path)
+        given[name] = np.load(path)
+    feeds = inputs_for(a, given)
+    feeds.update(given)
     sa, sb = ort.InferenceSession(a), ort.InferenceSession(b)
     names_a = [o.name for o in sa.get_outputs()]
     names_b = [o.name for o in sb.get_outputs()]

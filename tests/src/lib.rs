@@ -101,3 +101,27 @@ pub fn short(path: &Path) -> String {
     let parts: Vec<_> = path.components().rev().take(2).collect();
     parts.iter().rev().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
+
+/// Inputs to run a real model on, as `name=path.npy` for the Python scripts: MiniLM's
+/// reference inputs; for the PyPI models, values their inputs accept (written once into the cache).
+pub fn model_inputs(model: &Path) -> Vec<String> {
+    if model.ends_with("minilm-l6-v2.onnx") {
+        let dir = shared_models();
+        return ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| format!("{n}={}", dir.join(format!("minilm_{n}.npy")).display())).collect();
+    }
+    let dir = test_data().join("inputs").join(short(model).replace('/', "__"));
+    if !dir.join("done").exists() {
+        std::fs::create_dir_all(&dir).expect("create inputs dir");
+        run_python("make_inputs.py", &[model.as_os_str(), dir.as_os_str()]);
+    }
+    let mut inputs: Vec<String> = std::fs::read_dir(&dir)
+        .expect("inputs dir")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?.strip_suffix(".npy")?.to_string();
+            Some(format!("{name}={}", p.display()))
+        })
+        .collect();
+    inputs.sort();
+    inputs
+}

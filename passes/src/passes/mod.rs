@@ -8,3 +8,4 @@ pub mod fold_shapes;
 pub mod fuse_matmul_add;
 pub mod lift_constants;
 pub mod merge_duplicate_initializers;
+pub mod upgrade_opset;

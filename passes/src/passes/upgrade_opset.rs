@@ -1,0 +1,246 @@
+//! Raises the default-domain opset, rewriting the ops whose meaning or signature changed on
+//! the way so the model computes the same thing (most newer op versions only add types).
+//!
+//! Handled, by the version that changed them: Dropout ratio to an input (12); Split,
+//! Squeeze/Unsqueeze and ReduceSum axes to inputs, and Softmax/LogSoftmax/Hardmax from
+//! "flatten at axis" to "along axis" (13); RoiAlign's new default coordinate mode (16); the
+//! other Reduce* axes to inputs and Split's `num_outputs` for equal parts (18); GridSample mode names and DFT's axis input (20);
+//! GroupNormalization scale/bias from per-group to per-channel (21). Deprecated ops without an
+//! equivalent (Upsample, Scatter) are refused with a clear error.
+
+use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use compactor_ir::{Anchor, AttrValue, Graph, NodeId, PValue, Patch, Tensor, ValueId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeOpset {
+    /// The default-domain opset to upgrade to (11..=21 upgrades are supported; models already at or above it are left alone).
+    pub version: i64,
+}
+
+impl Default for UpgradeOpset {
+    fn default() -> Self {
+        UpgradeOpset { version: 21 }
+    }
+}
+
+/// Lowest opset this pass upgrades from.
+const OLDEST: i64 = 11;
+/// Newest opset whose changes this pass knows.
+const NEWEST: i64 = 21;
+
+impl PassDef for UpgradeOpset {
+    const NAME: &'static str = "upgrade-opset";
+    const SUMMARY: &'static str = "Raise the default-domain opset, rewriting ops whose semantics or signature changed";
+    const KIND: PassKind = PassKind::Transform;
+
+    fn validate(&self) -> Result<(), OptionError> {
+        if !(OLDEST + 1..=NEWEST).contains(&self.version) {
+            return Err(OptionError::new("version", format!("must be between {} and {NEWEST}", OLDEST + 1)));
+        }
+        Ok(())
+    }
+}
+
+/// The IR version a default-domain opset needs (onnx's VERSION_TABLE).
+pub fn min_ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        23 => 11,
+        24 => 12,
+        _ => 13,
+    }
+}
+
+const REDUCE_18: &[&str] = &["ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSumSquare"];
+
+/// Attribute edits applied after the patch (attributes are not structure).
+enum AttrEdit {
+    Remove(NodeId, &'static str),
+    Set(NodeId, &'static str, AttrValue),
+}
+
+struct Upgrade<'g> {
+    graph: &'g Graph,
+    patch: Patch,
+    edits: Vec<AttrEdit>,
+    from: i64,
+    to: i64,
+    rewritten: usize,
+}
+
+impl Upgrade<'_> {
+    fn crosses(&self, version: i64) -> bool {
+        self.from < version && version <= self.to
+    }
+
+    fn fail(&self, node: NodeId, reason: impl Into<String>) -> PassError {
+        PassError::failed(UpgradeOpset::NAME, self.graph.node(node).label(node), reason)
+    }
+
+    /// Moves an int-list attribute to an int64 input at `index` (no input when the attribute is absent: the default carries over).
+    fn ints_attr_to_input(&mut self, node: NodeId, attr: &'static str, index: usize) -> Result<(), PassError> {
+        let n = self.graph.node(node);
+        if let Some(values) = n.attr_ints(attr) {
+            let tensor = Tensor::from_i64(&[values.len() as u64], values).map_err(|e| PassError::ir(UpgradeOpset::NAME, e))?;
+            let hint = format!("{}_{attr}", n.name.clone().unwrap_or_else(|| n.op_type.to_lowercase()));
+            let c = self.patch.new_initializer(n.region, &hint, tensor);
+            self.patch.set_input(node, index, Some(c));
+            self.edits.push(AttrEdit::Remove(node, attr));
+            self.rewritten += 1;
+        }
+        Ok(())
+    }
+
+    fn scalar_input(&mut self, node: NodeId, index: usize, hint: &str, tensor: Tensor) {
+        let region = self.graph.node(node).region;
+        let c = self.patch.new_initializer(region, hint, tensor);
+        self.patch.set_input(node, index, Some(c));
+        self.rewritten += 1;
+    }
+
+    /// Softmax-family before 13 flattened to 2-D at `axis` (default 1); from 13 it works along one axis.
+    fn softmax(&mut self, node: NodeId) -> Result<(), PassError> {
+        let n = self.graph.node(node);
+        let axis = n.attr_int("axis").unwrap_or(1);
+        let (Some(x), Some(out)) = (n.input(0), n.output(0)) else { return Ok(()) };
+        let rank = self.graph.value(x).shape().map(|s| s.rank() as i64);
+        if let Some(rank) = rank {
+            let a = if axis < 0 { axis + rank } else { axis };
+            if a == rank - 1 {
+                self.edits.push(AttrEdit::Set(node, "axis", AttrValue::Int(-1)));
+                self.rewritten += 1;
+                return Ok(());
+            }
+        }
+        // Flatten at the old axis, normalise the last axis, reshape back.
+        let region = n.region;
+        let hint = n.name.clone().unwrap_or_else(|| n.op_type.to_lowercase());
+        let flat = self.patch.new_value(region, &format!("{hint}_flat"), None);
+        let shape = self.patch.new_value(region, &format!("{hint}_shape"), None);
+        let result = self.patch.new_value(region, &format!("{hint}_2d"), None);
+        self.patch.node("Flatten", Anchor::Before(node)).input(x).output(flat).attr("axis", AttrValue::Int(axis)).add();
+        self.patch.node("Shape", Anchor::Before(node)).input(x).output(shape).add();
+        let op = n.op_type.clone();
+        let mut softmax = self.patch.node(&op, Anchor::Before(node)).input(flat).output(result).attr("axis", AttrValue::Int(-1));
+        if let Some(name) = &n.name {
+            softmax = softmax.name(name.clone());
+        }
+        softmax.add();
+        self.patch.node("Reshape", Anchor::Before(node)).input(result).input(shape).output(PValue::Existing(out)).add();
+        self.patch.remove_node(node);
+        self.rewritten += 1;
+        Ok(())
+    }
+
+    /// GroupNormalization-21 takes per-channel scale and bias; 18 took one per group.
+    fn group_norm(&mut self, node: NodeId) -> Result<(), PassError> {
+        let n = self.graph.node(node);
+        let groups = n.attr_int("num_groups").ok_or_else(|| self.fail(node, "GroupNormalization without num_groups"))?;
+        let channels = n.input(0).and_then(|x| self.graph.value(x).shape()).and_then(|s| s.dims.get(1)).and_then(|d| d.known());
+        let Some(channels) = channels.filter(|&c| groups > 0 && c % groups == 0) else {
+            return Err(self.fail(node, "cannot upgrade GroupNormalization to opset 21: the channel count is unknown"));
+        };
+        for index in [1, 2] {
+            let v: ValueId = n.input(index).ok_or_else(|| self.fail(node, "GroupNormalization without scale/bias"))?;
+            let tensor = self.graph.constant(v).ok_or_else(|| self.fail(node, "cannot upgrade GroupNormalization to opset 21: scale/bias are not constants"))?;
+            let per_group = tensor.to_f32().map_err(|e| PassError::ir(UpgradeOpset::NAME, e))?;
+            let per_channel: Vec<f32> = (0..channels).map(|c| per_group[(c / (channels / groups)) as usize]).collect();
+            let t = Tensor::from_f32(&[channels as u64], &per_channel).map_err(|e| PassError::ir(UpgradeOpset::NAME, e))?;
+            let hint = format!("{}_per_channel", self.graph.value(v).name);
+            let c = self.patch.new_initializer(n.region, &hint, t);
+            self.patch.set_input(node, index, Some(c));
+        }
+        self.rewritten += 1;
+        Ok(())
+    }
+
+    fn node(&mut self, node: NodeId) -> Result<(), PassError> {
+        let n = self.graph.node(node);
+        if !n.domain().is_empty() {
+            return Ok(());
+        }
+        let op = n.op_type.clone();
+        match op.as_str() {
+            "Upsample" | "Scatter" => return Err(self.fail(node, format!("{op} is deprecated and has no equivalent this pass can write; replace it (Resize / ScatterElements) first"))),
+            "Dropout" if self.crosses(12) => {
+                if let Some(ratio) = n.attr_float("ratio") {
+                    self.scalar_input(node, 1, "dropout_ratio", Tensor::from_f32(&[], &[ratio]).expect("scalar"));
+                    self.edits.push(AttrEdit::Remove(node, "ratio"));
+                }
+            }
+            "Split" if self.crosses(13) || self.crosses(18) => {
+                if self.crosses(13) {
+                    self.ints_attr_to_input(node, "split", 1)?;
+                }
+                // Split-18 needs `split` or `num_outputs`; before, neither meant equal parts, one per output.
+                let n = self.graph.node(node);
+                if self.crosses(18) && n.input(1).is_none() && n.attr_ints("split").is_none() && n.attr("num_outputs").is_none() {
+                    self.edits.push(AttrEdit::Set(node, "num_outputs", AttrValue::Int(n.outputs.len() as i64)));
+                    self.rewritten += 1;
+                }
+            }
+            "Squeeze" | "Unsqueeze" | "ReduceSum" if self.crosses(13) => self.ints_attr_to_input(node, "axes", 1)?,
+            "Softmax" | "LogSoftmax" | "Hardmax" if self.crosses(13) => self.softmax(node)?,
+            "RoiAlign" if self.crosses(16) && n.attr("coordinate_transformation_mode").is_none() => {
+                self.edits.push(AttrEdit::Set(node, "coordinate_transformation_mode", AttrValue::String("output_half_pixel".into())));
+                self.rewritten += 1;
+            }
+            r if REDUCE_18.contains(&r) && self.crosses(18) => self.ints_attr_to_input(node, "axes", 1)?,
+            "GridSample" if self.crosses(20) => {
+                let renamed = match n.attr_string("mode") {
+                    Some("bilinear") => Some("linear"),
+                    Some("bicubic") => Some("cubic"),
+                    _ => None,
+                };
+                if let Some(mode) = renamed {
+                    self.edits.push(AttrEdit::Set(node, "mode", AttrValue::String(mode.into())));
+                    self.rewritten += 1;
+                }
+            }
+            "DFT" if self.crosses(20) => {
+                // DFT-17's axis attribute defaulted to 1; DFT-20's axis input defaults to -2.
+                let axis = n.attr_int("axis").unwrap_or(1);
+                self.scalar_input(node, 2, "dft_axis", Tensor::scalar_i64(axis));
+                self.edits.push(AttrEdit::Remove(node, "axis"));
+            }
+            "GroupNormalization" if self.crosses(21) => self.group_norm(node)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Pass for UpgradeOpset {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        let from = ctx.opset("").ok_or_else(|| PassError::failed(Self::NAME, "model", "the model imports no default-domain opset"))?;
+        if from >= self.version {
+            return Ok(PassOutcome::unchanged(format!("already at opset {from}")));
+        }
+        if from < OLDEST {
+            return Err(PassError::failed(Self::NAME, "model", format!("upgrading from opset {from} is not supported (opset {OLDEST} or newer)")));
+        }
+        let mut up = Upgrade { graph, patch: Patch::new(), edits: Vec::new(), from, to: self.version, rewritten: 0 };
+        for node in graph.all_nodes() {
+            up.node(node)?;
+        }
+        let Upgrade { patch, edits, rewritten, .. } = up;
+        graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
+        for edit in edits {
+            match edit {
+                AttrEdit::Remove(n, name) => graph.node_mut(n).attributes.retain(|a| a.name != name),
+                AttrEdit::Set(n, name, value) => graph.node_mut(n).set_attr(name, value),
+            }
+        }
+        ctx.set_opset("", self.version);
+        ctx.require_ir_version(min_ir_version(self.version));
+        Ok(PassOutcome::changed(format!("opset {from} -> {}: rewrote {rewritten} nodes", self.version)))
+    }
+}

@@ -1,0 +1,98 @@
+//! `upgrade-opset` keeps what models compute: checked in onnxruntime on the ONNX node tests'
+//! own inputs and expected outputs, and on the real models.
+
+use compactor_ir::Model;
+use compactor_passes::{Pipeline, RunOptions};
+use compactor_tests::{node_test_dirs, real_models, run_python, short};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn upgrade(model: &mut Model) -> Result<(), compactor_passes::PassError> {
+    Pipeline::parse("upgrade-opset(version=21)")?.run_with(model, RunOptions { verify_each: true, ..Default::default() })?;
+    Ok(())
+}
+
+/// PASS/FAIL/ERROR per model path, from node_tests_ort.py.
+fn ort_results(pairs: &[(PathBuf, PathBuf)], dir: &Path) -> BTreeMap<PathBuf, String> {
+    let list = dir.join("list.tsv");
+    let mut f = std::fs::File::create(&list).unwrap();
+    for (model, case) in pairs {
+        writeln!(f, "{}\t{}", model.display(), case.display()).unwrap();
+    }
+    drop(f);
+    run_python("node_tests_ort.py", &[list.as_os_str()])
+        .lines()
+        .filter_map(|l| {
+            let (status, rest) = l.split_once(' ')?;
+            let path = rest.split(": ").next()?;
+            Some((PathBuf::from(path), format!("{status} {rest}")))
+        })
+        .collect()
+}
+
+#[test]
+fn node_tests_compute_the_same_after_upgrading_to_opset_21() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut originals = Vec::new();
+    let mut upgraded = Vec::new();
+    let mut refused = Vec::new();
+    for case in node_test_dirs() {
+        let path = case.join("model.onnx");
+        let mut model = Model::load(&path).unwrap();
+        let opset = model.opset_version("").unwrap_or(0);
+        if !(11..21).contains(&opset) {
+            continue;
+        }
+        match upgrade(&mut model) {
+            Ok(()) => {
+                assert_eq!(model.opset_version(""), Some(21));
+                assert!(model.ir_version >= Some(10));
+                let out = dir.path().join(format!("{}.onnx", case.file_name().unwrap().to_string_lossy()));
+                model.save(&out).unwrap();
+                originals.push((path, case.clone()));
+                upgraded.push((out, case));
+            }
+            Err(e) => refused.push(format!("{}: {e}", short(&path))),
+        }
+    }
+    // Only deprecated ops without an equivalent may be refused.
+    for r in &refused {
+        assert!(r.contains("Upsample is deprecated") || r.contains("Scatter is deprecated"), "unexpected refusal: {r}");
+    }
+    let before = ort_results(&originals, dir.path());
+    let after = ort_results(&upgraded, dir.path());
+    let mut regressions = Vec::new();
+    let mut passing = 0;
+    for ((orig, _), (up, _)) in originals.iter().zip(&upgraded) {
+        let b = &before[orig];
+        let a = &after[up];
+        if b.starts_with("PASS") {
+            passing += 1;
+            if !a.starts_with("PASS") {
+                regressions.push(format!("{} -> {a}", short(orig)));
+            }
+        }
+    }
+    eprintln!("{} node tests below opset 21 upgraded ({} refused); {passing} pass in onnxruntime before, all of them after", originals.len(), refused.len());
+    assert!(passing > 100, "too few cases exercised: {passing}");
+    assert!(regressions.is_empty(), "{} cases broke:\n{}", regressions.len(), regressions.join("\n"));
+}
+
+#[test]
+fn real_models_compute_the_same_after_upgrading() {
+    let dir = tempfile::tempdir().unwrap();
+    for path in real_models() {
+        let mut model = Model::load(&path).unwrap();
+        upgrade(&mut model).unwrap_or_else(|e| panic!("{}: {e}", short(&path)));
+        let out = dir.path().join(short(&path).replace('/', "__"));
+        model.save(&out).unwrap();
+        let mut args: Vec<&std::ffi::OsStr> = vec![path.as_os_str(), out.as_os_str(), "--atol".as_ref(), "1e-5".as_ref(), "--rtol".as_ref(), "1e-4".as_ref()];
+        let inputs = compactor_tests::model_inputs(&path);
+        for i in &inputs {
+            args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
+        }
+        let report = run_python("compare_ort.py", &args);
+        assert!(!report.contains("FAIL"), "{}: {report}", short(&path));
+    }
+}

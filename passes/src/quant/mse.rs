@@ -50,21 +50,46 @@ pub(crate) fn fit_mse(values: &[f32], config: &QuantConfig, options: &MseOptions
     let (min, max) = min_max(values);
     let mut best = fit_range(min, max, config)?;
     let mut best_error = block_error(values, &best, max_code);
+    // Takes the candidate if it is strictly better; says whether it did.
     let consider = |candidate: BlockParams, best: &mut BlockParams, best_error: &mut f64| {
         let e = block_error(values, &candidate, max_code);
-        if e < *best_error {
+        let better = e < *best_error;
+        if better {
             *best = candidate;
             *best_error = e;
         }
+        better
     };
 
     // 1. Clip search: shrink the range towards 0 (GPTQ's grid; squared error, not |.|^2.4, since
     //    squared error is the metric we promise not to worsen).
     let steps = (options.max_shrink * options.grid as f32) as usize;
+    let factor = |i: usize| 1.0 - i as f32 / options.grid as f32;
+    let mut best_factors = (1.0f32, 1.0f32);
     for i in 1..=steps {
-        let p = 1.0 - i as f32 / options.grid as f32;
-        if let Ok(candidate) = fit_range(p * min, p * max, config) {
-            consider(candidate, &mut best, &mut best_error);
+        let p = factor(i);
+        if let Ok(candidate) = fit_range(p * min, p * max, config)
+            && consider(candidate, &mut best, &mut best_error)
+        {
+            best_factors = (p, p);
+        }
+    }
+    // Asymmetric ranges are often lopsided (an outlier on one side): then refine each end on
+    // its own, the low end first, starting from the best common factor.
+    if !config.symmetric {
+        for i in 0..=steps {
+            let p = factor(i);
+            if let Ok(candidate) = fit_range(p * min, best_factors.1 * max, config)
+                && consider(candidate, &mut best, &mut best_error)
+            {
+                best_factors.0 = p;
+            }
+        }
+        for i in 0..=steps {
+            let p = factor(i);
+            if let Ok(candidate) = fit_range(best_factors.0 * min, p * max, config) {
+                consider(candidate, &mut best, &mut best_error);
+            }
         }
     }
     if best_error == 0.0 {
@@ -106,8 +131,36 @@ pub(crate) fn fit_mse(values: &[f32], config: &QuantConfig, options: &MseOptions
         }
     }
 
-    // 3. Least-squares scale for the chosen codes (the optimum of Σ(w − s·(q − z))² over s),
-    //    then re-encode; repeat while it helps.
+    // 3. Least squares for the chosen codes. Asymmetric: the line w ≈ a·q + b through the
+    //    codes gives a zero point -b/a (rounded to the integer grid) and a scale a.
+    if !config.symmetric {
+        let encoder = best.encoder(max_code);
+        let count = values.len() as f64;
+        let (mut sq, mut sw, mut sqq, mut sqw) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for &w in values {
+            let q = encoder.encode(w) as f64;
+            sq += q;
+            sw += w as f64;
+            sqq += q * q;
+            sqw += q * w as f64;
+        }
+        let variance = sqq - sq * sq / count;
+        if variance > 0.0 {
+            let slope = (sqw - sq * sw / count) / variance;
+            let intercept = (sw - slope * sq) / count;
+            let zero = -intercept / slope;
+            if let Ok(scale) = store_scale(slope as f32, config.scale_dtype)
+                && zero.is_finite()
+                && scale != 0.0
+                && (scale * max_code as f32).is_finite()
+            {
+                let zero_point = zero.round().clamp(0.0, max_code as f64) as u8;
+                consider(BlockParams { scale, zero_point }, &mut best, &mut best_error);
+            }
+        }
+    }
+    // Then the least-squares scale for the current codes and zero point (the optimum of
+    // Σ(w − s·(q − z))² over s), re-encoding each time, while it helps.
     for _ in 0..options.scale_refits {
         let encoder = best.encoder(max_code);
         let (mut num, mut den) = (0.0f64, 0.0f64);

@@ -16,6 +16,9 @@ pub struct MseOptions {
     /// Shrink factors `1 − i/grid` for `i = 1 ..= max_shrink·grid` (GPTQ: grid 100, max shrink 0.8).
     pub grid: usize,
     pub max_shrink: f32,
+    /// Coarse-to-fine search over the shrink factors: every `search_stride`-th factor, then all
+    /// factors within one stride of the best. 1 tries every factor (about 3x slower).
+    pub search_stride: usize,
     /// HQQ iterations on the zero point (asymmetric only; 0 disables).
     pub hqq_iterations: usize,
     /// HQQ's lp-norm `p` of the shrinkage operator.
@@ -29,12 +32,15 @@ pub struct MseOptions {
 
 impl Default for MseOptions {
     fn default() -> Self {
-        MseOptions { grid: 100, max_shrink: 0.8, hqq_iterations: 20, hqq_lp_norm: 0.7, hqq_beta: 10.0, hqq_kappa: 1.01, scale_refits: 4 }
+        MseOptions { grid: 100, max_shrink: 0.8, search_stride: 4, hqq_iterations: 20, hqq_lp_norm: 0.7, hqq_beta: 10.0, hqq_kappa: 1.01, scale_refits: 4 }
     }
 }
 
 /// Blockwise quantization minimising each block's squared error (see the module docs).
 pub fn quantize_mse(weight: &[f32], k: usize, n: usize, config: &QuantConfig, options: &MseOptions) -> Result<QuantizedWeight, QuantError> {
+    if options.search_stride == 0 {
+        return Err(QuantError::InvalidOption { option: "mse.search_stride", value: "0".into(), expected: "at least 1" });
+    }
     if options.grid == 0 || !(0.0..1.0).contains(&options.max_shrink) {
         return Err(QuantError::InvalidOption { option: "mse.grid / mse.max_shrink", value: format!("{} / {}", options.grid, options.max_shrink), expected: "grid >= 1 and 0 <= max_shrink < 1" });
     }
@@ -42,6 +48,28 @@ pub fn quantize_mse(weight: &[f32], k: usize, n: usize, config: &QuantConfig, op
         return Err(QuantError::InvalidOption { option: "mse.hqq_*", value: format!("p={} beta={} kappa={}", options.hqq_lp_norm, options.hqq_beta, options.hqq_kappa), expected: "0 < p <= 1, beta > 0, kappa >= 1" });
     }
     quantize_blockwise(weight, k, n, config, |values| fit_mse(values, config, options))
+}
+
+/// Tries the indices `first..=last` on a grid of `stride`, then every index within one stride of
+/// the best of them (or of `first` when none improved). `try_index` says whether an index
+/// improved on everything tried before it. `stride` 1 is the exhaustive search.
+fn coarse_to_fine(first: usize, last: usize, stride: usize, mut try_index: impl FnMut(usize) -> bool) {
+    let stride = stride.max(1);
+    let mut best = None;
+    for i in (first..=last).step_by(stride) {
+        if try_index(i) {
+            best = Some(i);
+        }
+    }
+    if stride == 1 {
+        return;
+    }
+    let center = best.unwrap_or(first);
+    for i in center.saturating_sub(stride - 1).max(first)..=(center + stride - 1).min(last) {
+        if !(i - first).is_multiple_of(stride) {
+            try_index(i);
+        }
+    }
 }
 
 /// The best parameters found for one block, never worse than RTN's.
@@ -65,32 +93,33 @@ pub(crate) fn fit_mse(values: &[f32], config: &QuantConfig, options: &MseOptions
     //    squared error is the metric we promise not to worsen).
     let steps = (options.max_shrink * options.grid as f32) as usize;
     let factor = |i: usize| 1.0 - i as f32 / options.grid as f32;
+    let stride = options.search_stride;
     let mut best_factors = (1.0f32, 1.0f32);
-    for i in 1..=steps {
+    coarse_to_fine(1, steps, stride, |i| {
         let p = factor(i);
-        if let Ok(candidate) = fit_range(p * min, p * max, config)
-            && consider(candidate, &mut best, &mut best_error)
-        {
+        let improved = fit_range(p * min, p * max, config).is_ok_and(|c| consider(c, &mut best, &mut best_error));
+        if improved {
             best_factors = (p, p);
         }
-    }
+        improved
+    });
     // Asymmetric ranges are often lopsided (an outlier on one side): then refine each end on
     // its own, the low end first, starting from the best common factor.
     if !config.symmetric {
-        for i in 0..=steps {
+        let high = best_factors.1;
+        coarse_to_fine(0, steps, stride, |i| {
             let p = factor(i);
-            if let Ok(candidate) = fit_range(p * min, best_factors.1 * max, config)
-                && consider(candidate, &mut best, &mut best_error)
-            {
+            let improved = fit_range(p * min, high * max, config).is_ok_and(|c| consider(c, &mut best, &mut best_error));
+            if improved {
                 best_factors.0 = p;
             }
-        }
-        for i in 0..=steps {
+            improved
+        });
+        let low = best_factors.0;
+        coarse_to_fine(0, steps, stride, |i| {
             let p = factor(i);
-            if let Ok(candidate) = fit_range(best_factors.0 * min, p * max, config) {
-                consider(candidate, &mut best, &mut best_error);
-            }
-        }
+            fit_range(low * min, p * max, config).is_ok_and(|c| consider(c, &mut best, &mut best_error))
+        });
     }
     if best_error == 0.0 {
         return Ok(best);

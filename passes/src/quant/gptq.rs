@@ -22,6 +22,7 @@ use super::{QuantConfig, QuantError, QuantizedWeight, check_matrix, check_weight
 const COLUMN_CHUNK: usize = 32;
 
 /// Streams calibration activations `x [rows, K]` into `Σ x xᵀ` (f64) without keeping them.
+/// Memory is `8·K²` bytes (0.5 GB at K = 8192).
 #[derive(Clone, Debug)]
 pub struct HessianAccumulator {
     k: usize,
@@ -136,7 +137,12 @@ pub struct GptqResult {
 
 /// GPTQ (see the module docs). Block parameters are RTN's (onnxruntime conventions) fitted on
 /// the error-compensated weights of the block when its first row is reached — or, with
-/// `act_order` or per-channel blocks, once on the original weights.
+/// `act_order` or per-channel blocks, once on the original weights (the reference's
+/// `static_groups` / `groupsize=-1`). Intentional difference from the reference: its dynamic
+/// groups are fitted on W as of the start of the current lazy batch, missing the updates from
+/// the batch's earlier rows; we add those, so each fit sees the weights it will encode.
+///
+/// Dead inputs (`H_ii = 0`) get `H_ii = 1` and a zero row, as in the reference.
 pub fn quantize_gptq(weight: &[f32], k: usize, n: usize, config: &QuantConfig, hessian: &Hessian, options: &GptqOptions) -> Result<GptqResult, QuantError> {
     config.validate()?;
     check_weight(weight, k, n)?;

@@ -3,6 +3,14 @@
 //! `Σ (w − w_hat)²` computed with the exact stored-format arithmetic, and a candidate replaces
 //! the current parameters only when it lowers that error, so the result is never worse than
 //! RTN on any block.
+//!
+//! Order: (1) GPTQ-style clip grid on the RTN range, then for asymmetric blocks each end on
+//! its own; (2) asymmetric only: HQQ's proximal iteration on the zero point (p = 0.7, β = 10,
+//! β·=1.01, early stop on rising mean |error|) starting from the best clipped parameters rather
+//! than from the raw min/max, each real-valued iterate rounded to an integer zero point because
+//! both ONNX forms store integer zero points; (3) least squares: the line through the codes
+//! (asymmetric) and the optimal scale for fixed codes, re-encoding while it helps. The scale is
+//! never optimised by HQQ itself (HQQ keeps it fixed too).
 
 use serde::{Deserialize, Serialize};
 

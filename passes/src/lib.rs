@@ -4,11 +4,13 @@
 //! - [`registry`]: the one list of passes and presets (what `compactor passes` prints).
 //! - [`Pipeline`]: parse `fold-constants,quantize(bits=4)` (or a TOML file) and run it.
 //! - [`patterns`], [`transformer`]: find linear layers and transformer blocks however they were exported.
+//! - [`quant`]: the numerics of blockwise weight quantization (RTN, MSE/HQQ, GPTQ) and packing.
 
 pub mod pass;
 pub mod passes;
 pub mod patterns;
 pub mod pipeline;
+pub mod quant;
 pub mod registry;
 pub mod spec;
 pub mod transformer;

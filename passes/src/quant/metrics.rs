@@ -1,0 +1,45 @@
+//! Error and size metrics of a quantized weight.
+
+use super::QuantizedWeight;
+
+/// How close `W_hat` is to `W`, and what it costs.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct QuantMetrics {
+    /// `‖W − W_hat‖_F / ‖W‖_F` (0 when W is all zeros and exactly reproduced).
+    pub relative_frobenius_error: f64,
+    /// `10 log10(‖W‖² / ‖W − W_hat‖²)` in dB; infinite when the reconstruction is exact.
+    pub sqnr_db: f64,
+    /// Storage bits per weight: codes, scales, zero points and outliers (16-bit value plus two
+    /// 32-bit indices each), excluding container padding.
+    pub bits_per_weight: f64,
+    /// f32 size of W.
+    pub bytes_before: u64,
+    /// Bytes of the quantized form: bit-packed codes and zero points, scales, outliers.
+    pub bytes_after: u64,
+}
+
+impl QuantMetrics {
+    pub fn new(weight: &[f32], quantized: &QuantizedWeight) -> Self {
+        let w_hat = quantized.dequantize();
+        let (signal, noise) = weight.iter().zip(&w_hat).fold((0.0f64, 0.0f64), |(s, e), (&w, &h)| {
+            let d = w as f64 - h as f64;
+            (s + (w as f64) * (w as f64), e + d * d)
+        });
+        let relative_frobenius_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
+        let sqnr_db = 10.0 * (signal / noise).log10();
+        let c = &quantized.config;
+        let groups = (quantized.n * quantized.k_blocks()) as u64;
+        let code_bits = (quantized.k * quantized.n) as u64 * c.bits as u64;
+        let scale_bits = groups * c.scale_dtype.bits() as u64;
+        let zero_point_bits = if quantized.zero_points.is_some() { groups * c.bits as u64 } else { 0 };
+        let outlier_bits = quantized.outliers.len() as u64 * (16 + 32 + 32);
+        let total_bits = code_bits + scale_bits + zero_point_bits + outlier_bits;
+        QuantMetrics {
+            relative_frobenius_error,
+            sqnr_db: if sqnr_db.is_nan() { f64::INFINITY } else { sqnr_db },
+            bits_per_weight: total_bits as f64 / (quantized.k * quantized.n) as f64,
+            bytes_before: weight.len() as u64 * 4,
+            bytes_after: code_bits.div_ceil(8) + scale_bits / 8 + zero_point_bits.div_ceil(8) + outlier_bits / 8,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Packing a [`QuantizedWeight`] into the two ONNX forms a `quantize` pass emits.
+//!
+//! a. Standard QDQ: `DequantizeLinear(q, scale, zero_point, axis=0, block_size=B)` whose output
+//!    is `W_hat [K, N]` directly (no Transpose). `q` keeps W's shape `[K, N]`, scales and zero
+//!    points are `[ceil(K/B), N]`; a short last block is allowed by the operator. Symmetric
+//!    weights become signed INT{bits} with no zero point (`code - 2^(bits-1)`), asymmetric ones
+//!    UINT{bits} with a UINT{bits} zero point. Per-channel uses `block_size = K`.
+//!    4- and 8-bit need opset 21, 2-bit opset 25. With f16 scales the operator outputs f16.
+//! b. `com.microsoft.MatMulNBits`: B uint8 `[N, k_blocks, B*bits/8]`, scales `[N*k_blocks]`,
+//!    zero points uint8 `[N * ceil(k_blocks*bits/8)]` (each column's zero points packed on their
+//!    own, low bits first), absent for symmetric weights (onnxruntime then uses `2^(bits-1)`).
+//!    K is padded up to a whole number of blocks; padded rows hold the block's zero-point code
+//!    so they dequantize to 0. Per-channel uses one block of `max(16, K.next_power_of_two())`.
+//!    Scales must have the activation's element type (f32 → float input, f16 → float16 input).
+
+use compactor_ir::DataType;
+use compactor_ir::tensor::{pack_crumbs, pack_nibbles};
+
+use super::{BlockSize, QuantError, QuantizedWeight, ScaleDtype};
+
+/// Element type of the quantized (and zero-point) tensor of the QDQ form.
+pub type QuantDtype = DataType;
+
+/// Initializers and attributes of the blocked `DequantizeLinear` form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QdqTensors {
+    /// ONNX `raw_data` of the quantized tensor, shape `[K, N]` (sub-byte types packed, low bits first).
+    pub quantized: Vec<u8>,
+    pub dtype: QuantDtype,
+    pub shape: [usize; 2],
+    /// Scale values `[k_blocks, N]`, exactly representable in `scale_dtype`.
+    pub scales: Vec<f32>,
+    pub scale_dtype: ScaleDtype,
+    pub scale_shape: [usize; 2],
+    /// `raw_data` of the zero points, same dtype as `quantized`, shape `scale_shape`.
+    pub zero_points: Option<Vec<u8>>,
+    pub axis: i64,
+    pub block_size: usize,
+    /// Lowest `ai.onnx` opset whose `DequantizeLinear` takes `dtype` with `block_size`.
+    pub min_opset: i64,
+}
+
+/// Initializers and attributes of the `com.microsoft.MatMulNBits` form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatMulNBitsTensors {
+    /// uint8 `[N, k_blocks, blob_size]`.
+    pub b: Vec<u8>,
+    pub b_shape: [usize; 3],
+    /// `[N * k_blocks]`, exactly representable in `scale_dtype`.
+    pub scales: Vec<f32>,
+    pub scale_dtype: ScaleDtype,
+    /// uint8 `[N * ceil(k_blocks * bits / 8)]`.
+    pub zero_points: Option<Vec<u8>>,
+    /// Attributes.
+    pub k: usize,
+    pub n: usize,
+    pub bits: u8,
+    pub block_size: usize,
+}
+
+/// Little-endian bytes of `values` in `dtype` (for `raw_data`).
+pub fn scales_raw(values: &[f32], dtype: ScaleDtype) -> Vec<u8> {
+    match dtype {
+        ScaleDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ScaleDtype::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+    }
+}
+
+fn pack_bits(bits: u8, values: impl IntoIterator<Item = u8>) -> Vec<u8> {
+    match bits {
+        2 => pack_crumbs(values),
+        4 => pack_nibbles(values),
+        _ => values.into_iter().collect(),
+    }
+}
+
+fn check_packable(q: &QuantizedWeight, format: &'static str) -> Result<(), QuantError> {
+    if !matches!(q.config.bits, 2 | 4 | 8) {
+        return Err(QuantError::UnsupportedFormat { format, reason: format!("bits = {} (only 2, 4 and 8 have a container type)", q.config.bits) });
+    }
+    Ok(())
+}
+
+/// The standard blocked QDQ form (see the module docs).
+pub fn pack_qdq(q: &QuantizedWeight) -> Result<QdqTensors, QuantError> {
+    check_packable(q, "DequantizeLinear")?;
+    let bits = q.config.bits;
+    let k_blocks = q.k_blocks();
+    let (dtype, offset) = match (bits, q.config.symmetric) {
+        (2, true) => (DataType::Int2, q.config.mid_code()),
+        (2, false) => (DataType::Uint2, 0),
+        (4, true) => (DataType::Int4, q.config.mid_code()),
+        (4, false) => (DataType::Uint4, 0),
+        (_, true) => (DataType::Int8, q.config.mid_code()),
+        (_, false) => (DataType::Uint8, 0),
+    };
+    // Signed values in two's complement; the packers keep the low `bits` bits.
+    let quantized = pack_bits(bits, q.codes.iter().map(|&c| c.wrapping_sub(offset)));
+    let transpose = |v: &[u8]| -> Vec<u8> { (0..k_blocks).flat_map(|b| (0..q.n).map(move |col| v[col * k_blocks + b])).collect() };
+    let scales = (0..k_blocks).flat_map(|b| (0..q.n).map(move |col| q.scales[col * k_blocks + b])).collect();
+    let zero_points = q.zero_points.as_ref().map(|zp| pack_bits(bits, transpose(zp)));
+    Ok(QdqTensors {
+        quantized,
+        dtype,
+        shape: [q.k, q.n],
+        scales,
+        scale_dtype: q.config.scale_dtype,
+        scale_shape: [k_blocks, q.n],
+        zero_points,
+        axis: 0,
+        block_size: q.block_size,
+        min_opset: if bits == 2 { 25 } else { 21 },
+    })
+}
+
+/// The `com.microsoft.MatMulNBits` form (see the module docs).
+pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, QuantError> {
+    check_packable(q, "MatMulNBits")?;
+    let bits = q.config.bits;
+    let block_size = match q.config.block_size {
+        BlockSize::Blocked(b) => b,
+        BlockSize::PerChannel => q.k.next_power_of_two().max(16),
+    };
+    let k_blocks = q.k.div_ceil(block_size);
+    debug_assert_eq!(k_blocks, q.k_blocks());
+    let padded_k = k_blocks * block_size;
+    let blob_size = block_size * bits as usize / 8;
+
+    let mut b = Vec::with_capacity(q.n * k_blocks * blob_size);
+    for col in 0..q.n {
+        let column = (0..padded_k).map(|row| {
+            if row < q.k { q.codes[row * q.n + col] } else { q.params(col, k_blocks - 1).zero_point }
+        });
+        // Blocks hold whole bytes (block_size >= 16), so packing the column packs each blob.
+        b.extend(pack_bits(bits, column));
+    }
+    let zero_points = q.zero_points.as_ref().map(|zp| {
+        // Each column's zero points start on a fresh byte; a partial last byte is zero-filled.
+        zp.chunks(k_blocks).flat_map(|col_zp| pack_bits(bits, col_zp.iter().copied())).collect()
+    });
+    Ok(MatMulNBitsTensors {
+        b,
+        b_shape: [q.n, k_blocks, blob_size],
+        scales: q.scales.clone(),
+        scale_dtype: q.config.scale_dtype,
+        zero_points,
+        k: q.k,
+        n: q.n,
+        bits,
+        block_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{QuantConfig, quantize_rtn};
+    use compactor_ir::tensor::{unpack_crumbs, unpack_nibbles};
+
+    fn weight(k: usize, n: usize) -> Vec<f32> {
+        (0..k * n).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * if i % 13 == 0 { 3.0 } else { 1.0 }).collect()
+    }
+
+    fn unpack(bits: u8, raw: &[u8], count: usize) -> Vec<u8> {
+        match bits {
+            2 => unpack_crumbs(raw, count).collect(),
+            4 => unpack_nibbles(raw, count).collect(),
+            _ => raw[..count].to_vec(),
+        }
+    }
+
+    /// Sign-extends a `bits`-wide two's complement value.
+    fn signed(bits: u8, v: u8) -> i32 {
+        let shift = 8 - bits;
+        ((v << shift) as i8 >> shift) as i32
+    }
+
+    #[test]
+    fn qdq_unpacks_to_the_reconstruction() {
+        for bits in [2u8, 4, 8] {
+            for symmetric in [false, true] {
+                for block_size in [BlockSize::Blocked(16), BlockSize::PerChannel] {
+                    let (k, n) = (37, 5);
+                    let cfg = QuantConfig { bits, block_size, symmetric, scale_dtype: ScaleDtype::F32 };
+                    let q = quantize_rtn(&weight(k, n), k, n, &cfg).unwrap();
+                    let t = pack_qdq(&q).unwrap();
+                    assert_eq!(t.quantized.len(), (k * n * bits as usize).div_ceil(8));
+                    assert_eq!(t.scales.len(), t.scale_shape[0] * t.scale_shape[1]);
+                    let codes = unpack(bits, &t.quantized, k * n);
+                    let zps = t.zero_points.as_ref().map(|z| unpack(bits, z, t.scales.len()));
+                    let expected = q.dequantize();
+                    for row in 0..k {
+                        for col in 0..n {
+                            let i = row * n + col;
+                            let s = (row / t.block_size) * n + col;
+                            let value = match &zps {
+                                Some(zp) => (codes[i] as i32 - zp[s] as i32) as f32 * t.scales[s],
+                                None => signed(bits, codes[i]) as f32 * t.scales[s],
+                            };
+                            assert_eq!(value, expected[i], "bits {bits} sym {symmetric} [{row},{col}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_nbits_unpacks_to_the_reconstruction() {
+        for bits in [2u8, 4, 8] {
+            for symmetric in [false, true] {
+                for block_size in [BlockSize::Blocked(16), BlockSize::Blocked(32), BlockSize::PerChannel] {
+                    let (k, n) = (37, 3);
+                    let cfg = QuantConfig { bits, block_size, symmetric, scale_dtype: ScaleDtype::F32 };
+                    let q = quantize_rtn(&weight(k, n), k, n, &cfg).unwrap();
+                    let t = pack_matmul_nbits(&q).unwrap();
+                    let [bn, k_blocks, blob] = t.b_shape;
+                    assert_eq!((bn, blob), (n, t.block_size * bits as usize / 8));
+                    assert_eq!(t.b.len(), n * k_blocks * blob);
+                    let zp_bytes_per_col = (k_blocks * bits as usize).div_ceil(8);
+                    if let Some(zp) = &t.zero_points {
+                        assert_eq!(zp.len(), n * zp_bytes_per_col);
+                    }
+                    let expected = q.dequantize();
+                    for col in 0..n {
+                        let codes = unpack(bits, &t.b[col * k_blocks * blob..], k_blocks * t.block_size);
+                        let zps: Vec<u8> = match &t.zero_points {
+                            Some(zp) => unpack(bits, &zp[col * zp_bytes_per_col..], k_blocks),
+                            None => vec![1 << (bits - 1); k_blocks],
+                        };
+                        for (row, &c) in codes.iter().enumerate() {
+                            let b = row / t.block_size;
+                            let value = (c as i32 - zps[b] as i32) as f32 * t.scales[col * k_blocks + b];
+                            let want = if row < k { expected[row * n + col] } else { 0.0 };
+                            assert_eq!(value, want, "bits {bits} sym {symmetric} {block_size:?} [{row},{col}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn three_bits_is_refused_by_both_packers() {
+        let cfg = QuantConfig { bits: 3, ..Default::default() };
+        let q = quantize_rtn(&weight(32, 2), 32, 2, &cfg).unwrap();
+        assert!(pack_qdq(&q).unwrap_err().to_string().contains("bits = 3"));
+        assert!(pack_matmul_nbits(&q).unwrap_err().to_string().contains("bits = 3"));
+    }
+
+    #[test]
+    fn zero_points_pack_per_column_low_bits_first() {
+        // 3 blocks of 4-bit zero points per column: 2 bytes per column, the last nibble zero.
+        let cfg = QuantConfig { bits: 4, block_size: BlockSize::Blocked(16), symmetric: false, scale_dtype: ScaleDtype::F32 };
+        let (k, n) = (48, 2);
+        let mut q = quantize_rtn(&weight(k, n), k, n, &cfg).unwrap();
+        q.zero_points = Some(vec![1, 2, 3, 4, 5, 6]);
+        let t = pack_matmul_nbits(&q).unwrap();
+        assert_eq!(t.zero_points.unwrap(), vec![0x21, 0x03, 0x54, 0x06]);
+        let raw = scales_raw(&[1.0, 0.5], ScaleDtype::F16);
+        assert_eq!(raw, vec![0x00, 0x3C, 0x00, 0x38]);
+    }
+}

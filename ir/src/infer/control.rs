@@ -12,6 +12,7 @@ pub(super) fn rule(op: &str) -> Option<Rule> {
         "If" => if_rule,
         "Loop" => loop_rule,
         "Scan" => scan_rule,
+        "SequenceMap" => sequence_map_rule,
         _ => return None,
     })
 }
@@ -116,6 +117,20 @@ pub(super) fn subgraph_input_types(graph: &Graph, node: NodeId, opset: i64) -> V
                 };
                 let dims = if batched && k < states && ty.shape().is_some_and(|s| s.rank() == 0) { None } else { dims };
                 out.push((v, super::tensor_type(Some(elem), dims)));
+            }
+        }
+        "SequenceMap" => {
+            let Some(body) = region_attr(n, "body").and_then(|r| graph.try_region(r)) else { return out };
+            for (k, &v) in body.inputs.iter().enumerate() {
+                // A sequence input gives its elements one by one; a tensor input is passed whole.
+                let ty = match input_type(k).map(|t| &t.kind) {
+                    Some(TypeKind::Sequence(inner)) => inner.as_ref().map(|t| (**t).clone()),
+                    Some(_) => input_type(k).cloned(),
+                    None => None,
+                };
+                if let Some(ty) = ty {
+                    out.push((v, ty));
+                }
             }
         }
         _ => {}
@@ -237,6 +252,22 @@ fn scan_rule(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
             None => None,
         };
         ctx.set(states + k, ty.elem(), dims);
+    }
+    Ok(())
+}
+
+fn sequence_map_rule(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    let graph = ctx.graph;
+    let Some(body) = region_attr(ctx.node, "body").and_then(|r| graph.try_region(r)) else {
+        return Err(InferError::Attribute { name: "body", reason: "missing".into() });
+    };
+    if body.outputs.len() != ctx.output_count() {
+        return Err(InferError::Invalid(format!("the body has {} outputs, the node {}", body.outputs.len(), ctx.output_count())));
+    }
+    for (k, &out) in body.outputs.iter().enumerate() {
+        if let Some(ty) = value_type(graph, out) {
+            ctx.set_type(k, ValueType { kind: TypeKind::Sequence(Some(Box::new(ty.clone()))), denotation: None });
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub(super) fn rule(op: &str) -> Option<Rule> {
         "Max" | "Min" | "Sum" | "Mean" => variadic,
         "Not" | "IsNaN" | "IsInf" | "RegexFullMatch" => to_bool,
         "Cast" => cast,
+        "BitCast" => bit_cast,
         "CastLike" => cast_like,
         "Neg" | "Abs" => negate_or_abs,
         "Relu" | "Sigmoid" | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Log" | "Reciprocal" | "Ceil" | "Floor" | "Round" | "Sign" | "Sin" | "Cos" | "Tan" | "Asin"
@@ -275,6 +276,15 @@ fn cast(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     };
     ctx.set(0, Some(to), ctx.dims(0).map(<[Dim]>::to_vec));
     cast_data(ctx, to);
+    Ok(())
+}
+
+/// Reinterprets the bits; between types of one width the shape stays.
+fn bit_cast(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(0)?;
+    let to = ctx.attr_dtype("to")?.ok_or(InferError::Attribute { name: "to", reason: "missing".into() })?;
+    let same_width = ctx.elem(0).is_some_and(|from| from.bit_width().is_some() && from.bit_width() == to.bit_width());
+    ctx.set(0, Some(to), ctx.dims(0).filter(|_| same_width).map(<[Dim]>::to_vec));
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! a declared type that contradicts the inferred one is kept and reported as a [`Conflict`].
 //!
 //! Rules live in one file per op family (`elementwise`, `shape_ops`, `nn`, `reduce`,
-//! `control`, `sequence`) and are found through [`rule_for`]. Each rule reads its inputs
+//! `control`, `sequence`, `signal`, `text`, `ml`) and are found through [`rule_for`]. Each rule reads its inputs
 //! through a [`NodeCtx`] and sets output types, and, for small integer tensors, their values.
 //!
 //! ## Data propagation
@@ -27,10 +27,13 @@
 
 mod control;
 mod elementwise;
+mod ml;
 mod nn;
 mod reduce;
 mod sequence;
 mod shape_ops;
+mod signal;
+mod text;
 #[cfg(test)]
 mod tests;
 
@@ -178,17 +181,22 @@ pub fn record_value_info(graph: &mut Graph) {
 /// An inference rule: reads the node through the context and sets its outputs.
 pub(crate) type Rule = fn(&mut NodeCtx<'_>) -> Result<(), InferError>;
 
-/// The rule of a default-domain op, if there is one.
+/// The rule of an op, if there is one.
 fn rule_for(domain: &str, op: &str) -> Option<Rule> {
-    if !domain.is_empty() {
-        return None;
+    match domain {
+        "" => elementwise::rule(op)
+            .or_else(|| shape_ops::rule(op))
+            .or_else(|| nn::rule(op))
+            .or_else(|| reduce::rule(op))
+            .or_else(|| control::rule(op))
+            .or_else(|| sequence::rule(op))
+            .or_else(|| signal::rule(op))
+            .or_else(|| text::rule(op)),
+        "ai.onnx.ml" => ml::ml_rule(op),
+        "ai.onnx.preview.training" => ml::training_rule(op),
+        "ai.onnx.preview" => nn::preview_rule(op),
+        _ => None,
     }
-    elementwise::rule(op)
-        .or_else(|| shape_ops::rule(op))
-        .or_else(|| nn::rule(op))
-        .or_else(|| reduce::rule(op))
-        .or_else(|| control::rule(op))
-        .or_else(|| sequence::rule(op))
 }
 
 struct Engine<'a> {

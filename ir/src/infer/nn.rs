@@ -1,7 +1,7 @@
 //! Neural-network ops: matrix products, convolutions, pooling, normalisations, recurrent
 //! layers, resizing, quantisation, losses and the like.
 
-use super::{InferError, NodeCtx, Rule, broadcast, ceil_div, dim_mul, floor_div, normalize_axis, unify};
+use super::{InferError, NodeCtx, Rule, broadcast, ceil_div, dim_add, dim_mul, floor_div, normalize_axis, unify};
 use crate::dtype::DataType;
 use crate::types::Dim;
 
@@ -36,9 +36,20 @@ pub(super) fn rule(op: &str) -> Option<Rule> {
         "AffineGrid" => affine_grid,
         "NonMaxSuppression" => non_max_suppression,
         "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => loss,
-        "HannWindow" | "HammingWindow" | "BlackmanWindow" => window_function,
-        "MelWeightMatrix" => mel_weight_matrix,
-        "Det" => det,
+                "Det" => det,
+        "Attention" => attention,
+        "LinearAttention" => linear_attention,
+        "CausalConvWithState" => causal_conv_with_state,
+        "Col2Im" => col2im,
+        "ImageDecoder" => image_decoder,
+        _ => return None,
+    })
+}
+
+/// Rules of the `ai.onnx.preview` domain.
+pub(super) fn preview_rule(op: &str) -> Option<Rule> {
+    Some(match op {
+        "FlexAttention" => flex_attention,
         _ => return None,
     })
 }
@@ -171,14 +182,14 @@ impl Window {
         let size = *size;
         let out = match self.auto_pad {
             AutoPad::Same => ceil_div(size, s),
-            AutoPad::Valid => ceil_div(size - effective + 1, s),
+            AutoPad::Valid => size.checked_sub(effective).and_then(|v| ceil_div(v + 1, s)),
             AutoPad::NotSet => {
-                let span = size.saturating_add(pb).saturating_add(pe) - effective;
-                if ceil_mode {
+                let span = size.checked_add(pb).and_then(|v| v.checked_add(pe)).and_then(|v| v.checked_sub(effective));
+                match span {
                     // The last window must start inside the input or its left padding.
-                    ceil_div(span, s).map(|o| o + 1).map(|o| if (o - 1).saturating_mul(s) >= size.saturating_add(pb) { o - 1 } else { o })
-                } else {
-                    floor_div(span, s).map(|o| o + 1)
+                    Some(span) if ceil_mode => ceil_div(span, s).map(|o| o + 1).map(|o| if (o - 1).saturating_mul(s) >= size.saturating_add(pb) { o - 1 } else { o }),
+                    Some(span) => floor_div(span, s).map(|o| o + 1),
+                    None => None,
                 }
             }
         };
@@ -248,9 +259,16 @@ fn conv_dims(ctx: &NodeCtx<'_>, x: usize, w: usize, transposed: bool) -> Result<
         out.push(match (&xd[2 + i], geometry.auto_pad) {
             (input, AutoPad::Same) => dim_mul(input, &Dim::Known(s)),
             (Dim::Known(size), _) => {
-                let effective = (geometry.kernel[i] - 1) * geometry.dilations[i] + 1;
-                let o = s * (size - 1) + output_padding[i] + effective - geometry.pads[i] - geometry.pads[i + n];
-                Dim::Known(o)
+                // stride * (size - 1) + output_padding + effective kernel - pads
+                let effective = (geometry.kernel[i] - 1).checked_mul(geometry.dilations[i]).and_then(|e| e.checked_add(1));
+                let o = (size - 1)
+                    .checked_mul(s)
+                    .and_then(|v| v.checked_add(output_padding[i]))
+                    .zip(effective)
+                    .and_then(|(v, e)| v.checked_add(e))
+                    .and_then(|v| v.checked_sub(geometry.pads[i]))
+                    .and_then(|v| v.checked_sub(geometry.pads[i + n]));
+                o.map_or(Dim::Unknown, Dim::Known)
             }
             _ => Dim::Unknown,
         });
@@ -364,7 +382,12 @@ fn max_unpool(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
             let mut out = x[..2].to_vec();
             for (i, d) in x[2..].iter().enumerate() {
                 out.push(match d {
-                    Dim::Known(size) => Dim::Known((size - 1) * geometry.strides[i] + geometry.kernel[i] - geometry.pads[i] - geometry.pads[i + n]),
+                    Dim::Known(size) => (size - 1)
+                        .checked_mul(geometry.strides[i])
+                        .and_then(|v| v.checked_add(geometry.kernel[i]))
+                        .and_then(|v| v.checked_sub(geometry.pads[i]))
+                        .and_then(|v| v.checked_sub(geometry.pads[i + n]))
+                        .map_or(Dim::Unknown, Dim::Known),
                     _ => Dim::Unknown,
                 });
             }
@@ -748,37 +771,6 @@ fn loss(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     Ok(())
 }
 
-fn window_function_dtype(ctx: &NodeCtx<'_>) -> Result<DataType, InferError> {
-    Ok(ctx.attr_dtype("output_datatype")?.unwrap_or(DataType::Float))
-}
-
-fn window_function(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
-    ctx.require(0)?;
-    let elem = window_function_dtype(ctx)?;
-    let size = match ctx.data(0).as_deref() {
-        Some([n]) => n.clone(),
-        _ => Dim::Unknown,
-    };
-    ctx.set(0, Some(elem), Some(vec![size]));
-    Ok(())
-}
-
-fn mel_weight_matrix(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
-    ctx.require(1)?;
-    let elem = window_function_dtype(ctx)?;
-    let scalar = |d: Option<Vec<Dim>>| match d.as_deref() {
-        Some([n]) => n.clone(),
-        _ => Dim::Unknown,
-    };
-    let bins = scalar(ctx.data(0));
-    let spectrum = match scalar(ctx.data(1)) {
-        Dim::Known(n) => Dim::Known(n / 2 + 1),
-        _ => Dim::Unknown,
-    };
-    ctx.set(0, Some(elem), Some(vec![spectrum, bins]));
-    Ok(())
-}
-
 fn det(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     ctx.require(0)?;
     let dims = match ctx.dims(0) {
@@ -790,6 +782,130 @@ fn det(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
         None => None,
     };
     ctx.set(0, ctx.elem(0), dims);
+    Ok(())
+}
+
+/// Head counts of a 3-D (heads packed in the last dim) attention input.
+fn heads(ctx: &NodeCtx<'_>, name: &'static str) -> Result<Dim, InferError> {
+    match ctx.attr_int(name) {
+        Some(h) if h > 0 => Ok(Dim::Known(h)),
+        Some(h) => Err(InferError::Attribute { name, reason: format!("{h} is not positive") }),
+        None => Err(InferError::Attribute { name, reason: "required for 3-D inputs".into() }),
+    }
+}
+
+/// Scaled dot-product attention (opset 23): Q, K, V as `[B, H, L, D]` or `[B, L, H*D]`,
+/// optional past key/value `[B, Hkv, Lpast, D]`.
+fn attention(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(2)?;
+    let (Some(q), Some(k), Some(v)) = (ctx.dims(0), ctx.dims(1), ctx.dims(2)) else {
+        ctx.set(0, ctx.elem(0), None);
+        return Ok(());
+    };
+    let div = super::dim_div;
+    // (batch, q heads, q length, head size, kv heads, kv length, value head size)
+    let (batch, q_heads, q_len, head, kv_heads, kv_len, v_head) = match (q, k, v) {
+        ([b, hq, lq, d], [_, hk, lk, _], [_, _, _, dv]) => (b.clone(), hq.clone(), lq.clone(), d.clone(), hk.clone(), lk.clone(), dv.clone()),
+        ([b, lq, q_hidden], [_, lk, _], [_, _, v_hidden]) => {
+            let (hq, hk) = (heads(ctx, "q_num_heads")?, heads(ctx, "kv_num_heads")?);
+            (b.clone(), hq.clone(), lq.clone(), div(q_hidden, &hq), hk.clone(), lk.clone(), div(v_hidden, &hk))
+        }
+        _ => return Err(InferError::Rank { index: 0, rank: q.len(), expected: "3 or 4, the same for Q, K and V".into() }),
+    };
+    let total = match ctx.dims(4) {
+        Some([_, _, past, _]) => dim_add(past, &kv_len),
+        Some(p) => return Err(InferError::Rank { index: 4, rank: p.len(), expected: "4".into() }),
+        None if ctx.has_input(4) => Dim::Unknown,
+        None => kv_len,
+    };
+    let y = if q.len() == 4 { vec![batch.clone(), q_heads.clone(), q_len.clone(), v_head.clone()] } else { vec![batch.clone(), q_len.clone(), dim_mul(&q_heads, &v_head)] };
+    ctx.set(0, ctx.elem(0), Some(y));
+    ctx.set(1, ctx.elem(1), Some(vec![batch.clone(), kv_heads.clone(), total.clone(), head]));
+    ctx.set(2, ctx.elem(2), Some(vec![batch.clone(), kv_heads, total.clone(), v_head]));
+    ctx.set(3, ctx.elem(0), Some(vec![batch, q_heads, q_len, total]));
+    Ok(())
+}
+
+fn flex_attention(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(2)?;
+    let dims = match (ctx.dims(0), ctx.dims(2)) {
+        (Some([b, hq, lq, _]), Some([_, _, _, dv])) => Some(vec![b.clone(), hq.clone(), lq.clone(), dv.clone()]),
+        (Some(q), Some(_)) if q.len() != 4 => return Err(InferError::Rank { index: 0, rank: q.len(), expected: "4".into() }),
+        _ => None,
+    };
+    ctx.set(0, ctx.elem(0), dims);
+    Ok(())
+}
+
+/// Linear attention (opset 27): Q `[B, L, Hq*Dk]`, K `[B, L, Hkv*Dk]`, V `[B, L, Hkv*Dv]`;
+/// the recurrent state is `[B, Hkv, Dk, Dv]`.
+fn linear_attention(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(2)?;
+    let elem = ctx.elem(0);
+    let (Some(q), Some(v)) = (ctx.dims(0), ctx.dims(2)) else {
+        ctx.set(0, elem, None);
+        return Ok(());
+    };
+    let ([b, l, q_hidden], [_, _, v_hidden]) = (q, v) else {
+        return Err(InferError::Rank { index: 0, rank: q.len(), expected: "3 for Q and V".into() });
+    };
+    let (hq, hk) = (heads(ctx, "q_num_heads")?, heads(ctx, "kv_num_heads")?);
+    let div = super::dim_div;
+    let (dk, dv) = (div(q_hidden, &hq), div(v_hidden, &hk));
+    ctx.set(0, elem, Some(vec![b.clone(), l.clone(), dim_mul(&hq, &dv)]));
+    if ctx.has_input(3) {
+        ctx.pass_through(3, 1);
+    } else {
+        ctx.set(1, elem, Some(vec![b.clone(), hk, dk, dv]));
+    }
+    Ok(())
+}
+
+/// A depthwise causal 1-D convolution carrying the last `kernel - 1` inputs as state.
+fn causal_conv_with_state(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(1)?;
+    ctx.pass_through(0, 0);
+    let state = match (ctx.dims(0), ctx.dims(1)) {
+        (Some([b, c, _]), Some([_, _, k])) => Some(vec![b.clone(), c.clone(), super::dim_sub(k, &Dim::Known(1))]),
+        _ => None,
+    };
+    if ctx.has_input(3) {
+        ctx.pass_through(3, 1);
+    } else {
+        ctx.set(1, ctx.elem(0), state);
+    }
+    Ok(())
+}
+
+fn col2im(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(2)?;
+    let elem = ctx.elem(0);
+    let image = ctx.data(1).or_else(|| match ctx.dims(1) {
+        Some([Dim::Known(n)]) => usize::try_from(*n).ok().map(|n| vec![Dim::Unknown; n]),
+        _ => None,
+    });
+    let dims = match (ctx.dims(0), image) {
+        (Some([n, cb, _]), Some(image)) => {
+            let block = ctx.data(2).map(|b| super::dim_product(&b)).unwrap_or(Dim::Unknown);
+            let mut out = vec![n.clone(), super::dim_div(cb, &block)];
+            out.extend(image);
+            Some(out)
+        }
+        (Some(x), _) if x.len() != 3 => return Err(InferError::Rank { index: 0, rank: x.len(), expected: "3".into() }),
+        _ => None,
+    };
+    ctx.set(0, elem, dims);
+    Ok(())
+}
+
+fn image_decoder(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+    ctx.require(0)?;
+    let channels = match ctx.attr_string("pixel_format").unwrap_or("RGB") {
+        "RGB" | "BGR" => 3,
+        "Grayscale" => 1,
+        other => return Err(InferError::Attribute { name: "pixel_format", reason: format!("unknown value '{other}'") }),
+    };
+    ctx.set(0, Some(DataType::Uint8), Some(vec![Dim::Unknown, Dim::Unknown, Dim::Known(channels)]));
     Ok(())
 }
 

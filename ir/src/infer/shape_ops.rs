@@ -165,8 +165,10 @@ fn remaining_factor(input: &[Dim], others: &[&Dim]) -> Result<Dim, InferError> {
             _ => right.push(*d),
         }
     }
-    let left_known: Option<i64> = left.iter().filter(|d| !matches!(d, Dim::Sym(_))).try_fold(1i64, |a, d| a.checked_mul(d.known()?));
-    let right_known: Option<i64> = right.iter().try_fold(1i64, |a, d| a.checked_mul(d.known()?));
+    // A negative dim (a dynamic dim some exporters write as -1) is not a size.
+    let size = |d: &Dim| d.known().filter(|&n| n >= 0);
+    let left_known: Option<i64> = left.iter().filter(|d| !matches!(d, Dim::Sym(_))).try_fold(1i64, |a, d| a.checked_mul(size(d)?));
+    let right_known: Option<i64> = right.iter().try_fold(1i64, |a, d| a.checked_mul(size(d)?));
     let symbols: Vec<&&Dim> = left.iter().filter(|d| matches!(d, Dim::Sym(_))).collect();
     Ok(match (left_known, right_known, symbols.as_slice()) {
         (Some(l), Some(r), []) if r != 0 => {
@@ -555,8 +557,11 @@ fn range(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
                         return Err(InferError::InputValue { index: 2, reason: "delta is 0".into() });
                     }
                     let span = l.checked_sub(*s).ok_or(InferError::InputValue { index: 1, reason: "range overflows".into() })?;
-                    let n = span / d + i64::from(span % d != 0 && (span < 0) == (*d < 0));
-                    Dim::Known(n.max(0))
+                    // ceil(span / delta), without overflow (i64::MIN / -1).
+                    match (span.checked_div(*d), span.checked_rem(*d)) {
+                        (Some(q), Some(r)) => Dim::Known((q + i64::from(r != 0 && (span < 0) == (*d < 0))).max(0)),
+                        _ => Dim::Unknown,
+                    }
                 }
                 (Dim::Known(0), limit @ Dim::Sym(_), Dim::Known(1)) => limit.clone(),
                 _ => Dim::Unknown,
@@ -639,7 +644,7 @@ fn split(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
                 return Err(InferError::InputValue { index: 1, reason: format!("{} sizes for {outputs} outputs", sizes.len()) });
             }
             if let Dim::Known(t) = total
-                && sizes.iter().sum::<i64>() != *t
+                && sizes.iter().try_fold(0i64, |a, &b| a.checked_add(b)) != Some(*t)
             {
                 return Err(InferError::InputValue { index: 1, reason: format!("sizes {sizes:?} do not add up to {t}") });
             }
@@ -764,7 +769,7 @@ fn depth_space(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     let b = ctx.attr_int("blocksize").filter(|&b| b > 0).ok_or(InferError::Attribute { name: "blocksize", reason: "missing or not positive".into() })?;
     let dims = match ctx.dims(0) {
         Some([n, c, h, w]) => {
-            let area = Dim::Known(b * b);
+            let area = b.checked_mul(b).map_or(Dim::Unknown, Dim::Known);
             let block = Dim::Known(b);
             Some(if ctx.node.op_type == "DepthToSpace" {
                 vec![n.clone(), super::dim_div(c, &area), dim_mul(h, &block), dim_mul(w, &block)]

@@ -2,6 +2,7 @@
 
 Usage: onnx_shapes.py MODEL [--keep-value-info]
        onnx_shapes.py MODEL --run [BINDING...]
+       onnx_shapes.py --list FILE
 
 The model's value_info entries (declared intermediate types) are removed first, in every
 graph, so the reference infers from the graph inputs and initializers alone, as Compactor's
@@ -20,6 +21,13 @@ of the main graph made a graph output, and the actual shapes are printed:
 {"actual": {name: {"elem": code, "dims": [int...]}}}. BINDINGs choose the input sizes:
 `SYMBOL=N` for a dim_param, `INPUT.K=N` for dimension K of an input, `INPUT.value=N` to fill
 an integer input with N (default 0); other unknown dims are 1.
+
+With --list FILE, each line of FILE names a model (an ONNX node test's model.onnx) and one
+JSON object is printed per line: {"model": path, "values", "input_symbols"} as above (the
+declared graph output types are removed too before inferring), plus
+"actual" (as with --run) from running the model with onnxruntime on the node test's own
+inputs (test_data_set_0), or "run_error" when it cannot be run, or "error" when onnx's
+inference fails.
 """
 import json
 import sys
@@ -81,17 +89,58 @@ def random_input(name: str, elem: int, dims: list, bindings: dict) -> "numpy.nda
     return np.full(dims, int(bindings.get(f"{name}.value", 0)), dtype=dtype)
 
 
-def run(path: str, binding_args: list) -> int:
+def infer(path: str, keep_value_info: bool = False, clear_outputs: bool = False) -> dict:
+    model = onnx.load(path)
+    if not keep_value_info:
+        strip_value_info(model.graph)
+    if clear_outputs:
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = {i.name for i in model.graph.input}
+        for output in model.graph.output:
+            if output.name not in initializers and output.name not in inputs:
+                output.ClearField("type")
+    inferred = shape_inference.infer_shapes(model, data_prop=True)
+    values: list = []
+    collect(inferred.graph, "", values)
+    symbols = sorted(
+        {
+            d.dim_param
+            for vi in model.graph.input
+            if vi.type.HasField("tensor_type")
+            for d in vi.type.tensor_type.shape.dim
+            if d.HasField("dim_param")
+        }
+    )
+    return {"values": values, "input_symbols": symbols}
+
+
+def actual_shapes(model: onnx.ModelProto, feeds: dict) -> dict:
+    """Runs the model with every main-graph node output made a graph output."""
     import onnxruntime as ort
 
-    bindings = dict(arg.split("=", 1) for arg in binding_args)
-    model = onnx.load(path)
     declared = {o.name for o in model.graph.output}
     for node in model.graph.node:
         for name in node.output:
             if name and name not in declared:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
                 declared.add(name)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = session.get_outputs()
+    results = session.run([o.name for o in outputs], feeds)
+    actual = {}
+    for output, value in zip(outputs, results):
+        if not hasattr(value, "shape") or not output.type.startswith("tensor("):
+            continue
+        # numpy has no float8/4-bit types (their arrays read as uint8), so the element type is
+        # the one onnxruntime reports, e.g. "tensor(float8e4m3fn)".
+        elem = onnx.TensorProto.DataType.Value(output.type[len("tensor(") : -1].upper())
+        actual[output.name] = {"elem": elem, "dims": [int(d) for d in value.shape]}
+    return actual
+
+
+def run(path: str, binding_args: list) -> dict:
+    bindings = dict(arg.split("=", 1) for arg in binding_args)
+    model = onnx.load(path)
     initializers = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
@@ -110,38 +159,57 @@ def run(path: str, binding_args: list) -> int:
             else:
                 dims.append(1)
         feeds[vi.name] = random_input(vi.name, tt.elem_type, dims, bindings)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    results = session.run(names, feeds)
-    actual = {
-        name: {"elem": int(onnx.helper.np_dtype_to_tensor_dtype(value.dtype)), "dims": [int(d) for d in value.shape]}
-        for name, value in zip(names, results)
-        if hasattr(value, "shape")
-    }
-    json.dump({"actual": actual}, sys.stdout)
+    return {"actual": actual_shapes(model, feeds)}
+
+
+def run_test_data(path: str) -> dict:
+    """Runs a node test's model on its first data set's inputs (tensor inputs only)."""
+    import os
+
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    data_dir = os.path.join(os.path.dirname(path), "test_data_set_0")
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+    feeds = {}
+    for k, vi in enumerate(inputs):
+        if not vi.type.HasField("tensor_type"):
+            raise ValueError(f"input '{vi.name}' is not a tensor")
+        tensor = onnx.TensorProto()
+        with open(os.path.join(data_dir, f"input_{k}.pb"), "rb") as f:
+            tensor.ParseFromString(f.read())
+        feeds[vi.name] = numpy_helper.to_array(tensor)
+    return {"actual": actual_shapes(model, feeds)}
+
+
+def run_list(list_file: str) -> int:
+    for line in open(list_file):
+        path = line.strip()
+        if not path:
+            continue
+        out: dict = {"model": path}
+        try:
+            out.update(infer(path, clear_outputs=True))
+        except Exception as e:  # the comparison skips models onnx cannot infer
+            out["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        try:
+            out.update(run_test_data(path))
+        except Exception as e:  # onnxruntime lacks some ops and opsets
+            out["run_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        print(json.dumps(out), flush=True)
     return 0
 
 
 def main() -> int:
+    if sys.argv[1] == "--list":
+        return run_list(sys.argv[2])
     path = sys.argv[1]
     if "--run" in sys.argv[2:]:
-        return run(path, [a for a in sys.argv[2:] if a != "--run"])
-    model = onnx.load(path)
-    if "--keep-value-info" not in sys.argv[2:]:
-        strip_value_info(model.graph)
-    inferred = shape_inference.infer_shapes(model, data_prop=True)
-    values: list = []
-    collect(inferred.graph, "", values)
-    symbols = sorted(
-        {
-            d.dim_param
-            for vi in model.graph.input
-            if vi.type.HasField("tensor_type")
-            for d in vi.type.tensor_type.shape.dim
-            if d.HasField("dim_param")
-        }
-    )
-    json.dump({"values": values, "input_symbols": symbols}, sys.stdout)
+        result = run(path, [a for a in sys.argv[2:] if a != "--run"])
+    else:
+        result = infer(path, keep_value_info="--keep-value-info" in sys.argv[2:])
+    json.dump(result, sys.stdout)
     return 0
 
 

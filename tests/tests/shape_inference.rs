@@ -64,9 +64,8 @@ struct OnnxValue {
     dims: Option<Vec<serde_json::Value>>,
 }
 
-fn onnx_reference(path: &Path) -> (Vec<OnnxValue>, BTreeSet<String>) {
-    let out = run_python("onnx_shapes.py", &[path.as_os_str()]);
-    let json: serde_json::Value = serde_json::from_str(&out).expect("onnx_shapes.py prints JSON");
+/// onnx's types and the input symbols from one JSON object printed by onnx_shapes.py.
+fn parse_reference(json: &serde_json::Value) -> (Vec<OnnxValue>, BTreeSet<String>) {
     let values = json["values"]
         .as_array()
         .expect("values")
@@ -79,6 +78,11 @@ fn onnx_reference(path: &Path) -> (Vec<OnnxValue>, BTreeSet<String>) {
         .collect();
     let symbols = json["input_symbols"].as_array().expect("input_symbols").iter().map(|s| s.as_str().expect("symbol").to_string()).collect();
     (values, symbols)
+}
+
+fn onnx_reference(path: &Path) -> (Vec<OnnxValue>, BTreeSet<String>) {
+    let out = run_python("onnx_shapes.py", &[path.as_os_str()]);
+    parse_reference(&serde_json::from_str(&out).expect("onnx_shapes.py prints JSON"))
 }
 
 /// Why our type disagrees with onnx's, if it does.
@@ -119,6 +123,8 @@ struct Agreement {
     dims_only_onnx_knows: usize,
     /// Dims of values both rank that we know and onnx does not.
     dims_only_we_know: usize,
+    /// Values onnx ranks and we do not.
+    uncovered: Vec<String>,
     mismatches: Vec<String>,
     report: InferReport,
 }
@@ -136,10 +142,15 @@ fn compare_with_onnx(path: &Path) -> Agreement {
     let mut model = Model::load(path).unwrap_or_else(|e| panic!("{e}"));
     let cleared = clear_intermediate_types(&mut model.graph);
     let report = infer_shapes(&mut model, &InferOptions::default());
-    let keys = value_keys(&model.graph);
     let (reference, input_symbols) = onnx_reference(path);
-    let mut agreement = Agreement { reference_ranked: 0, covered: 0, dims_only_onnx_knows: 0, dims_only_we_know: 0, mismatches: Vec::new(), report };
-    for r in &reference {
+    agreement_with(&model, &cleared, &reference, &input_symbols, report)
+}
+
+/// Compares the types of an inferred model with onnx's.
+fn agreement_with(model: &Model, cleared: &BTreeSet<ValueId>, reference: &[OnnxValue], input_symbols: &BTreeSet<String>, report: InferReport) -> Agreement {
+    let keys = value_keys(&model.graph);
+    let mut agreement = Agreement { reference_ranked: 0, covered: 0, dims_only_onnx_knows: 0, dims_only_we_know: 0, uncovered: Vec::new(), mismatches: Vec::new(), report };
+    for r in reference {
         let Some(&v) = keys.get(&r.key) else { continue };
         let value = model.graph.value(v);
         if !matches!(value.def, ValueDef::Node { .. }) || r.dims.is_none() {
@@ -150,13 +161,15 @@ fn compare_with_onnx(path: &Path) -> Agreement {
             agreement.reference_ranked += 1;
             if ours.and_then(ValueType::shape).is_some() {
                 agreement.covered += 1;
+            } else {
+                agreement.uncovered.push(r.key.clone());
             }
         }
         if let (Some(shape), Some(dims)) = (ours.and_then(ValueType::shape), &r.dims)
             && shape.rank() == dims.len()
         {
             for (d, o) in shape.dims.iter().zip(dims) {
-                match (*d != Dim::Unknown, onnx_knows(o, &input_symbols)) {
+                match (*d != Dim::Unknown, onnx_knows(o, input_symbols)) {
                     (true, false) => agreement.dims_only_we_know += 1,
                     (false, true) => agreement.dims_only_onnx_knows += 1,
                     _ => {}
@@ -164,13 +177,48 @@ fn compare_with_onnx(path: &Path) -> Agreement {
             }
         }
         if let Some(ours) = ours
-            && let Some(why) = disagreement(ours, r, &input_symbols)
+            && let Some(why) = disagreement(ours, r, input_symbols)
         {
             let dims: Vec<String> = r.dims.iter().flatten().map(|d| d.to_string()).collect();
             agreement.mismatches.push(format!("{}: ours {ours}, onnx [{}]: {why}", r.key, dims.join(",")));
         }
     }
     agreement
+}
+
+/// Checks inferred main-graph types against the shapes a run produced (`actual`: name to
+/// `{elem, dims}`); symbols are checked where `symbols` binds them. Returns the number of
+/// dims checked and the values that disagree.
+fn check_actual(model: &Model, actual: &serde_json::Map<String, serde_json::Value>, symbols: &HashMap<&str, i64>) -> (usize, usize, Vec<String>) {
+    let keys = value_keys(&model.graph);
+    let (mut values, mut checked_dims, mut mismatches) = (0, 0, Vec::new());
+    for (name, a) in actual {
+        let Some(&v) = keys.get(&format!("/{name}")) else { continue };
+        let Some(ours) = &model.graph.value(v).ty else { continue };
+        values += 1;
+        let elem = a["elem"].as_i64().unwrap() as i32;
+        let dims: Vec<i64> = a["dims"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+        let mut bad = ours.elem().is_some_and(|e| e.code() != elem);
+        if let Some(shape) = ours.shape() {
+            bad |= shape.rank() != dims.len();
+            for (d, &n) in shape.dims.iter().zip(&dims) {
+                let expected = match d {
+                    // A declared -1 (seen in exported models) means "unknown".
+                    Dim::Known(k) if *k >= 0 => Some(*k),
+                    Dim::Sym(s) => symbols.get(s.as_str()).copied(),
+                    _ => None,
+                };
+                if let Some(e) = expected {
+                    checked_dims += 1;
+                    bad |= e != n;
+                }
+            }
+        }
+        if bad {
+            mismatches.push(format!("'{name}': inferred {ours}, ran as elem {elem} {dims:?}"));
+        }
+    }
+    (values, checked_dims, mismatches)
 }
 
 fn check_against_onnx(path: &Path) -> f64 {
@@ -298,35 +346,9 @@ fn inferred_shapes_hold_when_real_models_run() {
         args.extend(bindings.iter().map(std::ffi::OsString::from));
         let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         let json: serde_json::Value = serde_json::from_str(&run_python("onnx_shapes.py", &args)).expect("JSON");
-        let actual = json["actual"].as_object().expect("actual");
-        let keys = value_keys(&model.graph);
-        let mut values = 0;
-        for (name, a) in actual {
-            let Some(&v) = keys.get(&format!("/{name}")) else { continue };
-            let Some(ours) = &model.graph.value(v).ty else { continue };
-            values += 1;
-            let elem = a["elem"].as_i64().unwrap() as i32;
-            let dims: Vec<i64> = a["dims"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            let mut bad = ours.elem().is_some_and(|e| e.code() != elem);
-            if let Some(shape) = ours.shape() {
-                bad |= shape.rank() != dims.len();
-                for (d, &n) in shape.dims.iter().zip(&dims) {
-                    let expected = match d {
-                        // A declared -1 (seen in exported models) means "unknown".
-                        Dim::Known(k) if *k >= 0 => Some(*k),
-                        Dim::Sym(s) => symbols.get(s.as_str()).copied(),
-                        _ => None,
-                    };
-                    if let Some(e) = expected {
-                        checked_dims += 1;
-                        bad |= e != n;
-                    }
-                }
-            }
-            if bad {
-                mismatches.push(format!("{}: '{name}': inferred {ours}, ran as elem {elem} {dims:?}", short(&path)));
-            }
-        }
+        let (values, dims, bad) = check_actual(&model, json["actual"].as_object().expect("actual"), &symbols);
+        checked_dims += dims;
+        mismatches.extend(bad.into_iter().map(|m| format!("{}: {m}", short(&path))));
         println!("{}: {values} values checked against onnxruntime", short(&path));
     }
     println!("{checked_dims} inferred dims checked");
@@ -504,4 +526,50 @@ fn no_panic_on_any_node_test_model_in_any_mode() {
         }
     }
     assert!(panics.is_empty(), "inference panicked on:\n{}", panics.join("\n"));
+}
+
+#[test]
+fn onnx_node_tests_intermediates_agree_with_onnx_and_onnxruntime() {
+    let dirs = node_test_dirs();
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("models.txt");
+    std::fs::write(&list, dirs.iter().map(|d| format!("{}\n", d.join("model.onnx").display())).collect::<String>()).unwrap();
+    let out = run_python("onnx_shapes.py", &["--list".as_ref(), list.as_os_str()]);
+    let (mut reference_ranked, mut covered, mut ran, mut values_run, mut dims_run) = (0, 0, 0, 0, 0);
+    let (mut mismatches, mut uncovered) = (Vec::new(), Vec::new());
+    for line in out.lines() {
+        let json: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+        let path = PathBuf::from(json["model"].as_str().expect("model"));
+        let name = path.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy().into_owned();
+        let mut model = Model::load(&path).unwrap();
+        // Everything a node computes is inferred from the graph inputs alone.
+        let mut cleared = clear_intermediate_types(&mut model.graph);
+        for v in model.graph.main().outputs.clone() {
+            if matches!(model.graph.value(v).def, ValueDef::Node { .. }) {
+                model.graph.value_mut(v).ty = None;
+                cleared.insert(v);
+            }
+        }
+        let report = infer_shapes(&mut model, &InferOptions::default());
+        if json.get("values").is_some() {
+            let (reference, symbols) = parse_reference(&json);
+            let a = agreement_with(&model, &cleared, &reference, &symbols, report);
+            reference_ranked += a.reference_ranked;
+            covered += a.covered;
+            uncovered.extend(a.uncovered.into_iter().map(|k| format!("{name}: {k}")));
+            mismatches.extend(a.mismatches.into_iter().map(|m| format!("{name}: onnx: {m}")));
+        }
+        if let Some(actual) = json.get("actual").and_then(|a| a.as_object()) {
+            ran += 1;
+            let (values, dims, bad) = check_actual(&model, actual, &HashMap::new());
+            values_run += values;
+            dims_run += dims;
+            mismatches.extend(bad.into_iter().map(|m| format!("{name}: onnxruntime: {m}")));
+        }
+    }
+    println!("node tests: we rank {covered} of the {reference_ranked} values onnx ranks ({:.1}%)", 100.0 * covered as f64 / reference_ranked.max(1) as f64);
+    println!("values onnx ranks and we do not:\n  {}", uncovered.join("\n  "));
+    println!("node tests: {ran} models ran in onnxruntime; {values_run} inferred values and {dims_run} dims checked against the run");
+    assert!(ran > 1000 && dims_run > 5000, "too little was checked");
+    assert!(mismatches.is_empty(), "{} disagreements:\n{}", mismatches.len(), mismatches.join("\n"));
 }

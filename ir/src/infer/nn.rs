@@ -745,7 +745,15 @@ fn affine_grid(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
             Some(out)
         }
         Some(size) => return Err(InferError::InputValue { index: 1, reason: format!("size has {} values", size.len()) }),
-        None => None,
+        // [N, C, spatial...] of unknown values: the grid is [N, spatial..., number of spatial dims].
+        None => match ctx.dims(1) {
+            Some([Dim::Known(n @ (4 | 5))]) => {
+                let mut out = vec![Dim::Unknown; *n as usize - 1];
+                out.push(Dim::Known(n - 2));
+                Some(out)
+            }
+            _ => None,
+        },
     };
     ctx.set(0, elem, dims);
     Ok(())

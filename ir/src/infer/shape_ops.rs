@@ -471,7 +471,8 @@ fn squeeze(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
         // Without axes every 1 goes; an unknown dim might be 1, a symbol is taken not to be.
         Some(None) if dims.contains(&Dim::Unknown) => None,
         Some(None) => Some(dims.iter().filter(|d| **d != Dim::Known(1)).cloned().collect()),
-        None => None,
+        // Axes whose values are not known: only how many dims go.
+        None => length_of(ctx, 1).and_then(|n| dims.len().checked_sub(n)).map(|r| vec![Dim::Unknown; r]),
     };
     let squeezed_to_scalar = out.as_ref().is_some_and(Vec::is_empty);
     ctx.set(0, elem, out);

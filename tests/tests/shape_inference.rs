@@ -528,6 +528,58 @@ fn no_panic_on_any_node_test_model_in_any_mode() {
     assert!(panics.is_empty(), "inference panicked on:\n{}", panics.join("\n"));
 }
 
+/// Sets every int attribute of every node to `value` (int lists keep their length).
+fn set_int_attributes(graph: &mut Graph, value: i64) {
+    for n in graph.all_nodes() {
+        for a in &mut graph.node_mut(n).attributes {
+            match &mut a.value {
+                AttrValue::Int(i) => *i = value,
+                AttrValue::Ints(v) => v.iter_mut().for_each(|i| *i = value),
+                AttrValue::Float(f) => *f = f32::NAN,
+                AttrValue::Floats(v) => v.iter_mut().for_each(|f| *f = f32::NAN),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Rewrites the shapes of the main graph's inputs.
+fn set_input_shapes(graph: &mut Graph, rewrite: impl Fn(&mut Vec<Dim>)) {
+    for v in graph.main().inputs.clone() {
+        if let Some(ValueType { kind: TypeKind::Tensor { shape: Some(shape), .. }, .. }) = &mut graph.value_mut(v).ty {
+            rewrite(&mut shape.dims);
+        }
+    }
+}
+
+#[test]
+fn no_panic_on_node_test_models_with_hostile_attributes_and_shapes() {
+    let mut panics = Vec::new();
+    type Mutation = Box<dyn Fn(&mut Graph)>;
+    let mut mutations: Vec<(String, Mutation)> = Vec::new();
+    for value in [i64::MIN, -1, 0, 1, i64::MAX] {
+        mutations.push((format!("int attributes {value}"), Box::new(move |g: &mut Graph| set_int_attributes(g, value))));
+    }
+    for value in [i64::MIN, -3, -1, 0, 1, i64::MAX] {
+        mutations.push((format!("input dims {value}"), Box::new(move |g: &mut Graph| set_input_shapes(g, |d| d.iter_mut().for_each(|x| *x = Dim::Known(value))))));
+    }
+    mutations.push(("input rank - 1".into(), Box::new(|g: &mut Graph| set_input_shapes(g, |d| drop(d.pop())))));
+    mutations.push(("input rank + 1".into(), Box::new(|g: &mut Graph| set_input_shapes(g, |d| d.push(Dim::Known(3))))));
+    mutations.push(("symbolic inputs".into(), Box::new(|g: &mut Graph| set_input_shapes(g, |d| d.iter_mut().enumerate().for_each(|(i, x)| *x = Dim::Sym(format!("s{i}")))))));
+    for dir in node_test_dirs() {
+        let model = Model::load(dir.join("model.onnx")).unwrap();
+        for (what, mutate) in &mutations {
+            let mut m = model.clone();
+            clear_intermediate_types(&mut m.graph);
+            mutate(&mut m.graph);
+            if catch_unwind(AssertUnwindSafe(|| infer_shapes(&mut m, &InferOptions::default()))).is_err() {
+                panics.push(format!("{} ({what})", dir.file_name().unwrap().to_string_lossy()));
+            }
+        }
+    }
+    assert!(panics.is_empty(), "inference panicked on {}:\n{}", panics.len(), panics.join("\n"));
+}
+
 #[test]
 fn onnx_node_tests_intermediates_agree_with_onnx_and_onnxruntime() {
     let dirs = node_test_dirs();

@@ -48,6 +48,10 @@ use std::fmt;
 /// domain is treated as using it.
 pub const LATEST_OPSET: i64 = 27;
 
+/// The largest rank a shape read from a value (rather than from a declared type) may have;
+/// a 1-D shape input claiming more elements is treated as unknown.
+pub(crate) const MAX_RANK: usize = 256;
+
 #[derive(Clone, Debug)]
 pub struct InferOptions {
     /// Track the values of small integer tensors through shape computations.
@@ -164,9 +168,9 @@ pub fn record_value_info(graph: &mut Graph) {
         let region = graph.region(r);
         let listed: HashSet<ValueId> = region.value_info.iter().chain(&region.outputs).copied().collect();
         let mut add = Vec::new();
-        for (_, node) in graph.nodes_of(r) {
+        for node in region.nodes.iter().filter_map(|&n| graph.try_node(n)) {
             for v in node.outputs.iter().flatten() {
-                if !listed.contains(v) && graph.value(*v).ty.is_some() && !add.contains(v) {
+                if !listed.contains(v) && graph.try_value(*v).is_some_and(|v| v.ty.is_some()) && !add.contains(v) {
                     add.push(*v);
                 }
             }
@@ -295,7 +299,9 @@ fn data_fits_type(data: &[Dim], ty: &ValueType) -> bool {
 /// inputs and of the outer values its subgraphs use. Files are not always sorted; nodes on
 /// a cycle (an invalid graph) keep their listed order at the end.
 fn topological_order(graph: &Graph, region: RegionId) -> Vec<NodeId> {
-    let nodes = &graph.region(region).nodes;
+    let Some(region) = graph.try_region(region) else { return Vec::new() };
+    // Ids of removed nodes are skipped (a graph mid-rewrite may still list them).
+    let nodes: Vec<NodeId> = region.nodes.iter().copied().filter(|&n| graph.try_node(n).is_some()).collect();
     let position: HashMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut pending: Vec<usize> = vec![0; nodes.len()];

@@ -182,13 +182,13 @@ impl Window {
         let size = *size;
         let out = match self.auto_pad {
             AutoPad::Same => ceil_div(size, s),
-            AutoPad::Valid => size.checked_sub(effective).and_then(|v| ceil_div(v + 1, s)),
+            AutoPad::Valid => size.checked_sub(effective).and_then(|v| v.checked_add(1)).and_then(|v| ceil_div(v, s)),
             AutoPad::NotSet => {
                 let span = size.checked_add(pb).and_then(|v| v.checked_add(pe)).and_then(|v| v.checked_sub(effective));
                 match span {
                     // The last window must start inside the input or its left padding.
-                    Some(span) if ceil_mode => ceil_div(span, s).map(|o| o + 1).map(|o| if (o - 1).saturating_mul(s) >= size.saturating_add(pb) { o - 1 } else { o }),
-                    Some(span) => floor_div(span, s).map(|o| o + 1),
+                    Some(span) if ceil_mode => ceil_div(span, s).and_then(|o| o.checked_add(1)).map(|o| if (o - 1).saturating_mul(s) >= size.saturating_add(pb) { o - 1 } else { o }),
+                    Some(span) => floor_div(span, s).and_then(|o| o.checked_add(1)),
                     None => None,
                 }
             }
@@ -261,8 +261,9 @@ fn conv_dims(ctx: &NodeCtx<'_>, x: usize, w: usize, transposed: bool) -> Result<
             (Dim::Known(size), _) => {
                 // stride * (size - 1) + output_padding + effective kernel - pads
                 let effective = (geometry.kernel[i] - 1).checked_mul(geometry.dilations[i]).and_then(|e| e.checked_add(1));
-                let o = (size - 1)
-                    .checked_mul(s)
+                let o = size
+                    .checked_sub(1)
+                    .and_then(|v| v.checked_mul(s))
                     .and_then(|v| v.checked_add(output_padding[i]))
                     .zip(effective)
                     .and_then(|(v, e)| v.checked_add(e))
@@ -382,8 +383,9 @@ fn max_unpool(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
             let mut out = x[..2].to_vec();
             for (i, d) in x[2..].iter().enumerate() {
                 out.push(match d {
-                    Dim::Known(size) => (size - 1)
-                        .checked_mul(geometry.strides[i])
+                    Dim::Known(size) => size
+                        .checked_sub(1)
+                        .and_then(|v| v.checked_mul(geometry.strides[i]))
                         .and_then(|v| v.checked_add(geometry.kernel[i]))
                         .and_then(|v| v.checked_sub(geometry.pads[i]))
                         .and_then(|v| v.checked_sub(geometry.pads[i + n]))
@@ -889,7 +891,7 @@ fn col2im(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     ctx.require(2)?;
     let elem = ctx.elem(0);
     let image = ctx.data(1).or_else(|| match ctx.dims(1) {
-        Some([Dim::Known(n)]) => usize::try_from(*n).ok().map(|n| vec![Dim::Unknown; n]),
+        Some([Dim::Known(n)]) => usize::try_from(*n).ok().filter(|&n| n <= super::MAX_RANK).map(|n| vec![Dim::Unknown; n]),
         _ => None,
     });
     let dims = match (ctx.dims(0), image) {

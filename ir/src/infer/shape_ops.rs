@@ -43,10 +43,10 @@ fn to_vec(d: Option<&[Dim]>) -> Option<Vec<Dim>> {
     d.map(<[Dim]>::to_vec)
 }
 
-/// The number of elements of a 1-D input, from its type.
+/// The number of elements of a 1-D input, from its type, when it can be a rank.
 fn length_of(ctx: &NodeCtx<'_>, i: usize) -> Option<usize> {
     match ctx.dims(i)? {
-        [Dim::Known(n)] => usize::try_from(*n).ok(),
+        [Dim::Known(n)] => usize::try_from(*n).ok().filter(|&n| n <= super::MAX_RANK),
         _ => None,
     }
 }
@@ -392,8 +392,8 @@ fn slice(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     // Tracked values of a 1-D input, sliced.
     if rank == 1
         && let (Some(values), Some(s), Some(e), Some(st)) = (ctx.data(0), &p.starts, &p.ends, &p.steps)
-        && let (Some(s), Some(e)) = (s[0].known(), e[0].known())
-        && let Some(picked) = slice_indices(values.len() as i64, s, e, st[0])
+        && let (Some(s), Some(e), Some(&step)) = (s.first().and_then(Dim::known), e.first().and_then(Dim::known), st.first())
+        && let Some(picked) = slice_indices(values.len() as i64, s, e, step)
     {
         let picked = picked.into_iter().map(|i| values[i].clone()).collect();
         ctx.set_data(0, picked);
@@ -660,7 +660,7 @@ fn split(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
                 Dim::Known(t) if ctx.opset >= 18 => {
                     // Chunks of ceil(t / n); the last one takes what is left.
                     let chunk = super::ceil_div(*t, num_outputs).unwrap_or(0);
-                    let last = t - chunk * (num_outputs - 1);
+                    let last = chunk.checked_mul(num_outputs - 1).and_then(|used| t.checked_sub(used)).unwrap_or(-1);
                     if last < 0 {
                         return Err(InferError::InputValue { index: 0, reason: format!("{t} cannot be split into {num_outputs} parts") });
                     }

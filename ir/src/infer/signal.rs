@@ -115,7 +115,7 @@ fn stft(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     let (batch, frames) = match ctx.dims(0) {
         Some([b, length, _]) => {
             let frames = match (length, &frame_length, &step) {
-                (Dim::Known(l), Dim::Known(f), Dim::Known(s)) if *s > 0 => super::floor_div(l - f, *s).map_or(Dim::Unknown, |n| Dim::Known(n + 1)),
+                (Dim::Known(l), Dim::Known(f), Dim::Known(s)) if *s > 0 => l.checked_sub(*f).and_then(|v| super::floor_div(v, *s)).and_then(|n| n.checked_add(1)).map_or(Dim::Unknown, Dim::Known),
                 _ => Dim::Unknown,
             };
             (b.clone(), frames)

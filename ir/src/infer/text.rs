@@ -41,7 +41,7 @@ fn string_split(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
 
 fn tf_idf_vectorizer(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     ctx.require(0)?;
-    let width = ctx.attr_ints("ngram_indexes").and_then(|i| i.iter().max()).map_or(Dim::Unknown, |m| Dim::Known(m + 1));
+    let width = ctx.attr_ints("ngram_indexes").and_then(|i| i.iter().max()).and_then(|m| m.checked_add(1)).map_or(Dim::Unknown, Dim::Known);
     let dims = match ctx.dims(0) {
         Some([_]) => Some(vec![width]),
         Some([n, _]) => Some(vec![n.clone(), width]),

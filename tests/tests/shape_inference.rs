@@ -272,6 +272,17 @@ fn minilm_output_is_inferred_from_the_inputs_alone() {
     let ty = model.graph.value(output).ty.as_ref().expect("the output is typed");
     assert_eq!(ty.to_string(), "f32[batch,seq,384]", "{report}");
     assert!(report.unsupported_ops.is_empty(), "{report}");
+    // Inside, the symbols flow through the shape computations of the attention blocks.
+    let keys = value_keys(&model.graph);
+    let type_of = |name: &str| model.graph.value(keys[&format!("/{name}")]).ty.as_ref().map(|t| t.to_string());
+    for (name, expected) in [
+        ("/m/Expand_output_0", "bool[batch,1,seq,seq]"),
+        ("/m/encoder/layer.0/attention/self/Reshape_output_0", "f32[batch,seq,12,32]"),
+        ("/m/encoder/layer.0/attention/self/Softmax_output_0", "f32[batch,12,seq,seq]"),
+        ("/m/encoder/layer.5/intermediate/intermediate_act_fn/Mul_1_output_0", "f32[batch,seq,1536]"),
+    ] {
+        assert_eq!(type_of(name).as_deref(), Some(expected), "{name}");
+    }
 }
 
 #[test]

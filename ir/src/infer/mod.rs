@@ -7,8 +7,9 @@
 //! a declared type that contradicts the inferred one is kept and reported as a [`Conflict`].
 //!
 //! Rules live in one file per op family (`elementwise`, `shape_ops`, `nn`, `reduce`,
-//! `control`, `sequence`, `signal`, `text`, `ml`) and are found through [`rule_for`]. Each rule reads its inputs
-//! through a [`NodeCtx`] and sets output types, and, for small integer tensors, their values.
+//! `control`, `sequence`, `signal`, `text`, `ml`) and are found through `rule_for`, a table
+//! from (domain, op type) to rule. Each rule reads its inputs through a `NodeCtx` and sets
+//! output types, and, for small integer tensors, their values.
 //!
 //! ## Data propagation
 //!
@@ -254,7 +255,7 @@ impl Engine<'_> {
 
     /// Gives `value` the inferred type (merged with a declared one) and records what happened.
     fn apply(&mut self, node: NodeId, value: ValueId, inferred: ValueType, data: Option<Vec<Dim>>) {
-        let declared = self.graph.value(value).ty.clone();
+        let Some(declared) = self.graph.try_value(value).map(|v| v.ty.clone()) else { return };
         let final_type = match declared {
             None => {
                 self.report.typed.push(value);

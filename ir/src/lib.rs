@@ -4,10 +4,12 @@
 //!   subgraphs are [`Region`]s of the same arena.
 //! - [`Tensor`]: shared, lazily loaded, zero-copy weights.
 //! - Reading and writing ONNX ([`Model::load`], [`Model::save_with`]) without loss.
+//! - Shape and type inference ([`infer_shapes`]).
 
 pub mod dtype;
 pub mod error;
 pub mod graph;
+pub mod infer;
 pub mod model;
 pub mod onnx;
 pub mod patch;
@@ -24,6 +26,7 @@ pub mod proto {
 
 pub use dtype::DataType;
 pub use error::{IrError, Origin, Result};
+pub use infer::{InferError, InferOptions, InferReport, infer_shapes, record_value_info};
 pub use graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, Use, UseMap, Value, ValueDef, ValueId};
 pub use model::Model;
 pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport};

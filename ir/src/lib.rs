@@ -26,7 +26,7 @@ pub mod proto {
 
 pub use dtype::DataType;
 pub use error::{IrError, Origin, Result};
-pub use infer::{InferError, InferOptions, InferReport, infer_shapes, record_value_info};
+pub use infer::{InferError, InferOptions, InferReport, infer_graph_shapes, infer_shapes, record_value_info};
 pub use graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, Use, UseMap, Value, ValueDef, ValueId};
 pub use model::Model;
 pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport};

@@ -196,6 +196,13 @@ impl PassCtx<'_, '_> {
         }
     }
 
+    /// Infers the types and shapes of every value it can (declared types are kept), so a pass
+    /// can rely on `Value::ty` where the graph determines it.
+    pub fn infer_shapes(&self, graph: &mut Graph) -> compactor_ir::InferReport {
+        let opset = self.opset("").unwrap_or(compactor_ir::infer::LATEST_OPSET);
+        compactor_ir::infer_graph_shapes(graph, opset, &compactor_ir::InferOptions::default())
+    }
+
     /// Raises the IR version to at least `min`.
     pub fn require_ir_version(&mut self, min: i64) {
         if self.ir_version.is_none_or(|v| v < min) {

@@ -122,6 +122,7 @@ pub const PRESETS: &[Preset] = &[Preset {
 pub fn passes() -> Vec<PassInfo> {
     use crate::passes::*;
     vec![
+        PassInfo::of::<infer_shapes::InferShapes>(),
         PassInfo::of::<lift_constants::LiftConstants>(),
         PassInfo::of::<eliminate_identity::EliminateIdentity>(),
         PassInfo::of::<fold_shapes::FoldShapes>(),

@@ -156,7 +156,13 @@ impl fmt::Display for InferReport {
 /// Infers types and shapes of every value of `model` it can; see the module documentation.
 pub fn infer_shapes(model: &mut Model, options: &InferOptions) -> InferReport {
     let opset = model.opset_version("").unwrap_or(LATEST_OPSET);
-    let mut engine = Engine { graph: &mut model.graph, opset, options, data: HashMap::new(), report: InferReport::default() };
+    infer_graph_shapes(&mut model.graph, opset, options)
+}
+
+/// [`infer_shapes`] for a graph whose default-domain opset is `opset` (for passes, which get
+/// the graph and the opsets separately).
+pub fn infer_graph_shapes(graph: &mut Graph, opset: i64, options: &InferOptions) -> InferReport {
+    let mut engine = Engine { graph, opset, options, data: HashMap::new(), report: InferReport::default() };
     engine.infer_region(Graph::MAIN);
     engine.report
 }

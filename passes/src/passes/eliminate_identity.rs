@@ -88,6 +88,7 @@ impl Pass for EliminateIdentity {
     }
 
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        ctx.infer_shapes(graph);
         let opset = ctx.opset("").unwrap_or(1);
         let outputs: HashSet<ValueId> = graph.region_ids().flat_map(|r| graph.region(r).outputs.clone()).collect();
         let mut removed = 0;

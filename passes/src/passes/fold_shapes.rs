@@ -28,7 +28,8 @@ impl Pass for FoldShapes {
         Self::NAME
     }
 
-    fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        ctx.infer_shapes(graph);
         let mut patch = Patch::new();
         let mut folded = 0;
         for id in graph.all_nodes() {

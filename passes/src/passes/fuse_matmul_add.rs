@@ -21,7 +21,8 @@ impl Pass for FuseMatMulAdd {
         Self::NAME
     }
 
-    fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        ctx.infer_shapes(graph);
         let uses = graph.uses();
         let mut patch = Patch::new();
         let mut fused = 0;

@@ -9,3 +9,4 @@ pub mod fuse_matmul_add;
 pub mod lift_constants;
 pub mod merge_duplicate_initializers;
 pub mod upgrade_opset;
+pub mod infer_shapes;

@@ -19,20 +19,36 @@ pub struct Args {
     /// Also print the whole graph in Compactor's text form.
     #[arg(long)]
     graph: bool,
+    /// Infer the types and shapes of every value first (shown by --graph; conflicts with declared types are listed).
+    #[arg(long)]
+    infer_shapes: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let model = Model::load_with(&args.model, &LoadOptions::default())?;
+    let mut model = Model::load_with(&args.model, &LoadOptions::default())?;
+    let inference = args.infer_shapes.then(|| compactor_ir::infer_shapes(&mut model, &Default::default()));
     let file_bytes = std::fs::metadata(&args.model).with_context(|| format!("{}: cannot stat", args.model.display()))?.len();
     let summary = summarize(&model, args.largest);
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut value = serde_json::to_value(&summary)?;
         value["file"] = serde_json::json!({ "path": args.model, "bytes": file_bytes });
+        if let Some(report) = &inference {
+            value["shape_inference"] = serde_json::json!({
+                "typed": report.typed.len(),
+                "refined": report.refined.len(),
+                "conflicts": report.conflicts.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "failures": report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                "ops_without_rule": report.unsupported_ops,
+            });
+        }
         serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)?;
     } else {
         print_text(&mut out, &args, file_bytes, &summary)?;
+        if let Some(report) = &inference {
+            write!(out, "\nshape inference: {report}")?;
+        }
         if args.graph {
             write!(out, "\n{}", compactor_ir::model_to_text(&model))?;
         }

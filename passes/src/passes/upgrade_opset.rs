@@ -5,7 +5,8 @@
 //! Squeeze/Unsqueeze and ReduceSum axes to inputs, and Softmax/LogSoftmax/Hardmax from
 //! "flatten at axis" to "along axis" (13); RoiAlign's new default coordinate mode (16); the
 //! other Reduce* axes to inputs and Split's `num_outputs` for equal parts (18); GridSample mode names and DFT's axis input (20);
-//! GroupNormalization scale/bias from per-group to per-channel (21). Deprecated ops without an
+//! GroupNormalization scale/bias from per-group to per-channel (21). Opsets 22 to 25 only add
+//! types (bfloat16, 4- and 2-bit, fp8/fp4) and new ops. Deprecated ops without an
 //! equivalent (Upsample, Scatter) are refused with a clear error.
 
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpgradeOpset {
-    /// The default-domain opset to upgrade to (11..=21 upgrades are supported; models already at or above it are left alone).
+    /// The default-domain opset to upgrade to (from 11 or newer, up to 25; models already at or above it are left alone).
     pub version: i64,
 }
 
@@ -27,8 +28,8 @@ impl Default for UpgradeOpset {
 
 /// Lowest opset this pass upgrades from.
 const OLDEST: i64 = 11;
-/// Newest opset whose changes this pass knows.
-const NEWEST: i64 = 21;
+/// Newest opset whose changes this pass knows (22 to 25 only add types and new ops).
+const NEWEST: i64 = 25;
 
 impl PassDef for UpgradeOpset {
     const NAME: &'static str = "upgrade-opset";

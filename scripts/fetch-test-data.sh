@@ -7,7 +7,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${COMPACTOR_CACHE:-$repo/.cache}
-stamp="$cache/test-data.v1.ok"
+stamp="$cache/test-data.v2.ok"
 if [ -f "$stamp" ]; then exit 0; fi
 mkdir -p "$cache"
 python=${PYTHON:-python3}

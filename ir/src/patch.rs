@@ -9,7 +9,7 @@
 //! on a value — `y = Cast(x)`, then every old use of `x` reads `y` — needs no special care: the
 //! new Cast still reads `x`.
 
-use crate::graph::{Attribute, AttrValue, Graph, Node, NodeId, RegionId, Use, Value, ValueDef, ValueId};
+use crate::graph::{Attribute, AttrValue, Graph, Node, NodeId, RegionId, SparseTensor, Use, Value, ValueDef, ValueId};
 use crate::tensor::Tensor;
 use crate::types::ValueType;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -43,6 +43,7 @@ struct NewValue {
     ty: Option<ValueType>,
     region: RegionId,
     initializer: Option<Tensor>,
+    sparse: Option<SparseTensor>,
 }
 
 /// A node the patch creates; build it with [`Patch::node`].
@@ -153,14 +154,22 @@ impl Patch {
 
     /// A new value, to be produced by a new node. Its name is `name_hint`, made unique.
     pub fn new_value(&mut self, region: RegionId, name_hint: &str, ty: Option<ValueType>) -> PValue {
-        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None });
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None, sparse: None });
         PValue::New(self.values.len() as u32 - 1)
     }
 
     /// A new initializer of `region`.
     pub fn new_initializer(&mut self, region: RegionId, name_hint: &str, tensor: Tensor) -> PValue {
         let ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
-        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: Some(tensor.with_name(None)) });
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: Some(tensor.with_name(None)), sparse: None });
+        PValue::New(self.values.len() as u32 - 1)
+    }
+
+    /// A new sparse initializer of `region` (a dense value to its readers) of element type
+    /// `values.dtype()` and shape `dims`.
+    pub fn new_sparse_initializer(&mut self, region: RegionId, name_hint: &str, sparse: SparseTensor) -> PValue {
+        let ty = sparse.values.as_ref().map(|v| ValueType::tensor(v.dtype(), Some(crate::types::Shape::known(&sparse.dims))));
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None, sparse: Some(sparse) });
         PValue::New(self.values.len() as u32 - 1)
     }
 
@@ -231,7 +240,7 @@ impl Graph {
             }
         }
         // Every new value is defined exactly once: as an initializer or by one new node.
-        let mut defined: Vec<usize> = patch.values.iter().map(|v| v.initializer.is_some() as usize).collect();
+        let mut defined: Vec<usize> = patch.values.iter().map(|v| (v.initializer.is_some() || v.sparse.is_some()) as usize).collect();
         let mut rehomed: BTreeSet<ValueId> = BTreeSet::new();
         for node in &patch.nodes {
             match node.anchor {
@@ -341,10 +350,16 @@ impl Graph {
         // 1. New values.
         for v in &patch.values {
             let name = self.fresh_name(&v.name_hint);
-            let def = if v.initializer.is_some() { ValueDef::Initializer } else { ValueDef::Annotation };
-            let id = self.add_value(Value { name, ty: v.ty.clone(), doc_string: None, metadata_props: Vec::new(), def, region: v.region, initializer: v.initializer.clone(), sparse_initializer: None });
+            let def = match (&v.initializer, &v.sparse) {
+                (Some(_), _) => ValueDef::Initializer,
+                (None, Some(_)) => ValueDef::SparseInitializer,
+                (None, None) => ValueDef::Annotation,
+            };
+            let id = self.add_value(Value { name, ty: v.ty.clone(), doc_string: None, metadata_props: Vec::new(), def, region: v.region, initializer: v.initializer.clone(), sparse_initializer: v.sparse.clone() });
             if v.initializer.is_some() {
                 self.region_mut(v.region).initializers.push(id);
+            } else if v.sparse.is_some() {
+                self.region_mut(v.region).sparse_initializers.push(id);
             }
             summary.new_values.push(id);
         }

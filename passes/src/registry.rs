@@ -131,6 +131,7 @@ pub fn passes() -> Vec<PassInfo> {
         PassInfo::of::<merge_duplicate_initializers::MergeDuplicateInitializers>(),
         PassInfo::of::<fuse_matmul_add::FuseMatMulAdd>(),
         PassInfo::of::<upgrade_opset::UpgradeOpset>(),
+        PassInfo::of::<quantize::Quantize>(),
         PassInfo::of::<find_layers::FindLayers>(),
     ]
 }

@@ -1,6 +1,9 @@
 """Runs two models in onnxruntime on the same deterministic inputs and compares every output.
 
-Usage: compare_ort.py A.onnx B.onnx [--atol X] [--rtol Y] [--input NAME=FILE.npy ...]
+Usage: compare_ort.py A.onnx B.onnx [--atol X] [--rtol Y] [--input NAME=FILE.npy ...] [--opt none|basic|all]
+--opt sets onnxruntime's graph optimization level (default all); its extended fusions change
+numerics (e.g. DequantizeLinear+MatMul becomes an int8-activation kernel), so comparisons of
+exact semantics use basic.
 Inputs not given are random (ints in [0, 10), symbolic dims 3). Prints the max abs difference
 per output; exits 1 if any output differs beyond the tolerance (default: exact equality) or
 the output names/shapes differ.
@@ -40,6 +43,7 @@ def main():
     parser.add_argument("--atol", type=float, default=0.0)
     parser.add_argument("--rtol", type=float, default=0.0)
     parser.add_argument("--input", action="append", default=[])
+    parser.add_argument("--opt", choices=["none", "basic", "all"], default="all")
     args = parser.parse_args()
     a, b, atol, rtol = args.a, args.b, args.atol, args.rtol
     given = {}
@@ -48,7 +52,9 @@ def main():
         given[name] = np.load(path)
     feeds = inputs_for(a, given)
     feeds.update(given)
-    sa, sb = ort.InferenceSession(a), ort.InferenceSession(b)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[args.opt]
+    sa, sb = ort.InferenceSession(a, so), ort.InferenceSession(b, so)
     names_a = [o.name for o in sa.get_outputs()]
     names_b = [o.name for o in sb.get_outputs()]
     if names_a != names_b:

@@ -18,13 +18,13 @@ pub fn cache_dir() -> PathBuf {
 /// The cache with every download in place, fetching it first if needed.
 pub fn test_data() -> PathBuf {
     let cache = cache_dir();
-    if cache.join("test-data.v1.ok").exists() {
+    if cache.join("test-data.v2.ok").exists() {
         return cache;
     }
     std::fs::create_dir_all(&cache).expect("create the cache directory");
     let lock = std::fs::File::create(cache.join(".fetch.lock")).expect("create the fetch lock");
     lock.lock().expect("lock the cache");
-    if !cache.join("test-data.v1.ok").exists() {
+    if !cache.join("test-data.v2.ok").exists() {
         let status = Command::new(repo_root().join("scripts/fetch-test-data.sh")).status().expect("run scripts/fetch-test-data.sh");
         assert!(status.success(), "scripts/fetch-test-data.sh failed; the tests need its downloads (network access to PyPI)");
     }

@@ -10,3 +10,4 @@ pub mod lift_constants;
 pub mod merge_duplicate_initializers;
 pub mod upgrade_opset;
 pub mod infer_shapes;
+pub mod quantize;

@@ -103,6 +103,18 @@ impl Hessian {
     pub fn get(&self, row: usize, col: usize) -> f64 {
         self.data[row * self.k + col]
     }
+
+    /// `Σ_c d_cᵀ H d_c` over the columns of `d` (`[K, n]` row-major): the squared output
+    /// error a weight change `d` causes on the calibration data (times H's `2/rows`).
+    pub fn quadratic_form(&self, d: &[f32], n: usize) -> f64 {
+        let k = self.k;
+        // H is symmetric: its row-major data reads the same as column-major.
+        let h = MatRef::from_column_major_slice(&self.data, k, k);
+        let dm = Mat::<f64>::from_fn(k, n, |r, c| d[r * n + c] as f64);
+        let mut hd = Mat::<f64>::zeros(k, n);
+        matmul(hd.as_mut(), Accum::Replace, h, dm.as_ref(), 1.0, Par::Seq);
+        (0..n).map(|c| (0..k).map(|r| hd[(r, c)] * dm[(r, c)]).sum::<f64>()).sum()
+    }
 }
 
 /// Settings of [`quantize_gptq`]; defaults are the reference's.

@@ -32,7 +32,7 @@ pub use gptq::{GptqOptions, GptqResult, Hessian, HessianAccumulator, quantize_gp
 pub use grid::BlockParams;
 pub use metrics::QuantMetrics;
 pub use mse::{MseOptions, quantize_mse};
-pub use pack::{MatMulNBitsTensors, QdqTensors, QuantDtype, pack_matmul_nbits, pack_qdq, scales_raw};
+pub use pack::{MatMulNBitsTensors, QdqLayout, QdqTensors, QuantDtype, pack_matmul_nbits, pack_qdq, pack_qdq_as, scales_raw};
 pub use rtn::quantize_rtn;
 pub use weight::{Outlier, QuantizedWeight};
 

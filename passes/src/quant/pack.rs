@@ -1,7 +1,8 @@
 //! Packing a [`QuantizedWeight`] into the two ONNX forms a `quantize` pass emits.
 //!
 //! a. Standard QDQ: `DequantizeLinear(q, scale, zero_point, axis=0, block_size=B)` whose output
-//!    is `W_hat [K, N]` directly (no Transpose). `q` keeps W's shape `[K, N]`, scales and zero
+//!    is `W_hat [K, N]` directly (no Transpose); [`pack_qdq_as`] also writes the transposed
+//!    `[N, K]` form (axis 1) and Conv weights blocked along their input channels. `q` keeps W's shape `[K, N]`, scales and zero
 //!    points are `[ceil(K/B), N]`; a short last block is allowed by the operator. Symmetric
 //!    weights become signed INT{bits} with no zero point (`code - 2^(bits-1)`), asymmetric ones
 //!    UINT{bits} with a UINT{bits} zero point. Per-channel uses `block_size = K`.
@@ -24,14 +25,15 @@ pub type QuantDtype = DataType;
 /// Initializers and attributes of the blocked `DequantizeLinear` form.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QdqTensors {
-    /// ONNX `raw_data` of the quantized tensor, shape `[K, N]` (sub-byte types packed, low bits first).
+    /// ONNX `raw_data` of the quantized tensor, shape `shape` (sub-byte types packed, low bits first).
     pub quantized: Vec<u8>,
     pub dtype: QuantDtype,
-    pub shape: [usize; 2],
-    /// Scale values `[k_blocks, N]`, exactly representable in `scale_dtype`.
+    /// `[K, N]` for [`QdqLayout::KN`]; see [`QdqLayout`] for the others.
+    pub shape: Vec<usize>,
+    /// Scale values in the layout's order (`[k_blocks, N]` for `KN`), exactly representable in `scale_dtype`.
     pub scales: Vec<f32>,
     pub scale_dtype: ScaleDtype,
-    pub scale_shape: [usize; 2],
+    pub scale_shape: Vec<usize>,
     /// `raw_data` of the zero points, same dtype as `quantized`, shape `scale_shape`.
     pub zero_points: Option<Vec<u8>>,
     pub axis: i64,
@@ -81,9 +83,61 @@ fn check_packable(q: &QuantizedWeight, format: &'static str) -> Result<(), Quant
     Ok(())
 }
 
-/// The standard blocked QDQ form (see the module docs).
+/// How the quantized matrix `[K, N]` is laid out as the ONNX weight tensor that
+/// `DequantizeLinear` reproduces (blocks always run along K).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QdqLayout {
+    /// `q [K, N]`, blocks along axis 0: a MatMul weight.
+    KN,
+    /// `q [N, K]`, blocks along axis 1: a weight stored transposed (Gemm `transB`) or an
+    /// embedding table `[vocab, dim]` quantized along `dim` (K = dim, N = vocab).
+    NK,
+    /// A Conv weight `[O, C, spatial...]` blocked along the input channels (axis 1): K = C,
+    /// N = O·prod(spatial), column `n = o·S + s`.
+    Conv { out_channels: usize, spatial: Vec<usize> },
+}
+
+impl QdqLayout {
+    /// The ONNX tensor's shape and the quantization axis for a `[k, n]` matrix.
+    fn shape_and_axis(&self, k: usize, n: usize) -> (Vec<usize>, i64) {
+        match self {
+            QdqLayout::KN => (vec![k, n], 0),
+            QdqLayout::NK => (vec![n, k], 1),
+            QdqLayout::Conv { out_channels, spatial } => {
+                let mut shape = vec![*out_channels, k];
+                shape.extend(spatial);
+                (shape, 1)
+            }
+        }
+    }
+
+    /// `(k, n)` of each element of the ONNX tensor, in the tensor's row-major order, given the
+    /// extent `k` of the blocked axis (K for the weight, k_blocks for its scales) and N.
+    fn element_order(&self, k: usize, n: usize) -> Vec<(usize, usize)> {
+        match self {
+            QdqLayout::KN => (0..k).flat_map(|r| (0..n).map(move |c| (r, c))).collect(),
+            QdqLayout::NK => (0..n).flat_map(|c| (0..k).map(move |r| (r, c))).collect(),
+            QdqLayout::Conv { out_channels, spatial } => {
+                let s: usize = spatial.iter().product();
+                (0..*out_channels).flat_map(|o| (0..k).flat_map(move |r| (0..s).map(move |x| (r, o * s + x)))).collect()
+            }
+        }
+    }
+}
+
+/// The standard blocked QDQ form of a MatMul weight (`[K, N]`, axis 0; see the module docs).
 pub fn pack_qdq(q: &QuantizedWeight) -> Result<QdqTensors, QuantError> {
+    pack_qdq_as(q, &QdqLayout::KN)
+}
+
+/// The standard blocked QDQ form in any [`QdqLayout`].
+pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors, QuantError> {
     check_packable(q, "DequantizeLinear")?;
+    if let QdqLayout::Conv { out_channels, spatial } = layout
+        && out_channels * spatial.iter().product::<usize>() != q.n
+    {
+        return Err(QuantError::UnsupportedFormat { format: "DequantizeLinear", reason: format!("a Conv layout of {out_channels} channels x {spatial:?} does not have {} columns", q.n) });
+    }
     let bits = q.config.bits;
     let k_blocks = q.k_blocks();
     let (dtype, offset) = match (bits, q.config.symmetric) {
@@ -94,20 +148,22 @@ pub fn pack_qdq(q: &QuantizedWeight) -> Result<QdqTensors, QuantError> {
         (_, true) => (DataType::Int8, q.config.mid_code()),
         (_, false) => (DataType::Uint8, 0),
     };
+    let (shape, axis) = layout.shape_and_axis(q.k, q.n);
+    let (scale_shape, _) = layout.shape_and_axis(k_blocks, q.n);
     // Signed values in two's complement; the packers keep the low `bits` bits.
-    let quantized = pack_bits(bits, q.codes.iter().map(|&c| c.wrapping_sub(offset)));
-    let transpose = |v: &[u8]| -> Vec<u8> { (0..k_blocks).flat_map(|b| (0..q.n).map(move |col| v[col * k_blocks + b])).collect() };
-    let scales = (0..k_blocks).flat_map(|b| (0..q.n).map(move |col| q.scales[col * k_blocks + b])).collect();
-    let zero_points = q.zero_points.as_ref().map(|zp| pack_bits(bits, transpose(zp)));
+    let quantized = pack_bits(bits, layout.element_order(q.k, q.n).into_iter().map(|(r, c)| q.codes[r * q.n + c].wrapping_sub(offset)));
+    let block_order = layout.element_order(k_blocks, q.n);
+    let scales = block_order.iter().map(|&(b, c)| q.scales[c * k_blocks + b]).collect();
+    let zero_points = q.zero_points.as_ref().map(|zp| pack_bits(bits, block_order.iter().map(|&(b, c)| zp[c * k_blocks + b])));
     Ok(QdqTensors {
         quantized,
         dtype,
-        shape: [q.k, q.n],
+        shape,
         scales,
         scale_dtype: q.config.scale_dtype,
-        scale_shape: [k_blocks, q.n],
+        scale_shape,
         zero_points,
-        axis: 0,
+        axis,
         block_size: q.block_size,
         min_opset: if bits == 2 { 25 } else { 21 },
     })
@@ -259,5 +315,57 @@ mod tests {
         assert_eq!(t.zero_points.unwrap(), vec![0x21, 0x03, 0x54, 0x06]);
         let raw = scales_raw(&[1.0, 0.5], ScaleDtype::F16);
         assert_eq!(raw, vec![0x00, 0x3C, 0x00, 0x38]);
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use crate::quant::{QuantConfig, quantize_rtn};
+    use compactor_ir::tensor::unpack_nibbles;
+
+    /// Every layout holds the same weights and block parameters, just in another order.
+    #[test]
+    fn transposed_and_conv_layouts_hold_the_kn_values() {
+        let (k, n) = (40, 6);
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let cfg = QuantConfig { bits: 4, block_size: BlockSize::Blocked(16), symmetric: false, scale_dtype: ScaleDtype::F32 };
+        let q = quantize_rtn(&w, k, n, &cfg).unwrap();
+        let kn = pack_qdq(&q).unwrap();
+        let kn_codes: Vec<u8> = unpack_nibbles(&kn.quantized, k * n).collect();
+        let kb = q.k_blocks();
+
+        let nk = pack_qdq_as(&q, &QdqLayout::NK).unwrap();
+        assert_eq!((nk.shape.clone(), nk.scale_shape.clone(), nk.axis), (vec![n, k], vec![n, kb], 1));
+        let nk_codes: Vec<u8> = unpack_nibbles(&nk.quantized, k * n).collect();
+        for r in 0..k {
+            for c in 0..n {
+                assert_eq!(nk_codes[c * k + r], kn_codes[r * n + c]);
+            }
+        }
+        for b in 0..kb {
+            for c in 0..n {
+                assert_eq!(nk.scales[c * kb + b], kn.scales[b * n + c]);
+            }
+        }
+
+        // Conv [O=3, C=40, 2] (n = 6 = 3 x 2): element [o, c, s] is (k = c, n = o*2 + s).
+        let conv = pack_qdq_as(&q, &QdqLayout::Conv { out_channels: 3, spatial: vec![2] }).unwrap();
+        assert_eq!((conv.shape.clone(), conv.scale_shape.clone(), conv.axis), (vec![3, k, 2], vec![3, kb, 2], 1));
+        let conv_codes: Vec<u8> = unpack_nibbles(&conv.quantized, k * n).collect();
+        let conv_zp: Vec<u8> = unpack_nibbles(conv.zero_points.as_ref().unwrap(), kb * n).collect();
+        let kn_zp: Vec<u8> = unpack_nibbles(kn.zero_points.as_ref().unwrap(), kb * n).collect();
+        for o in 0..3 {
+            for s in 0..2 {
+                for c in 0..k {
+                    assert_eq!(conv_codes[(o * k + c) * 2 + s], kn_codes[c * n + o * 2 + s]);
+                }
+                for b in 0..kb {
+                    assert_eq!(conv.scales[(o * kb + b) * 2 + s], kn.scales[b * n + o * 2 + s]);
+                    assert_eq!(conv_zp[(o * kb + b) * 2 + s], kn_zp[b * n + o * 2 + s]);
+                }
+            }
+        }
+        assert!(pack_qdq_as(&q, &QdqLayout::Conv { out_channels: 4, spatial: vec![2] }).is_err());
     }
 }

@@ -1,0 +1,690 @@
+//! Blockwise weight-only quantization of MatMul/Gemm (and optionally Conv and Gather
+//! embedding tables) to 8, 4 or 2 bits, emitted as standard opset-21 `DequantizeLinear` with
+//! `block_size` or as `com.microsoft.MatMulNBits`.
+//!
+//! The numerics live in [`crate::quant`]; this pass picks the weights, gathers calibration
+//! statistics through the runtime (GPTQ, mixed precision), and rewrites the graph. Embedding
+//! tables and Conv weights always use the `DequantizeLinear` form (MatMulNBits is a matmul).
+
+use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
+use crate::patterns::{LinearLayer, LinearOp, linear_layers};
+use crate::quant::{self, BlockSize, GptqOptions, Hessian, HessianAccumulator, MseOptions, QdqLayout, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype};
+use compactor_ir::graph::SparseTensor;
+use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Round to nearest (onnxruntime's MatMulNBitsQuantizer grid).
+    #[default]
+    Rtn,
+    /// Per-block clip and zero-point search minimising reconstruction error (no data).
+    Mse,
+    /// Error feedback with the inverse Hessian of calibration activations.
+    Gptq,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Standard ONNX: DequantizeLinear with block_size (opset 21; 2 bits: opset 25).
+    #[default]
+    Qdq,
+    /// com.microsoft.MatMulNBits (onnxruntime's fused int4/int8 matmul).
+    Matmulnbits,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleType {
+    #[default]
+    F32,
+    F16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quantize {
+    /// Bits per weight: 2, 4 or 8.
+    pub bits: u8,
+    /// Weights per scale along the reduction axis: a power of two from 16 to 256, or 0 for one scale per output channel.
+    pub block: usize,
+    /// Symmetric (no zero points) or asymmetric (a zero point per block).
+    pub symmetric: bool,
+    /// Element type of the scales.
+    pub scale_dtype: ScaleType,
+    /// How weights are rounded.
+    pub method: Method,
+    /// The emitted form.
+    pub format: Format,
+    /// Ops whose constant weights are quantized: MatMul, Gemm, Conv, Gather (embedding tables).
+    pub ops: Vec<String>,
+    /// Only weights whose node or weight name matches one of these glob patterns (all when empty).
+    pub include: Vec<String>,
+    /// Leave weights whose node or weight name matches one of these glob patterns.
+    pub exclude: Vec<String>,
+    /// Leave weights with fewer elements than this.
+    pub min_elements: u64,
+    /// Leave the first selected layer (in execution order) in full precision.
+    pub skip_first: bool,
+    /// Leave the last selected layer (in execution order) in full precision.
+    pub skip_last: bool,
+    /// GPTQ: damping added to the Hessian diagonal, as a fraction of its mean.
+    pub damp: f64,
+    /// GPTQ: quantize input channels in order of decreasing activation energy.
+    pub act_order: bool,
+    /// Fraction of each weight's elements (those with the largest error) kept as sparse f16 corrections; 0 disables.
+    pub outliers: f64,
+    /// Mixed precision: average bits per weight to spend (0 disables); the layers whose error costs most on calibration data get 8 bits.
+    pub budget_bits: f64,
+}
+
+impl Default for Quantize {
+    fn default() -> Self {
+        Quantize {
+            bits: 4,
+            block: 32,
+            symmetric: true,
+            scale_dtype: ScaleType::F32,
+            method: Method::Rtn,
+            format: Format::Qdq,
+            ops: vec!["MatMul".into(), "Gemm".into()],
+            include: Vec::new(),
+            exclude: Vec::new(),
+            min_elements: 1024,
+            skip_first: false,
+            skip_last: false,
+            damp: 0.01,
+            act_order: false,
+            outliers: 0.0,
+            budget_bits: 0.0,
+        }
+    }
+}
+
+const OPS: [&str; 4] = ["MatMul", "Gemm", "Conv", "Gather"];
+
+impl PassDef for Quantize {
+    const NAME: &'static str = "quantize";
+    const SUMMARY: &'static str = "Blockwise weight quantization (8/4/2 bits; RTN, MSE/HQQ or GPTQ) to DequantizeLinear or MatMulNBits";
+    const KIND: PassKind = PassKind::Transform;
+
+    fn validate(&self) -> Result<(), OptionError> {
+        if !matches!(self.bits, 2 | 4 | 8) {
+            return Err(OptionError::new("bits", format!("{} is not one of 2, 4, 8", self.bits)));
+        }
+        if self.block != 0 && (!self.block.is_power_of_two() || !(quant::MIN_BLOCK_SIZE..=quant::MAX_BLOCK_SIZE).contains(&self.block)) {
+            return Err(OptionError::new("block", format!("{} is not a power of two from 16 to 256 (or 0 for per-channel)", self.block)));
+        }
+        if let Some(op) = self.ops.iter().find(|o| !OPS.contains(&o.as_str())) {
+            return Err(OptionError::new("ops", format!("'{op}' is not one of {}", OPS.join(", "))));
+        }
+        for (option, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for p in patterns {
+                glob::Pattern::new(p).map_err(|e| OptionError::new(option, format!("'{p}': {e}")))?;
+            }
+        }
+        if !(0.0..0.5).contains(&self.damp) || self.damp == 0.0 {
+            return Err(OptionError::new("damp", "must be in (0, 0.5)"));
+        }
+        if !(0.0..=0.1).contains(&self.outliers) {
+            return Err(OptionError::new("outliers", "must be a fraction from 0 to 0.1"));
+        }
+        if self.budget_bits != 0.0 && !(self.bits as f64..=9.0).contains(&self.budget_bits) {
+            return Err(OptionError::new("budget_bits", format!("must be 0 (off) or between {} and 9 bits per weight", self.bits)));
+        }
+        if self.budget_bits != 0.0 && self.bits == 8 {
+            return Err(OptionError::new("budget_bits", "mixed precision promotes layers to 8 bits; use bits=2 or bits=4"));
+        }
+        Ok(())
+    }
+}
+
+/// One weight to quantize and how it maps to the `[K, N]` matrix of the numerics.
+struct Target {
+    /// The node that reads the weight (MatMul, Gemm, Conv or Gather).
+    node: NodeId,
+    op: &'static str,
+    label: String,
+    /// The constant at the root of the weight chain, and the nodes between it and `node`.
+    weight: ValueId,
+    chain: Vec<NodeId>,
+    tensor: Tensor,
+    /// The activation the weight multiplies (for calibration); none for Gather.
+    input: Option<ValueId>,
+    /// How the stored weight maps to `[K, N]`.
+    layout: QdqLayout,
+    k: usize,
+    n: usize,
+}
+
+impl Target {
+    fn elements(&self) -> u64 {
+        (self.k * self.n) as u64
+    }
+
+    /// The weight as the `[K, N]` matrix.
+    fn matrix(&self) -> Result<Vec<f32>, PassError> {
+        let data = self.tensor.to_f32().map_err(|e| PassError::ir(Quantize::NAME, e))?;
+        let (k, n) = (self.k, self.n);
+        Ok(match &self.layout {
+            QdqLayout::KN => data,
+            QdqLayout::NK => {
+                let mut m = vec![0.0; k * n];
+                for c in 0..n {
+                    for r in 0..k {
+                        m[r * n + c] = data[c * k + r];
+                    }
+                }
+                m
+            }
+            QdqLayout::Conv { out_channels, spatial } => {
+                let s: usize = spatial.iter().product();
+                let mut m = vec![0.0; k * n];
+                for o in 0..*out_channels {
+                    for ch in 0..k {
+                        for x in 0..s {
+                            m[ch * n + o * s + x] = data[(o * k + ch) * s + x];
+                        }
+                    }
+                }
+                m
+            }
+        })
+    }
+}
+
+/// Per-layer numbers for the report.
+#[derive(Serialize)]
+struct LayerReport {
+    name: String,
+    op: &'static str,
+    k: usize,
+    n: usize,
+    bits: u8,
+    relative_error: f64,
+    sqnr_db: f64,
+    bits_per_weight: f64,
+    bytes_before: u64,
+    bytes_after: u64,
+    outliers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gptq_loss: Option<f64>,
+    /// Relative output error on calibration data, `tr(ΔWᵀHΔW) / tr(WᵀHW)` (with calibration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_error: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Skipped {
+    name: String,
+    reason: String,
+}
+
+impl Quantize {
+    fn config(&self, bits: u8) -> QuantConfig {
+        QuantConfig {
+            bits,
+            block_size: if self.block == 0 { BlockSize::PerChannel } else { BlockSize::Blocked(self.block) },
+            symmetric: self.symmetric,
+            scale_dtype: match self.scale_dtype {
+                ScaleType::F32 => ScaleDtype::F32,
+                ScaleType::F16 => ScaleDtype::F16,
+            },
+        }
+    }
+
+    fn matches(patterns: &[String], names: &[&str]) -> bool {
+        patterns.iter().any(|p| glob::Pattern::new(p).is_ok_and(|p| names.iter().any(|n| p.matches(n))))
+    }
+
+    /// The weights this run quantizes, in execution order, and the ones it leaves (with why).
+    fn select(&self, graph: &Graph) -> (Vec<Target>, Vec<Skipped>) {
+        let uses = graph.uses();
+        let mut candidates: Vec<Target> = Vec::new();
+        let mut skipped = Vec::new();
+        let linear: HashMap<NodeId, LinearLayer> = linear_layers(graph).into_iter().map(|l| (l.node, l)).collect();
+        for id in graph.all_nodes() {
+            let node = graph.node(id);
+            let Some(&op) = OPS.iter().find(|&&op| node.is(op)) else { continue };
+            if !self.ops.iter().any(|o| o == op) {
+                continue;
+            }
+            let target = if op == "Gather" { gather_target(graph, id) } else { linear.get(&id).and_then(|l| linear_target(graph, l)) };
+            let Some(target) = target else { continue };
+            let names = [target.label.as_str(), graph.value(target.weight).name.as_str()];
+            let reason = if !self.include.is_empty() && !Self::matches(&self.include, &names) {
+                Some("not matched by include".to_string())
+            } else if Self::matches(&self.exclude, &names) {
+                Some("matched by exclude".to_string())
+            } else if target.elements() < self.min_elements {
+                Some(format!("{} elements, fewer than min_elements", target.elements()))
+            } else if !matches!(target.tensor.dtype(), DataType::Float | DataType::Float16 | DataType::Bfloat16 | DataType::Double) {
+                Some(format!("weight is {}", target.tensor.dtype()))
+            } else if uses.consumers(target.weight).len() != 1 || target.chain.iter().any(|&n| graph.node(n).output(0).is_none_or(|v| uses.of(v).len() != 1)) {
+                Some("weight is shared with other nodes".to_string())
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => skipped.push(Skipped { name: target.label, reason }),
+                None => candidates.push(target),
+            }
+        }
+        if self.skip_last
+            && let Some(t) = candidates.pop()
+        {
+            skipped.push(Skipped { name: t.label, reason: "skip_last".into() });
+        }
+        if self.skip_first && !candidates.is_empty() {
+            let t = candidates.remove(0);
+            skipped.push(Skipped { name: t.label, reason: "skip_first".into() });
+        }
+        (candidates, skipped)
+    }
+
+    /// Hessians `(2/n) Σ xxᵀ` of each distinct activation input, from the calibration data.
+    fn hessians(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[Target]) -> Result<HashMap<ValueId, Hessian>, PassError> {
+        let mut accumulators: BTreeMap<ValueId, HessianAccumulator> = BTreeMap::new();
+        for t in targets {
+            if let (Some(input), "MatMul" | "Gemm") = (t.input, t.op) {
+                accumulators.entry(input).or_insert_with(|| HessianAccumulator::new(t.k));
+            }
+        }
+        if accumulators.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let model = ctx.snapshot(graph);
+        let Some(calibrator) = ctx.calibrator.as_deref_mut() else {
+            return Err(PassError::Missing { pass: Self::NAME.into(), what: "calibration data (method=gptq and budget_bits need activations)".into() });
+        };
+        let values: Vec<ValueId> = accumulators.keys().copied().collect();
+        let mut error = None;
+        let mut sink = |v: ValueId, a: Activation<'_>| {
+            let Some(acc) = accumulators.get_mut(&v) else { return };
+            let k = acc.k();
+            if a.shape.last() != Some(&k) {
+                error.get_or_insert_with(|| format!("captured '{}' has shape {:?}, expected last dimension {k}", graph.value(v).name, a.shape));
+                return;
+            }
+            if let Err(e) = acc.add_batch(a.data, a.data.len() / k) {
+                error.get_or_insert(e.to_string());
+            }
+        };
+        ctx.progress.begin("calibrating", calibrator.batches() as u64);
+        let result = calibrator.capture(&model, &values, &mut sink);
+        ctx.progress.end();
+        result.map_err(|e| PassError::failed(Self::NAME, "calibration", e))?;
+        if let Some(e) = error {
+            return Err(PassError::failed(Self::NAME, "calibration", e));
+        }
+        accumulators
+            .into_iter()
+            .map(|(v, acc)| acc.hessian().map(|h| (v, h)).map_err(|e| PassError::failed(Self::NAME, format!("calibration of '{}'", graph.value(v).name), e.to_string())))
+            .collect()
+    }
+
+    fn quantize_weight(&self, t: &Target, w: &[f32], bits: u8, hessian: Option<&Hessian>) -> Result<(QuantizedWeight, Option<f64>), PassError> {
+        let fail = |e: quant::QuantError| PassError::failed(Self::NAME, t.label.clone(), e.to_string());
+        let config = self.config(bits);
+        let (mut q, loss) = match (self.method, hessian) {
+            (Method::Gptq, Some(h)) => {
+                let options = GptqOptions { percdamp: self.damp, act_order: self.act_order, ..Default::default() };
+                let r = quant::quantize_gptq(w, t.k, t.n, &config, h, &options).map_err(fail)?;
+                (r.weight, Some(r.loss))
+            }
+            (Method::Mse, _) => (quant::quantize_mse(w, t.k, t.n, &config, &MseOptions::default()).map_err(fail)?, None),
+            // GPTQ on a weight without activations (embedding tables, Conv) falls back to RTN.
+            _ => (quant::quantize_rtn(w, t.k, t.n, &config).map_err(fail)?, None),
+        };
+        if self.outliers > 0.0 {
+            let count = (self.outliers * (t.k * t.n) as f64).round() as usize;
+            q.add_top_outliers(w, count).map_err(fail)?;
+        }
+        Ok((q, loss))
+    }
+}
+
+/// `tr(ΔWᵀ H ΔW) / tr(Wᵀ H W)`: the relative output error on the calibration data.
+fn output_error(w: &[f32], w_hat: &[f32], n: usize, h: &Hessian) -> f64 {
+    let delta: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    let signal = h.quadratic_form(w, n);
+    if signal > 0.0 { h.quadratic_form(&delta, n) / signal } else { 0.0 }
+}
+
+fn linear_target(graph: &Graph, layer: &LinearLayer) -> Option<Target> {
+    if layer.weight.is_quantized() {
+        return None;
+    }
+    let (op, layout) = match layer.op {
+        LinearOp::MatMul => ("MatMul", if layer.weight.transposed { QdqLayout::NK } else { QdqLayout::KN }),
+        LinearOp::Gemm => ("Gemm", if layer.weight.transposed { QdqLayout::NK } else { QdqLayout::KN }),
+        LinearOp::Conv => {
+            let dims = layer.weight.tensor.dims();
+            let spatial: Vec<usize> = dims[2..].iter().map(|&d| d as usize).collect();
+            ("Conv", QdqLayout::Conv { out_channels: dims[0] as usize, spatial })
+        }
+    };
+    let (k, n) = match &layout {
+        QdqLayout::Conv { out_channels, spatial } => (layer.weight.tensor.dims()[1] as usize, out_channels * spatial.iter().product::<usize>()),
+        _ => (layer.in_features as usize, layer.out_features as usize),
+    };
+    Some(Target {
+        node: layer.node,
+        op,
+        label: layer.label(graph),
+        weight: layer.weight.value,
+        chain: layer.weight.chain.iter().map(|(n, _)| *n).collect(),
+        tensor: layer.weight.tensor.clone(),
+        input: Some(layer.input),
+        layout,
+        k,
+        n,
+    })
+}
+
+/// An embedding lookup `Gather(table [V, D], ids)` on axis 0 with a constant table.
+fn gather_target(graph: &Graph, node: NodeId) -> Option<Target> {
+    let n = graph.node(node);
+    if n.attr_int("axis").unwrap_or(0) != 0 {
+        return None;
+    }
+    let table = n.input(0)?;
+    let tensor = graph.constant(table)?;
+    let &[v, d] = tensor.dims() else { return None };
+    Some(Target {
+        node,
+        op: "Gather",
+        label: n.name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| graph.value(table).name.clone()),
+        weight: table,
+        chain: Vec::new(),
+        tensor,
+        input: None,
+        layout: QdqLayout::NK,
+        k: d as usize,
+        n: v as usize,
+    })
+}
+
+fn ir(e: compactor_ir::IrError) -> PassError {
+    PassError::ir(Quantize::NAME, e)
+}
+
+fn scale_tensor(values: &[f32], dtype: ScaleDtype, dims: &[usize]) -> Result<Tensor, PassError> {
+    let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+    let data_type = match dtype {
+        ScaleDtype::F32 => DataType::Float,
+        ScaleDtype::F16 => DataType::Float16,
+    };
+    Tensor::from_raw(data_type, &dims, quant::scales_raw(values, dtype).into()).map_err(ir)
+}
+
+/// The sparse f16 correction of a weight's outliers, laid out like the op reads the weight.
+fn outlier_tensor(q: &QuantizedWeight, layout: &QdqLayout) -> Result<Option<SparseTensor>, PassError> {
+    if q.outliers.is_empty() {
+        return Ok(None);
+    }
+    let (shape, flat): (Vec<i64>, Box<dyn Fn(usize, usize) -> usize>) = match layout {
+        QdqLayout::KN => (vec![q.k as i64, q.n as i64], Box::new(|r, c| r * q.n + c)),
+        QdqLayout::NK => (vec![q.n as i64, q.k as i64], Box::new(|r, c| c * q.k + r)),
+        QdqLayout::Conv { .. } => return Err(PassError::failed(Quantize::NAME, "outliers", "outlier corrections are not supported for Conv weights")),
+    };
+    let mut entries: Vec<(i64, half::f16)> = q.outliers.iter().map(|o| (flat(o.row as usize, o.col as usize) as i64, o.delta)).collect();
+    entries.sort_by_key(|e| e.0);
+    let count = entries.len() as u64;
+    let values = Tensor::from_raw(DataType::Float16, &[count], entries.iter().flat_map(|e| e.1.to_le_bytes()).collect::<Vec<u8>>().into()).map_err(ir)?;
+    let indices = Tensor::from_i64(&[count], &entries.iter().map(|e| e.0).collect::<Vec<_>>()).map_err(ir)?;
+    Ok(Some(SparseTensor { values: Some(values), indices: Some(indices), dims: shape }))
+}
+
+/// Emits `DequantizeLinear` for the weight (plus a Cast from f16 scales and the outlier
+/// correction) and returns the value that now feeds the op.
+fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, layout: &QdqLayout) -> Result<PValue, PassError> {
+    let region = graph.node(t.node).region;
+    let base = graph.value(t.weight).name.clone();
+    let packed = quant::pack_qdq_as(q, layout).map_err(|e| PassError::failed(Quantize::NAME, t.label.clone(), e.to_string()))?;
+    let dims: Vec<u64> = packed.shape.iter().map(|&d| d as u64).collect();
+    let qv = patch.new_initializer(region, &format!("{base}_q"), Tensor::from_raw(packed.dtype, &dims, packed.quantized.into()).map_err(ir)?);
+    let sv = patch.new_initializer(region, &format!("{base}_scale"), scale_tensor(&packed.scales, packed.scale_dtype, &packed.scale_shape)?);
+    let scale_dims: Vec<u64> = packed.scale_shape.iter().map(|&d| d as u64).collect();
+    let zv = match packed.zero_points {
+        Some(zp) => Some(patch.new_initializer(region, &format!("{base}_zero_point"), Tensor::from_raw(packed.dtype, &scale_dims, zp.into()).map_err(ir)?)),
+        None => None,
+    };
+    let mut out = patch.new_value(region, &format!("{base}_dequantized"), None);
+    let mut dq = patch.node("DequantizeLinear", Anchor::Before(t.node)).name(format!("{}/DequantizeLinear", t.label)).input(qv).input(sv);
+    if let Some(z) = zv {
+        dq = dq.input(z);
+    }
+    dq.output(out).attr("axis", AttrValue::Int(packed.axis)).attr("block_size", AttrValue::Int(packed.block_size as i64)).add();
+    // The op gets the weight in the element type it read before (the end of the old chain).
+    let index = if t.op == "Gather" { 0 } else { 1 };
+    let wanted = graph.node(t.node).input(index).and_then(|v| graph.value(v).elem()).unwrap_or(t.tensor.dtype());
+    let scale_type = match packed.scale_dtype {
+        ScaleDtype::F32 => DataType::Float,
+        ScaleDtype::F16 => DataType::Float16,
+    };
+    if scale_type != wanted {
+        let cast = patch.new_value(region, &format!("{base}_dequantized_{wanted}"), None);
+        patch.node("Cast", Anchor::Before(t.node)).input(out).output(cast).attr("to", AttrValue::Int(wanted.code() as i64)).add();
+        out = cast;
+    }
+    if let Some(sparse) = outlier_tensor(q, layout)? {
+        let delta = patch.new_sparse_initializer(region, &format!("{base}_outliers"), sparse);
+        let delta_cast = patch.new_value(region, &format!("{base}_outliers_{wanted}"), None);
+        patch.node("Cast", Anchor::Before(t.node)).input(delta).output(delta_cast).attr("to", AttrValue::Int(wanted.code() as i64)).add();
+        let corrected = patch.new_value(region, &format!("{base}_corrected"), None);
+        patch.node("Add", Anchor::Before(t.node)).input(out).input(delta_cast).output(corrected).add();
+        out = corrected;
+    }
+    Ok(out)
+}
+
+/// Replaces a MatMul / Gemm by `MatMulNBits` (plus the bias Add of a Gemm and the outlier branch).
+fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight) -> Result<(), PassError> {
+    let node = graph.node(t.node);
+    let region = node.region;
+    let base = graph.value(t.weight).name.clone();
+    let x = t.input.expect("linear layers have an input");
+    let y = node.output(0).ok_or_else(|| PassError::failed(Quantize::NAME, t.label.clone(), "has no output"))?;
+    let packed = quant::pack_matmul_nbits(q).map_err(|e| PassError::failed(Quantize::NAME, t.label.clone(), e.to_string()))?;
+    let b = patch.new_initializer(region, &format!("{base}_nbits"), Tensor::from_raw(DataType::Uint8, &packed.b_shape.map(|d| d as u64), packed.b.into()).map_err(ir)?);
+    let s = patch.new_initializer(region, &format!("{base}_scales"), scale_tensor(&packed.scales, packed.scale_dtype, &[packed.scales.len()])?);
+    let zp = match packed.zero_points {
+        Some(z) => {
+            let len = z.len() as u64;
+            Some(patch.new_initializer(region, &format!("{base}_zero_points"), Tensor::from_raw(DataType::Uint8, &[len], z.into()).map_err(ir)?))
+        }
+        None => None,
+    };
+    let bias = if t.op == "Gemm" { node.input(2) } else { None };
+    let outliers = outlier_tensor(q, &QdqLayout::KN)?;
+    // The last node of the replacement produces the op's output value (keeping its name).
+    let direct = bias.is_none() && outliers.is_none();
+    let mm_out = if direct { PValue::Existing(y) } else { patch.new_value(region, &format!("{base}_matmul"), None) };
+    let mut mm = patch.node("MatMulNBits", Anchor::Before(t.node)).domain("com.microsoft").name(t.label.clone()).input(x).input(b).input(s);
+    if let Some(z) = zp {
+        mm = mm.input(z);
+    }
+    mm.output(mm_out)
+        .attr("K", AttrValue::Int(packed.k as i64))
+        .attr("N", AttrValue::Int(packed.n as i64))
+        .attr("bits", AttrValue::Int(packed.bits as i64))
+        .attr("block_size", AttrValue::Int(packed.block_size as i64))
+        .add();
+    let mut acc = mm_out;
+    if let Some(sparse) = outliers {
+        let delta = patch.new_sparse_initializer(region, &format!("{base}_outliers"), sparse);
+        let delta_f32 = patch.new_value(region, &format!("{base}_outliers_f32"), None);
+        patch.node("Cast", Anchor::Before(t.node)).input(delta).output(delta_f32).attr("to", AttrValue::Int(DataType::Float as i64)).add();
+        let extra = patch.new_value(region, &format!("{base}_outlier_product"), None);
+        patch.node("MatMul", Anchor::Before(t.node)).input(x).input(delta_f32).output(extra).add();
+        let sum = if bias.is_none() { PValue::Existing(y) } else { patch.new_value(region, &format!("{base}_with_outliers"), None) };
+        patch.node("Add", Anchor::Before(t.node)).input(acc).input(extra).output(sum).add();
+        acc = sum;
+    }
+    if let Some(c) = bias {
+        patch.node("Add", Anchor::Before(t.node)).input(acc).input(c).output(PValue::Existing(y)).add();
+    }
+    patch.remove_node(t.node);
+    Ok(())
+}
+
+impl Pass for Quantize {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        ctx.infer_shapes(graph);
+        let (targets, skipped) = self.select(graph);
+        if targets.is_empty() {
+            return Ok(PassOutcome::unchanged("no weights selected").with_details(serde_json::json!({ "skipped": skipped })));
+        }
+        // Which form each target takes: MatMulNBits needs a plain product of f32/f16 activations.
+        let wants_nbits = |t: &Target| -> bool {
+            if self.format != Format::Matmulnbits || !matches!(t.op, "MatMul" | "Gemm") {
+                return false;
+            }
+            let n = graph.node(t.node);
+            let plain_gemm = t.op != "Gemm" || (n.attr_float("alpha").unwrap_or(1.0) == 1.0 && n.attr_float("beta").unwrap_or(1.0) == 1.0 && n.attr_int("transA").unwrap_or(0) == 0);
+            let activation = t.input.and_then(|x| graph.value(x).elem());
+            let scale_matches = match self.scale_dtype {
+                ScaleType::F32 => activation == Some(DataType::Float),
+                ScaleType::F16 => activation == Some(DataType::Float16),
+            };
+            plain_gemm && scale_matches
+        };
+        if self.format == Format::Matmulnbits
+            && let Some(t) = targets.iter().find(|t| matches!(t.op, "MatMul" | "Gemm") && !wants_nbits(t))
+        {
+            let activation = t.input.and_then(|x| graph.value(x).elem()).map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
+            return Err(PassError::failed(Self::NAME, t.label.clone(), format!("MatMulNBits needs a plain product whose activation type ({activation}) matches the scales ({:?}); use format=qdq or scale_dtype to match", self.scale_dtype)));
+        }
+        let nbits: Vec<bool> = targets.iter().map(wants_nbits).collect();
+        let needs_qdq = nbits.iter().any(|&n| !n);
+        let min_opset = if self.bits == 2 { 25 } else { 21 };
+        let mut upgrade_summary = None;
+        if needs_qdq && ctx.opset("").unwrap_or(0) < min_opset {
+            let outcome = UpgradeOpset { version: min_opset }.run(graph, ctx)?;
+            upgrade_summary = Some(outcome.summary);
+        }
+
+        let hessians = if self.method == Method::Gptq || self.budget_bits > 0.0 { self.hessians(graph, ctx, &targets)? } else { HashMap::new() };
+        ctx.progress.begin("quantizing", targets.len() as u64 * if self.budget_bits > 0.0 { 2 } else { 1 });
+        let mut results: Vec<(QuantizedWeight, Option<f64>, Vec<f32>)> = Vec::with_capacity(targets.len());
+        for t in &targets {
+            let w = t.matrix()?;
+            let (q, loss) = self.quantize_weight(t, &w, self.bits, t.input.and_then(|i| hessians.get(&i)))?;
+            ctx.progress.advance(1);
+            results.push((q, loss, w));
+        }
+        if self.budget_bits > 0.0 {
+            self.apply_budget(ctx, &targets, &hessians, &mut results)?;
+        }
+        ctx.progress.end();
+
+        let mut patch = Patch::new();
+        let mut layers = Vec::with_capacity(targets.len());
+        for ((t, (q, loss, w)), &as_nbits) in targets.iter().zip(&results).zip(&nbits) {
+            if as_nbits {
+                emit_matmul_nbits(graph, &mut patch, t, q)?;
+            } else {
+                // The chain (Transpose, Cast) goes away: the op reads the dequantized weight in
+                // the layout it expects itself: [K, N] for MatMul, per transB for Gemm, the
+                // original layout for Conv and Gather.
+                let layout = match t.op {
+                    "MatMul" => QdqLayout::KN,
+                    "Gemm" if graph.node(t.node).attr_int("transB").unwrap_or(0) != 0 => QdqLayout::NK,
+                    "Gemm" => QdqLayout::KN,
+                    _ => t.layout.clone(),
+                };
+                let dequantized = emit_dequantize(graph, &mut patch, t, q, &layout)?;
+                let index = if t.op == "Gather" { 0 } else { 1 };
+                patch.set_input(t.node, index, Some(dequantized));
+            }
+            for &n in &t.chain {
+                patch.remove_node(n);
+            }
+            patch.remove_value(t.weight);
+            let m = QuantMetrics::new(w, q);
+            layers.push(LayerReport {
+                name: t.label.clone(),
+                op: t.op,
+                k: t.k,
+                n: t.n,
+                bits: q.config.bits,
+                relative_error: m.relative_frobenius_error,
+                sqnr_db: m.sqnr_db,
+                bits_per_weight: m.bits_per_weight,
+                bytes_before: t.tensor.data_bytes(),
+                bytes_after: m.bytes_after,
+                outliers: q.outliers.len(),
+                gptq_loss: *loss,
+                output_error: t.input.and_then(|i| hessians.get(&i)).map(|h| output_error(w, &q.dequantize(), t.n, h)),
+            });
+        }
+        graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
+        if nbits.iter().any(|&n| n) {
+            ctx.set_opset("com.microsoft", ctx.opset("com.microsoft").unwrap_or(1).max(1));
+        }
+        if needs_qdq {
+            ctx.require_ir_version(min_ir_version(min_opset));
+        }
+
+        let before: u64 = layers.iter().map(|l| l.bytes_before).sum();
+        let after: u64 = layers.iter().map(|l| l.bytes_after).sum();
+        let params: usize = layers.iter().map(|l| l.k * l.n).sum();
+        let mean_sqnr = layers.iter().map(|l| l.sqnr_db.min(200.0)).sum::<f64>() / layers.len() as f64;
+        let summary = format!(
+            "quantized {} weights ({:.2}M params) to {} bits ({:?}, {:?}): {:.1} KiB -> {:.1} KiB, mean SQNR {:.1} dB{}",
+            layers.len(),
+            params as f64 / 1e6,
+            self.bits,
+            self.method,
+            self.format,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            mean_sqnr,
+            upgrade_summary.map(|s| format!("; {s}")).unwrap_or_default()
+        );
+        Ok(PassOutcome::changed(summary).with_details(serde_json::json!({ "layers": layers, "skipped": skipped })))
+    }
+}
+
+impl Quantize {
+    /// Mixed precision: starting from `bits` everywhere, promotes to 8 bits the layers whose
+    /// output error drops most per extra byte, while the average stays within `budget_bits`.
+    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [(QuantizedWeight, Option<f64>, Vec<f32>)]) -> Result<(), PassError> {
+        let total_weights: f64 = targets.iter().map(|t| t.elements() as f64).sum();
+        let bits_of = |q: &QuantizedWeight, w: &[f32]| QuantMetrics::new(w, q).bits_per_weight;
+        let mut spent: f64 = results.iter().zip(targets).map(|((q, _, w), t)| bits_of(q, w) * t.elements() as f64).sum();
+        let mut options = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let (low, _, w) = &results[i];
+            let (high, loss) = self.quantize_weight(t, w, 8, t.input.and_then(|x| hessians.get(&x)))?;
+            ctx.progress.advance(1);
+            // Error weighted by the activations when there are any, by the weights otherwise.
+            let error = |q: &QuantizedWeight| match t.input.and_then(|x| hessians.get(&x)) {
+                Some(h) => output_error(w, &q.dequantize(), t.n, h),
+                None => QuantMetrics::new(w, q).relative_frobenius_error.powi(2),
+            };
+            let gain = error(low) - error(&high);
+            let cost = (bits_of(&high, w) - bits_of(low, w)) * t.elements() as f64;
+            options.push((gain / cost.max(1.0), i, high, loss, cost));
+        }
+        options.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, i, high, loss, cost) in options {
+            if (spent + cost) / total_weights > self.budget_bits {
+                continue;
+            }
+            spent += cost;
+            results[i].0 = high;
+            results[i].1 = loss;
+        }
+        Ok(())
+    }
+}

@@ -7,10 +7,9 @@ use serde::de::DeserializeOwned;
 
 /// A graph analysis or transformation.
 ///
-/// A pass is a small struct whose fields are its options (see [`PassDef`]); `run` reads or
-/// rewrites the graph and says what it did.
+/// A pass is a small struct whose fields are its options; [`PassDef`] gives its name and
+/// description. `run` reads or rewrites the graph and says what it did.
 pub trait Pass: Send + Sync {
-    fn name(&self) -> &'static str;
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError>;
 }
 

@@ -44,10 +44,6 @@ fn live_set(graph: &Graph) -> (HashSet<NodeId>, HashSet<ValueId>) {
 }
 
 impl Pass for EliminateDeadCode {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let (live_nodes, live_values) = live_set(graph);
         let mut patch = Patch::new();

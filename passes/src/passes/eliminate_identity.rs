@@ -83,10 +83,6 @@ fn passthrough(graph: &Graph, node: &Node, opset: i64) -> Option<ValueId> {
 }
 
 impl Pass for EliminateIdentity {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         ctx.infer_shapes(graph);
         let opset = ctx.opset("").unwrap_or(1);

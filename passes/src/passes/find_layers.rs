@@ -43,10 +43,6 @@ struct BlockReport {
 }
 
 impl Pass for FindLayers {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let layers = linear_layers(graph);
         let blocks = transformer_blocks(graph, &layers);

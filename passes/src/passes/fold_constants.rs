@@ -39,10 +39,6 @@ impl PassDef for FoldConstants {
 const NOT_FOLDABLE: &[&str] = &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "Constant", "If", "Loop", "Scan", "SequenceMap"];
 
 impl Pass for FoldConstants {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let Some(evaluator) = ctx.evaluator else {
             return Err(PassError::Missing { pass: Self::NAME.into(), what: "a constant evaluator (the runtime)".into() });

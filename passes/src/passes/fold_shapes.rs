@@ -24,10 +24,6 @@ fn shape_slice(dims: &[i64], start: Option<i64>, end: Option<i64>) -> Vec<i64> {
 }
 
 impl Pass for FoldShapes {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         ctx.infer_shapes(graph);
         let mut patch = Patch::new();

@@ -17,10 +17,6 @@ impl PassDef for FuseMatMulAdd {
 }
 
 impl Pass for FuseMatMulAdd {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         ctx.infer_shapes(graph);
         let uses = graph.uses();

@@ -19,10 +19,6 @@ impl PassDef for InferShapes {
 }
 
 impl Pass for InferShapes {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let report = ctx.infer_shapes(graph);
         if self.record {

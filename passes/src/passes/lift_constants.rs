@@ -15,10 +15,6 @@ impl PassDef for LiftConstants {
 }
 
 impl Pass for LiftConstants {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let lifted = compactor_ir::onnx::lift_constants(graph);
         Ok(PassOutcome::counted(lifted, format!("lifted {lifted} Constant nodes to initializers")))

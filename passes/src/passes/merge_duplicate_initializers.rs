@@ -17,10 +17,6 @@ impl PassDef for MergeDuplicateInitializers {
 }
 
 impl Pass for MergeDuplicateInitializers {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let ir_err = |e| PassError::ir(Self::NAME, e);
         let mut patch = Patch::new();

@@ -12,6 +12,7 @@ use crate::patterns::{LinearLayer, LinearOp, linear_layers};
 use crate::quant::{self, BlockSize, GptqOptions, Hessian, HessianAccumulator, MseOptions, QdqLayout, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype};
 use compactor_ir::graph::SparseTensor;
 use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -534,10 +535,6 @@ fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &Quantized
 }
 
 impl Pass for Quantize {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         ctx.infer_shapes(graph);
         let (targets, skipped) = self.select(graph);
@@ -575,13 +572,18 @@ impl Pass for Quantize {
 
         let hessians = if self.method == Method::Gptq || self.budget_bits > 0.0 { self.hessians(graph, ctx, &targets)? } else { HashMap::new() };
         ctx.progress.begin("quantizing", targets.len() as u64 * if self.budget_bits > 0.0 { 2 } else { 1 });
-        let mut results: Vec<(QuantizedWeight, Option<f64>, Vec<f32>)> = Vec::with_capacity(targets.len());
-        for t in &targets {
-            let w = t.matrix()?;
-            let (q, loss) = self.quantize_weight(t, &w, self.bits, t.input.and_then(|i| hessians.get(&i)))?;
-            ctx.progress.advance(1);
-            results.push((q, loss, w));
-        }
+        // Layers are independent: quantize them in parallel (each result only depends on its
+        // own weight and Hessian, so the output does not depend on the thread count).
+        let progress = ctx.progress;
+        let mut results: Vec<(QuantizedWeight, Option<f64>, Vec<f32>)> = targets
+            .par_iter()
+            .map(|t| {
+                let w = t.matrix()?;
+                let (q, loss) = self.quantize_weight(t, &w, self.bits, t.input.and_then(|i| hessians.get(&i)))?;
+                progress.advance(1);
+                Ok((q, loss, w))
+            })
+            .collect::<Result<_, PassError>>()?;
         if self.budget_bits > 0.0 {
             self.apply_budget(ctx, &targets, &hessians, &mut results)?;
         }

@@ -216,10 +216,6 @@ impl Upgrade<'_> {
 }
 
 impl Pass for UpgradeOpset {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let from = ctx.opset("").ok_or_else(|| PassError::failed(Self::NAME, "model", "the model imports no default-domain opset"))?;
         if from >= self.version {

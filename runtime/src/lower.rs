@@ -1,0 +1,800 @@
+//! Rewrites (a clone of) the IR into something tract 0.23.9 can load, keeping its meaning.
+//!
+//! tract has no INT4/UINT4/INT2/UINT2, BF16, FP8 or FP4 tensors and no `block_size` on
+//! `DequantizeLinear`/`QuantizeLinear`. In order:
+//!
+//! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
+//!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits`, which the runtime
+//!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,
+//!    uint8, int4, uint4, int2, uint2 weights; f32/f16/bf16 scales; optional zero points.
+//! 2. **Fold** any other `DequantizeLinear` whose inputs are all constant into an initializer.
+//! 3. **Expand** the remaining quantize/dequantize nodes tract cannot take (blocked, or of a
+//!    type tract lacks) into plain ONNX arithmetic.
+//! 4. **Widen** every tensor and value type tract lacks: INT4/INT2 to INT8, UINT4/UINT2 to UINT8,
+//!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type).
+
+use crate::error::RuntimeError;
+use crate::value::{carrier_type, tract_native};
+use bytes::Bytes;
+use compactor_ir::graph::{AttrValue, Attribute, Node, Use, Value};
+use compactor_ir::{DataType, Graph, Model, NodeId, RegionId, Tensor, TypeKind, ValueDef, ValueId, ValueType};
+
+/// What lowering did, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoweringReport {
+    /// `DequantizeLinear -> MatMul` pairs turned into fused `MatMulNBits`.
+    pub fused_matmuls: usize,
+    /// Constant `DequantizeLinear` nodes replaced by their f32/f16 result.
+    pub folded_dequantize: usize,
+    /// Quantize/dequantize nodes rewritten as plain arithmetic.
+    pub expanded: usize,
+    /// Tensors (initializers, Constant attributes) stored in a wider type.
+    pub widened_tensors: usize,
+}
+
+/// The lowered model and what was done to it.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    pub model: Model,
+    pub report: LoweringReport,
+}
+
+/// Lowers a clone of `model`.
+pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
+    let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
+    lowering.fuse_dequantize_matmul()?;
+    lowering.fold_and_expand_quantization()?;
+    lowering.widen_tensors()?;
+    lowering.widen_value_types();
+    Ok(Lowered { model: lowering.model, report: lowering.report })
+}
+
+pub(crate) fn model_name(model: &Model) -> String {
+    model.origin.to_string()
+}
+
+struct Lowering {
+    model: Model,
+    name: String,
+    report: LoweringReport,
+}
+
+/// Attribute readers on node + error helpers.
+fn label(graph: &Graph, id: NodeId) -> String {
+    graph.node(id).label(id)
+}
+
+/// How a quantized weight's codes become values: `(code - zero) * scale`, where codes are
+/// unsigned (signed inputs are offset by half their range, zero points with them).
+struct QuantType {
+    bits: u32,
+    /// Added to a signed value to make its unsigned code.
+    offset: i64,
+}
+
+fn quant_type(dtype: DataType) -> Option<QuantType> {
+    use DataType::*;
+    Some(match dtype {
+        Int8 => QuantType { bits: 8, offset: 128 },
+        Uint8 => QuantType { bits: 8, offset: 0 },
+        Int4 => QuantType { bits: 4, offset: 8 },
+        Uint4 => QuantType { bits: 4, offset: 0 },
+        Int2 => QuantType { bits: 2, offset: 2 },
+        Uint2 => QuantType { bits: 2, offset: 0 },
+        _ => return None,
+    })
+}
+
+/// The scale/zero-point layout of a DequantizeLinear, resolved against its input shape.
+#[derive(Clone, Copy, Debug)]
+enum QuantLayout {
+    PerTensor,
+    PerAxis { axis: usize },
+    Blocked { axis: usize, block: usize },
+}
+
+fn quant_layout(node: &Node, x_rank: usize, scale_rank: usize) -> Result<QuantLayout, String> {
+    let block = node.attr_int("block_size").unwrap_or(0);
+    let axis = node.attr_int("axis").unwrap_or(1);
+    let axis = if axis < 0 { axis + x_rank as i64 } else { axis };
+    if block < 0 {
+        return Err(format!("negative block_size {block}"));
+    }
+    if scale_rank == 0 || (scale_rank == 1 && block == 0 && x_rank == 0) {
+        return Ok(QuantLayout::PerTensor);
+    }
+    if axis < 0 || axis as usize >= x_rank.max(1) {
+        return Err(format!("axis {} out of range for rank {x_rank}", node.attr_int("axis").unwrap_or(1)));
+    }
+    let axis = axis as usize;
+    if block > 0 {
+        if scale_rank != x_rank {
+            return Err(format!("blocked scale must have the input's rank {x_rank}, has rank {scale_rank}"));
+        }
+        Ok(QuantLayout::Blocked { axis, block: block as usize })
+    } else if scale_rank == 1 {
+        Ok(QuantLayout::PerAxis { axis })
+    } else {
+        Err(format!("scale of rank {scale_rank} without block_size"))
+    }
+}
+
+/// Index into the scale tensor for element `idx` (multi-index) of the input.
+fn scale_index(layout: QuantLayout, idx: &[usize], scale_dims: &[usize]) -> usize {
+    match layout {
+        QuantLayout::PerTensor => 0,
+        QuantLayout::PerAxis { axis } => idx[axis],
+        QuantLayout::Blocked { axis, block } => {
+            let mut flat = 0;
+            for (d, (&i, &n)) in idx.iter().zip(scale_dims).enumerate() {
+                let i = if d == axis { i / block } else { i };
+                flat = flat * n + i;
+            }
+            flat
+        }
+    }
+}
+
+fn dims_usize(t: &Tensor) -> Vec<usize> {
+    t.dims().iter().map(|&d| d as usize).collect()
+}
+
+/// Dequantizes constant tensors in f64 (exact for every input type), as DequantizeLinear does.
+fn dequantize_constant(x: &Tensor, scale: &Tensor, zero: Option<&Tensor>, layout: QuantLayout) -> Result<Vec<f32>, String> {
+    let xs: Vec<f64> = if x.dtype().is_float() {
+        x.to_f32().map_err(|e| e.to_string())?.into_iter().map(f64::from).collect()
+    } else {
+        x.to_i64().map_err(|e| e.to_string())?.into_iter().map(|v| v as f64).collect()
+    };
+    let scales = scale.to_f32().map_err(|e| e.to_string())?;
+    let zeros: Vec<f64> = match zero {
+        None => vec![0.0; scales.len()],
+        Some(z) if z.dtype().is_float() => z.to_f32().map_err(|e| e.to_string())?.into_iter().map(f64::from).collect(),
+        Some(z) => z.to_i64().map_err(|e| e.to_string())?.into_iter().map(|v| v as f64).collect(),
+    };
+    if zeros.len() != scales.len() {
+        return Err(format!("zero point has {} elements, scale {}", zeros.len(), scales.len()));
+    }
+    let dims = dims_usize(x);
+    let scale_dims = dims_usize(scale);
+    check_scale_shape(layout, &dims, &scale_dims)?;
+    let mut idx = vec![0usize; dims.len()];
+    let mut out = Vec::with_capacity(xs.len());
+    for &v in &xs {
+        let s = scale_index(layout, &idx, &scale_dims);
+        out.push(((v - zeros[s]) * scales[s] as f64) as f32);
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+fn check_scale_shape(layout: QuantLayout, dims: &[usize], scale_dims: &[usize]) -> Result<(), String> {
+    let ok = match layout {
+        QuantLayout::PerTensor => scale_dims.iter().product::<usize>() == 1,
+        QuantLayout::PerAxis { axis } => scale_dims == [dims[axis]],
+        QuantLayout::Blocked { axis, block } => scale_dims
+            .iter()
+            .zip(dims)
+            .enumerate()
+            .all(|(d, (&s, &n))| if d == axis { s == n.div_ceil(block) } else { s == n }),
+    };
+    if ok { Ok(()) } else { Err(format!("scale shape {scale_dims:?} does not fit input shape {dims:?} ({layout:?})")) }
+}
+
+impl Lowering {
+    fn err(&self, graph_node: String, reason: impl Into<String>) -> RuntimeError {
+        RuntimeError::Lowering { model: self.name.clone(), node: graph_node, reason: reason.into() }
+    }
+
+    fn graph(&self) -> &Graph {
+        &self.model.graph
+    }
+
+    /// Step 1: `DequantizeLinear(constant W) -> [Transpose] -> MatMul(A, .)` into MatMulNBits.
+    fn fuse_dequantize_matmul(&mut self) -> Result<(), RuntimeError> {
+        let uses = self.graph().uses();
+        let candidates: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| self.graph().node(id).is("DequantizeLinear")).collect();
+        for dq in candidates {
+            let Some(plan) = self.fusion_plan(dq, &uses) else { continue };
+            self.apply_fusion(dq, plan)?;
+        }
+        Ok(())
+    }
+
+    /// Which MatMuls a dequantized constant weight feeds, and in which orientation.
+    fn fusion_plan(&self, dq: NodeId, uses: &compactor_ir::UseMap) -> Option<FusionPlan> {
+        let g = self.graph();
+        let node = g.node(dq);
+        let out = node.output(0)?;
+        let x = g.constant(node.input(0)?)?;
+        quant_type(x.dtype())?;
+        if x.dims().len() != 2 {
+            return None;
+        }
+        let scale = g.constant(node.input(1)?)?;
+        if !matches!(scale.dtype(), DataType::Float | DataType::Float16 | DataType::Bfloat16) {
+            return None;
+        }
+        let zero = match node.input(2) {
+            Some(z) => Some(g.constant(z)?),
+            None => None,
+        };
+        if node.attr_int("output_dtype").is_some_and(|t| t != 0 && t != scale.dtype().code() as i64) {
+            return None;
+        }
+        let layout = quant_layout(node, 2, scale.dims().len()).ok()?;
+        check_scale_shape(layout, &dims_usize(&x), &dims_usize(&scale)).ok()?;
+        // Every use must be a MatMul's right operand, directly (W is [K, N]) or through a
+        // 2-D Transpose (W is [N, K]); anything else keeps the plain dequantization.
+        let mut matmuls = Vec::new();
+        let mut transposes = Vec::new();
+        for u in uses.of(out) {
+            let Use::Node { node: user, input } = *u else { return None };
+            let user_node = g.node(user);
+            if user_node.is("MatMul") && input == 1 {
+                matmuls.push((user, false));
+            } else if user_node.is("Transpose") && user_node.attr_ints("perm").is_none_or(|p| p == [1, 0]) {
+                let t_out = user_node.output(0)?;
+                transposes.push(user);
+                for tu in uses.of(t_out) {
+                    let Use::Node { node: mm, input: 1 } = *tu else { return None };
+                    if !g.node(mm).is("MatMul") {
+                        return None;
+                    }
+                    matmuls.push((mm, true));
+                }
+            } else {
+                return None;
+            }
+        }
+        if matmuls.is_empty() {
+            return None;
+        }
+        // Orientation decides which axis is K; the quantization must not vary along K within a block
+        // of the kernel's layout, i.e. it must be blocked along K, per output channel, or per tensor.
+        for &(_, transposed) in &matmuls {
+            let k_axis = if transposed { 1 } else { 0 };
+            let fits = match layout {
+                QuantLayout::PerTensor => true,
+                QuantLayout::PerAxis { axis } => axis != k_axis,
+                QuantLayout::Blocked { axis, .. } => axis == k_axis,
+            };
+            if !fits {
+                return None;
+            }
+        }
+        Some(FusionPlan { x, scale, zero, layout, matmuls, transposes })
+    }
+
+    fn apply_fusion(&mut self, dq: NodeId, plan: FusionPlan) -> Result<(), RuntimeError> {
+        let dq_label = label(self.graph(), dq);
+        let qt = quant_type(plan.x.dtype()).expect("checked by fusion_plan");
+        let dims = dims_usize(&plan.x);
+        let codes = plan.x.to_i64().map_err(|e| self.err(dq_label.clone(), e.to_string()))?;
+        let scales = plan.scale.to_f32().map_err(|e| self.err(dq_label.clone(), e.to_string()))?;
+        let zeros: Vec<i64> = match &plan.zero {
+            Some(z) => z.to_i64().map_err(|e| self.err(dq_label.clone(), e.to_string()))?,
+            None => vec![0; scales.len()],
+        };
+        let scale_dims = dims_usize(&plan.scale);
+        // One packed weight per orientation in use (usually just one).
+        for transposed in [false, true] {
+            let users: Vec<NodeId> = plan.matmuls.iter().filter(|m| m.1 == transposed).map(|m| m.0).collect();
+            if users.is_empty() {
+                continue;
+            }
+            let (k, n) = if transposed { (dims[1], dims[0]) } else { (dims[0], dims[1]) };
+            let block = match plan.layout {
+                QuantLayout::Blocked { block, .. } => block.min(k),
+                _ => k,
+            };
+            let k_blocks = k.div_ceil(block);
+            let per_block = (block * qt.bits as usize).div_ceil(8);
+            let mut packed = vec![0u8; n * k_blocks * per_block];
+            let mut block_scales = Vec::with_capacity(n * k_blocks);
+            let mut block_zeros = Vec::with_capacity(n * k_blocks);
+            for col in 0..n {
+                for b in 0..k_blocks {
+                    // The element of x at (k = b * block, n = col) says which scale the block uses.
+                    let first = if transposed { [col, b * block] } else { [b * block, col] };
+                    let s = scale_index(plan.layout, &first, &scale_dims);
+                    block_scales.push(scales[s]);
+                    block_zeros.push((zeros[s] + qt.offset) as u8);
+                }
+                for kk in 0..k {
+                    let flat = if transposed { col * dims[1] + kk } else { kk * dims[1] + col };
+                    let code = (codes[flat] + qt.offset) as u8;
+                    let (b, i) = (kk / block, kk % block);
+                    let bit = i * qt.bits as usize;
+                    packed[(col * k_blocks + b) * per_block + bit / 8] |= code << (bit % 8);
+                }
+            }
+            let zp_per_col = (k_blocks * qt.bits as usize).div_ceil(8);
+            let mut zp_packed = vec![0u8; n * zp_per_col];
+            for col in 0..n {
+                for b in 0..k_blocks {
+                    let bit = b * qt.bits as usize;
+                    zp_packed[col * zp_per_col + bit / 8] |= block_zeros[col * k_blocks + b] << (bit % 8);
+                }
+            }
+            let scale_tensor = if plan.scale.dtype() == DataType::Float16 {
+                let halves: Vec<u8> = block_scales.iter().flat_map(|&s| half::f16::from_f32(s).to_le_bytes()).collect();
+                Tensor::from_raw(DataType::Float16, &[(n * k_blocks) as u64], Bytes::from(halves))
+            } else {
+                Tensor::from_f32(&[(n * k_blocks) as u64], &block_scales)
+            }
+            .map_err(|e| self.err(dq_label.clone(), e.to_string()))?;
+            let region = self.graph().node(users[0]).region;
+            let base = self.graph().value(self.graph().node(dq).output(0).expect("fusion_plan checked")).name.clone();
+            let b_value = self.add_initializer(region, &format!("{base}.packed"), Tensor::from_raw(DataType::Uint8, &[n as u64, k_blocks as u64, per_block as u64], Bytes::from(packed)).map_err(|e| self.err(dq_label.clone(), e.to_string()))?);
+            let s_value = self.add_initializer(region, &format!("{base}.block_scales"), scale_tensor);
+            let z_value = self.add_initializer(region, &format!("{base}.block_zeros"), Tensor::from_raw(DataType::Uint8, &[(n * zp_per_col) as u64], Bytes::from(zp_packed)).map_err(|e| self.err(dq_label.clone(), e.to_string()))?);
+            for mm in users {
+                let node = self.model.graph.node_mut(mm);
+                let a = node.inputs[0];
+                node.op_type = "MatMulNBits".into();
+                node.domain = Some("com.microsoft".into());
+                node.inputs = vec![a, Some(b_value), Some(s_value), Some(z_value)];
+                node.attributes = vec![
+                    Attribute::new("K", AttrValue::Int(k as i64)),
+                    Attribute::new("N", AttrValue::Int(n as i64)),
+                    Attribute::new("bits", AttrValue::Int(qt.bits as i64)),
+                    Attribute::new("block_size", AttrValue::Int(block as i64)),
+                ];
+                self.report.fused_matmuls += 1;
+            }
+        }
+        if self.model.opset_version("com.microsoft").is_none() {
+            self.model.set_opset_version("com.microsoft", 1);
+        }
+        // The dequantize (and transposes) now have no users.
+        for t in plan.transposes {
+            self.remove_node_and_outputs(t);
+        }
+        self.remove_node_and_outputs(dq);
+        Ok(())
+    }
+
+    fn add_initializer(&mut self, region: RegionId, base: &str, tensor: Tensor) -> ValueId {
+        let name = self.model.graph.fresh_name(base);
+        let ty = ValueType::tensor(tensor.dtype(), Some(tensor.shape()));
+        let id = self.model.graph.add_value(Value {
+            name: name.clone(),
+            ty: Some(ty),
+            doc_string: None,
+            metadata_props: Vec::new(),
+            def: ValueDef::Initializer,
+            region,
+            initializer: Some(tensor.with_name(Some(name))),
+            sparse_initializer: None,
+        });
+        self.model.graph.region_mut(region).initializers.push(id);
+        id
+    }
+
+    fn remove_node_and_outputs(&mut self, id: NodeId) {
+        let outputs: Vec<ValueId> = self.graph().node(id).outputs.iter().flatten().copied().collect();
+        self.model.graph.remove_node(id);
+        for v in outputs {
+            self.model.graph.remove_value(v);
+        }
+    }
+
+    /// Steps 2 and 3.
+    fn fold_and_expand_quantization(&mut self) -> Result<(), RuntimeError> {
+        let nodes: Vec<NodeId> = self.graph().all_nodes();
+        for id in nodes {
+            let node = self.graph().node(id);
+            if node.is("DequantizeLinear") && self.dequantize_needs_lowering(id) {
+                if !self.try_fold_dequantize(id)? {
+                    self.expand_quantize(id, false)?;
+                }
+            } else if node.is("QuantizeLinear") && self.quantize_needs_lowering(id) {
+                self.expand_quantize(id, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn input_type(&self, node: NodeId, i: usize) -> Option<DataType> {
+        let v = self.graph().node(node).input(i)?;
+        let value = self.graph().value(v);
+        value.initializer.as_ref().map(Tensor::dtype).or_else(|| self.graph().constant(v).map(|t| t.dtype())).or_else(|| value.elem())
+    }
+
+    fn dequantize_needs_lowering(&self, id: NodeId) -> bool {
+        let node = self.graph().node(id);
+        node.attr_int("block_size").unwrap_or(0) > 0
+            || self.input_type(id, 0).is_none_or(|t| !matches!(t, DataType::Int8 | DataType::Uint8 | DataType::Int32))
+            || self.input_type(id, 1).is_some_and(|t| t != DataType::Float)
+    }
+
+    fn quantize_needs_lowering(&self, id: NodeId) -> bool {
+        let node = self.graph().node(id);
+        let out_type = self.quantize_output_type(id);
+        node.attr_int("block_size").unwrap_or(0) > 0
+            || out_type.is_none_or(|t| !matches!(t, DataType::Int8 | DataType::Uint8))
+            || self.input_type(id, 1).is_some_and(|t| t != DataType::Float)
+            || self.input_type(id, 0).is_some_and(|t| t != DataType::Float)
+    }
+
+    fn quantize_output_type(&self, id: NodeId) -> Option<DataType> {
+        let node = self.graph().node(id);
+        match node.attr_int("output_dtype") {
+            Some(code) if code != 0 => DataType::from_code(code as i32),
+            _ if node.input(2).is_some() => self.input_type(id, 2),
+            _ => Some(DataType::Uint8),
+        }
+    }
+
+    /// Replaces a DequantizeLinear whose inputs are all constant by its value.
+    fn try_fold_dequantize(&mut self, id: NodeId) -> Result<bool, RuntimeError> {
+        let g = self.graph();
+        let node = g.node(id);
+        let (Some(x), Some(scale)) = (node.input(0).and_then(|v| g.constant(v)), node.input(1).and_then(|v| g.constant(v))) else { return Ok(false) };
+        let zero = match node.input(2) {
+            Some(v) => match g.constant(v) {
+                Some(t) => Some(t),
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        let Some(out) = node.output(0) else { return Ok(false) };
+        let lbl = label(g, id);
+        let layout = quant_layout(node, x.dims().len(), scale.dims().len()).map_err(|e| self.err(lbl.clone(), e))?;
+        let values = dequantize_constant(&x, &scale, zero.as_ref(), layout).map_err(|e| self.err(lbl.clone(), e))?;
+        let out_type = match node.attr_int("output_dtype") {
+            Some(code) if code != 0 => DataType::from_code(code as i32).unwrap_or(scale.dtype()),
+            _ => scale.dtype(),
+        };
+        let tensor = if out_type == DataType::Float16 {
+            Tensor::from_raw(DataType::Float16, x.dims(), Bytes::from(values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>()))
+        } else {
+            // f32 carries bf16 too (the runtime widens bf16 to f32 anyway).
+            Tensor::from_f32(x.dims(), &values)
+        }
+        .map_err(|e| self.err(lbl, e.to_string()))?;
+        // The output value becomes the initializer, so every use sees it unchanged.
+        let region = g.node(id).region;
+        self.model.graph.remove_node(id);
+        let value = self.model.graph.value_mut(out);
+        value.def = ValueDef::Initializer;
+        value.initializer = Some(tensor.with_name(Some(value.name.clone())));
+        value.ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
+        self.model.graph.region_mut(region).initializers.push(out);
+        self.report.folded_dequantize += 1;
+        Ok(true)
+    }
+
+    /// Rewrites a DequantizeLinear (`quantize == false`) or QuantizeLinear as plain ops:
+    /// `y = (float(x) - float(zero)) * scale` and
+    /// `y = cast(clip(round(x / scale) + zero, lo, hi))`, scale and zero point broadcast
+    /// along their axis, blocked ones repeated with a Gather.
+    fn expand_quantize(&mut self, id: NodeId, quantize: bool) -> Result<(), RuntimeError> {
+        let lbl = label(self.graph(), id);
+        let node = self.graph().node(id).clone();
+        let (Some(x), Some(scale)) = (node.input(0), node.input(1)) else {
+            return Err(self.err(lbl, "missing input"));
+        };
+        let Some(out) = node.output(0) else { return Ok(()) };
+        let x_rank = self.value_rank(x);
+        let scale_rank = self.value_rank(scale);
+        let (Some(x_rank), Some(scale_rank)) = (x_rank, scale_rank) else {
+            return Err(self.err(lbl, "input ranks are unknown; cannot expand a blocked or sub-byte (de)quantization"));
+        };
+        let layout = quant_layout(&node, x_rank, scale_rank).map_err(|e| self.err(lbl.clone(), e))?;
+        let region = node.region;
+        let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+        let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.lowered", lbl_name(&node, out)) };
+        let x_type = b.lowering.input_type(id, 0);
+        let scale_type = b.lowering.input_type(id, 1).unwrap_or(DataType::Float);
+        let scale_f = b.cast(scale, DataType::Float);
+        let scale_b = b.broadcast_param(scale_f, x, layout, x_rank);
+        let zero_b = match node.input(2) {
+            Some(z) => {
+                let zf = b.cast(z, DataType::Float);
+                Some(b.broadcast_param(zf, x, layout, x_rank))
+            }
+            None => None,
+        };
+        let result = if quantize {
+            let out_type = b.lowering.quantize_output_type(id).unwrap_or(DataType::Uint8);
+            let Some(qt) = quant_type(out_type) else {
+                return Err(b.lowering.err(lbl, format!("quantizing to {out_type} is not supported")));
+            };
+            let (lo, hi) = if qt.offset > 0 { (-qt.offset, qt.offset - 1) } else { (0, (1i64 << qt.bits) - 1) };
+            let xf = b.cast(x, DataType::Float);
+            let divided = b.op("Div", &[xf, scale_b], vec![]);
+            let rounded = b.op("Round", &[divided], vec![]);
+            let shifted = match zero_b {
+                Some(z) => b.op("Add", &[rounded, z], vec![]),
+                None => rounded,
+            };
+            let lo = b.constant_f32(lo as f32);
+            let hi = b.constant_f32(hi as f32);
+            let clipped = b.op("Clip", &[shifted, lo, hi], vec![]);
+            b.op_into("Cast", &[clipped], vec![Attribute::new("to", AttrValue::Int(carrier_code(out_type) as i64))], out);
+            let _ = x_type;
+            out
+        } else {
+            let xf = b.cast(x, DataType::Float);
+            let centered = match zero_b {
+                Some(z) => b.op("Sub", &[xf, z], vec![]),
+                None => xf,
+            };
+            let out_type = match node.attr_int("output_dtype") {
+                Some(code) if code != 0 => DataType::from_code(code as i32).unwrap_or(scale_type),
+                _ => scale_type,
+            };
+            if carrier_code(out_type) == DataType::Float.code() {
+                b.op_into("Mul", &[centered, scale_b], vec![], out);
+            } else {
+                let y = b.op("Mul", &[centered, scale_b], vec![]);
+                b.op_into("Cast", &[y], vec![Attribute::new("to", AttrValue::Int(carrier_code(out_type) as i64))], out);
+            }
+            out
+        };
+        let _ = result;
+        self.model.graph.remove_node(id);
+        self.report.expanded += 1;
+        Ok(())
+    }
+
+    fn value_rank(&self, v: ValueId) -> Option<usize> {
+        if let Some(t) = self.graph().constant(v) {
+            return Some(t.dims().len());
+        }
+        self.graph().value(v).shape().map(|s| s.rank())
+    }
+
+    /// Step 4a: initializers and tensor attributes of types tract lacks.
+    fn widen_tensors(&mut self) -> Result<(), RuntimeError> {
+        let values: Vec<ValueId> = self.graph().value_ids().collect();
+        for v in values {
+            let Some(t) = self.graph().value(v).initializer.clone() else { continue };
+            if let Some(w) = widen_tensor(&t).map_err(|e| self.err(format!("initializer '{}'", self.graph().value(v).name), e))? {
+                self.model.graph.value_mut(v).initializer = Some(w);
+                self.report.widened_tensors += 1;
+            }
+        }
+        let nodes: Vec<NodeId> = self.graph().node_ids().collect();
+        for id in nodes {
+            let lbl = label(self.graph(), id);
+            let mut widened = 0;
+            let node = self.model.graph.node_mut(id);
+            for attr in node.attributes.iter_mut() {
+                match &mut attr.value {
+                    AttrValue::Tensor(t) => {
+                        if let Some(w) = widen_tensor(t).map_err(|e| RuntimeError::Lowering { model: self.name.clone(), node: lbl.clone(), reason: e })? {
+                            *t = w;
+                            widened += 1;
+                        }
+                    }
+                    AttrValue::Int(code) if attr.name == "to" || attr.name == "output_dtype" => {
+                        if let Some(dt) = DataType::from_code(*code as i32)
+                            && !tract_native(dt)
+                            && carrier_type(dt).is_some()
+                        {
+                            *code = carrier_code(dt) as i64;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.report.widened_tensors += widened;
+        }
+        Ok(())
+    }
+
+    /// Step 4b: declared value types (inputs, outputs, value_info).
+    fn widen_value_types(&mut self) {
+        let values: Vec<ValueId> = self.graph().value_ids().collect();
+        for v in values {
+            let value = self.model.graph.value_mut(v);
+            if let Some(ty) = &mut value.ty {
+                widen_type(ty);
+            }
+        }
+    }
+}
+
+/// A name prefix for the nodes that replace `node`.
+fn lbl_name(node: &Node, out: ValueId) -> String {
+    node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{out}"))
+}
+
+fn carrier_code(dt: DataType) -> i32 {
+    if tract_native(dt) {
+        return dt.code();
+    }
+    use DataType::*;
+    match dt {
+        Int4 | Int2 => Int8.code(),
+        Uint4 | Uint2 => Uint8.code(),
+        _ => Float.code(),
+    }
+}
+
+fn widen_type(ty: &mut ValueType) {
+    match &mut ty.kind {
+        TypeKind::Tensor { elem, .. } | TypeKind::SparseTensor { elem, .. } => {
+            if let Some(dt) = elem
+                && !tract_native(*dt)
+                && carrier_type(*dt).is_some()
+            {
+                *elem = DataType::from_code(carrier_code(*dt));
+            }
+        }
+        TypeKind::Sequence(Some(inner)) | TypeKind::Optional(Some(inner)) => widen_type(inner),
+        TypeKind::Map { value: Some(inner), .. } => widen_type(inner),
+        _ => {}
+    }
+}
+
+/// The same values in the carrier type, or `None` when the tensor needs no change.
+pub(crate) fn widen_tensor(t: &Tensor) -> Result<Option<Tensor>, String> {
+    let dt = t.dtype();
+    if tract_native(dt) || carrier_type(dt).is_none() {
+        return Ok(None);
+    }
+    let carrier = DataType::from_code(carrier_code(dt)).expect("a carrier is an ONNX type");
+    let bytes: Vec<u8> = match carrier {
+        DataType::Int8 | DataType::Uint8 => t.to_i64().map_err(|e| e.to_string())?.into_iter().map(|v| v as u8).collect(),
+        _ => t.to_f32().map_err(|e| e.to_string())?.into_iter().flat_map(f32::to_le_bytes).collect(),
+    };
+    let widened = Tensor::from_raw(carrier, t.dims(), Bytes::from(bytes)).map_err(|e| e.to_string())?;
+    Ok(Some(widened.with_name(t.proto_name().map(str::to_string))))
+}
+
+struct FusionPlan {
+    x: Tensor,
+    scale: Tensor,
+    zero: Option<Tensor>,
+    layout: QuantLayout,
+    /// (MatMul node, weight reaches it through a Transpose)
+    matmuls: Vec<(NodeId, bool)>,
+    transposes: Vec<NodeId>,
+}
+
+/// Inserts new nodes before position `pos` of a region, in order.
+struct Builder<'a> {
+    lowering: &'a mut Lowering,
+    region: RegionId,
+    pos: usize,
+    prefix: String,
+}
+
+impl Builder<'_> {
+    fn new_value(&mut self, base: &str) -> ValueId {
+        let name = self.lowering.model.graph.fresh_name(&format!("{}.{base}", self.prefix));
+        self.lowering.model.graph.add_value(Value {
+            name,
+            ty: None,
+            doc_string: None,
+            metadata_props: Vec::new(),
+            def: ValueDef::Annotation,
+            region: self.region,
+            initializer: None,
+            sparse_initializer: None,
+        })
+    }
+
+    fn op(&mut self, op_type: &str, inputs: &[ValueId], attributes: Vec<Attribute>) -> ValueId {
+        let out = self.new_value(&op_type.to_lowercase());
+        self.op_into(op_type, inputs, attributes, out);
+        out
+    }
+
+    /// Adds a node writing into an existing value (which it then defines).
+    fn op_into(&mut self, op_type: &str, inputs: &[ValueId], attributes: Vec<Attribute>, out: ValueId) {
+        let g = &mut self.lowering.model.graph;
+        let name = format!("{}.{}{}", self.prefix, op_type, self.pos);
+        let node = Node {
+            op_type: op_type.to_string(),
+            domain: None,
+            name: Some(name),
+            overload: None,
+            inputs: inputs.iter().map(|&v| Some(v)).collect(),
+            outputs: vec![Some(out)],
+            attributes,
+            doc_string: None,
+            metadata_props: Vec::new(),
+            device_configurations: Vec::new(),
+            region: self.region,
+        };
+        let id = g.add_node_detached(node);
+        g.region_mut(self.region).nodes.insert(self.pos, id);
+        self.pos += 1;
+        g.value_mut(out).def = ValueDef::Node { node: id, output: 0 };
+    }
+
+    fn constant(&mut self, base: &str, tensor: Tensor) -> ValueId {
+        let name = format!("{}.{base}", self.prefix);
+        self.lowering.add_initializer(self.region, &name, tensor)
+    }
+
+    fn constant_f32(&mut self, v: f32) -> ValueId {
+        self.constant("c", Tensor::from_f32(&[], &[v]).expect("a scalar fits"))
+    }
+
+    fn constant_i64(&mut self, base: &str, dims: &[u64], v: &[i64]) -> ValueId {
+        self.constant(base, Tensor::from_i64(dims, v).expect("dims match the values"))
+    }
+
+    fn cast(&mut self, v: ValueId, to: DataType) -> ValueId {
+        self.op("Cast", &[v], vec![Attribute::new("to", AttrValue::Int(to.code() as i64))])
+    }
+
+    /// A scale or zero point (already f32) made to broadcast against `x` of rank `rank`.
+    fn broadcast_param(&mut self, p: ValueId, x: ValueId, layout: QuantLayout, rank: usize) -> ValueId {
+        match layout {
+            QuantLayout::PerTensor => p,
+            QuantLayout::PerAxis { axis } => {
+                let axes: Vec<i64> = (0..rank as i64).filter(|&a| a != axis as i64).collect();
+                if axes.is_empty() {
+                    return p;
+                }
+                let axes_v = self.constant_i64("axes", &[axes.len() as u64], &axes);
+                self.op("Unsqueeze", &[p, axes_v], vec![])
+            }
+            QuantLayout::Blocked { axis, block } => {
+                // index[i] = i / block for i in 0..dim(x, axis): repeats each block's parameter.
+                let shape = self.op("Shape", &[x], vec![]);
+                let axis_i = self.constant_i64("axis", &[1], &[axis as i64]);
+                let dim = self.op("Gather", &[shape, axis_i], vec![]);
+                let zero = self.constant_i64("zero", &[], &[0]);
+                let one = self.constant_i64("one", &[], &[1]);
+                let dim_scalar = self.op("Squeeze", &[dim], vec![]);
+                let range = self.op("Range", &[zero, dim_scalar, one], vec![]);
+                let block_v = self.constant_i64("block", &[], &[block as i64]);
+                let index = self.op("Div", &[range, block_v], vec![]);
+                self.op("Gather", &[p, index], vec![Attribute::new("axis", AttrValue::Int(axis as i64))])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_dequantization_of_constants() {
+        // x: int4 [2, 4], blocks of 2 along axis 1, scale [2, 2].
+        let x = Tensor::from_raw(DataType::Int4, &[2, 4], Bytes::from(compactor_ir::tensor::pack_nibbles([1, 2, 0xF, 0x8, 3, 4, 5, 6]))).unwrap();
+        let scale = Tensor::from_f32(&[2, 2], &[1.0, 2.0, 0.5, 0.25]).unwrap();
+        let node = Node {
+            op_type: "DequantizeLinear".into(),
+            domain: None,
+            name: None,
+            overload: None,
+            inputs: vec![],
+            outputs: vec![],
+            attributes: vec![Attribute::new("axis", AttrValue::Int(1)), Attribute::new("block_size", AttrValue::Int(2))],
+            doc_string: None,
+            metadata_props: vec![],
+            device_configurations: vec![],
+            region: Graph::MAIN,
+        };
+        let layout = quant_layout(&node, 2, 2).unwrap();
+        let y = dequantize_constant(&x, &scale, None, layout).unwrap();
+        assert_eq!(y, vec![1.0, 2.0, -2.0, -16.0, 1.5, 2.0, 1.25, 1.5]);
+    }
+
+    #[test]
+    fn sub_byte_and_minifloat_tensors_widen_exactly() {
+        let t = Tensor::from_raw(DataType::Int4, &[3], Bytes::from(compactor_ir::tensor::pack_nibbles([7, 8, 0xF]))).unwrap();
+        let w = widen_tensor(&t).unwrap().unwrap();
+        assert_eq!(w.dtype(), DataType::Int8);
+        assert_eq!(w.to_i64().unwrap(), vec![7, -8, -1]);
+        let t = Tensor::from_raw(DataType::Bfloat16, &[1], Bytes::from(half::bf16::from_f32(1.5).to_le_bytes().to_vec())).unwrap();
+        assert_eq!(widen_tensor(&t).unwrap().unwrap().to_f32().unwrap(), vec![1.5]);
+        assert!(widen_tensor(&Tensor::from_f32(&[1], &[1.0]).unwrap()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,493 @@
+//! Sessions: a lowered model prepared by tract, run on named inputs, optionally capturing
+//! intermediate values for calibration.
+
+use crate::capture::{CaptureSink, CapturedValue, ValueRef};
+use crate::error::{RuntimeError, tract_reason};
+use crate::lower::{LoweringReport, lower, model_name};
+use crate::value::{TensorValue, carrier_type};
+use compactor_ir::{DataType, Dim, Graph, Model, Shape, TypeKind, ValueId};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
+use tract_linalg::multithread::Executor;
+
+/// How a session is prepared.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Threads for tract's matmul executor and the fused kernels; defaults to the number of cores.
+    pub threads: usize,
+    /// Run tract's optimiser (`into_optimized`); off gives the decluttered model only.
+    pub optimize: bool,
+    /// Values for symbolic input dimensions (`batch`, `seq`), fixed before tract sees the model
+    /// so it can plan for concrete shapes. Dimensions not listed stay symbolic.
+    pub dims: Vec<(String, i64)>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: default_threads(), optimize: true, dims: Vec::new() }
+    }
+}
+
+/// The number of cores this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A graph input or output as declared in the model.
+#[derive(Clone, Debug)]
+pub struct IoSpec {
+    pub name: String,
+    pub id: ValueId,
+    /// The ONNX element type (`None` when the model does not say).
+    pub dtype: Option<DataType>,
+    pub shape: Option<Shape>,
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// How a session's runs are planned.
+enum Planning {
+    /// One plan for every input value (shapes may stay symbolic).
+    Generic(Plan),
+    /// tract could not plan the graph with its inputs unknown (an axes, shape or scale input
+    /// that it needs as a constant, say). Each run is planned with the input values baked in:
+    /// first only inputs feeding such parameter slots, else all of them. Plans are cached by
+    /// those values.
+    Specialized { generic_error: String, plans: Mutex<HashMap<Vec<u8>, Specialization>> },
+}
+
+#[derive(Clone)]
+struct Specialization {
+    plan: Plan,
+    /// Indices (into the session's inputs) still fed at run time.
+    free: Vec<usize>,
+}
+
+/// How many specialized plans a session keeps before starting over.
+const SPECIALIZED_PLAN_CACHE: usize = 16;
+
+/// Node inputs that tract needs as constants to type a graph: axes, shapes, pads, sizes,
+/// quantization parameters and the like. A graph input feeding one is baked in first.
+fn is_parameter_slot(op: &str, input: u32) -> bool {
+    match op {
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum"
+        | "ReduceLogSumExp" | "ReduceSumSquare" | "Reshape" | "Expand" | "Tile" | "Split" | "Squeeze" | "Unsqueeze" | "CumSum"
+        | "TopK" | "Upsample" | "Trilu" | "Compress" => input == 1,
+        "Pad" | "Slice" | "Resize" | "QuantizeLinear" | "DequantizeLinear" | "BatchNormalization" | "Clip" | "OneHot" => input >= 1,
+        "ConstantOfShape" | "Range" | "MelWeightMatrix" => true,
+        "LSTM" | "GRU" | "RNN" => input >= 1,
+        "STFT" | "NonMaxSuppression" => input >= 1,
+        _ => false,
+    }
+}
+
+/// Bytes identifying a tensor's type, shape and values.
+fn value_key(t: &Tensor, key: &mut Vec<u8>) {
+    key.extend(format!("{:?}{:?}", t.datum_type(), t.shape()).bytes());
+    if t.datum_type() == DatumType::String {
+        if let Ok(v) = t.to_plain_array_view::<String>() {
+            v.iter().for_each(|s| {
+                key.extend((s.len() as u64).to_le_bytes());
+                key.extend(s.bytes());
+            });
+        }
+    } else {
+        key.extend(t.as_bytes());
+    }
+}
+
+/// A tract tensor as an IR initializer of the same (tract-native) type.
+fn to_ir_tensor(t: &Tensor, name: &str) -> Result<compactor_ir::Tensor, RuntimeError> {
+    let fail = |reason: String| RuntimeError::Tensor { name: name.to_string(), reason };
+    let dims: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let dtype = crate::value::onnx_type_of(t.datum_type()).ok_or_else(|| fail(format!("{:?} cannot be an initializer", t.datum_type())))?;
+    if dtype == DataType::String {
+        let strings = t.to_plain_array_view::<String>().map_err(|e| fail(e.to_string()))?;
+        let proto = compactor_ir::proto::TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(dtype.code()),
+            string_data: strings.iter().map(|s| bytes::Bytes::from(s.clone().into_bytes())).collect(),
+            ..Default::default()
+        };
+        return compactor_ir::Tensor::from_proto(proto, None).map_err(|e| fail(e.to_string()));
+    }
+    compactor_ir::Tensor::from_raw(dtype, &dims, bytes::Bytes::copy_from_slice(t.as_bytes())).map_err(|e| fail(e.to_string()))
+}
+
+/// A model ready to run. `Session` is `Send + Sync`; runs do not share mutable state.
+pub struct Session {
+    name: String,
+    lowered: Model,
+    report: LoweringReport,
+    inputs: Vec<IoSpec>,
+    outputs: Vec<IoSpec>,
+    options: SessionOptions,
+    executor: Executor,
+    planning: Planning,
+    /// Plans with extra outputs, one per set of captured values.
+    capture_plans: Mutex<HashMap<Vec<ValueId>, (Plan, Vec<ValueId>)>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("model", &self.name).field("inputs", &self.inputs).field("outputs", &self.outputs).finish()
+    }
+}
+
+impl Session {
+    /// Lowers `model` and prepares it with tract.
+    pub fn new(model: &Model, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        let name = model_name(model);
+        let lowered = lower(model)?;
+        let mut lowered_model = lowered.model;
+        fix_dims(&mut lowered_model.graph, &options.dims);
+        let g = &model.graph;
+        let spec = |id: ValueId| {
+            let v = g.value(id);
+            IoSpec { name: v.name.clone(), id, dtype: v.elem(), shape: v.shape().cloned() }
+        };
+        let inputs: Vec<IoSpec> = g.main().inputs.iter().copied().filter(|&v| g.value(v).initializer.is_none()).map(spec).collect();
+        let outputs: Vec<IoSpec> = g.main().outputs.iter().copied().map(spec).collect();
+        let executor = if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
+        let planning = match prepare(&name, &lowered_model, options, &executor) {
+            Ok(plan) => Planning::Generic(plan),
+            // Without inputs there is nothing to specialize on: the error is final.
+            Err(e) if inputs.is_empty() => return Err(e),
+            Err(e) => Planning::Specialized { generic_error: e.to_string(), plans: Mutex::new(HashMap::new()) },
+        };
+        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, planning, capture_plans: Mutex::new(HashMap::new()) })
+    }
+
+    /// Loads a model file and prepares it.
+    pub fn from_path(path: impl AsRef<std::path::Path>, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        let model = Model::load(path)?;
+        Self::new(&model, options)
+    }
+
+    pub fn inputs(&self) -> &[IoSpec] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[IoSpec] {
+        &self.outputs
+    }
+
+    /// What lowering did to the model.
+    pub fn lowering_report(&self) -> &LoweringReport {
+        &self.report
+    }
+
+    /// The model as handed to tract (after lowering).
+    pub fn lowered_model(&self) -> &Model {
+        &self.lowered
+    }
+
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
+    /// True when tract could not plan the graph for unknown input values, so each run is
+    /// planned for its own values (see [`Session::run`]).
+    pub fn is_specialized(&self) -> bool {
+        matches!(self.planning, Planning::Specialized { .. })
+    }
+
+    /// Runs the model; returns every graph output, in graph order, with its name.
+    ///
+    /// Most graphs have one plan for all input values. When tract needs some input as a
+    /// constant (an axes or shape input, say), runs are planned with the input values baked in
+    /// and the plans are cached per distinct value.
+    pub fn run(&self, inputs: &[(&str, TensorValue)]) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+        let ordered = self.order_inputs(inputs)?;
+        let results = match &self.planning {
+            Planning::Generic(plan) => self.execute(plan, ordered)?,
+            Planning::Specialized { generic_error, plans } => {
+                let spec = self.specialization(&ordered, generic_error, plans)?;
+                let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
+                self.execute(&spec.plan, free)?
+            }
+        };
+        self.wrap_outputs(results.into_iter().take(self.outputs.len()))
+    }
+
+    fn generic_plan(&self) -> Result<&Plan, RuntimeError> {
+        match &self.planning {
+            Planning::Generic(plan) => Ok(plan),
+            Planning::Specialized { generic_error, .. } => Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("capture needs a plan for unknown input values, and {generic_error}") }),
+        }
+    }
+
+    /// A plan with the values of some inputs baked in: those feeding parameter slots, or all.
+    fn specialization(&self, ordered: &[TValue], generic_error: &str, plans: &Mutex<HashMap<Vec<u8>, Specialization>>) -> Result<Specialization, RuntimeError> {
+        let g = &self.lowered.graph;
+        let uses = g.uses();
+        let feeds_parameter = |id: ValueId| {
+            uses.of(id).iter().any(|u| matches!(u, compactor_ir::Use::Node { node, input } if is_parameter_slot(&g.node(*node).op_type, *input)))
+        };
+        let parameter_inputs: Vec<usize> = (0..self.inputs.len()).filter(|&i| feeds_parameter(self.inputs[i].id)).collect();
+        let all_inputs: Vec<usize> = (0..self.inputs.len()).collect();
+        let mut attempts = vec![all_inputs];
+        if !parameter_inputs.is_empty() && parameter_inputs.len() < self.inputs.len() {
+            attempts.insert(0, parameter_inputs);
+        }
+        let mut last_error = generic_error.to_string();
+        for baked in attempts {
+            let mut key = format!("{baked:?}").into_bytes();
+            baked.iter().for_each(|&i| value_key(&ordered[i], &mut key));
+            if let Some(found) = plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+                return Ok(found.clone());
+            }
+            let mut model = self.lowered.clone();
+            for &i in &baked {
+                let id = self.inputs[i].id;
+                let tensor = to_ir_tensor(&ordered[i], &self.inputs[i].name)?;
+                let value = model.graph.value_mut(id);
+                value.def = compactor_ir::ValueDef::Initializer;
+                value.initializer = Some(tensor.with_name(Some(value.name.clone())));
+                model.graph.main_mut().inputs.retain(|&v| v != id);
+                model.graph.main_mut().initializers.push(id);
+            }
+            match prepare(&self.name, &model, &self.options, &self.executor) {
+                Ok(plan) => {
+                    let spec = Specialization { plan, free: (0..self.inputs.len()).filter(|i| !baked.contains(i)).collect() };
+                    let mut cache = plans.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= SPECIALIZED_PLAN_CACHE {
+                        cache.clear();
+                    }
+                    cache.insert(key, spec.clone());
+                    return Ok(spec);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("even with the input values fixed: {last_error}") })
+    }
+
+    /// Runs the model and hands each value of `capture` (intermediates, inputs or outputs of
+    /// the main graph) to `sink` as soon as the run is done, one at a time. Nothing captured is
+    /// kept after the sink returns, so memory stays bounded by one batch however many batches
+    /// are run: accumulate statistics in the sink (see [`crate::capture`]).
+    ///
+    /// Returns the graph outputs like [`Session::run`].
+    pub fn run_with_capture(&self, inputs: &[(&str, TensorValue)], capture: &[ValueRef], sink: &mut dyn CaptureSink) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+        let ids = capture.iter().map(|r| self.resolve(r)).collect::<Result<Vec<ValueId>, _>>()?;
+        let (plan, extra) = self.capture_plan(&ids)?;
+        let ordered = self.order_inputs(inputs)?;
+        let input_values: HashMap<ValueId, TensorValue> = self.inputs.iter().zip(inputs_by_spec(&self.inputs, inputs)).map(|(s, v)| (s.id, v)).collect();
+        let results = self.execute(&plan, ordered)?;
+        let mut results = results.into_iter();
+        let outputs: Vec<TValue> = results.by_ref().take(self.outputs.len()).collect();
+        let extra_values: HashMap<ValueId, TValue> = extra.iter().copied().zip(results).collect();
+        let outputs = self.wrap_outputs(outputs.into_iter())?;
+        for (r, &id) in capture.iter().zip(&ids) {
+            let name = &self.lowered.graph.value(id).name;
+            let value = if let Some(v) = input_values.get(&id) {
+                v.clone()
+            } else if let Some(i) = self.outputs.iter().position(|o| o.id == id) {
+                outputs[i].1.clone()
+            } else if let Some(t) = extra_values.get(&id) {
+                self.wrap(id, t.clone().into_tensor())?
+            } else if let Some(t) = self.lowered.graph.constant(id) {
+                TensorValue::from_ir(&t)?
+            } else {
+                return Err(RuntimeError::Capture { model: self.name.clone(), value: name.clone(), reason: "no value was computed for it".into() });
+            };
+            sink.observe(&CapturedValue { name, id, requested: r, value: &value })?;
+        }
+        Ok(outputs)
+    }
+
+    fn resolve(&self, r: &ValueRef) -> Result<ValueId, RuntimeError> {
+        let g = &self.lowered.graph;
+        let fail = |value: String, reason: &str| RuntimeError::Capture { model: self.name.clone(), value, reason: reason.into() };
+        let id = match r {
+            ValueRef::Id(id) => {
+                if g.try_value(*id).is_none() {
+                    return Err(fail(id.to_string(), "not in the model after lowering (removed, or folded into a fused kernel)"));
+                }
+                *id
+            }
+            ValueRef::Name(name) => g
+                .value_ids()
+                .find(|&v| g.value(v).name == *name && g.value(v).region == Graph::MAIN)
+                .ok_or_else(|| fail(name.clone(), "no value of the main graph has that name after lowering"))?,
+        };
+        let v = g.value(id);
+        if v.region != Graph::MAIN {
+            return Err(fail(v.name.clone(), "only values of the main graph can be captured, not of subgraphs"));
+        }
+        if v.name.is_empty() {
+            return Err(fail(id.to_string(), "the value has no name"));
+        }
+        Ok(id)
+    }
+
+    fn capture_plan(&self, ids: &[ValueId]) -> Result<(Plan, Vec<ValueId>), RuntimeError> {
+        let g = &self.lowered.graph;
+        let mut extra: Vec<ValueId> = Vec::new();
+        for &id in ids {
+            let v = g.value(id);
+            let computed = matches!(v.def, compactor_ir::ValueDef::Node { .. });
+            if computed && !g.main().outputs.contains(&id) && !extra.contains(&id) {
+                extra.push(id);
+            }
+        }
+        let mut key = extra.clone();
+        key.sort();
+        if let Some(found) = self.capture_plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(found.clone());
+        }
+        self.generic_plan()?;
+        let mut model = self.lowered.clone();
+        key.iter().for_each(|&id| model.graph.main_mut().outputs.push(id));
+        let plan = prepare(&self.name, &model, &self.options, &self.executor)?;
+        let entry = (plan, key.clone());
+        self.capture_plans.lock().unwrap_or_else(|p| p.into_inner()).insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    fn order_inputs(&self, inputs: &[(&str, TensorValue)]) -> Result<TVec<TValue>, RuntimeError> {
+        for (name, _) in inputs {
+            if !self.inputs.iter().any(|s| s.name == *name) {
+                let known = self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(RuntimeError::UnknownInput { model: self.name.clone(), name: name.to_string(), known });
+            }
+        }
+        let mut ordered = TVec::new();
+        for spec in &self.inputs {
+            let Some((_, value)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+                return Err(RuntimeError::MissingInput { model: self.name.clone(), name: spec.name.clone() });
+            };
+            ordered.push(self.check_input(spec, value)?.into_tvalue());
+        }
+        Ok(ordered)
+    }
+
+    /// Converts an input to the declared element type and checks its shape against the declaration.
+    fn check_input(&self, spec: &IoSpec, value: &TensorValue) -> Result<Tensor, RuntimeError> {
+        let bad = |reason: String| RuntimeError::BadInput { model: self.name.clone(), name: spec.name.clone(), reason };
+        if let Some(shape) = &spec.shape {
+            let got = value.shape();
+            if shape.rank() != got.len() {
+                return Err(bad(format!("has shape {got:?}, the model declares {shape}")));
+            }
+            for (d, (want, &have)) in shape.dims.iter().zip(got).enumerate() {
+                let fixed = match want {
+                    Dim::Known(n) => Some(*n),
+                    Dim::Sym(s) => self.options.dims.iter().find(|(name, _)| name == s).map(|(_, n)| *n),
+                    Dim::Unknown => None,
+                };
+                if let Some(n) = fixed
+                    && n != have as i64
+                {
+                    return Err(bad(format!("has shape {got:?}, the model declares {shape} (dimension {d} must be {n})")));
+                }
+            }
+        }
+        let Some(dtype) = spec.dtype else { return Ok(value.tract().clone()) };
+        let want = carrier_type(dtype).ok_or_else(|| bad(format!("element type {dtype} is not supported by the runtime")))?;
+        let tensor = value.tract();
+        if tensor.datum_type() == want {
+            return Ok(tensor.clone());
+        }
+        let numeric = |dt: DatumType| dt.is_number() || dt == DatumType::Bool;
+        if !numeric(tensor.datum_type()) || !numeric(want) {
+            return Err(bad(format!("is {}, the model wants {dtype}", value.dtype())));
+        }
+        Ok(tensor.cast_to_dt(want).map_err(|e| bad(format!("cannot convert {} to {dtype}: {e}", value.dtype())))?.into_owned())
+    }
+
+    fn execute(&self, plan: &Plan, inputs: TVec<TValue>) -> Result<TVec<TValue>, RuntimeError> {
+        let run = || tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || plan.run(inputs));
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(e)) => Err(RuntimeError::Execution { model: self.name.clone(), reason: tract_reason(&e) }),
+            Err(panic) => Err(RuntimeError::Execution { model: self.name.clone(), reason: format!("tract panicked: {}", panic_message(&panic)) }),
+        }
+    }
+
+    fn wrap(&self, id: ValueId, t: Tensor) -> Result<TensorValue, RuntimeError> {
+        // Shape computations come out as symbolic dims; the graph says int64.
+        let t = if t.datum_type() == DatumType::TDim {
+            t.cast_to::<i64>().map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("a shape output is not numeric: {e}") })?.into_owned()
+        } else {
+            t
+        };
+        // The original model's declared type (e.g. INT4) names what the widened tensor stands for.
+        let declared = self.declared_type(id);
+        match declared {
+            Some(dt) if carrier_type(dt) == Some(t.datum_type()) => TensorValue::with_onnx_type(t, dt),
+            _ => TensorValue::from_tract(t),
+        }
+    }
+
+    fn declared_type(&self, id: ValueId) -> Option<DataType> {
+        self.outputs.iter().chain(&self.inputs).find(|s| s.id == id).and_then(|s| s.dtype)
+    }
+
+    fn wrap_outputs(&self, results: impl Iterator<Item = TValue>) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+        self.outputs
+            .iter()
+            .zip(results)
+            .map(|(spec, t)| {
+                let value = self.wrap(spec.id, t.into_tensor()).map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("output '{}': {e}", spec.name) })?;
+                Ok((spec.name.clone(), value))
+            })
+            .collect()
+    }
+}
+
+fn inputs_by_spec(specs: &[IoSpec], inputs: &[(&str, TensorValue)]) -> Vec<TensorValue> {
+    specs.iter().filter_map(|s| inputs.iter().find(|(n, _)| *n == s.name).map(|(_, v)| v.clone())).collect()
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Replaces named symbolic dimensions of the main graph's inputs by numbers.
+fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
+    if dims.is_empty() {
+        return;
+    }
+    let inputs = graph.main().inputs.clone();
+    for id in inputs {
+        if let Some(ty) = &mut graph.value_mut(id).ty
+            && let TypeKind::Tensor { shape: Some(shape), .. } = &mut ty.kind
+        {
+            for d in shape.dims.iter_mut() {
+                if let Dim::Sym(s) = d
+                    && let Some((_, n)) = dims.iter().find(|(name, _)| name == s)
+                {
+                    *d = Dim::Known(*n);
+                }
+            }
+        }
+    }
+}
+
+/// The op register: tract's ONNX ops with MatMulNBits replaced by the fused kernel.
+fn framework() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
+    onnx
+}
+
+/// Serializes the lowered model and has tract parse, type, optimise and plan it.
+fn prepare(name: &str, model: &Model, options: &SessionOptions, executor: &Executor) -> Result<Plan, RuntimeError> {
+    let bytes = model.to_bytes()?;
+    let fail = |reason: String| RuntimeError::Prepare { model: name.to_string(), reason };
+    let build = || -> TractResult<Plan> {
+        let inference = framework().model_for_read(&mut &bytes[..])?;
+        let typed = if options.optimize { inference.into_optimized()? } else { inference.into_typed()?.into_decluttered()? };
+        typed.into_runnable_with_options(&RunOptions { executor: Some(executor.clone()), ..Default::default() })
+    };
+    match catch_unwind(AssertUnwindSafe(build)) {
+        Ok(Ok(plan)) => Ok(plan),
+        Ok(Err(e)) => Err(fail(tract_reason(&e))),
+        Err(panic) => Err(fail(format!("tract panicked: {}", panic_message(&panic)))),
+    }
+}

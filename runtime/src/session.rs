@@ -48,20 +48,27 @@ pub struct IoSpec {
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// How a session's runs are planned.
-enum Planning {
-    /// One plan for every input value (shapes may stay symbolic).
-    Generic(Plan),
-    /// tract could not plan the graph with its inputs unknown (an axes, shape or scale input
-    /// that it needs as a constant, say). Each run is planned with the input values baked in:
-    /// first only inputs feeding such parameter slots, else all of them. Plans are cached by
-    /// those values.
-    Specialized { generic_error: String, plans: Mutex<HashMap<Vec<u8>, Specialization>> },
+/// How far a plan is specialized to the values of one run. tract plans most graphs once for
+/// all inputs (shapes symbolic). Some it can only type with concrete shapes (MiniLM's Flatten
+/// of `batch × seq`), some only with an axes, shape, scale or condition input known: those
+/// runs get a plan of their own, cached by what it was specialized on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PlanKind {
+    /// One plan for every input value.
+    Generic,
+    /// Input shapes fixed to this run's.
+    Shapes,
+    /// Shapes fixed, and inputs feeding parameter slots (axes, shapes, pads, scales, If
+    /// conditions) baked in as constants.
+    Parameters,
+    /// Every input baked in: tract plans (and largely folds) the graph for these values.
+    Values,
 }
 
 #[derive(Clone)]
 struct Specialization {
     plan: Plan,
+    kind: PlanKind,
     /// Indices (into the session's inputs) still fed at run time.
     free: Vec<usize>,
 }
@@ -79,9 +86,25 @@ fn is_parameter_slot(op: &str, input: u32) -> bool {
         "Pad" | "Slice" | "Resize" | "QuantizeLinear" | "DequantizeLinear" | "BatchNormalization" | "Clip" | "OneHot" => input >= 1,
         "ConstantOfShape" | "Range" | "MelWeightMatrix" => true,
         "LSTM" | "GRU" | "RNN" => input >= 1,
+        // A constant condition lets lowering inline the branch taken (see `lower::inline_constant_ifs`).
+        "If" => input == 0,
         "STFT" | "NonMaxSuppression" => input >= 1,
         _ => false,
     }
+}
+
+/// True when `value` reaches a parameter slot directly, or through the comparisons and logic
+/// an If condition is made of (`If(Equal(sr, 16000))`).
+fn feeds_parameter(g: &Graph, uses: &compactor_ir::UseMap, value: ValueId, depth: u32) -> bool {
+    uses.of(value).iter().any(|u| {
+        let compactor_ir::Use::Node { node, input } = *u else { return false };
+        let n = g.node(node);
+        if is_parameter_slot(&n.op_type, input) {
+            return true;
+        }
+        let logic = matches!(n.op_type.as_str(), "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "Not" | "And" | "Or" | "Cast" | "Identity");
+        depth > 0 && logic && n.output(0).is_some_and(|out| feeds_parameter(g, uses, out, depth - 1))
+    })
 }
 
 /// Bytes identifying a tensor's type, shape and values.
@@ -126,9 +149,10 @@ pub struct Session {
     outputs: Vec<IoSpec>,
     options: SessionOptions,
     executor: Executor,
-    planning: Planning,
-    /// Plans with extra outputs, one per set of captured values.
-    capture_plans: Mutex<HashMap<Vec<ValueId>, (Plan, Vec<ValueId>)>>,
+    /// The plan for every input value, when tract could make one.
+    generic: Result<Plan, String>,
+    /// Specialized plans and plans with captured values as extra outputs.
+    plans: Mutex<HashMap<Vec<u8>, Specialization>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -152,13 +176,13 @@ impl Session {
         let inputs: Vec<IoSpec> = g.main().inputs.iter().copied().filter(|&v| g.value(v).initializer.is_none()).map(spec).collect();
         let outputs: Vec<IoSpec> = g.main().outputs.iter().copied().map(spec).collect();
         let executor = if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
-        let planning = match prepare(&name, &lowered_model, options, &executor) {
-            Ok(plan) => Planning::Generic(plan),
+        let generic = match prepare(&name, &lowered_model, options, &executor) {
+            Ok(plan) => Ok(plan),
             // Without inputs there is nothing to specialize on: the error is final.
             Err(e) if inputs.is_empty() => return Err(e),
-            Err(e) => Planning::Specialized { generic_error: e.to_string(), plans: Mutex::new(HashMap::new()) },
+            Err(e) => Err(e.to_string()),
         };
-        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, planning, capture_plans: Mutex::new(HashMap::new()) })
+        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()) })
     }
 
     /// Loads a model file and prepares it.
@@ -189,71 +213,73 @@ impl Session {
         &self.options
     }
 
-    /// True when tract could not plan the graph for unknown input values, so each run is
-    /// planned for its own values (see [`Session::run`]).
-    pub fn is_specialized(&self) -> bool {
-        matches!(self.planning, Planning::Specialized { .. })
+    /// True when tract could plan the graph once for all input values; otherwise each run is
+    /// planned for its shapes or values (see [`PlanKind`]).
+    pub fn has_generic_plan(&self) -> bool {
+        self.generic.is_ok()
     }
 
     /// Runs the model; returns every graph output, in graph order, with its name.
-    ///
-    /// Most graphs have one plan for all input values. When tract needs some input as a
-    /// constant (an axes or shape input, say), runs are planned with the input values baked in
-    /// and the plans are cached per distinct value.
     pub fn run(&self, inputs: &[(&str, TensorValue)]) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+        Ok(self.run_planned(inputs, &[])?.0)
+    }
+
+    /// How [`Session::run`] plans for these inputs (building the plan if needed).
+    pub fn plan_kind(&self, inputs: &[(&str, TensorValue)]) -> Result<PlanKind, RuntimeError> {
         let ordered = self.order_inputs(inputs)?;
-        let results = match &self.planning {
-            Planning::Generic(plan) => self.execute(plan, ordered)?,
-            Planning::Specialized { generic_error, plans } => {
-                let spec = self.specialization(&ordered, generic_error, plans)?;
-                let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
-                self.execute(&spec.plan, free)?
-            }
-        };
-        self.wrap_outputs(results.into_iter().take(self.outputs.len()))
+        Ok(self.plan_for(&ordered, &[])?.kind)
     }
 
-    fn generic_plan(&self) -> Result<&Plan, RuntimeError> {
-        match &self.planning {
-            Planning::Generic(plan) => Ok(plan),
-            Planning::Specialized { generic_error, .. } => Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("capture needs a plan for unknown input values, and {generic_error}") }),
+    /// Runs with `extra` values as additional outputs; returns the graph outputs and the extras.
+    fn run_planned(&self, inputs: &[(&str, TensorValue)], extra: &[ValueId]) -> Result<(Vec<(String, TensorValue)>, Vec<Tensor>), RuntimeError> {
+        let ordered = self.order_inputs(inputs)?;
+        let spec = self.plan_for(&ordered, extra)?;
+        let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
+        let mut results = self.execute(&spec.plan, free)?.into_iter();
+        let outputs = self.wrap_outputs(results.by_ref().take(self.outputs.len()))?;
+        Ok((outputs, results.map(TValue::into_tensor).collect()))
+    }
+
+    /// The least specialized plan tract accepts for these inputs and extra outputs.
+    fn plan_for(&self, ordered: &[TValue], extra: &[ValueId]) -> Result<Specialization, RuntimeError> {
+        let all: Vec<usize> = (0..self.inputs.len()).collect();
+        if extra.is_empty()
+            && let Ok(plan) = &self.generic
+        {
+            return Ok(Specialization { plan: plan.clone(), kind: PlanKind::Generic, free: all });
         }
-    }
-
-    /// A plan with the values of some inputs baked in: those feeding parameter slots, or all.
-    fn specialization(&self, ordered: &[TValue], generic_error: &str, plans: &Mutex<HashMap<Vec<u8>, Specialization>>) -> Result<Specialization, RuntimeError> {
         let g = &self.lowered.graph;
         let uses = g.uses();
-        let feeds_parameter = |id: ValueId| {
-            uses.of(id).iter().any(|u| matches!(u, compactor_ir::Use::Node { node, input } if is_parameter_slot(&g.node(*node).op_type, *input)))
-        };
-        let parameter_inputs: Vec<usize> = (0..self.inputs.len()).filter(|&i| feeds_parameter(self.inputs[i].id)).collect();
-        let all_inputs: Vec<usize> = (0..self.inputs.len()).collect();
-        let mut attempts = vec![all_inputs];
-        if !parameter_inputs.is_empty() && parameter_inputs.len() < self.inputs.len() {
-            attempts.insert(0, parameter_inputs);
+        let parameters: Vec<usize> = all.iter().copied().filter(|&i| feeds_parameter(g, &uses, self.inputs[i].id, 4)).collect();
+        let mut kinds = Vec::new();
+        if self.generic.is_ok() {
+            kinds.push(PlanKind::Generic);
         }
-        let mut last_error = generic_error.to_string();
-        for baked in attempts {
-            let mut key = format!("{baked:?}").into_bytes();
+        kinds.push(PlanKind::Shapes);
+        if !parameters.is_empty() && parameters.len() < all.len() {
+            kinds.push(PlanKind::Parameters);
+        }
+        kinds.push(PlanKind::Values);
+        let mut last_error = self.generic.as_ref().err().cloned().unwrap_or_default();
+        for kind in kinds {
+            let baked: &[usize] = match kind {
+                PlanKind::Generic | PlanKind::Shapes => &[],
+                PlanKind::Parameters => &parameters,
+                PlanKind::Values => &all,
+            };
+            let mut key = format!("{kind:?}{extra:?}{baked:?}").into_bytes();
+            if kind != PlanKind::Generic {
+                ordered.iter().for_each(|t| key.extend(format!("{:?}", t.shape()).bytes()));
+            }
             baked.iter().for_each(|&i| value_key(&ordered[i], &mut key));
-            if let Some(found) = plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if let Some(found) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
                 return Ok(found.clone());
             }
-            let mut model = self.lowered.clone();
-            for &i in &baked {
-                let id = self.inputs[i].id;
-                let tensor = to_ir_tensor(&ordered[i], &self.inputs[i].name)?;
-                let value = model.graph.value_mut(id);
-                value.def = compactor_ir::ValueDef::Initializer;
-                value.initializer = Some(tensor.with_name(Some(value.name.clone())));
-                model.graph.main_mut().inputs.retain(|&v| v != id);
-                model.graph.main_mut().initializers.push(id);
-            }
+            let model = self.specialized_model(ordered, extra, kind, baked)?;
             match prepare(&self.name, &model, &self.options, &self.executor) {
                 Ok(plan) => {
-                    let spec = Specialization { plan, free: (0..self.inputs.len()).filter(|i| !baked.contains(i)).collect() };
-                    let mut cache = plans.lock().unwrap_or_else(|p| p.into_inner());
+                    let spec = Specialization { plan, kind, free: all.iter().copied().filter(|i| !baked.contains(i)).collect() };
+                    let mut cache = self.plans.lock().unwrap_or_else(|p| p.into_inner());
                     if cache.len() >= SPECIALIZED_PLAN_CACHE {
                         cache.clear();
                     }
@@ -266,6 +292,40 @@ impl Session {
         Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("even with the input values fixed: {last_error}") })
     }
 
+    /// The lowered model with extra outputs, input shapes fixed (from `Shapes` on) and the
+    /// `baked` inputs turned into initializers.
+    fn specialized_model(&self, ordered: &[TValue], extra: &[ValueId], kind: PlanKind, baked: &[usize]) -> Result<Model, RuntimeError> {
+        let mut model = self.lowered.clone();
+        for &id in extra {
+            model.graph.main_mut().outputs.push(id);
+            // Declared shapes of intermediates can hold symbol products tract's inference cannot
+            // unify; it infers them anyway.
+            model.graph.value_mut(id).ty = None;
+        }
+        if kind >= PlanKind::Shapes {
+            for (spec, t) in self.inputs.iter().zip(ordered) {
+                if let Some(ty) = &mut model.graph.value_mut(spec.id).ty
+                    && let TypeKind::Tensor { shape, .. } = &mut ty.kind
+                {
+                    *shape = Some(Shape::known(&t.shape().iter().map(|&d| d as i64).collect::<Vec<_>>()));
+                }
+            }
+        }
+        for &i in baked {
+            let id = self.inputs[i].id;
+            let tensor = to_ir_tensor(&ordered[i], &self.inputs[i].name)?;
+            let value = model.graph.value_mut(id);
+            value.def = compactor_ir::ValueDef::Initializer;
+            value.initializer = Some(tensor.with_name(Some(value.name.clone())));
+            model.graph.main_mut().inputs.retain(|&v| v != id);
+            model.graph.main_mut().initializers.push(id);
+        }
+        if !baked.is_empty() {
+            crate::lower::inline_constant_ifs(&mut model);
+        }
+        Ok(model)
+    }
+
     /// Runs the model and hands each value of `capture` (intermediates, inputs or outputs of
     /// the main graph) to `sink` as soon as the run is done, one at a time. Nothing captured is
     /// kept after the sink returns, so memory stays bounded by one batch however many batches
@@ -274,14 +334,18 @@ impl Session {
     /// Returns the graph outputs like [`Session::run`].
     pub fn run_with_capture(&self, inputs: &[(&str, TensorValue)], capture: &[ValueRef], sink: &mut dyn CaptureSink) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
         let ids = capture.iter().map(|r| self.resolve(r)).collect::<Result<Vec<ValueId>, _>>()?;
-        let (plan, extra) = self.capture_plan(&ids)?;
-        let ordered = self.order_inputs(inputs)?;
+        let g = &self.lowered.graph;
+        let mut extra: Vec<ValueId> = Vec::new();
+        for &id in &ids {
+            let computed = matches!(g.value(id).def, compactor_ir::ValueDef::Node { .. });
+            if computed && !g.main().outputs.contains(&id) && !extra.contains(&id) {
+                extra.push(id);
+            }
+        }
+        extra.sort();
         let input_values: HashMap<ValueId, TensorValue> = self.inputs.iter().zip(inputs_by_spec(&self.inputs, inputs)).map(|(s, v)| (s.id, v)).collect();
-        let results = self.execute(&plan, ordered)?;
-        let mut results = results.into_iter();
-        let outputs: Vec<TValue> = results.by_ref().take(self.outputs.len()).collect();
-        let extra_values: HashMap<ValueId, TValue> = extra.iter().copied().zip(results).collect();
-        let outputs = self.wrap_outputs(outputs.into_iter())?;
+        let (outputs, extra_tensors) = self.run_planned(inputs, &extra)?;
+        let extra_values: HashMap<ValueId, Tensor> = extra.iter().copied().zip(extra_tensors).collect();
         for (r, &id) in capture.iter().zip(&ids) {
             let name = &self.lowered.graph.value(id).name;
             let value = if let Some(v) = input_values.get(&id) {
@@ -289,7 +353,7 @@ impl Session {
             } else if let Some(i) = self.outputs.iter().position(|o| o.id == id) {
                 outputs[i].1.clone()
             } else if let Some(t) = extra_values.get(&id) {
-                self.wrap(id, t.clone().into_tensor())?
+                self.wrap(id, t.clone())?
             } else if let Some(t) = self.lowered.graph.constant(id) {
                 TensorValue::from_ir(&t)?
             } else {
@@ -325,30 +389,6 @@ impl Session {
         Ok(id)
     }
 
-    fn capture_plan(&self, ids: &[ValueId]) -> Result<(Plan, Vec<ValueId>), RuntimeError> {
-        let g = &self.lowered.graph;
-        let mut extra: Vec<ValueId> = Vec::new();
-        for &id in ids {
-            let v = g.value(id);
-            let computed = matches!(v.def, compactor_ir::ValueDef::Node { .. });
-            if computed && !g.main().outputs.contains(&id) && !extra.contains(&id) {
-                extra.push(id);
-            }
-        }
-        let mut key = extra.clone();
-        key.sort();
-        if let Some(found) = self.capture_plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(found.clone());
-        }
-        self.generic_plan()?;
-        let mut model = self.lowered.clone();
-        key.iter().for_each(|&id| model.graph.main_mut().outputs.push(id));
-        let plan = prepare(&self.name, &model, &self.options, &self.executor)?;
-        let entry = (plan, key.clone());
-        self.capture_plans.lock().unwrap_or_else(|p| p.into_inner()).insert(key, entry.clone());
-        Ok(entry)
-    }
-
     fn order_inputs(&self, inputs: &[(&str, TensorValue)]) -> Result<TVec<TValue>, RuntimeError> {
         for (name, _) in inputs {
             if !self.inputs.iter().any(|s| s.name == *name) {
@@ -376,7 +416,9 @@ impl Session {
             }
             for (d, (want, &have)) in shape.dims.iter().zip(got).enumerate() {
                 let fixed = match want {
-                    Dim::Known(n) => Some(*n),
+                    // Some exporters write -1 for "any size".
+                    Dim::Known(n) if *n >= 0 => Some(*n),
+                    Dim::Known(_) => None,
                     Dim::Sym(s) => self.options.dims.iter().find(|(name, _)| name == s).map(|(_, n)| *n),
                     Dim::Unknown => None,
                 };

@@ -1,8 +1,10 @@
 //! Rewrites (a clone of) the IR into something tract 0.23.9 can load, keeping its meaning.
 //!
 //! tract has no INT4/UINT4/INT2/UINT2, BF16, FP8 or FP4 tensors and no `block_size` on
-//! `DequantizeLinear`/`QuantizeLinear`. In order:
+//! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
+//! 0. **Inline** `If` nodes whose condition is constant, and **expand** the loss functions tract
+//!    lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss) into the ops defining them.
 //! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
 //!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits`, which the runtime
 //!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,
@@ -32,6 +34,9 @@ pub struct LoweringReport {
     pub widened_tensors: usize,
     /// `If` nodes with a constant condition replaced by the branch taken.
     pub inlined_branches: usize,
+    /// Ops tract lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss) written out as the
+    /// ONNX ops their definition is made of.
+    pub expanded_functions: usize,
 }
 
 /// The value of a one-element constant, or of a small expression (comparisons, logic, casts)
@@ -134,6 +139,7 @@ pub struct Lowered {
 pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
+    lowering.expand_losses()?;
     lowering.fuse_dequantize_matmul()?;
     lowering.fold_and_expand_quantization()?;
     lowering.widen_tensors()?;
@@ -643,6 +649,106 @@ impl Lowering {
             return Some(t.dims().len());
         }
         self.graph().value(v).shape().map(|s| s.rank())
+    }
+
+    /// NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss as plain ONNX ops, following their
+    /// definitions: `loss = -log_prob[n, target[n, ...], ...] * weight[target]`, zero where
+    /// `target == ignore_index`, then `none`, `sum` or (weighted) `mean` reduction.
+    fn expand_losses(&mut self) -> Result<(), RuntimeError> {
+        let opset = self.model.opset_version("").unwrap_or(13);
+        let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| {
+            let n = self.graph().node(id);
+            n.is("NegativeLogLikelihoodLoss") || n.is("SoftmaxCrossEntropyLoss")
+        }).collect();
+        for id in nodes {
+            self.expand_loss(id, opset)?;
+        }
+        Ok(())
+    }
+
+    fn expand_loss(&mut self, id: NodeId, opset: i64) -> Result<(), RuntimeError> {
+        let lbl = label(self.graph(), id);
+        let node = self.graph().node(id).clone();
+        let softmax = node.op_type == "SoftmaxCrossEntropyLoss";
+        let reduction = node.attr_string("reduction").unwrap_or("mean").to_string();
+        let (Some(x), Some(target)) = (node.input(0), node.input(1)) else {
+            return Err(self.err(lbl, "needs scores and targets"));
+        };
+        if !matches!(reduction.as_str(), "none" | "sum" | "mean") {
+            return Err(self.err(lbl, format!("unknown reduction '{reduction}'")));
+        }
+        let Some(out) = node.output(0) else { return Ok(()) };
+        let region = node.region;
+        let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+        let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.expanded", lbl_name(&node, out)) };
+        let axes_one = |b: &mut Builder, op: &str, v: ValueId| {
+            // Squeeze/Unsqueeze take axes as an input from opset 13, as an attribute before.
+            if opset >= 13 {
+                let axes = b.constant_i64("axis1", &[1], &[1]);
+                b.op(op, &[v, axes], vec![])
+            } else {
+                b.op(op, &[v], vec![Attribute::new("axes", AttrValue::Ints(vec![1]))])
+            }
+        };
+        let log_prob = if softmax {
+            let lp = if opset >= 13 {
+                b.op("LogSoftmax", &[x], vec![Attribute::new("axis", AttrValue::Int(1))])
+            } else {
+                // Before 13 LogSoftmax flattens the trailing axes; classes are axis 1 only.
+                let lse = b.op("ReduceLogSumExp", &[x], vec![Attribute::new("axes", AttrValue::Ints(vec![1])), Attribute::new("keepdims", AttrValue::Int(1))]);
+                b.op("Sub", &[x, lse], vec![])
+            };
+            if let Some(lp_out) = node.output(1) {
+                b.op_into("Identity", &[lp], vec![], lp_out);
+            }
+            lp
+        } else {
+            x
+        };
+        let (safe_target, keep) = match node.attr_int("ignore_index") {
+            Some(ignore) => {
+                let ignore = b.constant_i64("ignore_index", &[], &[ignore]);
+                let ignore = b.op("CastLike", &[ignore, target], vec![]);
+                let zero = b.constant_i64("zero", &[], &[0]);
+                let zero = b.op("CastLike", &[zero, target], vec![]);
+                let ignored = b.op("Equal", &[target, ignore], vec![]);
+                let keep = b.op("Not", &[ignored], vec![]);
+                (b.op("Where", &[keep, target, zero], vec![]), Some(keep))
+            }
+            None => (target, None),
+        };
+        let index = axes_one(&mut b, "Unsqueeze", safe_target);
+        let picked = b.op("GatherElements", &[log_prob, index], vec![Attribute::new("axis", AttrValue::Int(1))]);
+        let picked = axes_one(&mut b, "Squeeze", picked);
+        let mut loss = b.op("Neg", &[picked], vec![]);
+        let mut weights = None;
+        if let Some(w) = node.input(2) {
+            let w = b.op("Gather", &[w, safe_target], vec![Attribute::new("axis", AttrValue::Int(0))]);
+            loss = b.op("Mul", &[loss, w], vec![]);
+            weights = Some(w);
+        }
+        if let Some(keep) = keep {
+            let keep = b.op("CastLike", &[keep, loss], vec![]);
+            loss = b.op("Mul", &[loss, keep], vec![]);
+            weights = Some(match weights {
+                Some(w) => b.op("Mul", &[w, keep], vec![]),
+                None => keep,
+            });
+        }
+        let all = vec![Attribute::new("keepdims", AttrValue::Int(0))];
+        match (reduction.as_str(), weights) {
+            ("none", _) => b.op_into("Identity", &[loss], vec![], out),
+            ("sum", _) => b.op_into("ReduceSum", &[loss], all, out),
+            (_, None) => b.op_into("ReduceMean", &[loss], all, out),
+            (_, Some(w)) => {
+                let total = b.op("ReduceSum", &[loss], all.clone());
+                let weight = b.op("ReduceSum", &[w], all);
+                b.op_into("Div", &[total, weight], vec![], out);
+            }
+        }
+        self.model.graph.remove_node(id);
+        self.report.expanded_functions += 1;
+        Ok(())
     }
 
     /// Step 4a: initializers and tensor attributes of types tract lacks.

@@ -20,6 +20,12 @@ struct Cli {
 enum Command {
     /// Summarize a model: opsets, inputs and outputs, ops, parameters, largest tensors, external data.
     Inspect(cmd::inspect::Args),
+    /// Run a model on the bundled runtime; write its outputs as .npy.
+    Run(cmd::run::Args),
+    /// Run two models on the same inputs; report output errors, sizes and latencies.
+    Compare(cmd::compare::Args),
+    /// Latency of the bundled runtime against onnxruntime (Python) on one model.
+    BenchRuntime(cmd::bench_runtime::Args),
 }
 
 /// What a command reports back to `main`.
@@ -33,6 +39,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
+        Command::BenchRuntime(args) => cmd::bench_runtime::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -17,7 +17,7 @@
 use compactor_ir::proto::TensorProto;
 use compactor_ir::{Model, Tensor, TypeKind};
 use compactor_runtime::metrics::allclose;
-use compactor_runtime::{Session, SessionOptions, TensorValue};
+use compactor_runtime::{PlanKind, Session, SessionOptions, TensorValue};
 use compactor_tests::{node_test_dirs, repo_root, run_python, test_data};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,8 +37,8 @@ fn read_tensor(path: &Path) -> Result<TensorValue, String> {
     TensorValue::from_ir(&tensor).map_err(|e| e.to_string())
 }
 
-/// Runs one case; `Err` is the reason it fails.
-fn run_case(dir: &Path) -> Result<(), String> {
+/// Runs one case; `Ok` says how the run was planned, `Err` why the case fails.
+fn run_case(dir: &Path) -> Result<PlanKind, String> {
     let model = Model::load(dir.join("model.onnx")).map_err(|e| e.to_string())?;
     let g = &model.graph;
     let data = dir.join("test_data_set_0");
@@ -82,12 +82,12 @@ fn run_case(dir: &Path) -> Result<(), String> {
             return Err(format!("output '{name}': element {i} is {got}, expected {want}"));
         }
     }
-    Ok(())
+    session.plan_kind(&named).map_err(|e| e.to_string())
 }
 
 /// Every case on two worker threads; each case gets [`CASE_TIMEOUT`] (a case still running
 /// then is abandoned and fails).
-fn run_all(dirs: &[PathBuf]) -> BTreeMap<String, Result<(), String>> {
+fn run_all(dirs: &[PathBuf]) -> BTreeMap<String, Result<PlanKind, String>> {
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(BTreeMap::new()));
     let dirs = Arc::new(dirs.to_vec());
@@ -127,7 +127,7 @@ fn passing_list() -> PathBuf {
 
 /// Both runs' outcomes, computed once per test process.
 struct Conformance {
-    ours: BTreeMap<String, Result<(), String>>,
+    ours: BTreeMap<String, Result<PlanKind, String>>,
     our_pass: BTreeSet<String>,
     ort_pass: BTreeSet<String>,
     /// Cases both pass.
@@ -152,7 +152,10 @@ fn conformance() -> &'static Conformance {
         let report: String = ours
             .iter()
             .map(|(n, r)| {
-                let status = if r.is_ok() { "pass" } else { "fail" };
+                let status = match r {
+                    Ok(kind) => format!("pass:{kind:?}"),
+                    Err(_) => "fail".to_string(),
+                };
                 let ort = if ort_pass.contains(n) { "ort-pass" } else { "ort-fail" };
                 let reason = r.as_ref().err().map(|e| format!("\t{}", e.replace(['\n', '\t'], " "))).unwrap_or_default();
                 format!("{n}\t{status}\t{ort}{reason}\n")
@@ -172,6 +175,9 @@ fn conformance() -> &'static Conformance {
             our_time.as_secs_f64(),
             report_path.display()
         );
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        ours.values().flatten().for_each(|k| *kinds.entry(format!("{k:?}")).or_default() += 1);
+        println!("passing cases by plan: {kinds:?}");
         if std::env::var_os("COMPACTOR_UPDATE_CONFORMANCE").is_some() {
             let list: String = our_pass.iter().map(|n| format!("{n}\n")).collect();
             std::fs::write(passing_list(), list).unwrap();

@@ -103,12 +103,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut broken = Vec::new();
     for c in &comparisons {
         if let Some(max) = args.max_error
-            && !(c.max_abs_error <= max)
+            && (c.max_abs_error.is_nan() || c.max_abs_error > max)
         {
             broken.push(format!("output '{}': max abs error {:.3e} > --max-error {max:e}", c.name, c.max_abs_error));
         }
         if let Some(min) = args.min_cosine
-            && !(c.cosine_similarity >= min)
+            && (c.cosine_similarity.is_nan() || c.cosine_similarity < min)
         {
             broken.push(format!("output '{}': cosine similarity {:.6} < --min-cosine {min}", c.name, c.cosine_similarity));
         }

@@ -286,7 +286,7 @@ mod tests {
     fn matches_the_dequantized_reference() {
         for (bits, block, k, n, m) in [(4u32, 32usize, 64usize, 5usize, 3usize), (2, 16, 40, 7, 2), (8, 128, 100, 9, 4), (4, 16, 17, 3, 1)] {
             let mut seed = 0x9E3779B97F4A7C15u64 ^ (bits as u64 * 31 + block as u64);
-            let max = (1u64 << bits) as u64;
+            let max = 1u64 << bits;
             let codes: Vec<u8> = (0..n * k).map(|_| (rng(&mut seed) % max) as u8).collect();
             let kb = k.div_ceil(block);
             let scales: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % 100) as f32 / 1000.0 + 0.01).collect();

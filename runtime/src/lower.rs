@@ -4,7 +4,7 @@
 //! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
 //! 0. **Inline** `If` nodes whose condition is constant, and **expand** the loss functions tract
-//!    lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss) into the ops defining them.
+//!    lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool) into the ops defining them.
 //! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
 //!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits`, which the runtime
 //!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,
@@ -34,8 +34,8 @@ pub struct LoweringReport {
     pub widened_tensors: usize,
     /// `If` nodes with a constant condition replaced by the branch taken.
     pub inlined_branches: usize,
-    /// Ops tract lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss) written out as the
-    /// ONNX ops their definition is made of.
+    /// Ops tract lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool) written out
+    /// as the ONNX ops their definition is made of.
     pub expanded_functions: usize,
 }
 
@@ -658,11 +658,45 @@ impl Lowering {
         let opset = self.model.opset_version("").unwrap_or(13);
         let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| {
             let n = self.graph().node(id);
-            n.is("NegativeLogLikelihoodLoss") || n.is("SoftmaxCrossEntropyLoss")
+            n.is("NegativeLogLikelihoodLoss") || n.is("SoftmaxCrossEntropyLoss") || n.is("LpPool")
         }).collect();
         for id in nodes {
-            self.expand_loss(id, opset)?;
+            if self.graph().node(id).is("LpPool") {
+                self.expand_lp_pool(id)?;
+            } else {
+                self.expand_loss(id, opset)?;
+            }
         }
+        Ok(())
+    }
+
+    /// `LpPool(x) = (Σ_window |x|^p)^(1/p)`, the window sum being an AveragePool (padding
+    /// counted, so padded zeros add nothing) times the window size.
+    fn expand_lp_pool(&mut self, id: NodeId) -> Result<(), RuntimeError> {
+        let lbl = label(self.graph(), id);
+        let node = self.graph().node(id).clone();
+        let (Some(x), Some(out)) = (node.input(0), node.output(0)) else { return Err(self.err(lbl, "needs an input and an output")) };
+        let Some(kernel) = node.attr_ints("kernel_shape").map(<[i64]>::to_vec) else { return Err(self.err(lbl, "needs kernel_shape")) };
+        let p = node.attr_int("p").unwrap_or(2) as f32;
+        let window: i64 = kernel.iter().product();
+        let region = node.region;
+        let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+        let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.expanded", lbl_name(&node, out)) };
+        let mut attributes: Vec<Attribute> = node.attributes.iter().filter(|a| a.name != "p").cloned().collect();
+        attributes.push(Attribute::new("count_include_pad", AttrValue::Int(1)));
+        let abs = b.op("Abs", &[x], vec![]);
+        let p_v = b.constant_f32(p);
+        let p_v = b.op("CastLike", &[p_v, x], vec![]);
+        let powered = b.op("Pow", &[abs, p_v], vec![]);
+        let mean = b.op("AveragePool", &[powered], attributes);
+        let size = b.constant_f32(window as f32);
+        let size = b.op("CastLike", &[size, x], vec![]);
+        let sum = b.op("Mul", &[mean, size], vec![]);
+        let inv = b.constant_f32(1.0 / p);
+        let inv = b.op("CastLike", &[inv, x], vec![]);
+        b.op_into("Pow", &[sum, inv], vec![], out);
+        self.model.graph.remove_node(id);
+        self.report.expanded_functions += 1;
         Ok(())
     }
 

@@ -48,6 +48,9 @@ pub struct IoSpec {
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// Outputs with their names, in graph order.
+pub type NamedValues = Vec<(String, TensorValue)>;
+
 /// How far a plan is specialized to the values of one run. tract plans most graphs once for
 /// all inputs (shapes symbolic). Some it can only type with concrete shapes (MiniLM's Flatten
 /// of `batch × seq`), some only with an axes, shape, scale or condition input known: those
@@ -180,6 +183,7 @@ impl Session {
             Ok(plan) => Ok(plan),
             // Without inputs there is nothing to specialize on: the error is final.
             Err(e) if inputs.is_empty() => return Err(e),
+            Err(RuntimeError::Prepare { reason, .. }) => Err(reason),
             Err(e) => Err(e.to_string()),
         };
         Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()) })
@@ -231,7 +235,7 @@ impl Session {
     }
 
     /// Runs with `extra` values as additional outputs; returns the graph outputs and the extras.
-    fn run_planned(&self, inputs: &[(&str, TensorValue)], extra: &[ValueId]) -> Result<(Vec<(String, TensorValue)>, Vec<Tensor>), RuntimeError> {
+    fn run_planned(&self, inputs: &[(&str, TensorValue)], extra: &[ValueId]) -> Result<(NamedValues, Vec<Tensor>), RuntimeError> {
         let ordered = self.order_inputs(inputs)?;
         let spec = self.plan_for(&ordered, extra)?;
         let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
@@ -286,10 +290,11 @@ impl Session {
                     cache.insert(key, spec.clone());
                     return Ok(spec);
                 }
+                Err(RuntimeError::Prepare { reason, .. }) => last_error = reason,
                 Err(e) => last_error = e.to_string(),
             }
         }
-        Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("even with the input values fixed: {last_error}") })
+        Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("{last_error} (also with the inputs' shapes and values fixed)") })
     }
 
     /// The lowered model with extra outputs, input shapes fixed (from `Shapes` on) and the
@@ -511,10 +516,12 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
     }
 }
 
-/// The op register: tract's ONNX ops with MatMulNBits replaced by the fused kernel.
+/// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd and BitCast.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
+    onnx.op_register.insert("CumProd", crate::kernels::extra_ops::build_cumprod);
+    onnx.op_register.insert("BitCast", crate::kernels::extra_ops::build_bitcast);
     onnx
 }
 

@@ -1,6 +1,7 @@
-//! Kernels tract lacks, and the tract ops and ONNX op builders that run them.
+//! Kernels and ops tract lacks, and the ONNX op builders that register them with tract.
 
 pub mod block_matmul;
+pub mod extra_ops;
 pub mod nbits;
 
 pub use block_matmul::BlockQuantWeight;

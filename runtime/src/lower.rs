@@ -34,9 +34,33 @@ pub struct LoweringReport {
     pub widened_tensors: usize,
     /// `If` nodes with a constant condition replaced by the branch taken.
     pub inlined_branches: usize,
+    /// `Add`/`Mul` nodes whose constant operand was moved second.
+    pub swapped_operands: usize,
     /// Ops tract lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool) written out
     /// as the ONNX ops their definition is made of.
     pub expanded_functions: usize,
+}
+
+/// Puts the constant operand of `Add` and `Mul` second (both commute, broadcasting included).
+/// PyTorch exports a linear layer's bias as `Add(bias, MatMul(..))`; tract fuses a bias into
+/// its matmul only when it comes second, and otherwise runs a separate broadcasting add (a
+/// fifth of MiniLM's time at batch 8).
+fn constants_second(g: &mut Graph) -> usize {
+    let swaps: Vec<NodeId> = g
+        .all_nodes()
+        .into_iter()
+        .filter(|&id| {
+            let n = g.node(id);
+            (n.is("Add") || n.is("Mul")) && n.inputs.len() == 2 && {
+                let (a, b) = (n.input(0), n.input(1));
+                a.is_some_and(|a| g.constant(a).is_some()) && b.is_some_and(|b| g.constant(b).is_none())
+            }
+        })
+        .collect();
+    for &id in &swaps {
+        g.node_mut(id).inputs.swap(0, 1);
+    }
+    swaps.len()
 }
 
 /// The value of a one-element constant, or of a small expression (comparisons, logic, casts)
@@ -140,6 +164,7 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     lowering.expand_losses()?;
+    lowering.report.swapped_operands = constants_second(&mut lowering.model.graph);
     lowering.fuse_dequantize_matmul()?;
     lowering.fold_and_expand_quantization()?;
     lowering.widen_tensors()?;

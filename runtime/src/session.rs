@@ -531,7 +531,13 @@ fn prepare(name: &str, model: &Model, options: &SessionOptions, executor: &Execu
     let fail = |reason: String| RuntimeError::Prepare { model: name.to_string(), reason };
     let build = || -> TractResult<Plan> {
         let inference = framework().model_for_read(&mut &bytes[..])?;
-        let typed = if options.optimize { inference.into_optimized()? } else { inference.into_typed()?.into_decluttered()? };
+        let typed = if options.optimize {
+            let mut optimized = inference.into_optimized()?;
+            crate::kernels::broadcast::replace_slow_broadcasts(&mut optimized)?;
+            optimized
+        } else {
+            inference.into_typed()?.into_decluttered()?
+        };
         typed.into_runnable_with_options(&RunOptions { executor: Some(executor.clone()), ..Default::default() })
     };
     match catch_unwind(AssertUnwindSafe(build)) {

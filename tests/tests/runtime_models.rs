@@ -27,6 +27,7 @@ fn minilm_reproduces_the_reference_hidden_state() {
     let session = Session::new(&model, &SessionOptions::default()).unwrap();
     let outputs = session.run(&named(&minilm_inputs())).unwrap();
     let reference = read_npy(&shared_models().join("minilm_ref_hidden.npy")).unwrap();
+    println!("MiniLM planned {:?}", session.plan_kind(&named(&minilm_inputs())).unwrap());
     let (name, hidden) = &outputs[0];
     assert_eq!(name, "last_hidden_state");
     let err = max_abs(hidden, &reference);
@@ -68,8 +69,12 @@ fn pypi_models_match_onnxruntime() {
     for r in &references {
         let model = Model::load(&r.model).unwrap();
         let inputs: Vec<(String, TensorValue)> = r.inputs.iter().map(|(n, f)| (n.clone(), read_npy(f).unwrap())).collect();
-        let outputs = match Session::new(&model, &SessionOptions::default()).and_then(|s| s.run(&named(&inputs))) {
-            Ok(o) => o,
+        let run = Session::new(&model, &SessionOptions::default()).and_then(|s| Ok((s.run(&named(&inputs))?, s.plan_kind(&named(&inputs))?)));
+        let outputs = match run {
+            Ok((o, kind)) => {
+                println!("{}: planned {kind:?}", short(&r.model));
+                o
+            }
             Err(e) => {
                 failures.push(format!("{}: {e}", short(&r.model)));
                 continue;

@@ -16,7 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 
 K, N = 256, 48
+# Many rows (the runtime's GEMM path) and few rows (its direct dot-product path).
 SHAPE_A = [2, 5, K]
+SHAPE_A_FEW = [1, 3, K]
 
 TYPES = {
     # name: (onnx type, low, high, signed)
@@ -39,6 +41,7 @@ def ort_run(path, feeds):
 
 def qdq_model(qtype, block, scale_dtype, asym, transposed, rng):
     onnx_type, lo, hi = TYPES[qtype]
+    shape_a = SHAPE_A_FEW if asym else SHAPE_A
     float_type = TensorProto.FLOAT16 if scale_dtype == np.float16 else TensorProto.FLOAT
     q = rng.integers(lo, hi + 1, size=(K, N))
     nb = (K + block - 1) // block
@@ -62,13 +65,14 @@ def qdq_model(qtype, block, scale_dtype, asym, transposed, rng):
         nodes.append(helper.make_node("Transpose", ["w"], ["w_t"], perm=[1, 0]))
         w = "w_t"
     nodes.append(helper.make_node("MatMul", ["a", w], ["y"]))
-    graph = helper.make_graph(nodes, "qdq_matmul", [helper.make_tensor_value_info("a", float_type, SHAPE_A)],
-                              [helper.make_tensor_value_info("y", float_type, SHAPE_A[:-1] + [N])], inits)
+    graph = helper.make_graph(nodes, "qdq_matmul", [helper.make_tensor_value_info("a", float_type, shape_a)],
+                              [helper.make_tensor_value_info("y", float_type, shape_a[:-1] + [N])], inits)
     opset = 25 if qtype in ("int2", "uint2") else 21
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=11 if opset == 25 else 10)
 
 
 def nbits_model(bits, block, scale_dtype, zero_points, bias, rng):
+    shape_a = SHAPE_A_FEW if zero_points else SHAPE_A
     float_type = TensorProto.FLOAT16 if scale_dtype == np.float16 else TensorProto.FLOAT
     nb = (K + block - 1) // block
     blob = block * bits // 8
@@ -96,8 +100,8 @@ def nbits_model(bits, block, scale_dtype, zero_points, bias, rng):
     while inputs and inputs[-1] == "":
         inputs.pop()
     node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=K, N=N, bits=bits, block_size=block, accuracy_level=0)
-    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("a", float_type, SHAPE_A)],
-                              [helper.make_tensor_value_info("y", float_type, SHAPE_A[:-1] + [N])], inits)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("a", float_type, shape_a)],
+                              [helper.make_tensor_value_info("y", float_type, shape_a[:-1] + [N])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
 
 
@@ -146,7 +150,8 @@ def main():
         if form == "fallback":
             a = rng.integers(0, 40, size=(2, 5)).astype(np.int64)
         else:
-            a = (rng.random(SHAPE_A) * 2 - 1).astype(scale_dtype)
+            shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+            a = (rng.random(shape) * 2 - 1).astype(scale_dtype)
         try:
             y = ort_run(path, {"a": a})
         except Exception as e:  # noqa: BLE001 - onnxruntime refusing a case is recorded, not fatal

@@ -4,14 +4,15 @@
 //! lays it out: for each output column `n`, `k_blocks` blocks of `block_size` codes, each block
 //! padded to whole bytes, low bits first. Code `q` of block `b` means `(q - zero[n, b]) * scale[n, b]`.
 //!
-//! The kernel never builds the f32 weight. For a tile of columns it unpacks one block of codes
-//! at a time into a small buffer and uses
-//! `Σ a·(q - z)·s = s·Σ a·q - z·s·Σ a`, where the block sums of `A` are computed once per row.
+//! The kernel never builds the f32 weight: it dequantizes a tile of output columns at a time,
+//! block by block, into a small buffer, and multiplies that tile (dot products for a few rows
+//! of `A`, a SIMD GEMM from the `gemm` crate for more).
 
 use std::sync::Arc;
 
-/// Columns unpacked together, so each loaded row of `A` serves several dot products.
-const COLUMN_TILE: usize = 4;
+/// Output columns dequantized together: a tile of `COLUMN_TILE × K` f32 (256 KiB at K = 4096)
+/// is all of the weight that exists in f32 at any time, per thread.
+const COLUMN_TILE: usize = 16;
 
 /// A packed low-bit weight with its per-block scales and zero points.
 #[derive(Debug)]
@@ -77,78 +78,135 @@ impl BlockQuantWeight {
         Ok(())
     }
 
-    /// Codes of block `block` of column `col` as f32, into `out` (`len` = codes in that block).
-    fn unpack_block(&self, col: usize, block: usize, out: &mut [f32]) {
+    /// The dequantized weight row of output column `col`: `K` values, built block by block
+    /// from the packed codes (the only f32 copy of the weight the kernel ever holds is a tile
+    /// of such rows).
+    pub fn dequantized_row(&self, col: usize, out: &mut [f32]) {
+        let kb = self.k_blocks();
         let per_block = self.bytes_per_block();
-        let start = (col * self.k_blocks() + block) * per_block;
-        let bytes = &self.packed[start..start + per_block];
-        match self.bits {
-            8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as f32),
-            4 => {
-                for (pair, &b) in out.chunks_mut(2).zip(bytes) {
-                    pair[0] = (b & 0x0F) as f32;
-                    if let Some(hi) = pair.get_mut(1) {
-                        *hi = (b >> 4) as f32;
+        let row = &self.packed[col * kb * per_block..(col + 1) * kb * per_block];
+        let (scales, zeros) = (&self.scales[col * kb..(col + 1) * kb], &self.zeros[col * kb..(col + 1) * kb]);
+        for (block, bytes) in row.chunks_exact(per_block).enumerate() {
+            let lo = block * self.block_size;
+            let hi = (lo + self.block_size).min(self.k);
+            let segment = &mut out[lo..hi];
+            unpack_codes(bytes, self.bits, segment);
+            match &self.g_idx {
+                // Act-order: each input picks its own block's scale and zero point.
+                Some(g) => {
+                    for (v, &b) in segment.iter_mut().zip(&g[lo..hi]) {
+                        let b = b as usize;
+                        *v = (*v - zeros[b]) * scales[b];
                     }
                 }
-            }
-            _ => {
-                for (quad, &b) in out.chunks_mut(4).zip(bytes) {
-                    for (i, o) in quad.iter_mut().enumerate() {
-                        *o = ((b >> (2 * i)) & 3) as f32;
-                    }
+                None => {
+                    let (s, zs) = (scales[block], zeros[block] * scales[block]);
+                    segment.iter_mut().for_each(|v| *v = *v * s - zs);
                 }
             }
         }
     }
 
-    /// The dequantized weight row of column `col` (for tests and the act-order path).
-    pub fn dequantized_row(&self, col: usize, out: &mut [f32]) {
+    /// `Σ_k a[k] · W[col, k]` read from the packed bytes: per block `s · Σ a·q - z·s · Σ a`,
+    /// with `Σ a` of each block given. Blocks are a multiple of 16 codes (the last may be short).
+    fn packed_dot(&self, col: usize, a: &[f32], block_sums: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for (just checked).
+            return unsafe { self.packed_dot_avx2(col, a, block_sums) };
+        }
+        self.packed_dot_body(col, a, block_sums)
+    }
+
+    /// The same loop compiled for AVX2 + FMA (the default target has only SSE2).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn packed_dot_avx2(&self, col: usize, a: &[f32], block_sums: &[f32]) -> f32 {
+        self.packed_dot_body(col, a, block_sums)
+    }
+
+    #[inline(always)]
+    fn packed_dot_body(&self, col: usize, a: &[f32], block_sums: &[f32]) -> f32 {
+        const LANES: usize = 16;
         let kb = self.k_blocks();
-        let mut codes = vec![0f32; self.block_size];
-        for block in 0..kb {
+        let per_block = self.bytes_per_block();
+        let row = &self.packed[col * kb * per_block..(col + 1) * kb * per_block];
+        let mut total = [0f32; LANES];
+        let mut offset = 0f32;
+        for (block, bytes) in row.chunks_exact(per_block).enumerate() {
             let lo = block * self.block_size;
             let hi = (lo + self.block_size).min(self.k);
-            self.unpack_block(col, block, &mut codes[..hi - lo]);
-            for (i, kk) in (lo..hi).enumerate() {
-                let g = self.g_idx.as_ref().map_or(block, |g| g[kk] as usize);
-                let (s, z) = (self.scales[col * kb + g], self.zeros[col * kb + g]);
-                out[kk] = (codes[i] - z) * s;
+            let a_block = &a[lo..hi];
+            let (s, z) = (self.scales[col * kb + block], self.zeros[col * kb + block]);
+            let mut acc = [0f32; LANES];
+            let full = a_block.len() / LANES * LANES;
+            if self.bits == 4 {
+                for (a16, b8) in a_block[..full].chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
+                    for i in 0..LANES / 2 {
+                        acc[2 * i] += a16[2 * i] * (b8[i] & 0x0F) as f32;
+                        acc[2 * i + 1] += a16[2 * i + 1] * (b8[i] >> 4) as f32;
+                    }
+                }
+                for (i, &x) in a_block[full..].iter().enumerate() {
+                    let byte = bytes[(full + i) / 2];
+                    acc[i] += x * if (full + i) % 2 == 0 { byte & 0x0F } else { byte >> 4 } as f32;
+                }
+            } else {
+                for (a16, b16) in a_block[..full].chunks_exact(LANES).zip(bytes.chunks_exact(LANES)) {
+                    for i in 0..LANES {
+                        acc[i] += a16[i] * b16[i] as f32;
+                    }
+                }
+                for (i, &x) in a_block[full..].iter().enumerate() {
+                    acc[i] += x * bytes[full + i] as f32;
+                }
             }
+            for (t, v) in total.iter_mut().zip(acc) {
+                *t += s * v;
+            }
+            offset += z * s * block_sums[block];
         }
+        total.iter().sum::<f32>() - offset
     }
 
     /// `y[m, n] = Σ_k a[m, k] · W[n, k] (+ bias[n])` for `a` of `m` rows of `k`.
-    /// Work is split over column tiles on the current tract executor's thread pool.
+    ///
+    /// Columns are processed in tiles: each tile's weight rows are dequantized into a small
+    /// buffer, then multiplied by dot products (a few rows of `a`) or by a SIMD GEMM (the
+    /// `gemm` crate). Tiles are spread over the current tract executor's thread pool.
     pub fn matmul(&self, a: &[f32], m: usize, y: &mut [f32]) {
         debug_assert_eq!(a.len(), m * self.k);
         debug_assert_eq!(y.len(), m * self.n);
         if m == 0 {
             return;
         }
-        let kb = self.k_blocks();
-        // Σ a over each block of each row: the zero-point term needs nothing else.
-        let block_sums: Vec<f32> = if self.g_idx.is_some() {
-            Vec::new()
-        } else {
-            let mut sums = vec![0f32; m * kb];
-            for (row, s) in a.chunks_exact(self.k).zip(sums.chunks_exact_mut(kb)) {
-                for (b, chunk) in row.chunks(self.block_size).enumerate() {
-                    s[b] = chunk.iter().sum();
-                }
-            }
-            sums
-        };
         let tiles = self.n.div_ceil(COLUMN_TILE);
-        let run_tile = |tile: usize, out: &mut Vec<f32>| {
+        // A few rows against 4- or 8-bit blocks: straight from the packed bytes, nothing unpacked.
+        let direct = m < GEMM_MIN_ROWS && self.g_idx.is_none() && self.bits != 2 && self.block_size % 16 == 0;
+        let block_sums: Vec<f32> = if direct {
+            a.chunks_exact(self.k).flat_map(|row| row.chunks(self.block_size).map(|c| c.iter().sum::<f32>())).collect()
+        } else {
+            Vec::new()
+        };
+        let run_tile = |tile: usize, w: &mut Vec<f32>, out: &mut Vec<f32>| {
             let cols = tile * COLUMN_TILE..((tile + 1) * COLUMN_TILE).min(self.n);
+            if direct {
+                out.clear();
+                out.resize(m * cols.len(), 0.0);
+                for (j, col) in cols.clone().enumerate() {
+                    for row in 0..m {
+                        out[row * cols.len() + j] = self.packed_dot(col, &a[row * self.k..(row + 1) * self.k], &block_sums[row * self.k_blocks()..(row + 1) * self.k_blocks()]);
+                    }
+                }
+                return;
+            }
+            w.resize(cols.len() * self.k, 0.0);
+            for (j, col) in cols.clone().enumerate() {
+                self.dequantized_row(col, &mut w[j * self.k..(j + 1) * self.k]);
+            }
             out.clear();
             out.resize(m * cols.len(), 0.0);
-            if self.g_idx.is_some() {
-                self.tile_act_order(a, m, cols, out);
-            } else {
-                self.tile_blocked(a, m, &block_sums, cols, out);
-            }
+            multiply_tile(a, m, self.k, w, cols.len(), out);
         };
         let scatter = |tile: usize, out: &[f32], y: &mut [f32]| {
             let first = tile * COLUMN_TILE;
@@ -165,16 +223,15 @@ impl BlockQuantWeight {
         match pool {
             Some(pool) => {
                 use rayon::prelude::*;
-                let threads = pool.current_num_threads();
-                let per_task = tiles.div_ceil(threads * 4).max(1);
+                let per_task = tiles.div_ceil(pool.current_num_threads() * 4).max(1);
                 let results: Vec<(usize, Vec<f32>)> = pool.install(|| {
                     (0..tiles.div_ceil(per_task))
                         .into_par_iter()
                         .flat_map_iter(|task| {
-                            let mut outs = Vec::new();
+                            let (mut w, mut outs) = (Vec::new(), Vec::new());
                             for tile in task * per_task..((task + 1) * per_task).min(tiles) {
                                 let mut out = Vec::new();
-                                run_tile(tile, &mut out);
+                                run_tile(tile, &mut w, &mut out);
                                 outs.push((tile, out));
                             }
                             outs
@@ -186,9 +243,9 @@ impl BlockQuantWeight {
                 }
             }
             None => {
-                let mut out = Vec::new();
+                let (mut w, mut out) = (Vec::new(), Vec::new());
                 for tile in 0..tiles {
-                    run_tile(tile, &mut out);
+                    run_tile(tile, &mut w, &mut out);
                     scatter(tile, &out, y);
                 }
             }
@@ -199,39 +256,74 @@ impl BlockQuantWeight {
             }
         }
     }
+}
 
-    /// One tile of columns, blocks in order: `out` is `[m, cols.len()]`.
-    fn tile_blocked(&self, a: &[f32], m: usize, block_sums: &[f32], cols: std::ops::Range<usize>, out: &mut [f32]) {
-        let kb = self.k_blocks();
-        let width = cols.len();
-        let mut codes = vec![0f32; COLUMN_TILE * self.block_size];
-        for block in 0..kb {
-            let lo = block * self.block_size;
-            let len = (lo + self.block_size).min(self.k) - lo;
-            for (j, col) in cols.clone().enumerate() {
-                self.unpack_block(col, block, &mut codes[j * self.block_size..j * self.block_size + len]);
-            }
-            for row in 0..m {
-                let a_block = &a[row * self.k + lo..row * self.k + lo + len];
-                let a_sum = block_sums[row * kb + block];
-                for (j, col) in cols.clone().enumerate() {
-                    let w = &codes[j * self.block_size..j * self.block_size + len];
-                    let s = self.scales[col * kb + block];
-                    let z = self.zeros[col * kb + block];
-                    out[row * width + j] += s * (dot(a_block, w) - z * a_sum);
-                }
+/// Rows of `a` below which a tile is multiplied by dot products rather than a GEMM call.
+const GEMM_MIN_ROWS: usize = 4;
+
+/// `out[m, j] = Σ_k a[m, k] · w[j, k]` for a tile of `width` dequantized weight rows.
+fn multiply_tile(a: &[f32], m: usize, k: usize, w: &[f32], width: usize, out: &mut [f32]) {
+    if m < GEMM_MIN_ROWS {
+        for (row, out_row) in a.chunks_exact(k).zip(out.chunks_exact_mut(width)) {
+            for (o, w_row) in out_row.iter_mut().zip(w.chunks_exact(k)) {
+                *o = dot(row, w_row);
             }
         }
+        return;
     }
+    // SAFETY: the strides describe `a` as m×k row-major, `w` as the k×width matrix whose
+    // column j is w[j*k..(j+1)*k], and `out` as m×width row-major; all three slices are that
+    // long (the caller sized them), and `out` does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            width,
+            k,
+            out.as_mut_ptr(),
+            1,
+            width as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
 
-    /// Act-order weights: dequantize whole rows (one column at a time), since blocks are scattered over k.
-    fn tile_act_order(&self, a: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
-        let width = cols.len();
-        let mut w = vec![0f32; self.k];
-        for (j, col) in cols.enumerate() {
-            self.dequantized_row(col, &mut w);
-            for row in 0..m {
-                out[row * width + j] = dot(&a[row * self.k..(row + 1) * self.k], &w);
+/// Unsigned codes of one block as f32, low bits first; `out` holds the block's codes (the
+/// last block of a row may be shorter than the bytes hold).
+fn unpack_codes(bytes: &[u8], bits: u32, out: &mut [f32]) {
+    match bits {
+        8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as f32),
+        4 => {
+            let full = out.len() / 2;
+            for (pair, &b) in out[..full * 2].chunks_exact_mut(2).zip(bytes) {
+                pair[0] = (b & 0x0F) as f32;
+                pair[1] = (b >> 4) as f32;
+            }
+            if out.len() % 2 == 1 {
+                out[full * 2] = (bytes[full] & 0x0F) as f32;
+            }
+        }
+        _ => {
+            let full = out.len() / 4;
+            for (quad, &b) in out[..full * 4].chunks_exact_mut(4).zip(bytes) {
+                quad[0] = (b & 3) as f32;
+                quad[1] = ((b >> 2) & 3) as f32;
+                quad[2] = ((b >> 4) & 3) as f32;
+                quad[3] = (b >> 6) as f32;
+            }
+            for (i, o) in out[full * 4..].iter_mut().enumerate() {
+                *o = ((bytes[full] >> (2 * i)) & 3) as f32;
             }
         }
     }

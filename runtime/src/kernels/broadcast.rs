@@ -142,7 +142,7 @@ pub fn replace_slow_broadcasts(model: &mut TypedModel) -> TractResult<()> {
     for &id in &model.eval_order()? {
         let node = &model.nodes()[id];
         let Some(bin) = node.op_as::<TypedBinOp>() else { continue };
-        let Some(kind) = BinKind::from_name(&bin.0.name()) else { continue };
+        let Some(kind) = BinKind::from_name(bin.0.name()) else { continue };
         if node.inputs.len() != 2 || node.outputs[0].fact.datum_type != f32::datum_type() {
             continue;
         }

@@ -138,7 +138,17 @@ fn slow(shape: &[usize], out: &[usize]) -> bool {
 /// Replaces the f32 Add/Sub/Mul/Div nodes of an optimised model that broadcast in a way
 /// tract's fast kernels do not cover by [`BroadcastBinary`].
 pub fn replace_slow_broadcasts(model: &mut TypedModel) -> TractResult<()> {
-    let mut patches = Vec::new();
+    // One patch at a time, each found on the model as the previous one left it: a patch taps
+    // the outlets of its neighbours, which an earlier patch may have replaced.
+    for _ in 0..model.nodes().len() {
+        let Some((id, kind)) = next_slow_broadcast(model)? else { return Ok(()) };
+        let node = &model.nodes()[id];
+        TypedModelPatch::replace_single_op(model, node, &node.inputs, BroadcastBinary { kind })?.apply(model)?;
+    }
+    Ok(())
+}
+
+fn next_slow_broadcast(model: &TypedModel) -> TractResult<Option<(usize, BinKind)>> {
     for &id in &model.eval_order()? {
         let node = &model.nodes()[id];
         let Some(bin) = node.op_as::<TypedBinOp>() else { continue };
@@ -148,15 +158,11 @@ pub fn replace_slow_broadcasts(model: &mut TypedModel) -> TractResult<()> {
         }
         let facts = model.node_input_facts(id)?;
         let (Some(a), Some(b), Some(out)) = (facts[0].shape.as_concrete(), facts[1].shape.as_concrete(), node.outputs[0].fact.shape.as_concrete()) else { continue };
-        if facts.iter().any(|f| f.datum_type != f32::datum_type()) || a.len() != out.len() || b.len() != out.len() || !(slow(a, out) || slow(b, out)) {
-            continue;
+        if facts.iter().all(|f| f.datum_type == f32::datum_type()) && a.len() == out.len() && b.len() == out.len() && (slow(a, out) || slow(b, out)) {
+            return Ok(Some((id, kind)));
         }
-        patches.push(TypedModelPatch::replace_single_op(model, node, &node.inputs, BroadcastBinary { kind })?);
     }
-    for patch in patches {
-        patch.apply(model)?;
-    }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! tract has no INT4/UINT4/INT2/UINT2, BF16, FP8 or FP4 tensors and no `block_size` on
 //! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
-//! 0. **Inline** `If` nodes whose condition is constant, and **expand** the loss functions tract
-//!    lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool) into the ops defining them.
+//! 0. **Inline** `If` nodes whose condition is constant, and **expand** ops tract lacks
+//!    (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad, bool
+//!    ReduceMax/Min, vector·vector MatMul) into the ops defining them.
 //! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
 //!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits`, which the runtime
 //!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,
@@ -36,8 +37,8 @@ pub struct LoweringReport {
     pub inlined_branches: usize,
     /// `Add`/`Mul` nodes whose constant operand was moved second.
     pub swapped_operands: usize,
-    /// Ops tract lacks (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool) written out
-    /// as the ONNX ops their definition is made of.
+    /// Ops tract lacks (losses, LpPool, CenterCropPad, bool ReduceMax/Min, vector·vector MatMul)
+    /// written out as the ONNX ops their definition is made of.
     pub expanded_functions: usize,
 }
 
@@ -683,17 +684,40 @@ impl Lowering {
         let opset = self.model.opset_version("").unwrap_or(13);
         let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| {
             let n = self.graph().node(id);
-            n.is("NegativeLogLikelihoodLoss") || n.is("SoftmaxCrossEntropyLoss") || n.is("LpPool")
+            n.is("NegativeLogLikelihoodLoss") || n.is("SoftmaxCrossEntropyLoss") || n.is("LpPool") || n.is("CenterCropPad")
         }).collect();
         for id in nodes {
             if self.graph().node(id).is("LpPool") {
                 self.expand_lp_pool(id)?;
+            } else if self.graph().node(id).is("CenterCropPad") {
+                self.expand_center_crop_pad(id)?;
             } else {
                 self.expand_loss(id, opset)?;
             }
         }
         self.reduce_bools();
+        self.vector_dot_products();
         Ok(())
+    }
+
+    /// `MatMul` of two vectors is their dot product, a scalar; tract's MatMul wants a matrix on
+    /// one side, so write it as `ReduceSum(a * b)`.
+    fn vector_dot_products(&mut self) {
+        let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| {
+            let n = self.graph().node(id);
+            n.is("MatMul") && n.output(0).is_some() && (0..2).all(|i| n.input(i).and_then(|v| self.value_rank(v)) == Some(1))
+        }).collect();
+        for id in nodes {
+            let node = self.graph().node(id).clone();
+            let (a, b_in, out) = (node.input(0).expect("filtered"), node.input(1).expect("filtered"), node.output(0).expect("filtered"));
+            let region = node.region;
+            let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+            let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.dot", lbl_name(&node, out)) };
+            let products = b.op("Mul", &[a, b_in], vec![]);
+            b.op_into("ReduceSum", &[products], vec![Attribute::new("keepdims", AttrValue::Int(0))], out);
+            self.model.graph.remove_node(id);
+            self.report.expanded_functions += 1;
+        }
     }
 
     /// tract's ReduceMax/ReduceMin take numbers only; on bools they are any/all, so reduce
@@ -719,6 +743,46 @@ impl Lowering {
             g.value_mut(reduced).def = ValueDef::Node { node: id, output: 0 };
             self.report.expanded_functions += 1;
         }
+    }
+
+    /// `CenterCropPad(x, shape)`: along each axis, crop the centred window of the target size
+    /// (the extra element, if odd, at the end) or pad with zeros around (the extra one at the
+    /// end): `Slice` then `Pad`, with starts and pads computed from `Shape(x)`.
+    fn expand_center_crop_pad(&mut self, id: NodeId) -> Result<(), RuntimeError> {
+        let lbl = label(self.graph(), id);
+        let node = self.graph().node(id).clone();
+        let (Some(x), Some(target), Some(out)) = (node.input(0), node.input(1), node.output(0)) else { return Err(self.err(lbl, "needs an input, a shape and an output")) };
+        let Some(rank) = self.value_rank(x) else { return Err(self.err(lbl, "the input's rank is unknown")) };
+        let axes: Vec<i64> = match node.attr_ints("axes") {
+            Some(axes) => axes.iter().map(|&a| if a < 0 { a + rank as i64 } else { a }).collect(),
+            None => (0..rank as i64).collect(),
+        };
+        let region = node.region;
+        let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+        let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.expanded", lbl_name(&node, out)) };
+        let axes_v = b.constant_i64("axes", &[axes.len() as u64], &axes);
+        let zero = b.constant_i64("zero", &[], &[0]);
+        let two = b.constant_i64("two", &[], &[2]);
+        let shape = b.op("Shape", &[x], vec![]);
+        let dims = b.op("Gather", &[shape, axes_v], vec![]);
+        let target = b.cast(target, DataType::Int64);
+        let surplus = b.op("Sub", &[dims, target], vec![]);
+        let crop = b.op("Max", &[surplus, zero], vec![]);
+        let start = b.op("Div", &[crop, two], vec![]);
+        let kept = b.op("Min", &[dims, target], vec![]);
+        let end = b.op("Add", &[start, kept], vec![]);
+        let cropped = b.op("Slice", &[x, start, end, axes_v], vec![]);
+        let shortfall = b.op("Neg", &[surplus], vec![]);
+        let pad = b.op("Max", &[shortfall, zero], vec![]);
+        let before = b.op("Div", &[pad, two], vec![]);
+        let after = b.op("Sub", &[pad, before], vec![]);
+        let pads = b.op("Concat", &[before, after], vec![Attribute::new("axis", AttrValue::Int(0))]);
+        let pad_value = b.constant("pad_value", Tensor::from_f32(&[], &[0.0]).expect("a scalar fits"));
+        let pad_value = b.op("CastLike", &[pad_value, x], vec![]);
+        b.op_into("Pad", &[cropped, pads, pad_value, axes_v], vec![], out);
+        self.model.graph.remove_node(id);
+        self.report.expanded_functions += 1;
+        Ok(())
     }
 
     /// `LpPool(x) = (Σ_window |x|^p)^(1/p)`, the window sum being an AveragePool (padding

@@ -224,7 +224,9 @@ impl Session {
     }
 
     /// Runs the model; returns every graph output, in graph order, with its name.
-    pub fn run(&self, inputs: &[(&str, TensorValue)]) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+    ///
+    /// Inputs are matched by name; one of another numeric type than declared is converted.
+    pub fn run(&self, inputs: &[(&str, TensorValue)]) -> Result<NamedValues, RuntimeError> {
         Ok(self.run_planned(inputs, &[])?.0)
     }
 
@@ -337,7 +339,7 @@ impl Session {
     /// are run: accumulate statistics in the sink (see [`crate::capture`]).
     ///
     /// Returns the graph outputs like [`Session::run`].
-    pub fn run_with_capture(&self, inputs: &[(&str, TensorValue)], capture: &[ValueRef], sink: &mut dyn CaptureSink) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+    pub fn run_with_capture(&self, inputs: &[(&str, TensorValue)], capture: &[ValueRef], sink: &mut dyn CaptureSink) -> Result<NamedValues, RuntimeError> {
         let ids = capture.iter().map(|r| self.resolve(r)).collect::<Result<Vec<ValueId>, _>>()?;
         let g = &self.lowered.graph;
         let mut extra: Vec<ValueId> = Vec::new();

@@ -518,12 +518,14 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
     }
 }
 
-/// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd and BitCast.
+/// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
+/// BitCast and LinearAttention.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
     onnx.op_register.insert("CumProd", crate::kernels::extra_ops::build_cumprod);
     onnx.op_register.insert("BitCast", crate::kernels::extra_ops::build_bitcast);
+    onnx.op_register.insert("LinearAttention", crate::kernels::linear_attention::build_linear_attention);
     onnx
 }
 

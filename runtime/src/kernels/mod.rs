@@ -3,6 +3,7 @@
 pub mod block_matmul;
 pub mod broadcast;
 pub mod extra_ops;
+pub mod linear_attention;
 pub mod nbits;
 
 pub use block_matmul::BlockQuantWeight;

@@ -44,6 +44,77 @@ pub struct LoweringReport {
     pub expanded_functions: usize,
 }
 
+/// The element type of a value: declared, or followed back through the ops producing it (the
+/// common ones: most ops keep their first input's type).
+fn infer_elem(g: &Graph, v: ValueId, depth: u32) -> Option<DataType> {
+    let value = g.value(v);
+    if let Some(t) = &value.initializer {
+        return Some(t.dtype());
+    }
+    if let Some(dt) = value.elem() {
+        return Some(dt);
+    }
+    let (node_id, output) = g.producer(v)?;
+    let node = g.node(node_id);
+    if depth == 0 {
+        return None;
+    }
+    let input = |i: usize| node.input(i).and_then(|x| infer_elem(g, x, depth - 1));
+    if !node.domain().is_empty() {
+        return input(0);
+    }
+    match node.op_type.as_str() {
+        "Constant" => g.constant(v).map(|t| t.dtype()),
+        "ConstantOfShape" => Some(node.attr_tensor("value").map(|t| t.dtype()).unwrap_or(DataType::Float)),
+        "Cast" => node.attr_int("to").and_then(|c| DataType::from_code(c as i32)),
+        "CastLike" | "Where" => input(1),
+        "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => Some(DataType::Int64),
+        "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" => Some(DataType::Bool),
+        "DequantizeLinear" => input(1),
+        "TopK" if output == 1 => Some(DataType::Int64),
+        _ => input(0),
+    }
+}
+
+/// Gives the bodies of `Scan` and `Loop` nodes element types for their untyped inputs (the
+/// expanded function bodies of onnx 1.22 leave them untyped, and tract needs them): a Scan
+/// body input takes its outer input's type, a Loop body's are the iteration count (int64),
+/// the condition (bool) and the carried values' types.
+fn type_loop_bodies(g: &mut Graph) {
+    for id in g.all_nodes() {
+        let node = g.node(id);
+        let scan = node.is("Scan");
+        if !scan && !node.is("Loop") {
+            continue;
+        }
+        let Some(AttrValue::Graph(body)) = node.attr("body").cloned() else { continue };
+        let body_inputs = g.region(body).inputs.clone();
+        let types: Vec<Option<DataType>> = body_inputs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                if scan {
+                    g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 32))
+                } else {
+                    match i {
+                        0 => Some(DataType::Int64),
+                        1 => Some(DataType::Bool),
+                        _ => g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 32)),
+                    }
+                }
+            })
+            .collect();
+        for (v, dt) in body_inputs.into_iter().zip(types) {
+            let value = g.value_mut(v);
+            if let Some(dt) = dt
+                && value.elem().is_none()
+            {
+                value.ty = Some(ValueType::tensor(dt, None));
+            }
+        }
+    }
+}
+
 /// tract's Attention refuses `softcap`, `qk_matmul_output_mode` and the `qk_matmul_output`
 /// output; those nodes are expanded (not ones with `nonpad_kv_seqlen`, which the expansion
 /// does not cover).
@@ -174,6 +245,7 @@ pub struct Lowered {
 pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
+    type_loop_bodies(&mut lowering.model.graph);
     lowering.expand_losses()?;
     lowering.report.swapped_operands = constants_second(&mut lowering.model.graph);
     lowering.fuse_dequantize_matmul()?;

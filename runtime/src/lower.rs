@@ -436,6 +436,11 @@ impl Lowering {
         }
         let layout = quant_layout(node, 2, scale.dims().len()).ok()?;
         check_scale_shape(layout, &dims_usize(&x), &dims_usize(&scale)).ok()?;
+        // A zero point must have the scale's shape and the weight's type; anything else is left
+        // to the plain path, which reports it.
+        if zero.as_ref().is_some_and(|z| z.dims() != scale.dims() || z.dtype() != x.dtype()) {
+            return None;
+        }
         // Every use must be a MatMul's right operand, directly (W is [K, N]) or through a
         // 2-D Transpose (W is [N, K]); anything else keeps the plain dequantization.
         let mut matmuls = Vec::new();

@@ -5,7 +5,7 @@ use crate::capture::{CaptureSink, CapturedValue, ValueRef};
 use crate::error::{RuntimeError, tract_reason};
 use crate::lower::{LoweringReport, lower, model_name};
 use crate::value::{TensorValue, carrier_type};
-use compactor_ir::{DataType, Dim, Graph, Model, Shape, TypeKind, ValueId};
+use compactor_ir::{DataType, Dim, Graph, Model, NodeId, Shape, TypeKind, ValueId};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,87 @@ fn feeds_parameter(g: &Graph, uses: &compactor_ir::UseMap, value: ValueId, depth
         let logic = matches!(n.op_type.as_str(), "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "Not" | "And" | "Or" | "Cast" | "Identity");
         depth > 0 && logic && n.output(0).is_some_and(|out| feeds_parameter(g, uses, out, depth - 1))
     })
+}
+
+/// True when `v` is computed from constants and tensor shapes only (no tensor's values).
+fn shape_only(g: &Graph, v: ValueId, depth: u32) -> bool {
+    if g.constant(v).is_some() {
+        return true;
+    }
+    let Some((node, _)) = g.producer(v) else { return false };
+    let node = g.node(node);
+    if node.is("Shape") || node.is("Size") {
+        return true;
+    }
+    depth > 0 && node.subgraphs().next().is_none() && node.inputs.iter().flatten().all(|&i| shape_only(g, i, depth - 1))
+}
+
+/// True when the shape of some value `v` depends on (through `Shape`/`Size`) may vary with input
+/// values rather than input shapes: a data-dependent op among its ancestors, or a shape-setting
+/// input (a Reshape's target, a Slice's bounds) computed from values.
+fn shapes_depend_on_values(g: &Graph, v: ValueId, budget: u32) -> bool {
+    let mut stack = vec![v];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if seen.len() as u32 > budget {
+            return true;
+        }
+        let Some((node, _)) = g.producer(v) else { continue };
+        let n = g.node(node);
+        if n.subgraphs().next().is_some() || matches!(n.op_type.as_str(), "NonZero" | "Unique" | "Compress" | "StringSplit" | "TfIdfVectorizer" | "NonMaxSuppression") {
+            return true;
+        }
+        for (i, input) in n.inputs.iter().enumerate() {
+            let Some(input) = *input else { continue };
+            if sets_shape(&n.op_type, i) && !shape_only(g, input, 64) {
+                return true;
+            }
+            stack.push(input);
+        }
+    }
+    false
+}
+
+/// Node inputs whose values decide the shape of the node's output.
+fn sets_shape(op: &str, input: usize) -> bool {
+    match op {
+        "Reshape" | "Expand" | "Tile" | "Split" | "Squeeze" | "Unsqueeze" | "TopK" | "Upsample" | "OneHot" | "ReduceSum" | "ReduceMean" | "ReduceMax"
+        | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => input == 1,
+        "Slice" | "Pad" | "Resize" | "CenterCropPad" | "MelWeightMatrix" | "STFT" => input >= 1,
+        "ConstantOfShape" | "Range" | "EyeLike" => true,
+        _ => false,
+    }
+}
+
+/// Removes the main graph's nodes that no graph output needs.
+fn keep_only_ancestors_of_outputs(g: &mut Graph) {
+    let mut needed: std::collections::HashSet<ValueId> = g.main().outputs.iter().copied().collect();
+    let mut keep = Vec::new();
+    for &id in g.main().nodes.iter().rev() {
+        let node = g.node(id);
+        let mut outer_uses = Vec::new();
+        node.subgraphs().for_each(|r| values_used_in(g, r, &mut outer_uses));
+        if node.outputs.iter().flatten().any(|o| needed.contains(o)) {
+            keep.push(id);
+            needed.extend(node.inputs.iter().flatten().copied());
+            needed.extend(outer_uses);
+        }
+    }
+    keep.reverse();
+    g.main_mut().nodes = keep;
+}
+
+/// Every value a region (and its nested regions) reads.
+fn values_used_in(g: &Graph, region: compactor_ir::RegionId, out: &mut Vec<ValueId>) {
+    for &n in &g.region(region).nodes {
+        let node = g.node(n);
+        out.extend(node.inputs.iter().flatten());
+        node.subgraphs().for_each(|r| values_used_in(g, r, out));
+    }
+    out.extend(g.region(region).outputs.iter());
 }
 
 /// Bytes identifying a tensor's type, shape and values.
@@ -330,7 +411,62 @@ impl Session {
         if !baked.is_empty() {
             crate::lower::inline_constant_ifs(&mut model);
         }
+        if kind >= PlanKind::Shapes {
+            self.fold_shape_conditions(&mut model, ordered, baked);
+        }
         Ok(model)
+    }
+
+    /// Settles `If` nodes whose condition depends only on tensor shapes (silero-vad's decoder
+    /// tests `Shape(x)[-1] == 1`): with the input shapes fixed, a probe plan computes those
+    /// conditions, which are baked in and the branches taken inlined, so tract does not have to
+    /// type a branch that does not fit. The plan stays keyed by input shapes, which is all the
+    /// conditions depend on (intermediates whose shape depends on values keep the If).
+    /// A probe that fails leaves the model as it was.
+    fn fold_shape_conditions(&self, model: &mut Model, ordered: &[TValue], baked: &[usize]) {
+        let free: TVec<TValue> = (0..self.inputs.len()).filter(|i| !baked.contains(i)).map(|i| ordered[i].clone()).collect();
+        for _ in 0..8 {
+            let g = &model.graph;
+            let conditions: Vec<(NodeId, ValueId)> = g
+                .nodes_of(Graph::MAIN)
+                .filter(|(_, n)| n.is("If"))
+                .filter_map(|(id, n)| n.input(0).map(|c| (id, c)))
+                .filter(|&(_, c)| g.constant(c).is_none() && shape_only(g, c, 64) && !shapes_depend_on_values(g, c, 256))
+                .collect();
+            if conditions.is_empty() {
+                return;
+            }
+            let mut values: Vec<ValueId> = conditions.iter().map(|&(_, c)| c).collect();
+            values.sort();
+            values.dedup();
+            let mut probe = model.clone();
+            probe.graph.main_mut().outputs = values.clone();
+            values.iter().for_each(|&c| probe.graph.value_mut(c).ty = None);
+            keep_only_ancestors_of_outputs(&mut probe.graph);
+            let Ok(plan) = prepare(&self.name, &probe, &self.options, &self.executor) else { return };
+            let Ok(results) = self.execute(&plan, free.clone()) else { return };
+            for (&c, t) in values.iter().zip(results) {
+                let name = model.graph.fresh_name(&format!("{}.known", model.graph.value(c).name));
+                let Ok(tensor) = to_ir_tensor(&t.into_tensor(), &name) else { return };
+                let id = model.graph.add_value(compactor_ir::Value {
+                    name: name.clone(),
+                    ty: None,
+                    doc_string: None,
+                    metadata_props: Vec::new(),
+                    def: compactor_ir::ValueDef::Initializer,
+                    region: Graph::MAIN,
+                    initializer: Some(tensor.with_name(Some(name))),
+                    sparse_initializer: None,
+                });
+                model.graph.main_mut().initializers.push(id);
+                for &(node, cond) in &conditions {
+                    if cond == c {
+                        model.graph.node_mut(node).inputs[0] = Some(id);
+                    }
+                }
+            }
+            crate::lower::inline_constant_ifs(model);
+        }
     }
 
     /// Runs the model and hands each value of `capture` (intermediates, inputs or outputs of

@@ -655,13 +655,16 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 }
 
 /// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
-/// BitCast and LinearAttention.
+/// BitCast, LinearAttention, StringConcat, ReverseSequence and Det.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
     onnx.op_register.insert("CumProd", crate::kernels::extra_ops::build_cumprod);
     onnx.op_register.insert("BitCast", crate::kernels::extra_ops::build_bitcast);
     onnx.op_register.insert("LinearAttention", crate::kernels::linear_attention::build_linear_attention);
+    onnx.op_register.insert("StringConcat", crate::kernels::extra_ops::build_string_concat);
+    onnx.op_register.insert("ReverseSequence", crate::kernels::extra_ops::build_reverse_sequence);
+    onnx.op_register.insert("Det", crate::kernels::extra_ops::build_det);
     onnx
 }
 

@@ -1,5 +1,6 @@
-//! ONNX ops tract 0.23.9 does not have, registered through its op register: `CumProd` and
-//! `BitCast` (same-width types). Each is a parsed [`Expansion`] wiring a small typed op.
+//! ONNX ops tract 0.23.9 does not have, registered through its op register: `CumProd`,
+//! `BitCast` (same-width types), `StringConcat`, `ReverseSequence` and `Det`. Each is a parsed
+//! [`Expansion`] wiring a small typed op.
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -171,6 +172,247 @@ impl EvalOp for BitCast {
 impl TypedOp for BitCast {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(self.to.fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+pub fn build_string_concat(_ctx: &ParsingContext, _node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(StringConcatNode), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct StringConcatNode;
+
+impl Expansion for StringConcatNode {
+    fn name(&self) -> StaticName {
+        "StringConcat".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_input_arity(inputs, 2)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, DatumType::String)?;
+        s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, a, b| {
+            let shape = tract_onnx::tract_core::broadcast::multi_broadcast(&[a, b])?;
+            s.equals(&outputs[0].shape, ShapeFactoid::from(shape))
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, StringConcat, inputs)
+    }
+}
+
+/// Elementwise string concatenation, with numpy broadcasting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StringConcat;
+
+impl Op for StringConcat {
+    fn name(&self) -> StaticName {
+        "StringConcat".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for StringConcat {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (a, b) = args_2!(inputs);
+        let shape = tract_onnx::tract_core::broadcast::multi_broadcast(&[a.shape(), b.shape()])?;
+        let (a, b) = (a.to_plain_array_view::<String>()?, b.to_plain_array_view::<String>()?);
+        let (a, b) = (a.broadcast(&*shape).context("StringConcat: broadcast")?, b.broadcast(&*shape).context("StringConcat: broadcast")?);
+        let joined = tract_onnx::prelude::tract_ndarray::Zip::from(&a).and(&b).map_collect(|x, y| format!("{x}{y}"));
+        Ok(tvec!(joined.into_tensor().into_tvalue()))
+    }
+}
+
+impl TypedOp for StringConcat {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = tract_onnx::tract_core::broadcast::multi_broadcast(&[&*inputs[0].shape, &*inputs[1].shape])?;
+        Ok(tvec!(DatumType::String.fact(shape)))
+    }
+    as_op!();
+}
+
+pub fn build_reverse_sequence(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let batch_axis = node.get_attr_opt::<i64>("batch_axis")?.unwrap_or(1);
+    let time_axis = node.get_attr_opt::<i64>("time_axis")?.unwrap_or(0);
+    ensure!(matches!((batch_axis, time_axis), (0, 1) | (1, 0)), "ReverseSequence: batch_axis and time_axis must be 0 and 1");
+    Ok((expand(ReverseSequenceNode { batch_axis: batch_axis as usize, time_axis: time_axis as usize }), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct ReverseSequenceNode {
+    batch_axis: usize,
+    time_axis: usize,
+}
+
+impl Expansion for ReverseSequenceNode {
+    fn name(&self) -> StaticName {
+        "ReverseSequence".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_input_arity(inputs, 2)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, ReverseSequence { batch_axis: self.batch_axis, time_axis: self.time_axis }, inputs)
+    }
+}
+
+/// Reverses, for each batch entry `b`, the first `lengths[b]` steps along the time axis.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReverseSequence {
+    pub batch_axis: usize,
+    pub time_axis: usize,
+}
+
+impl ReverseSequence {
+    fn eval_t<T: Datum + Clone>(&self, x: &Tensor, lengths: &[i64]) -> TractResult<Tensor> {
+        let source = x.to_plain_array_view::<T>()?;
+        let mut out = source.to_owned();
+        ensure!(lengths.len() == source.shape()[self.batch_axis], "ReverseSequence: {} lengths for a batch of {}", lengths.len(), source.shape()[self.batch_axis]);
+        let steps = source.shape()[self.time_axis];
+        for (b, &len) in lengths.iter().enumerate() {
+            ensure!((0..=steps as i64).contains(&len), "ReverseSequence: length {len} out of [0, {steps}]");
+            let len = len as usize;
+            for t in 0..len {
+                let from = source.index_axis(Axis(self.batch_axis), b);
+                let to_time = if self.time_axis > self.batch_axis { self.time_axis - 1 } else { self.time_axis };
+                let row = from.index_axis(Axis(to_time), len - 1 - t).to_owned();
+                let mut target = out.index_axis_mut(Axis(self.batch_axis), b);
+                target.index_axis_mut(Axis(to_time), t).assign(&row);
+            }
+        }
+        Ok(out.into_tensor())
+    }
+}
+
+impl Op for ReverseSequence {
+    fn name(&self) -> StaticName {
+        "ReverseSequence".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for ReverseSequence {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (x, lengths) = args_2!(inputs);
+        let lengths: Vec<i64> = lengths.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().copied().collect();
+        let y = match x.datum_type() {
+            DatumType::F32 => self.eval_t::<f32>(&x, &lengths)?,
+            DatumType::F64 => self.eval_t::<f64>(&x, &lengths)?,
+            DatumType::F16 => self.eval_t::<f16>(&x, &lengths)?,
+            DatumType::I64 => self.eval_t::<i64>(&x, &lengths)?,
+            DatumType::I32 => self.eval_t::<i32>(&x, &lengths)?,
+            DatumType::U8 => self.eval_t::<u8>(&x, &lengths)?,
+            DatumType::I8 => self.eval_t::<i8>(&x, &lengths)?,
+            DatumType::Bool => self.eval_t::<bool>(&x, &lengths)?,
+            DatumType::String => self.eval_t::<String>(&x, &lengths)?,
+            other => bail!("ReverseSequence: {other:?} is not supported"),
+        };
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for ReverseSequence {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].rank() >= 2, "ReverseSequence: the input must have rank >= 2");
+        Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+pub fn build_det(_ctx: &ParsingContext, _node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(DetNode), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct DetNode;
+
+impl Expansion for DetNode {
+    fn name(&self) -> StaticName {
+        "Det".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        s.given(&inputs[0].shape, move |s, shape| {
+            let lead: TVec<TDim> = shape.iter().take(shape.len().saturating_sub(2)).cloned().collect();
+            s.equals(&outputs[0].shape, ShapeFactoid::from(lead))
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, Det, inputs)
+    }
+}
+
+/// Determinants of the trailing square matrices, by LU decomposition with partial pivoting (f64).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Det;
+
+fn determinant(mut m: Vec<f64>, n: usize) -> f64 {
+    let mut det = 1.0;
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&a, &b| m[a * n + col].abs().total_cmp(&m[b * n + col].abs())).unwrap_or(col);
+        if m[pivot * n + col] == 0.0 {
+            return 0.0;
+        }
+        if pivot != col {
+            for j in 0..n {
+                m.swap(pivot * n + j, col * n + j);
+            }
+            det = -det;
+        }
+        let p = m[col * n + col];
+        det *= p;
+        for row in col + 1..n {
+            let factor = m[row * n + col] / p;
+            for j in col..n {
+                m[row * n + j] -= factor * m[col * n + j];
+            }
+        }
+    }
+    det
+}
+
+impl Op for Det {
+    fn name(&self) -> StaticName {
+        "Det".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Det {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let shape = x.shape();
+        ensure!(shape.len() >= 2 && shape[shape.len() - 1] == shape[shape.len() - 2], "Det: needs square trailing matrices, got {shape:?}");
+        let n = shape[shape.len() - 1];
+        let values: Vec<f64> = x.cast_to::<f64>()?.to_plain_array_view::<f64>()?.iter().copied().collect();
+        let dets: Vec<f64> = values.chunks(n * n).map(|m| determinant(m.to_vec(), n)).collect();
+        let out = Tensor::from_shape(&shape[..shape.len() - 2], &dets)?.cast_to_dt(x.datum_type())?.into_owned();
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Det {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let rank = inputs[0].rank();
+        ensure!(rank >= 2, "Det: the input must have rank >= 2");
+        Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.iter().take(rank - 2).cloned().collect::<TVec<_>>())))
     }
     as_op!();
 }

@@ -88,6 +88,7 @@ fn is_parameter_slot(op: &str, input: u32) -> bool {
         | "TopK" | "Upsample" | "Trilu" | "Compress" => input == 1,
         "Pad" | "Slice" | "Resize" | "QuantizeLinear" | "DequantizeLinear" | "BatchNormalization" | "Clip" | "OneHot" => input >= 1,
         "ConstantOfShape" | "Range" | "MelWeightMatrix" => true,
+        "Col2Im" => input >= 1,
         "LSTM" | "GRU" | "RNN" => input >= 1,
         // A constant condition lets lowering inline the branch taken (see `lower::inline_constant_ifs`).
         "If" => input == 0,
@@ -655,7 +656,7 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 }
 
 /// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
-/// BitCast, LinearAttention, StringConcat, ReverseSequence and Det.
+/// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im and LabelEncoder.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
@@ -665,6 +666,8 @@ fn framework() -> tract_onnx::Onnx {
     onnx.op_register.insert("StringConcat", crate::kernels::extra_ops::build_string_concat);
     onnx.op_register.insert("ReverseSequence", crate::kernels::extra_ops::build_reverse_sequence);
     onnx.op_register.insert("Det", crate::kernels::extra_ops::build_det);
+    onnx.op_register.insert("Col2Im", crate::kernels::extra_ops::build_col2im);
+    onnx.op_register.insert("LabelEncoder", crate::kernels::extra_ops::build_label_encoder);
     onnx
 }
 

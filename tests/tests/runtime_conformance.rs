@@ -203,7 +203,7 @@ fn recorded_passing_node_tests_still_pass() {
 /// The target of issue 3. Not met yet (see docs/conformance.md for the numbers and what is
 /// missing), so it does not run by default: `cargo test -- --ignored` runs it.
 #[test]
-#[ignore = "target not met yet: the runtime passes 92.2% of the cases onnxruntime passes (docs/conformance.md)"]
+#[ignore = "target not met yet: the runtime passes 92.8% of the cases onnxruntime passes (docs/conformance.md)"]
 fn node_tests_pass_at_least_95_percent_of_what_onnxruntime_passes() {
     let c = conformance();
     assert!(c.both as f64 >= 0.95 * c.ort_pass.len() as f64, "the runtime passes {} of the {} cases onnxruntime passes (< 95%)", c.both, c.ort_pass.len());

@@ -1,5 +1,6 @@
 //! ONNX ops tract 0.23.9 does not have, registered through its op register: `CumProd`,
-//! `BitCast` (same-width types), `StringConcat`, `ReverseSequence` and `Det`. Each is a parsed
+//! `BitCast` (same-width types), `StringConcat`, `ReverseSequence`, `Det`, `Col2Im` and
+//! `ai.onnx.ml.LabelEncoder`. Each is a parsed
 //! [`Expansion`] wiring a small typed op.
 
 use tract_onnx::model::ParsingContext;
@@ -413,6 +414,277 @@ impl TypedOp for Det {
         let rank = inputs[0].rank();
         ensure!(rank >= 2, "Det: the input must have rank >= 2");
         Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.iter().take(rank - 2).cloned().collect::<TVec<_>>())))
+    }
+    as_op!();
+}
+
+pub fn build_col2im(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let dilations = node.get_attr_opt_vec::<i64>("dilations")?;
+    let pads = node.get_attr_opt_vec::<i64>("pads")?;
+    let strides = node.get_attr_opt_vec::<i64>("strides")?;
+    Ok((expand(Col2ImNode { dilations, pads, strides }), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct Col2ImNode {
+    dilations: Option<Vec<i64>>,
+    pads: Option<Vec<i64>>,
+    strides: Option<Vec<i64>>,
+}
+
+impl Expansion for Col2ImNode {
+    fn name(&self) -> StaticName {
+        "Col2Im".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_input_arity(inputs, 3)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        s.given_3(&inputs[0].shape, &inputs[1].value, &inputs[2].value, move |s, x, image, block| {
+            let image = image.cast_to::<i64>()?;
+            let block = block.cast_to::<i64>()?;
+            let kernel: i64 = block.to_plain_array_view::<i64>()?.iter().product();
+            let mut shape: TVec<TDim> = tvec![x[0].clone(), x[1].clone() / kernel.max(1) as u64];
+            shape.extend(image.to_plain_array_view::<i64>()?.iter().map(|&d| d.to_dim()));
+            s.equals(&outputs[0].shape, ShapeFactoid::from(shape))
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let konst = |i: usize, what: &str| -> TractResult<Vec<usize>> {
+            let t = model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("Col2Im: {what} must be a constant"))?;
+            let v: Vec<i64> = t.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().copied().collect();
+            ensure!(v.iter().all(|&d| d > 0), "Col2Im: {what} must be positive, got {v:?}");
+            Ok(v.into_iter().map(|d| d as usize).collect())
+        };
+        let (image, block) = (konst(1, "image_shape")?, konst(2, "block_shape")?);
+        let n = image.len();
+        ensure!(block.len() == n, "Col2Im: image_shape and block_shape differ in length");
+        let or = |v: &Option<Vec<i64>>, len: usize, default: i64| -> TractResult<Vec<usize>> {
+            let v = v.clone().unwrap_or_else(|| vec![default; len]);
+            ensure!(v.len() == len && v.iter().all(|&x| x >= 0), "Col2Im: attribute of length {} (want {len}) or negative", v.len());
+            Ok(v.into_iter().map(|x| x as usize).collect())
+        };
+        let op = Col2Im { image, block, dilations: or(&self.dilations, n, 1)?, pads: or(&self.pads, 2 * n, 0)?, strides: or(&self.strides, n, 1)? };
+        model.wire_node(prefix, op, &[inputs[0]])
+    }
+}
+
+/// Rearranges column blocks `[N, C·∏block, L]` back into an image `[N, C, *image]`, summing
+/// overlapping values (the adjoint of im2col).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Col2Im {
+    pub image: Vec<usize>,
+    pub block: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub strides: Vec<usize>,
+}
+
+impl Col2Im {
+    /// Block positions along each spatial axis.
+    fn positions(&self) -> Vec<usize> {
+        let n = self.image.len();
+        (0..n)
+            .map(|d| {
+                let span = self.dilations[d] * (self.block[d] - 1) + 1;
+                (self.image[d] + self.pads[d] + self.pads[d + n]).saturating_sub(span) / self.strides[d] + 1
+            })
+            .collect()
+    }
+}
+
+impl Op for Col2Im {
+    fn name(&self) -> StaticName {
+        "Col2Im".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Col2Im {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let dt = x.datum_type();
+        let shape = x.shape().to_vec();
+        let kernel: usize = self.block.iter().product();
+        let positions = self.positions();
+        let blocks: usize = positions.iter().product();
+        ensure!(shape.len() == 3 && shape[1] % kernel == 0 && shape[2] == blocks, "Col2Im: input {shape:?} does not fit blocks {:?} over {:?}", self.block, self.image);
+        let (batch, channels) = (shape[0], shape[1] / kernel);
+        let values: Vec<f64> = x.cast_to::<f64>()?.to_plain_array_view::<f64>()?.iter().copied().collect();
+        let pixels: usize = self.image.iter().product();
+        let mut out = vec![0f64; batch * channels * pixels];
+        let n = self.image.len();
+        let unravel = |mut i: usize, dims: &[usize]| -> Vec<usize> {
+            let mut idx = vec![0; dims.len()];
+            for d in (0..dims.len()).rev() {
+                idx[d] = i % dims[d];
+                i /= dims[d];
+            }
+            idx
+        };
+        for k in 0..kernel {
+            let kk = unravel(k, &self.block);
+            for l in 0..blocks {
+                let ll = unravel(l, &positions);
+                let mut flat = 0usize;
+                let mut inside = true;
+                for d in 0..n {
+                    let p = (ll[d] * self.strides[d] + kk[d] * self.dilations[d]) as isize - self.pads[d] as isize;
+                    if p < 0 || p as usize >= self.image[d] {
+                        inside = false;
+                        break;
+                    }
+                    flat = flat * self.image[d] + p as usize;
+                }
+                if !inside {
+                    continue;
+                }
+                for b in 0..batch {
+                    for c in 0..channels {
+                        out[(b * channels + c) * pixels + flat] += values[(b * shape[1] + c * kernel + k) * blocks + l];
+                    }
+                }
+            }
+        }
+        let mut out_shape = vec![batch, channels];
+        out_shape.extend(&self.image);
+        Ok(tvec!(Tensor::from_shape(&out_shape, &out)?.cast_to_dt(dt)?.into_owned().into_tvalue()))
+    }
+}
+
+impl TypedOp for Col2Im {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let kernel: usize = self.block.iter().product();
+        let mut shape: TVec<TDim> = tvec![inputs[0].shape[0].clone(), inputs[0].shape[1].clone() / kernel as u64];
+        shape.extend(self.image.iter().map(|&d| d.to_dim()));
+        Ok(tvec!(inputs[0].datum_type.fact(shape)))
+    }
+    as_op!();
+}
+
+/// `ai.onnx.ml.LabelEncoder` attributes, loaded into tensors: keys, values, default.
+pub fn build_label_encoder(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let tensor_attr = |name: &str| -> TractResult<Option<Tensor>> {
+        match node.get_attr_opt::<&tract_onnx::pb::TensorProto>(name)? {
+            Some(proto) => Ok(Some(ctx.load_tensor(proto)?)),
+            None => Ok(None),
+        }
+    };
+    let list = |prefix: &str| -> TractResult<Option<Tensor>> {
+        if let Some(v) = node.get_attr_opt_vec::<String>(&format!("{prefix}_strings"))? {
+            return Ok(Some(tract_onnx::prelude::tract_ndarray::arr1(&v).into_tensor()));
+        }
+        if let Some(v) = node.get_attr_opt_vec::<i64>(&format!("{prefix}_int64s"))? {
+            return Ok(Some(tensor1(&v)));
+        }
+        if let Some(v) = node.get_attr_opt_vec::<f32>(&format!("{prefix}_floats"))? {
+            return Ok(Some(tensor1(&v)));
+        }
+        tensor_attr(&format!("{prefix}_tensor"))
+    };
+    let keys = list("keys")?.context("LabelEncoder: no keys")?;
+    let values = list("values")?.context("LabelEncoder: no values")?;
+    ensure!(keys.len() == values.len(), "LabelEncoder: {} keys but {} values", keys.len(), values.len());
+    let default = match tensor_attr("default_tensor")? {
+        Some(t) => t.cast_to_dt(values.datum_type())?.into_owned().into_shape(&[])?,
+        None => match values.datum_type() {
+            DatumType::String => tensor0(node.get_attr_opt::<String>("default_string")?.unwrap_or_else(|| "_Unused".into())),
+            DatumType::I64 => tensor0(node.get_attr_opt::<i64>("default_int64")?.unwrap_or(-1)),
+            DatumType::F32 => tensor0(node.get_attr_opt::<f32>("default_float")?.unwrap_or(-0.0)),
+            dt => Tensor::zero_scalar_dt(dt)?,
+        },
+    };
+    Ok((expand(LabelEncoderNode(LabelEncoder { keys: Arc::new(keys), values: Arc::new(values), default: Arc::new(default) })), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct LabelEncoderNode(LabelEncoder);
+
+impl Expansion for LabelEncoderNode {
+    fn name(&self) -> StaticName {
+        "LabelEncoder".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, self.0.values.datum_type())?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, self.0.clone(), inputs)
+    }
+}
+
+/// Maps each input element to the value of the equal key, or to the default.
+#[derive(Debug, Clone)]
+pub struct LabelEncoder {
+    keys: Arc<Tensor>,
+    values: Arc<Tensor>,
+    default: Arc<Tensor>,
+}
+
+impl PartialEq for LabelEncoder {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys) && Arc::ptr_eq(&self.values, &other.values) && Arc::ptr_eq(&self.default, &other.default)
+    }
+}
+impl Eq for LabelEncoder {}
+
+/// A key as compared: strings by content, numbers by value (floats by bit pattern of f64).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Text(String),
+    Int(i64),
+    Float(u64),
+}
+
+fn keys_of(t: &Tensor) -> TractResult<Vec<Key>> {
+    Ok(match t.datum_type() {
+        DatumType::String => t.to_plain_array_view::<String>()?.iter().cloned().map(Key::Text).collect(),
+        dt if dt.is_float() => t.cast_to::<f64>()?.to_plain_array_view::<f64>()?.iter().map(|v| Key::Float(v.to_bits())).collect(),
+        _ => t.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().map(|&v| Key::Int(v)).collect(),
+    })
+}
+
+impl Op for LabelEncoder {
+    fn name(&self) -> StaticName {
+        "LabelEncoder".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for LabelEncoder {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let index: std::collections::HashMap<Key, usize> = keys_of(&self.keys)?.into_iter().enumerate().map(|(i, k)| (k, i)).rev().collect();
+        let picked: Vec<Tensor> = keys_of(&x)?
+            .iter()
+            .map(|k| match index.get(k) {
+                Some(&i) => self.values.nth(i),
+                None => Ok((*self.default).clone()),
+            })
+            .collect::<TractResult<_>>()?;
+        let out = if picked.is_empty() {
+            Tensor::zero_dt(self.values.datum_type(), x.shape())?
+        } else {
+            let flat: Vec<Tensor> = picked.into_iter().map(|t| t.into_shape(&[1])).collect::<TractResult<_>>()?;
+            Tensor::stack_tensors(0, &flat)?.into_shape(x.shape())?
+        };
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for LabelEncoder {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.values.datum_type().fact(inputs[0].shape.clone())))
     }
     as_op!();
 }

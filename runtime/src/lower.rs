@@ -616,7 +616,7 @@ impl Lowering {
     fn input_type(&self, node: NodeId, i: usize) -> Option<DataType> {
         let v = self.graph().node(node).input(i)?;
         let value = self.graph().value(v);
-        value.initializer.as_ref().map(Tensor::dtype).or_else(|| self.graph().constant(v).map(|t| t.dtype())).or_else(|| value.elem())
+        value.initializer.as_ref().map(Tensor::dtype).or_else(|| self.graph().constant(v).map(|t| t.dtype())).or_else(|| infer_elem(self.graph(), v, 32))
     }
 
     fn dequantize_needs_lowering(&self, id: NodeId) -> bool {
@@ -791,7 +791,56 @@ impl Lowering {
         }
         self.reduce_bools();
         self.vector_dot_products();
+        self.small_ops();
         Ok(())
+    }
+
+    /// Ops with a one- or two-node equivalent: `OptionalHasElement`/`OptionalGetElement` on a
+    /// plain tensor or a missing input (the session has no optional values), and
+    /// `ai.onnx.ml.Binarizer` (`x > threshold`, as x's type).
+    fn small_ops(&mut self) {
+        let nodes: Vec<NodeId> = self.graph().all_nodes();
+        for id in nodes {
+            let node = self.graph().node(id).clone();
+            let Some(out) = node.output(0) else { continue };
+            let plain_tensor = |l: &Lowering, v: Option<ValueId>| v.is_some_and(|v| l.graph().value(v).ty.as_ref().is_some_and(|t| t.is_tensor()));
+            let region = node.region;
+            let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+            if node.is("OptionalHasElement") && (node.input(0).is_none() || plain_tensor(self, node.input(0))) {
+                let present = node.input(0).is_some();
+                let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.known", lbl_name(&node, out)) };
+                let value = b.constant("present", Tensor::from_raw(DataType::Bool, &[], Bytes::from(vec![present as u8])).expect("a scalar fits"));
+                b.op_into("Identity", &[value], vec![], out);
+            } else if node.is("OptionalGetElement") && plain_tensor(self, node.input(0)) {
+                let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.known", lbl_name(&node, out)) };
+                b.op_into("Identity", &[node.input(0).expect("checked")], vec![], out);
+            } else if node.is("QLinearMatMul") && [1, 4, 6].iter().any(|&i| self.input_type(id, i) == Some(DataType::Float16)) {
+                // tract's QLinearMatMul takes f32 scales only; f16 ones convert exactly.
+                let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.f32_scales", lbl_name(&node, out)) };
+                let mut rewired = node.clone();
+                for i in [1, 4, 6] {
+                    if let Some(scale) = node.input(i) {
+                        rewired.inputs[i] = Some(b.cast(scale, DataType::Float));
+                    }
+                }
+                let at = b.pos;
+                self.model.graph.node_mut(id).inputs = rewired.inputs;
+                let _ = at;
+                continue;
+            } else if node.op_type == "Binarizer" && node.domain() == "ai.onnx.ml" && node.input(0).is_some() {
+                let x = node.input(0).expect("checked");
+                let threshold = node.attr_float("threshold").unwrap_or(0.0);
+                let mut b = Builder { lowering: self, region, pos, prefix: format!("{}.expanded", lbl_name(&node, out)) };
+                let t = b.constant_f32(threshold);
+                let t = b.op("CastLike", &[t, x], vec![]);
+                let above = b.op("Greater", &[x, t], vec![]);
+                b.op_into("CastLike", &[above, x], vec![], out);
+            } else {
+                continue;
+            }
+            self.model.graph.remove_node(id);
+            self.report.expanded_functions += 1;
+        }
     }
 
     /// `MatMul` of two vectors is their dot product, a scalar; tract's MatMul wants a matrix on

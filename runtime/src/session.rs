@@ -656,8 +656,8 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 }
 
 /// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
-/// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder and
-/// RegexFullMatch.
+/// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder,
+/// RegexFullMatch and TensorScatter.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
@@ -670,6 +670,7 @@ fn framework() -> tract_onnx::Onnx {
     onnx.op_register.insert("Col2Im", crate::kernels::extra_ops::build_col2im);
     onnx.op_register.insert("LabelEncoder", crate::kernels::extra_ops::build_label_encoder);
     onnx.op_register.insert("RegexFullMatch", crate::kernels::extra_ops::build_regex_full_match);
+    onnx.op_register.insert("TensorScatter", crate::kernels::extra_ops::build_tensor_scatter);
     onnx
 }
 

@@ -823,9 +823,7 @@ impl Lowering {
                         rewired.inputs[i] = Some(b.cast(scale, DataType::Float));
                     }
                 }
-                let at = b.pos;
                 self.model.graph.node_mut(id).inputs = rewired.inputs;
-                let _ = at;
                 continue;
             } else if node.op_type == "Binarizer" && node.domain() == "ai.onnx.ml" && node.input(0).is_some() {
                 let x = node.input(0).expect("checked");

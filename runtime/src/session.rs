@@ -89,6 +89,7 @@ fn is_parameter_slot(op: &str, input: u32) -> bool {
         "Pad" | "Slice" | "Resize" | "QuantizeLinear" | "DequantizeLinear" | "BatchNormalization" | "Clip" | "OneHot" => input >= 1,
         "ConstantOfShape" | "Range" | "MelWeightMatrix" => true,
         "Col2Im" => input >= 1,
+        "AffineGrid" => input == 1,
         "LSTM" | "GRU" | "RNN" => input >= 1,
         // A constant condition lets lowering inline the branch taken (see `lower::inline_constant_ifs`).
         "If" => input == 0,
@@ -657,7 +658,7 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 
 /// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
 /// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder,
-/// RegexFullMatch and TensorScatter.
+/// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid and StringNormalizer.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
@@ -671,6 +672,10 @@ fn framework() -> tract_onnx::Onnx {
     onnx.op_register.insert("LabelEncoder", crate::kernels::extra_ops::build_label_encoder);
     onnx.op_register.insert("RegexFullMatch", crate::kernels::extra_ops::build_regex_full_match);
     onnx.op_register.insert("TensorScatter", crate::kernels::extra_ops::build_tensor_scatter);
+    onnx.op_register.insert("Unique", crate::kernels::extra_ops::build_unique);
+    onnx.op_register.insert("StringSplit", crate::kernels::extra_ops::build_string_split);
+    onnx.op_register.insert("AffineGrid", crate::kernels::extra_ops::build_affine_grid);
+    onnx.op_register.insert("StringNormalizer", crate::kernels::extra_ops::build_string_normalizer);
     onnx
 }
 

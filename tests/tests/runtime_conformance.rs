@@ -9,8 +9,7 @@
 //! Two checks:
 //! - no case listed in `runtime/conformance/passing.txt` (the passing cases when
 //!   docs/conformance.md was recorded) fails now;
-//! - the runtime passes at least 95% of the cases onnxruntime passes (the issue's target; not
-//!   met yet, so that test is `#[ignore]`d with the current figure).
+//! - the runtime passes at least 95% of the cases onnxruntime passes (the issue's target).
 //!
 //! `COMPACTOR_UPDATE_CONFORMANCE=1` rewrites the passing list from this run.
 
@@ -200,10 +199,8 @@ fn recorded_passing_node_tests_still_pass() {
     assert!(regressions.is_empty(), "{} recorded passing cases now fail:\n{}", regressions.len(), regressions.join("\n"));
 }
 
-/// The target of issue 3. Not met yet (see docs/conformance.md for the numbers and what is
-/// missing), so it does not run by default: `cargo test -- --ignored` runs it.
+/// The target of issue 3: at least 95% of the cases onnxruntime passes.
 #[test]
-#[ignore = "target not met yet: the runtime passes 92.8% of the cases onnxruntime passes (docs/conformance.md)"]
 fn node_tests_pass_at_least_95_percent_of_what_onnxruntime_passes() {
     let c = conformance();
     assert!(c.both as f64 >= 0.95 * c.ort_pass.len() as f64, "the runtime passes {} of the {} cases onnxruntime passes (< 95%)", c.both, c.ort_pass.len());

@@ -1,6 +1,7 @@
 //! ONNX ops tract 0.23.9 does not have, registered through its op register: `CumProd`,
 //! `BitCast` (same-width types), `StringConcat`, `ReverseSequence`, `Det`, `Col2Im`,
-//! `ai.onnx.ml.LabelEncoder`, `RegexFullMatch` (on the `regex` crate) and `TensorScatter`. Each is a parsed
+//! `ai.onnx.ml.LabelEncoder`, `RegexFullMatch` (on the `regex` crate), `TensorScatter`, and the
+//! value-shaped `Unique`, `StringSplit`, `StringNormalizer` and `AffineGrid`. Each is a parsed
 //! [`Expansion`] wiring a small typed op.
 
 use tract_onnx::model::{ParsingContext, optional_inputs};
@@ -871,6 +872,375 @@ impl EvalOp for TensorScatter {
 impl TypedOp for TensorScatter {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+/// Ops whose output shape depends on input values (Unique, StringSplit, AffineGrid's `size`):
+/// tract can type them only once those inputs are constants, which the session arranges by
+/// planning for the input values. Until then typing fails with this message.
+fn needs_value<'a>(fact: &'a TypedFact, op: &str) -> TractResult<&'a Arc<Tensor>> {
+    fact.konst.as_ref().with_context(|| format!("{op}: the output shape depends on input values"))
+}
+
+/// An op parsed from ONNX whose typed form is `op` itself, on all of the node's inputs.
+#[derive(Debug, Clone)]
+struct Direct<O: TypedOp + Clone> {
+    op: O,
+    outputs: usize,
+}
+
+impl<O: TypedOp + Clone + std::fmt::Debug> Expansion for Direct<O> {
+    fn name(&self) -> StaticName {
+        self.op.name()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(self.outputs)
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, _s: &mut Solver<'r>, _inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_output_arity(outputs, self.outputs)
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let wired = model.wire_node(prefix, self.op.clone(), inputs)?;
+        Ok(wired.into_iter().take(self.outputs).collect())
+    }
+}
+
+pub fn build_unique(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let sorted = node.get_attr_opt::<i64>("sorted")?.unwrap_or(1) != 0;
+    let axis = node.get_attr_opt::<i64>("axis")?;
+    let outputs = node.output.len();
+    Ok((expand(Direct { op: Unique { sorted, axis }, outputs }), vec![]))
+}
+
+/// `Unique`: the distinct values (or slices along `axis`), their first indices, the inverse
+/// map and the counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unique {
+    sorted: bool,
+    axis: Option<i64>,
+}
+
+struct UniqueResult {
+    /// Index of the first occurrence of each unique slice, in output order.
+    firsts: Vec<usize>,
+    inverse: Vec<i64>,
+    counts: Vec<i64>,
+    axis: usize,
+    shape: Vec<usize>,
+}
+
+impl Unique {
+    fn compute(&self, x: &Tensor) -> TractResult<UniqueResult> {
+        let (x, axis) = match self.axis {
+            None => (x.clone().into_shape(&[x.len()])?, 0usize),
+            Some(a) => {
+                let rank = x.rank() as i64;
+                let a = if a < 0 { a + rank } else { a };
+                ensure!((0..rank).contains(&a), "Unique: axis {a} out of range");
+                (x.clone(), a as usize)
+            }
+        };
+        let shape = x.shape().to_vec();
+        let moved = x.clone().move_axis(axis, 0)?;
+        let n = shape[axis];
+        let width = if n == 0 { 0 } else { moved.len() / n };
+        let keys: Vec<f64> = moved.cast_to::<f64>()?.to_plain_array_view::<f64>()?.iter().copied().collect();
+        let slice = |i: usize| &keys[i * width..(i + 1) * width];
+        let compare = |a: usize, b: usize| slice(a).iter().zip(slice(b)).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal);
+        let mut firsts: Vec<usize> = Vec::new();
+        let mut inverse = vec![0i64; n];
+        for i in 0..n {
+            match firsts.iter().position(|&f| compare(f, i).is_eq()) {
+                Some(u) => inverse[i] = u as i64,
+                None => {
+                    inverse[i] = firsts.len() as i64;
+                    firsts.push(i);
+                }
+            }
+        }
+        if self.sorted {
+            let mut order: Vec<usize> = (0..firsts.len()).collect();
+            order.sort_by(|&a, &b| compare(firsts[a], firsts[b]));
+            let mut rank = vec![0i64; order.len()];
+            for (new, &old) in order.iter().enumerate() {
+                rank[old] = new as i64;
+            }
+            inverse.iter_mut().for_each(|u| *u = rank[*u as usize]);
+            firsts = order.iter().map(|&o| firsts[o]).collect();
+        }
+        let mut counts = vec![0i64; firsts.len()];
+        inverse.iter().for_each(|&u| counts[u as usize] += 1);
+        Ok(UniqueResult { firsts, inverse, counts, axis, shape })
+    }
+}
+
+impl Op for Unique {
+    fn name(&self) -> StaticName {
+        "Unique".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Unique {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let r = self.compute(x)?;
+        let flat = if self.axis.is_none() { x.clone().into_tensor().into_shape(&[x.len()])? } else { x.clone().into_tensor() };
+        let picked: Vec<Tensor> = r.firsts.iter().map(|&i| flat.slice(r.axis, i, i + 1)).collect::<TractResult<_>>()?;
+        let y = if picked.is_empty() {
+            let mut shape = r.shape.clone();
+            shape[r.axis] = 0;
+            Tensor::zero_dt(x.datum_type(), &shape)?
+        } else {
+            Tensor::stack_tensors(r.axis, &picked)?
+        };
+        let indices: Vec<i64> = r.firsts.iter().map(|&i| i as i64).collect();
+        Ok(tvec!(y.into_tvalue(), tensor1(&indices).into_tvalue(), tensor1(&r.inverse).into_tvalue(), tensor1(&r.counts).into_tvalue()))
+    }
+}
+
+impl TypedOp for Unique {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = needs_value(inputs[0], "Unique")?;
+        let r = self.compute(x)?;
+        let mut shape = r.shape.clone();
+        shape[r.axis] = r.firsts.len();
+        let count = r.firsts.len();
+        Ok(tvec!(inputs[0].datum_type.fact(&shape), i64::fact([count]), i64::fact([r.inverse.len()]), i64::fact([count])))
+    }
+    as_op!();
+}
+
+pub fn build_string_split(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let delimiter = node.get_attr_opt::<String>("delimiter")?.filter(|d| !d.is_empty());
+    let maxsplit = node.get_attr_opt::<i64>("maxsplit")?.filter(|&m| m >= 0).map(|m| m as usize);
+    Ok((expand(Direct { op: StringSplit { delimiter, maxsplit }, outputs: 2 }), vec![]))
+}
+
+/// `StringSplit`: each string split on a delimiter (runs of whitespace when none), at most
+/// `maxsplit` times; substrings padded with "" to the longest split, and the split counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StringSplit {
+    delimiter: Option<String>,
+    maxsplit: Option<usize>,
+}
+
+impl StringSplit {
+    fn split(&self, s: &str) -> Vec<String> {
+        let limit = self.maxsplit.map(|m| m + 1).unwrap_or(usize::MAX);
+        match &self.delimiter {
+            Some(d) => s.splitn(limit, d.as_str()).map(str::to_string).collect(),
+            None => {
+                // Python's str.split(None, maxsplit): runs of whitespace, leading ones ignored.
+                let mut parts = Vec::new();
+                let mut rest = s.trim_start();
+                while !rest.is_empty() {
+                    if parts.len() + 1 == limit {
+                        parts.push(rest.to_string());
+                        break;
+                    }
+                    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                    parts.push(rest[..end].to_string());
+                    rest = rest[end..].trim_start();
+                }
+                parts
+            }
+        }
+    }
+
+    fn compute(&self, x: &Tensor) -> TractResult<(Vec<Vec<String>>, usize)> {
+        let splits: Vec<Vec<String>> = x.to_plain_array_view::<String>()?.iter().map(|s| self.split(s)).collect();
+        let width = splits.iter().map(Vec::len).max().unwrap_or(0);
+        Ok((splits, width))
+    }
+}
+
+impl Op for StringSplit {
+    fn name(&self) -> StaticName {
+        "StringSplit".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for StringSplit {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let (splits, width) = self.compute(x)?;
+        let counts: Vec<i64> = splits.iter().map(|s| s.len() as i64).collect();
+        let padded: Vec<String> = splits.into_iter().flat_map(|mut s| {
+            s.resize(width, String::new());
+            s
+        }).collect();
+        let mut shape = x.shape().to_vec();
+        let counts = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape.clone(), counts)?.into_tensor();
+        shape.push(width);
+        let y = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, padded)?.into_tensor();
+        Ok(tvec!(y.into_tvalue(), counts.into_tvalue()))
+    }
+}
+
+impl TypedOp for StringSplit {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (_, width) = self.compute(needs_value(inputs[0], "StringSplit")?)?;
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        let counts = i64::fact(shape.clone());
+        shape.push(width.to_dim());
+        Ok(tvec!(DatumType::String.fact(shape), counts))
+    }
+    as_op!();
+}
+
+pub fn build_affine_grid(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let align_corners = node.get_attr_opt::<i64>("align_corners")?.unwrap_or(0) != 0;
+    Ok((expand(Direct { op: AffineGrid { align_corners }, outputs: 1 }), vec![]))
+}
+
+/// `AffineGrid(theta [N, k, k+1], size [N, C, (D,) H, W])`: the sampling grid
+/// `theta[n] · (x, y, (z,) 1)` over normalised coordinates in [-1, 1].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AffineGrid {
+    align_corners: bool,
+}
+
+impl AffineGrid {
+    fn spatial(size: &Tensor) -> TractResult<Vec<usize>> {
+        let size: Vec<i64> = size.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().copied().collect();
+        ensure!(size.len() == 4 || size.len() == 5, "AffineGrid: size must have 4 or 5 entries");
+        ensure!(size.iter().all(|&d| d >= 0), "AffineGrid: negative size");
+        Ok(size[2..].iter().map(|&d| d as usize).collect())
+    }
+
+    fn coordinate(&self, i: usize, n: usize) -> f64 {
+        if self.align_corners {
+            if n > 1 { -1.0 + 2.0 * i as f64 / (n - 1) as f64 } else { -1.0 }
+        } else {
+            -1.0 + (2 * i + 1) as f64 / n as f64
+        }
+    }
+}
+
+impl Op for AffineGrid {
+    fn name(&self) -> StaticName {
+        "AffineGrid".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for AffineGrid {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (theta, size) = (&inputs[0], &inputs[1]);
+        let dims = Self::spatial(size)?;
+        let k = dims.len();
+        let batch = theta.shape()[0];
+        ensure!(theta.shape() == [batch, k, k + 1], "AffineGrid: theta {:?} does not fit {k}-D sizes", theta.shape());
+        let th: Vec<f64> = theta.cast_to::<f64>()?.to_plain_array_view::<f64>()?.iter().copied().collect();
+        let points: usize = dims.iter().product();
+        let mut out = Vec::with_capacity(batch * points * k);
+        for b in 0..batch {
+            let t = &th[b * k * (k + 1)..(b + 1) * k * (k + 1)];
+            for p in 0..points {
+                // Point index over (D,) H, W, W fastest; homogeneous coordinates (x, y, (z,) 1).
+                let mut rest = p;
+                let mut coords = vec![0f64; k + 1];
+                for d in (0..k).rev() {
+                    let i = rest % dims[d];
+                    rest /= dims[d];
+                    coords[k - 1 - d] = self.coordinate(i, dims[d]);
+                }
+                coords[k] = 1.0;
+                for row in 0..k {
+                    out.push((0..=k).map(|c| t[row * (k + 1) + c] * coords[c]).sum::<f64>());
+                }
+            }
+        }
+        let mut shape = vec![batch];
+        shape.extend(&dims);
+        shape.push(k);
+        Ok(tvec!(Tensor::from_shape(&shape, &out)?.cast_to_dt(theta.datum_type())?.into_owned().into_tvalue()))
+    }
+}
+
+impl TypedOp for AffineGrid {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let dims = Self::spatial(needs_value(inputs[1], "AffineGrid")?)?;
+        let mut shape: TVec<TDim> = tvec![inputs[0].shape[0].clone()];
+        shape.extend(dims.iter().map(|d| d.to_dim()));
+        shape.push(dims.len().to_dim());
+        Ok(tvec!(inputs[0].datum_type.fact(shape)))
+    }
+    as_op!();
+}
+
+pub fn build_string_normalizer(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let case = node.get_attr_opt::<String>("case_change_action")?.unwrap_or_else(|| "NONE".into());
+    ensure!(matches!(case.as_str(), "NONE" | "LOWER" | "UPPER"), "StringNormalizer: unknown case_change_action '{case}'");
+    let case_sensitive = node.get_attr_opt::<i64>("is_case_sensitive")?.unwrap_or(0) != 0;
+    let stopwords = node.get_attr_opt_vec::<String>("stopwords")?.unwrap_or_default();
+    Ok((expand(Direct { op: StringNormalizer { case, case_sensitive, stopwords }, outputs: 1 }), vec![]))
+}
+
+/// `StringNormalizer`: drops stop words (compared with or without case) and changes case, on a
+/// `[C]` or `[1, C]` string tensor; an all-dropped result is one empty string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StringNormalizer {
+    case: String,
+    case_sensitive: bool,
+    stopwords: Vec<String>,
+}
+
+impl StringNormalizer {
+    fn compute(&self, x: &Tensor) -> TractResult<(Vec<String>, Vec<usize>)> {
+        let shape = x.shape();
+        ensure!(shape.len() == 1 || (shape.len() == 2 && shape[0] == 1), "StringNormalizer: input must be [C] or [1, C], got {shape:?}");
+        let stop = |w: &str| if self.case_sensitive { self.stopwords.iter().any(|s| s == w) } else { self.stopwords.iter().any(|s| s.to_lowercase() == w.to_lowercase()) };
+        let mut kept: Vec<String> = x
+            .to_plain_array_view::<String>()?
+            .iter()
+            .filter(|w| !stop(w))
+            .map(|w| match self.case.as_str() {
+                "LOWER" => w.to_lowercase(),
+                "UPPER" => w.to_uppercase(),
+                _ => w.clone(),
+            })
+            .collect();
+        if kept.is_empty() {
+            kept.push(String::new());
+        }
+        let out_shape = if shape.len() == 2 { vec![1, kept.len()] } else { vec![kept.len()] };
+        Ok((kept, out_shape))
+    }
+}
+
+impl Op for StringNormalizer {
+    fn name(&self) -> StaticName {
+        "StringNormalizer".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for StringNormalizer {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (kept, shape) = self.compute(&inputs[0])?;
+        Ok(tvec!(tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, kept)?.into_tensor().into_tvalue()))
+    }
+}
+
+impl TypedOp for StringNormalizer {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (_, shape) = self.compute(needs_value(inputs[0], "StringNormalizer")?)?;
+        Ok(tvec!(DatumType::String.fact(&shape)))
     }
     as_op!();
 }

@@ -947,20 +947,20 @@ impl Unique {
         let shape = x.shape().to_vec();
         let moved = x.clone().move_axis(axis, 0)?;
         let n = shape[axis];
-        let width = if n == 0 { 0 } else { moved.len() / n };
+        let width = moved.len().checked_div(n).unwrap_or(0);
         let keys: Vec<f64> = moved.cast_to::<f64>()?.to_plain_array_view::<f64>()?.iter().copied().collect();
         let slice = |i: usize| &keys[i * width..(i + 1) * width];
         let compare = |a: usize, b: usize| slice(a).iter().zip(slice(b)).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal);
         let mut firsts: Vec<usize> = Vec::new();
         let mut inverse = vec![0i64; n];
-        for i in 0..n {
-            match firsts.iter().position(|&f| compare(f, i).is_eq()) {
-                Some(u) => inverse[i] = u as i64,
+        for (i, slot) in inverse.iter_mut().enumerate() {
+            *slot = match firsts.iter().position(|&f| compare(f, i).is_eq()) {
+                Some(u) => u as i64,
                 None => {
-                    inverse[i] = firsts.len() as i64;
                     firsts.push(i);
+                    firsts.len() as i64 - 1
                 }
-            }
+            };
         }
         if self.sorted {
             let mut order: Vec<usize> = (0..firsts.len()).collect();

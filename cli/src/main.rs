@@ -27,6 +27,12 @@ enum Command {
     Passes(cmd::passes::Args),
     /// Benchmarks against the reference tools, measured in the same run.
     Bench(cmd::bench::Args),
+    /// Run a model on the bundled runtime; write its outputs as .npy.
+    Run(cmd::run::Args),
+    /// Run two models on the same inputs; report output errors, sizes and latencies.
+    Compare(cmd::compare::Args),
+    /// Latency of the bundled runtime against onnxruntime (Python) on one model.
+    BenchRuntime(cmd::bench_runtime::Args),
 }
 
 /// What a command reports back to `main`.
@@ -43,6 +49,9 @@ fn main() -> ExitCode {
         Command::Optimize(args) => cmd::optimize::run(args),
         Command::Passes(args) => cmd::passes::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
+        Command::BenchRuntime(args) => cmd::bench_runtime::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

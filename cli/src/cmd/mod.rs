@@ -1,4 +1,7 @@
-pub mod inspect;
 pub mod bench;
+pub mod bench_runtime;
+pub mod compare;
+pub mod inspect;
 pub mod optimize;
 pub mod passes;
+pub mod run;

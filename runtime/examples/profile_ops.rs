@@ -1,0 +1,48 @@
+//! Time per op kind of a model as the runtime hands it to tract (lowered, optimised, slow
+//! broadcasts replaced), on deterministic random inputs.
+//!
+//! `cargo run --release -p compactor-runtime --example profile_ops -- MODEL THREADS [NAME=N ...]`
+//! where `NAME=N` sets symbolic dimensions (`batch=8 seq=128`).
+
+use std::collections::HashMap;
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+fn main() -> TractResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (path, threads) = (&args[1], args[2].parse::<usize>()?);
+    let dims: Vec<(String, i64)> = args[3..].iter().filter_map(|a| a.split_once('=')).map(|(n, v)| (n.to_string(), v.parse().unwrap_or(1))).collect();
+    let ir = compactor_ir::Model::load(path)?;
+    let inputs = compactor_runtime::inputs::random_inputs(&ir, &dims, 0)?;
+    let lowered = compactor_runtime::lower(&ir)?.model.to_bytes()?;
+    let mut model = tract_onnx::onnx().model_for_read(&mut &lowered[..])?;
+    for (i, (_, v)) in inputs.iter().enumerate() {
+        model.set_input_fact(i, InferenceFact::dt_shape(v.tract().datum_type(), v.shape()))?;
+    }
+    let mut typed = model.into_optimized()?;
+    compactor_runtime::kernels::broadcast::replace_slow_broadcasts(&mut typed)?;
+    let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
+    let plan = typed.into_runnable_with_options(&RunOptions { executor: Some(executor), ..Default::default() })?;
+    let values: TVec<TValue> = inputs.iter().map(|(_, v)| v.tract().clone().into_tvalue()).collect();
+    let rounds = 5;
+    let mut times: HashMap<String, f64> = HashMap::new();
+    for round in 0..=rounds {
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
+        state.run_plan_with_eval(values.clone(), |ctx, op_state, node, input| {
+            let start = Instant::now();
+            let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+            // Round 0 warms up.
+            if round > 0 {
+                *times.entry(if std::env::var_os("BY_SHAPE").is_some() { format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape) } else { node.op().name().to_string() }).or_default() += start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+            }
+            result
+        })?;
+    }
+    let mut by_op: Vec<_> = times.into_iter().collect();
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("total {:.2} ms per run", by_op.iter().map(|x| x.1).sum::<f64>());
+    for (op, ms) in by_op.iter().take(15) {
+        println!("{ms:8.2} ms  {op}");
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! Fused block-dequantizing matmul: `Y = A · dequant(W)ᵀ (+ bias)` with `W` kept packed.
+//!
+//! `W` is `[N, K]` of unsigned 2-, 4- or 8-bit codes, stored as `com.microsoft.MatMulNBits`
+//! lays it out: for each output column `n`, `k_blocks` blocks of `block_size` codes, each block
+//! padded to whole bytes, low bits first. Code `q` of block `b` means `(q - zero[n, b]) * scale[n, b]`.
+//!
+//! The kernel never builds the f32 weight: it dequantizes a tile of output columns at a time,
+//! block by block, into a small buffer, and multiplies that tile (dot products for a few rows
+//! of `A`, a SIMD GEMM from the `gemm` crate for more).
+
+use std::sync::Arc;
+
+/// Output columns dequantized together: a tile of `COLUMN_TILE × K` f32 (256 KiB at K = 4096)
+/// is all of the weight that exists in f32 at any time, per thread.
+const COLUMN_TILE: usize = 16;
+
+/// A packed low-bit weight with its per-block scales and zero points.
+#[derive(Debug)]
+pub struct BlockQuantWeight {
+    /// Output features (rows of the packed weight).
+    pub n: usize,
+    /// Input features (the contracted dimension).
+    pub k: usize,
+    pub bits: u32,
+    pub block_size: usize,
+    /// Codes, `[n, k_blocks, bytes_per_block]`.
+    pub packed: Vec<u8>,
+    /// `[n, k_blocks]`.
+    pub scales: Vec<f32>,
+    /// `[n, k_blocks]`, in code units (so an unsigned code `q` dequantizes to `(q - zero) * scale`).
+    pub zeros: Vec<f32>,
+    /// Act-order: the block (scale and zero index) of each of the `k` inputs, when it is not `k / block_size`.
+    pub g_idx: Option<Vec<u32>>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl BlockQuantWeight {
+    pub fn k_blocks(&self) -> usize {
+        self.k.div_ceil(self.block_size)
+    }
+
+    pub fn bytes_per_block(&self) -> usize {
+        (self.block_size * self.bits as usize).div_ceil(8)
+    }
+
+    /// Checks the sizes agree, so the kernel can index without bounds surprises.
+    pub fn validate(&self) -> Result<(), String> {
+        if ![2, 4, 8].contains(&self.bits) {
+            return Err(format!("bits must be 2, 4 or 8, got {}", self.bits));
+        }
+        if self.block_size == 0 || self.n == 0 || self.k == 0 {
+            return Err(format!("empty shape: N={} K={} block_size={}", self.n, self.k, self.block_size));
+        }
+        let blocks = self.n * self.k_blocks();
+        let want = blocks * self.bytes_per_block();
+        if self.packed.len() != want {
+            return Err(format!("packed weight has {} bytes, N={} K={} bits={} block_size={} needs {want}", self.packed.len(), self.n, self.k, self.bits, self.block_size));
+        }
+        if self.scales.len() != blocks {
+            return Err(format!("{} scales, need N*k_blocks = {blocks}", self.scales.len()));
+        }
+        if self.zeros.len() != blocks {
+            return Err(format!("{} zero points, need N*k_blocks = {blocks}", self.zeros.len()));
+        }
+        if let Some(g) = &self.g_idx {
+            if g.len() != self.k {
+                return Err(format!("g_idx has {} entries, need K = {}", g.len(), self.k));
+            }
+            if let Some(bad) = g.iter().find(|&&b| b as usize >= self.k_blocks()) {
+                return Err(format!("g_idx entry {bad} is not a block index (k_blocks = {})", self.k_blocks()));
+            }
+        }
+        if let Some(b) = &self.bias
+            && b.len() != self.n
+        {
+            return Err(format!("bias has {} entries, need N = {}", b.len(), self.n));
+        }
+        Ok(())
+    }
+
+    /// The dequantized weight row of output column `col`: `K` values, built block by block
+    /// from the packed codes (the only f32 copy of the weight the kernel ever holds is a tile
+    /// of such rows).
+    pub fn dequantized_row(&self, col: usize, out: &mut [f32]) {
+        let kb = self.k_blocks();
+        let per_block = self.bytes_per_block();
+        let row = &self.packed[col * kb * per_block..(col + 1) * kb * per_block];
+        let (scales, zeros) = (&self.scales[col * kb..(col + 1) * kb], &self.zeros[col * kb..(col + 1) * kb]);
+        for (block, bytes) in row.chunks_exact(per_block).enumerate() {
+            let lo = block * self.block_size;
+            let hi = (lo + self.block_size).min(self.k);
+            let segment = &mut out[lo..hi];
+            unpack_codes(bytes, self.bits, segment);
+            match &self.g_idx {
+                // Act-order: each input picks its own block's scale and zero point.
+                Some(g) => {
+                    for (v, &b) in segment.iter_mut().zip(&g[lo..hi]) {
+                        let b = b as usize;
+                        *v = (*v - zeros[b]) * scales[b];
+                    }
+                }
+                None => {
+                    let (s, zs) = (scales[block], zeros[block] * scales[block]);
+                    segment.iter_mut().for_each(|v| *v = *v * s - zs);
+                }
+            }
+        }
+    }
+
+    /// `Σ_k a[k] · W[col, k]` read from the packed bytes: per block `s · Σ a·q - z·s · Σ a`,
+    /// with `Σ a` of each block given. Blocks are a multiple of 16 codes (the last may be short).
+    fn packed_dot(&self, col: usize, a: &[f32], block_sums: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for (just checked).
+            return unsafe { self.packed_dot_avx2(col, a, block_sums) };
+        }
+        self.packed_dot_body(col, a, block_sums)
+    }
+
+    /// The same loop compiled for AVX2 + FMA (the default target has only SSE2).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn packed_dot_avx2(&self, col: usize, a: &[f32], block_sums: &[f32]) -> f32 {
+        self.packed_dot_body(col, a, block_sums)
+    }
+
+    #[inline(always)]
+    fn packed_dot_body(&self, col: usize, a: &[f32], block_sums: &[f32]) -> f32 {
+        const LANES: usize = 16;
+        let kb = self.k_blocks();
+        let per_block = self.bytes_per_block();
+        let row = &self.packed[col * kb * per_block..(col + 1) * kb * per_block];
+        let mut total = [0f32; LANES];
+        let mut offset = 0f32;
+        for (block, bytes) in row.chunks_exact(per_block).enumerate() {
+            let lo = block * self.block_size;
+            let hi = (lo + self.block_size).min(self.k);
+            let a_block = &a[lo..hi];
+            let (s, z) = (self.scales[col * kb + block], self.zeros[col * kb + block]);
+            let mut acc = [0f32; LANES];
+            let full = a_block.len() / LANES * LANES;
+            if self.bits == 4 {
+                for (a16, b8) in a_block[..full].chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
+                    for i in 0..LANES / 2 {
+                        acc[2 * i] += a16[2 * i] * (b8[i] & 0x0F) as f32;
+                        acc[2 * i + 1] += a16[2 * i + 1] * (b8[i] >> 4) as f32;
+                    }
+                }
+                for (i, &x) in a_block[full..].iter().enumerate() {
+                    let byte = bytes[(full + i) / 2];
+                    acc[i] += x * if (full + i) % 2 == 0 { byte & 0x0F } else { byte >> 4 } as f32;
+                }
+            } else {
+                for (a16, b16) in a_block[..full].chunks_exact(LANES).zip(bytes.chunks_exact(LANES)) {
+                    for i in 0..LANES {
+                        acc[i] += a16[i] * b16[i] as f32;
+                    }
+                }
+                for (i, &x) in a_block[full..].iter().enumerate() {
+                    acc[i] += x * bytes[full + i] as f32;
+                }
+            }
+            for (t, v) in total.iter_mut().zip(acc) {
+                *t += s * v;
+            }
+            offset += z * s * block_sums[block];
+        }
+        total.iter().sum::<f32>() - offset
+    }
+
+    /// `y[m, n] = Σ_k a[m, k] · W[n, k] (+ bias[n])` for `a` of `m` rows of `k`.
+    ///
+    /// Columns are processed in tiles: each tile's weight rows are dequantized into a small
+    /// buffer, then multiplied by dot products (a few rows of `a`) or by a SIMD GEMM (the
+    /// `gemm` crate). Tiles are spread over the current tract executor's thread pool.
+    pub fn matmul(&self, a: &[f32], m: usize, y: &mut [f32]) {
+        debug_assert_eq!(a.len(), m * self.k);
+        debug_assert_eq!(y.len(), m * self.n);
+        if m == 0 {
+            return;
+        }
+        let tiles = self.n.div_ceil(COLUMN_TILE);
+        // A few rows against 4- or 8-bit blocks: straight from the packed bytes, nothing unpacked.
+        let direct = m < GEMM_MIN_ROWS && self.g_idx.is_none() && self.bits != 2 && self.block_size % 16 == 0;
+        let block_sums: Vec<f32> = if direct {
+            a.chunks_exact(self.k).flat_map(|row| row.chunks(self.block_size).map(|c| c.iter().sum::<f32>())).collect()
+        } else {
+            Vec::new()
+        };
+        let run_tile = |tile: usize, w: &mut Vec<f32>, out: &mut Vec<f32>| {
+            let cols = tile * COLUMN_TILE..((tile + 1) * COLUMN_TILE).min(self.n);
+            if direct {
+                out.clear();
+                out.resize(m * cols.len(), 0.0);
+                for (j, col) in cols.clone().enumerate() {
+                    for row in 0..m {
+                        out[row * cols.len() + j] = self.packed_dot(col, &a[row * self.k..(row + 1) * self.k], &block_sums[row * self.k_blocks()..(row + 1) * self.k_blocks()]);
+                    }
+                }
+                return;
+            }
+            w.resize(cols.len() * self.k, 0.0);
+            for (j, col) in cols.clone().enumerate() {
+                self.dequantized_row(col, &mut w[j * self.k..(j + 1) * self.k]);
+            }
+            out.clear();
+            out.resize(m * cols.len(), 0.0);
+            multiply_tile(a, m, self.k, w, cols.len(), out);
+        };
+        let scatter = |tile: usize, out: &[f32], y: &mut [f32]| {
+            let first = tile * COLUMN_TILE;
+            let width = out.len() / m;
+            for row in 0..m {
+                y[row * self.n + first..row * self.n + first + width].copy_from_slice(&out[row * width..(row + 1) * width]);
+            }
+        };
+        let work = m * self.n * self.k;
+        let pool = match tract_linalg::multithread::current_tract_executor() {
+            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && work >= 1 << 16 && tiles > 1 => Some(pool),
+            _ => None,
+        };
+        match pool {
+            Some(pool) => {
+                use rayon::prelude::*;
+                let per_task = tiles.div_ceil(pool.current_num_threads() * 4).max(1);
+                let results: Vec<(usize, Vec<f32>)> = pool.install(|| {
+                    (0..tiles.div_ceil(per_task))
+                        .into_par_iter()
+                        .flat_map_iter(|task| {
+                            let (mut w, mut outs) = (Vec::new(), Vec::new());
+                            for tile in task * per_task..((task + 1) * per_task).min(tiles) {
+                                let mut out = Vec::new();
+                                run_tile(tile, &mut w, &mut out);
+                                outs.push((tile, out));
+                            }
+                            outs
+                        })
+                        .collect()
+                });
+                for (tile, out) in results {
+                    scatter(tile, &out, y);
+                }
+            }
+            None => {
+                let (mut w, mut out) = (Vec::new(), Vec::new());
+                for tile in 0..tiles {
+                    run_tile(tile, &mut w, &mut out);
+                    scatter(tile, &out, y);
+                }
+            }
+        }
+        if let Some(bias) = &self.bias {
+            for row in y.chunks_exact_mut(self.n) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        }
+    }
+}
+
+/// Rows of `a` below which a tile is multiplied by dot products rather than a GEMM call.
+const GEMM_MIN_ROWS: usize = 4;
+
+/// `out[m, j] = Σ_k a[m, k] · w[j, k]` for a tile of `width` dequantized weight rows.
+fn multiply_tile(a: &[f32], m: usize, k: usize, w: &[f32], width: usize, out: &mut [f32]) {
+    if m < GEMM_MIN_ROWS {
+        for (row, out_row) in a.chunks_exact(k).zip(out.chunks_exact_mut(width)) {
+            for (o, w_row) in out_row.iter_mut().zip(w.chunks_exact(k)) {
+                *o = dot(row, w_row);
+            }
+        }
+        return;
+    }
+    // SAFETY: the strides describe `a` as m×k row-major, `w` as the k×width matrix whose
+    // column j is w[j*k..(j+1)*k], and `out` as m×width row-major; all three slices are that
+    // long (the caller sized them), and `out` does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            width,
+            k,
+            out.as_mut_ptr(),
+            1,
+            width as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Unsigned codes of one block as f32, low bits first; `out` holds the block's codes (the
+/// last block of a row may be shorter than the bytes hold).
+fn unpack_codes(bytes: &[u8], bits: u32, out: &mut [f32]) {
+    match bits {
+        8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as f32),
+        4 => {
+            let full = out.len() / 2;
+            for (pair, &b) in out[..full * 2].chunks_exact_mut(2).zip(bytes) {
+                pair[0] = (b & 0x0F) as f32;
+                pair[1] = (b >> 4) as f32;
+            }
+            if out.len() % 2 == 1 {
+                out[full * 2] = (bytes[full] & 0x0F) as f32;
+            }
+        }
+        _ => {
+            let full = out.len() / 4;
+            for (quad, &b) in out[..full * 4].chunks_exact_mut(4).zip(bytes) {
+                quad[0] = (b & 3) as f32;
+                quad[1] = ((b >> 2) & 3) as f32;
+                quad[2] = ((b >> 4) & 3) as f32;
+                quad[3] = (b >> 6) as f32;
+            }
+            for (i, o) in out[full * 4..].iter_mut().enumerate() {
+                *o = ((bytes[full] >> (2 * i)) & 3) as f32;
+            }
+        }
+    }
+}
+
+/// Dot product with several independent accumulators, so the compiler vectorizes it.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (a_main, a_rest) = a.split_at(a.len() - a.len() % LANES);
+    let (b_main, b_rest) = b.split_at(a_main.len());
+    for (x, y) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Shared handle, so ops and their clones point at one packed weight.
+pub type SharedWeight = Arc<BlockQuantWeight>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(codes: &[u8], bits: u32, n: usize, k: usize, block: usize) -> Vec<u8> {
+        let kb = k.div_ceil(block);
+        let per_block = (block * bits as usize).div_ceil(8);
+        let mut out = vec![0u8; n * kb * per_block];
+        for col in 0..n {
+            for kk in 0..k {
+                let (b, i) = (kk / block, kk % block);
+                let bit = i * bits as usize;
+                out[(col * kb + b) * per_block + bit / 8] |= codes[col * k + kk] << (bit % 8);
+            }
+        }
+        out
+    }
+
+    /// Deterministic pseudo-random numbers for tests (xorshift).
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    #[test]
+    fn matches_the_dequantized_reference() {
+        for (bits, block, k, n, m) in [(4u32, 32usize, 64usize, 5usize, 3usize), (2, 16, 40, 7, 2), (8, 128, 100, 9, 4), (4, 16, 17, 3, 1)] {
+            let mut seed = 0x9E3779B97F4A7C15u64 ^ (bits as u64 * 31 + block as u64);
+            let max = 1u64 << bits;
+            let codes: Vec<u8> = (0..n * k).map(|_| (rng(&mut seed) % max) as u8).collect();
+            let kb = k.div_ceil(block);
+            let scales: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % 100) as f32 / 1000.0 + 0.01).collect();
+            let zeros: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % max) as f32).collect();
+            let a: Vec<f32> = (0..m * k).map(|_| (rng(&mut seed) % 2000) as f32 / 1000.0 - 1.0).collect();
+            let w = BlockQuantWeight { n, k, bits, block_size: block, packed: pack(&codes, bits, n, k, block), scales: scales.clone(), zeros: zeros.clone(), g_idx: None, bias: Some((0..n).map(|i| i as f32).collect()) };
+            w.validate().unwrap();
+            let mut y = vec![0f32; m * n];
+            w.matmul(&a, m, &mut y);
+            for row in 0..m {
+                for col in 0..n {
+                    let mut want = col as f64;
+                    for kk in 0..k {
+                        let b = col * kb + kk / block;
+                        want += a[row * k + kk] as f64 * ((codes[col * k + kk] as f64 - zeros[b] as f64) * scales[b] as f64);
+                    }
+                    let got = y[row * n + col] as f64;
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "bits {bits} block {block}: y[{row},{col}] = {got}, want {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_sizes_are_refused() {
+        let w = BlockQuantWeight { n: 2, k: 32, bits: 4, block_size: 32, packed: vec![0; 31], scales: vec![1.0; 2], zeros: vec![8.0; 2], g_idx: None, bias: None };
+        assert!(w.validate().unwrap_err().contains("32"));
+        let w = BlockQuantWeight { bits: 3, packed: vec![0; 32], ..w };
+        assert!(w.validate().unwrap_err().contains("bits"));
+    }
+}

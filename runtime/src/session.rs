@@ -1,0 +1,702 @@
+//! Sessions: a lowered model prepared by tract, run on named inputs, optionally capturing
+//! intermediate values for calibration.
+
+use crate::capture::{CaptureSink, CapturedValue, ValueRef};
+use crate::error::{RuntimeError, tract_reason};
+use crate::lower::{LoweringReport, lower, model_name};
+use crate::value::{TensorValue, carrier_type};
+use compactor_ir::{DataType, Dim, Graph, Model, NodeId, Shape, TypeKind, ValueId};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
+use tract_linalg::multithread::Executor;
+
+/// How a session is prepared.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Threads for tract's matmul executor and the fused kernels; defaults to the number of cores.
+    pub threads: usize,
+    /// Run tract's optimiser (`into_optimized`); off gives the decluttered model only.
+    pub optimize: bool,
+    /// Values for symbolic input dimensions (`batch`, `seq`), fixed before tract sees the model
+    /// so it can plan for concrete shapes. Dimensions not listed stay symbolic.
+    pub dims: Vec<(String, i64)>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: default_threads(), optimize: true, dims: Vec::new() }
+    }
+}
+
+/// The number of cores this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A graph input or output as declared in the model.
+#[derive(Clone, Debug)]
+pub struct IoSpec {
+    pub name: String,
+    pub id: ValueId,
+    /// The ONNX element type (`None` when the model does not say).
+    pub dtype: Option<DataType>,
+    pub shape: Option<Shape>,
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// Outputs with their names, in graph order.
+pub type NamedValues = Vec<(String, TensorValue)>;
+
+/// How far a plan is specialized to the values of one run. tract plans most graphs once for
+/// all inputs (shapes symbolic). Some it can only type with concrete shapes (MiniLM's Flatten
+/// of `batch × seq`), some only with an axes, shape, scale or condition input known: those
+/// runs get a plan of their own, cached by what it was specialized on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PlanKind {
+    /// One plan for every input value.
+    Generic,
+    /// Input shapes fixed to this run's.
+    Shapes,
+    /// Shapes fixed, and inputs feeding parameter slots (axes, shapes, pads, scales, If
+    /// conditions) baked in as constants.
+    Parameters,
+    /// Every input baked in: tract plans (and largely folds) the graph for these values.
+    Values,
+}
+
+#[derive(Clone)]
+struct Specialization {
+    plan: Plan,
+    kind: PlanKind,
+    /// Indices (into the session's inputs) still fed at run time.
+    free: Vec<usize>,
+}
+
+/// How many specialized plans a session keeps before starting over.
+const SPECIALIZED_PLAN_CACHE: usize = 16;
+
+/// Node inputs that tract needs as constants to type a graph: axes, shapes, pads, sizes,
+/// quantization parameters and the like. A graph input feeding one is baked in first.
+fn is_parameter_slot(op: &str, input: u32) -> bool {
+    match op {
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum"
+        | "ReduceLogSumExp" | "ReduceSumSquare" | "Reshape" | "Expand" | "Tile" | "Split" | "Squeeze" | "Unsqueeze" | "CumSum"
+        | "TopK" | "Upsample" | "Trilu" | "Compress" => input == 1,
+        "Pad" | "Slice" | "Resize" | "QuantizeLinear" | "DequantizeLinear" | "BatchNormalization" | "Clip" | "OneHot" => input >= 1,
+        "ConstantOfShape" | "Range" | "MelWeightMatrix" => true,
+        "Col2Im" => input >= 1,
+        "AffineGrid" => input == 1,
+        "LSTM" | "GRU" | "RNN" => input >= 1,
+        // A constant condition lets lowering inline the branch taken (see `lower::inline_constant_ifs`).
+        "If" => input == 0,
+        "STFT" | "NonMaxSuppression" => input >= 1,
+        _ => false,
+    }
+}
+
+/// True when `value` reaches a parameter slot directly, or through the comparisons and logic
+/// an If condition is made of (`If(Equal(sr, 16000))`).
+fn feeds_parameter(g: &Graph, uses: &compactor_ir::UseMap, value: ValueId, depth: u32) -> bool {
+    uses.of(value).iter().any(|u| {
+        let compactor_ir::Use::Node { node, input } = *u else { return false };
+        let n = g.node(node);
+        if is_parameter_slot(&n.op_type, input) {
+            return true;
+        }
+        let logic = matches!(n.op_type.as_str(), "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "Not" | "And" | "Or" | "Cast" | "Identity");
+        depth > 0 && logic && n.output(0).is_some_and(|out| feeds_parameter(g, uses, out, depth - 1))
+    })
+}
+
+/// True when `v` is computed from constants and tensor shapes only (no tensor's values).
+fn shape_only(g: &Graph, v: ValueId, depth: u32) -> bool {
+    if g.constant(v).is_some() {
+        return true;
+    }
+    let Some((node, _)) = g.producer(v) else { return false };
+    let node = g.node(node);
+    if node.is("Shape") || node.is("Size") {
+        return true;
+    }
+    depth > 0 && node.subgraphs().next().is_none() && node.inputs.iter().flatten().all(|&i| shape_only(g, i, depth - 1))
+}
+
+/// True when the shape of some value `v` depends on (through `Shape`/`Size`) may vary with input
+/// values rather than input shapes: a data-dependent op among its ancestors, or a shape-setting
+/// input (a Reshape's target, a Slice's bounds) computed from values.
+fn shapes_depend_on_values(g: &Graph, v: ValueId, budget: u32) -> bool {
+    let mut stack = vec![v];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if seen.len() as u32 > budget {
+            return true;
+        }
+        let Some((node, _)) = g.producer(v) else { continue };
+        let n = g.node(node);
+        if n.subgraphs().next().is_some() || matches!(n.op_type.as_str(), "NonZero" | "Unique" | "Compress" | "StringSplit" | "TfIdfVectorizer" | "NonMaxSuppression") {
+            return true;
+        }
+        for (i, input) in n.inputs.iter().enumerate() {
+            let Some(input) = *input else { continue };
+            if sets_shape(&n.op_type, i) && !shape_only(g, input, 64) {
+                return true;
+            }
+            stack.push(input);
+        }
+    }
+    false
+}
+
+/// Node inputs whose values decide the shape of the node's output.
+fn sets_shape(op: &str, input: usize) -> bool {
+    match op {
+        "Reshape" | "Expand" | "Tile" | "Split" | "Squeeze" | "Unsqueeze" | "TopK" | "Upsample" | "OneHot" | "ReduceSum" | "ReduceMean" | "ReduceMax"
+        | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => input == 1,
+        "Slice" | "Pad" | "Resize" | "CenterCropPad" | "MelWeightMatrix" | "STFT" => input >= 1,
+        "ConstantOfShape" | "Range" | "EyeLike" => true,
+        _ => false,
+    }
+}
+
+/// Removes the main graph's nodes that no graph output needs.
+fn keep_only_ancestors_of_outputs(g: &mut Graph) {
+    let mut needed: std::collections::HashSet<ValueId> = g.main().outputs.iter().copied().collect();
+    let mut keep = Vec::new();
+    for &id in g.main().nodes.iter().rev() {
+        let node = g.node(id);
+        let mut outer_uses = Vec::new();
+        node.subgraphs().for_each(|r| values_used_in(g, r, &mut outer_uses));
+        if node.outputs.iter().flatten().any(|o| needed.contains(o)) {
+            keep.push(id);
+            needed.extend(node.inputs.iter().flatten().copied());
+            needed.extend(outer_uses);
+        }
+    }
+    keep.reverse();
+    g.main_mut().nodes = keep;
+}
+
+/// Every value a region (and its nested regions) reads.
+fn values_used_in(g: &Graph, region: compactor_ir::RegionId, out: &mut Vec<ValueId>) {
+    for &n in &g.region(region).nodes {
+        let node = g.node(n);
+        out.extend(node.inputs.iter().flatten());
+        node.subgraphs().for_each(|r| values_used_in(g, r, out));
+    }
+    out.extend(g.region(region).outputs.iter());
+}
+
+/// Bytes identifying a tensor's type, shape and values.
+fn value_key(t: &Tensor, key: &mut Vec<u8>) {
+    key.extend(format!("{:?}{:?}", t.datum_type(), t.shape()).bytes());
+    if t.datum_type() == DatumType::String {
+        if let Ok(v) = t.to_plain_array_view::<String>() {
+            v.iter().for_each(|s| {
+                key.extend((s.len() as u64).to_le_bytes());
+                key.extend(s.bytes());
+            });
+        }
+    } else {
+        key.extend(t.as_bytes());
+    }
+}
+
+/// A tract tensor as an IR initializer of the same (tract-native) type.
+fn to_ir_tensor(t: &Tensor, name: &str) -> Result<compactor_ir::Tensor, RuntimeError> {
+    let fail = |reason: String| RuntimeError::Tensor { name: name.to_string(), reason };
+    let dims: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let dtype = crate::value::onnx_type_of(t.datum_type()).ok_or_else(|| fail(format!("{:?} cannot be an initializer", t.datum_type())))?;
+    if dtype == DataType::String {
+        let strings = t.to_plain_array_view::<String>().map_err(|e| fail(e.to_string()))?;
+        let proto = compactor_ir::proto::TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(dtype.code()),
+            string_data: strings.iter().map(|s| bytes::Bytes::from(s.clone().into_bytes())).collect(),
+            ..Default::default()
+        };
+        return compactor_ir::Tensor::from_proto(proto, None).map_err(|e| fail(e.to_string()));
+    }
+    compactor_ir::Tensor::from_raw(dtype, &dims, bytes::Bytes::copy_from_slice(t.as_bytes())).map_err(|e| fail(e.to_string()))
+}
+
+/// A model ready to run. `Session` is `Send + Sync`; runs do not share mutable state.
+pub struct Session {
+    name: String,
+    lowered: Model,
+    report: LoweringReport,
+    inputs: Vec<IoSpec>,
+    outputs: Vec<IoSpec>,
+    options: SessionOptions,
+    executor: Executor,
+    /// The plan for every input value, when tract could make one.
+    generic: Result<Plan, String>,
+    /// Specialized plans and plans with captured values as extra outputs.
+    plans: Mutex<HashMap<Vec<u8>, Specialization>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("model", &self.name).field("inputs", &self.inputs).field("outputs", &self.outputs).finish()
+    }
+}
+
+impl Session {
+    /// Lowers `model` and prepares it with tract.
+    pub fn new(model: &Model, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        let name = model_name(model);
+        let lowered = lower(model)?;
+        let mut lowered_model = lowered.model;
+        fix_dims(&mut lowered_model.graph, &options.dims);
+        let g = &model.graph;
+        let spec = |id: ValueId| {
+            let v = g.value(id);
+            IoSpec { name: v.name.clone(), id, dtype: v.elem(), shape: v.shape().cloned() }
+        };
+        let inputs: Vec<IoSpec> = g.main().inputs.iter().copied().filter(|&v| g.value(v).initializer.is_none()).map(spec).collect();
+        let outputs: Vec<IoSpec> = g.main().outputs.iter().copied().map(spec).collect();
+        let executor = if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
+        let generic = match prepare(&name, &lowered_model, options, &executor) {
+            Ok(plan) => Ok(plan),
+            // Without inputs there is nothing to specialize on: the error is final.
+            Err(e) if inputs.is_empty() => return Err(e),
+            Err(RuntimeError::Prepare { reason, .. }) => Err(reason),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()) })
+    }
+
+    /// Loads a model file and prepares it.
+    pub fn from_path(path: impl AsRef<std::path::Path>, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        let model = Model::load(path)?;
+        Self::new(&model, options)
+    }
+
+    pub fn inputs(&self) -> &[IoSpec] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[IoSpec] {
+        &self.outputs
+    }
+
+    /// What lowering did to the model.
+    pub fn lowering_report(&self) -> &LoweringReport {
+        &self.report
+    }
+
+    /// The model as handed to tract (after lowering).
+    pub fn lowered_model(&self) -> &Model {
+        &self.lowered
+    }
+
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
+    /// True when tract could plan the graph once for all input values; otherwise each run is
+    /// planned for its shapes or values (see [`PlanKind`]).
+    pub fn has_generic_plan(&self) -> bool {
+        self.generic.is_ok()
+    }
+
+    /// Runs the model; returns every graph output, in graph order, with its name.
+    ///
+    /// Inputs are matched by name; one of another numeric type than declared is converted.
+    pub fn run(&self, inputs: &[(&str, TensorValue)]) -> Result<NamedValues, RuntimeError> {
+        Ok(self.run_planned(inputs, &[])?.0)
+    }
+
+    /// How [`Session::run`] plans for these inputs (building the plan if needed).
+    pub fn plan_kind(&self, inputs: &[(&str, TensorValue)]) -> Result<PlanKind, RuntimeError> {
+        let ordered = self.order_inputs(inputs)?;
+        Ok(self.plan_for(&ordered, &[])?.kind)
+    }
+
+    /// Runs with `extra` values as additional outputs; returns the graph outputs and the extras.
+    fn run_planned(&self, inputs: &[(&str, TensorValue)], extra: &[ValueId]) -> Result<(NamedValues, Vec<Tensor>), RuntimeError> {
+        let ordered = self.order_inputs(inputs)?;
+        let spec = self.plan_for(&ordered, extra)?;
+        let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
+        let mut results = self.execute(&spec.plan, free)?.into_iter();
+        let outputs = self.wrap_outputs(results.by_ref().take(self.outputs.len()))?;
+        Ok((outputs, results.map(TValue::into_tensor).collect()))
+    }
+
+    /// The least specialized plan tract accepts for these inputs and extra outputs.
+    fn plan_for(&self, ordered: &[TValue], extra: &[ValueId]) -> Result<Specialization, RuntimeError> {
+        let all: Vec<usize> = (0..self.inputs.len()).collect();
+        if extra.is_empty()
+            && let Ok(plan) = &self.generic
+        {
+            return Ok(Specialization { plan: plan.clone(), kind: PlanKind::Generic, free: all });
+        }
+        let g = &self.lowered.graph;
+        let uses = g.uses();
+        let parameters: Vec<usize> = all.iter().copied().filter(|&i| feeds_parameter(g, &uses, self.inputs[i].id, 4)).collect();
+        let mut kinds = Vec::new();
+        if self.generic.is_ok() {
+            kinds.push(PlanKind::Generic);
+        }
+        kinds.push(PlanKind::Shapes);
+        if !parameters.is_empty() && parameters.len() < all.len() {
+            kinds.push(PlanKind::Parameters);
+        }
+        kinds.push(PlanKind::Values);
+        let mut last_error = self.generic.as_ref().err().cloned().unwrap_or_default();
+        for kind in kinds {
+            let baked: &[usize] = match kind {
+                PlanKind::Generic | PlanKind::Shapes => &[],
+                PlanKind::Parameters => &parameters,
+                PlanKind::Values => &all,
+            };
+            let mut key = format!("{kind:?}{extra:?}{baked:?}").into_bytes();
+            if kind != PlanKind::Generic {
+                ordered.iter().for_each(|t| key.extend(format!("{:?}", t.shape()).bytes()));
+            }
+            baked.iter().for_each(|&i| value_key(&ordered[i], &mut key));
+            if let Some(found) = self.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+                return Ok(found.clone());
+            }
+            let model = self.specialized_model(ordered, extra, kind, baked)?;
+            match prepare(&self.name, &model, &self.options, &self.executor) {
+                Ok(plan) => {
+                    let spec = Specialization { plan, kind, free: all.iter().copied().filter(|i| !baked.contains(i)).collect() };
+                    let mut cache = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= SPECIALIZED_PLAN_CACHE {
+                        cache.clear();
+                    }
+                    cache.insert(key, spec.clone());
+                    return Ok(spec);
+                }
+                Err(RuntimeError::Prepare { reason, .. }) => last_error = reason,
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(RuntimeError::Prepare { model: self.name.clone(), reason: format!("{last_error} (also with the inputs' shapes and values fixed)") })
+    }
+
+    /// The lowered model with extra outputs, input shapes fixed (from `Shapes` on) and the
+    /// `baked` inputs turned into initializers.
+    fn specialized_model(&self, ordered: &[TValue], extra: &[ValueId], kind: PlanKind, baked: &[usize]) -> Result<Model, RuntimeError> {
+        let mut model = self.lowered.clone();
+        for &id in extra {
+            model.graph.main_mut().outputs.push(id);
+            // Declared shapes of intermediates can hold symbol products tract's inference cannot
+            // unify; it infers them anyway.
+            model.graph.value_mut(id).ty = None;
+        }
+        if kind >= PlanKind::Shapes {
+            for (spec, t) in self.inputs.iter().zip(ordered) {
+                if let Some(ty) = &mut model.graph.value_mut(spec.id).ty
+                    && let TypeKind::Tensor { shape, .. } = &mut ty.kind
+                {
+                    *shape = Some(Shape::known(&t.shape().iter().map(|&d| d as i64).collect::<Vec<_>>()));
+                }
+            }
+        }
+        for &i in baked {
+            let id = self.inputs[i].id;
+            let tensor = to_ir_tensor(&ordered[i], &self.inputs[i].name)?;
+            let value = model.graph.value_mut(id);
+            value.def = compactor_ir::ValueDef::Initializer;
+            value.initializer = Some(tensor.with_name(Some(value.name.clone())));
+            model.graph.main_mut().inputs.retain(|&v| v != id);
+            model.graph.main_mut().initializers.push(id);
+        }
+        if !baked.is_empty() {
+            crate::lower::inline_constant_ifs(&mut model);
+        }
+        if kind >= PlanKind::Shapes {
+            self.fold_shape_conditions(&mut model, ordered, baked);
+        }
+        Ok(model)
+    }
+
+    /// Settles `If` nodes whose condition depends only on tensor shapes (silero-vad's decoder
+    /// tests `Shape(x)[-1] == 1`): with the input shapes fixed, a probe plan computes those
+    /// conditions, which are baked in and the branches taken inlined, so tract does not have to
+    /// type a branch that does not fit. The plan stays keyed by input shapes, which is all the
+    /// conditions depend on (intermediates whose shape depends on values keep the If).
+    /// A probe that fails leaves the model as it was.
+    fn fold_shape_conditions(&self, model: &mut Model, ordered: &[TValue], baked: &[usize]) {
+        let free: TVec<TValue> = (0..self.inputs.len()).filter(|i| !baked.contains(i)).map(|i| ordered[i].clone()).collect();
+        for _ in 0..8 {
+            let g = &model.graph;
+            let conditions: Vec<(NodeId, ValueId)> = g
+                .nodes_of(Graph::MAIN)
+                .filter(|(_, n)| n.is("If"))
+                .filter_map(|(id, n)| n.input(0).map(|c| (id, c)))
+                .filter(|&(_, c)| g.constant(c).is_none() && shape_only(g, c, 64) && !shapes_depend_on_values(g, c, 256))
+                .collect();
+            if conditions.is_empty() {
+                return;
+            }
+            let mut values: Vec<ValueId> = conditions.iter().map(|&(_, c)| c).collect();
+            values.sort();
+            values.dedup();
+            let mut probe = model.clone();
+            probe.graph.main_mut().outputs = values.clone();
+            values.iter().for_each(|&c| probe.graph.value_mut(c).ty = None);
+            keep_only_ancestors_of_outputs(&mut probe.graph);
+            let Ok(plan) = prepare(&self.name, &probe, &self.options, &self.executor) else { return };
+            let Ok(results) = self.execute(&plan, free.clone()) else { return };
+            for (&c, t) in values.iter().zip(results) {
+                let name = model.graph.fresh_name(&format!("{}.known", model.graph.value(c).name));
+                let Ok(tensor) = to_ir_tensor(&t.into_tensor(), &name) else { return };
+                let id = model.graph.add_value(compactor_ir::Value {
+                    name: name.clone(),
+                    ty: None,
+                    doc_string: None,
+                    metadata_props: Vec::new(),
+                    def: compactor_ir::ValueDef::Initializer,
+                    region: Graph::MAIN,
+                    initializer: Some(tensor.with_name(Some(name))),
+                    sparse_initializer: None,
+                });
+                model.graph.main_mut().initializers.push(id);
+                for &(node, cond) in &conditions {
+                    if cond == c {
+                        model.graph.node_mut(node).inputs[0] = Some(id);
+                    }
+                }
+            }
+            crate::lower::inline_constant_ifs(model);
+        }
+    }
+
+    /// Runs the model and hands each value of `capture` (intermediates, inputs or outputs of
+    /// the main graph) to `sink` as soon as the run is done, one at a time. Nothing captured is
+    /// kept after the sink returns, so memory stays bounded by one batch however many batches
+    /// are run: accumulate statistics in the sink (see [`crate::capture`]).
+    ///
+    /// Returns the graph outputs like [`Session::run`].
+    pub fn run_with_capture(&self, inputs: &[(&str, TensorValue)], capture: &[ValueRef], sink: &mut dyn CaptureSink) -> Result<NamedValues, RuntimeError> {
+        let ids = capture.iter().map(|r| self.resolve(r)).collect::<Result<Vec<ValueId>, _>>()?;
+        let g = &self.lowered.graph;
+        let mut extra: Vec<ValueId> = Vec::new();
+        for &id in &ids {
+            let computed = matches!(g.value(id).def, compactor_ir::ValueDef::Node { .. });
+            if computed && !g.main().outputs.contains(&id) && !extra.contains(&id) {
+                extra.push(id);
+            }
+        }
+        extra.sort();
+        let input_values: HashMap<ValueId, TensorValue> = self.inputs.iter().zip(inputs_by_spec(&self.inputs, inputs)).map(|(s, v)| (s.id, v)).collect();
+        let (outputs, extra_tensors) = self.run_planned(inputs, &extra)?;
+        let extra_values: HashMap<ValueId, Tensor> = extra.iter().copied().zip(extra_tensors).collect();
+        for (r, &id) in capture.iter().zip(&ids) {
+            let name = &self.lowered.graph.value(id).name;
+            let value = if let Some(v) = input_values.get(&id) {
+                v.clone()
+            } else if let Some(i) = self.outputs.iter().position(|o| o.id == id) {
+                outputs[i].1.clone()
+            } else if let Some(t) = extra_values.get(&id) {
+                self.wrap(id, t.clone())?
+            } else if let Some(t) = self.lowered.graph.constant(id) {
+                TensorValue::from_ir(&t)?
+            } else {
+                return Err(RuntimeError::Capture { model: self.name.clone(), value: name.clone(), reason: "no value was computed for it".into() });
+            };
+            sink.observe(&CapturedValue { name, id, requested: r, value: &value })?;
+        }
+        Ok(outputs)
+    }
+
+    fn resolve(&self, r: &ValueRef) -> Result<ValueId, RuntimeError> {
+        let g = &self.lowered.graph;
+        let fail = |value: String, reason: &str| RuntimeError::Capture { model: self.name.clone(), value, reason: reason.into() };
+        let id = match r {
+            ValueRef::Id(id) => {
+                if g.try_value(*id).is_none() {
+                    return Err(fail(id.to_string(), "not in the model after lowering (removed, or folded into a fused kernel)"));
+                }
+                *id
+            }
+            ValueRef::Name(name) => g
+                .value_ids()
+                .find(|&v| g.value(v).name == *name && g.value(v).region == Graph::MAIN)
+                .ok_or_else(|| fail(name.clone(), "no value of the main graph has that name after lowering"))?,
+        };
+        let v = g.value(id);
+        if v.region != Graph::MAIN {
+            return Err(fail(v.name.clone(), "only values of the main graph can be captured, not of subgraphs"));
+        }
+        if v.name.is_empty() {
+            return Err(fail(id.to_string(), "the value has no name"));
+        }
+        Ok(id)
+    }
+
+    fn order_inputs(&self, inputs: &[(&str, TensorValue)]) -> Result<TVec<TValue>, RuntimeError> {
+        for (name, _) in inputs {
+            if !self.inputs.iter().any(|s| s.name == *name) {
+                let known = self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(RuntimeError::UnknownInput { model: self.name.clone(), name: name.to_string(), known });
+            }
+        }
+        let mut ordered = TVec::new();
+        for spec in &self.inputs {
+            let Some((_, value)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+                return Err(RuntimeError::MissingInput { model: self.name.clone(), name: spec.name.clone() });
+            };
+            ordered.push(self.check_input(spec, value)?.into_tvalue());
+        }
+        Ok(ordered)
+    }
+
+    /// Converts an input to the declared element type and checks its shape against the declaration.
+    fn check_input(&self, spec: &IoSpec, value: &TensorValue) -> Result<Tensor, RuntimeError> {
+        let bad = |reason: String| RuntimeError::BadInput { model: self.name.clone(), name: spec.name.clone(), reason };
+        if let Some(shape) = &spec.shape {
+            let got = value.shape();
+            if shape.rank() != got.len() {
+                return Err(bad(format!("has shape {got:?}, the model declares {shape}")));
+            }
+            for (d, (want, &have)) in shape.dims.iter().zip(got).enumerate() {
+                let fixed = match want {
+                    // Some exporters write -1 for "any size".
+                    Dim::Known(n) if *n >= 0 => Some(*n),
+                    Dim::Known(_) => None,
+                    Dim::Sym(s) => self.options.dims.iter().find(|(name, _)| name == s).map(|(_, n)| *n),
+                    Dim::Unknown => None,
+                };
+                if let Some(n) = fixed
+                    && n != have as i64
+                {
+                    return Err(bad(format!("has shape {got:?}, the model declares {shape} (dimension {d} must be {n})")));
+                }
+            }
+        }
+        let Some(dtype) = spec.dtype else { return Ok(value.tract().clone()) };
+        let want = carrier_type(dtype).ok_or_else(|| bad(format!("element type {dtype} is not supported by the runtime")))?;
+        let tensor = value.tract();
+        if tensor.datum_type() == want {
+            return Ok(tensor.clone());
+        }
+        let numeric = |dt: DatumType| dt.is_number() || dt == DatumType::Bool;
+        if !numeric(tensor.datum_type()) || !numeric(want) {
+            return Err(bad(format!("is {}, the model wants {dtype}", value.dtype())));
+        }
+        Ok(tensor.cast_to_dt(want).map_err(|e| bad(format!("cannot convert {} to {dtype}: {e}", value.dtype())))?.into_owned())
+    }
+
+    fn execute(&self, plan: &Plan, inputs: TVec<TValue>) -> Result<TVec<TValue>, RuntimeError> {
+        let run = || tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || plan.run(inputs));
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(e)) => Err(RuntimeError::Execution { model: self.name.clone(), reason: tract_reason(&e) }),
+            Err(panic) => Err(RuntimeError::Execution { model: self.name.clone(), reason: format!("tract panicked: {}", panic_message(&panic)) }),
+        }
+    }
+
+    fn wrap(&self, id: ValueId, t: Tensor) -> Result<TensorValue, RuntimeError> {
+        // Shape computations come out as symbolic dims; the graph says int64.
+        let t = if t.datum_type() == DatumType::TDim {
+            t.cast_to::<i64>().map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("a shape output is not numeric: {e}") })?.into_owned()
+        } else {
+            t
+        };
+        // The original model's declared type (e.g. INT4) names what the widened tensor stands for.
+        let declared = self.declared_type(id);
+        match declared {
+            Some(dt) if carrier_type(dt) == Some(t.datum_type()) => TensorValue::with_onnx_type(t, dt),
+            _ => TensorValue::from_tract(t),
+        }
+    }
+
+    fn declared_type(&self, id: ValueId) -> Option<DataType> {
+        self.outputs.iter().chain(&self.inputs).find(|s| s.id == id).and_then(|s| s.dtype)
+    }
+
+    fn wrap_outputs(&self, results: impl Iterator<Item = TValue>) -> Result<Vec<(String, TensorValue)>, RuntimeError> {
+        self.outputs
+            .iter()
+            .zip(results)
+            .map(|(spec, t)| {
+                let value = self.wrap(spec.id, t.into_tensor()).map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("output '{}': {e}", spec.name) })?;
+                Ok((spec.name.clone(), value))
+            })
+            .collect()
+    }
+}
+
+fn inputs_by_spec(specs: &[IoSpec], inputs: &[(&str, TensorValue)]) -> Vec<TensorValue> {
+    specs.iter().filter_map(|s| inputs.iter().find(|(n, _)| *n == s.name).map(|(_, v)| v.clone())).collect()
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Replaces named symbolic dimensions of the main graph's inputs by numbers.
+fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
+    if dims.is_empty() {
+        return;
+    }
+    let inputs = graph.main().inputs.clone();
+    for id in inputs {
+        if let Some(ty) = &mut graph.value_mut(id).ty
+            && let TypeKind::Tensor { shape: Some(shape), .. } = &mut ty.kind
+        {
+            for d in shape.dims.iter_mut() {
+                if let Dim::Sym(s) = d
+                    && let Some((_, n)) = dims.iter().find(|(name, _)| name == s)
+                {
+                    *d = Dim::Known(*n);
+                }
+            }
+        }
+    }
+}
+
+/// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
+/// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder,
+/// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid and StringNormalizer.
+fn framework() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
+    onnx.op_register.insert("CumProd", crate::kernels::extra_ops::build_cumprod);
+    onnx.op_register.insert("BitCast", crate::kernels::extra_ops::build_bitcast);
+    onnx.op_register.insert("LinearAttention", crate::kernels::linear_attention::build_linear_attention);
+    onnx.op_register.insert("StringConcat", crate::kernels::extra_ops::build_string_concat);
+    onnx.op_register.insert("ReverseSequence", crate::kernels::extra_ops::build_reverse_sequence);
+    onnx.op_register.insert("Det", crate::kernels::extra_ops::build_det);
+    onnx.op_register.insert("Col2Im", crate::kernels::extra_ops::build_col2im);
+    onnx.op_register.insert("LabelEncoder", crate::kernels::extra_ops::build_label_encoder);
+    onnx.op_register.insert("RegexFullMatch", crate::kernels::extra_ops::build_regex_full_match);
+    onnx.op_register.insert("TensorScatter", crate::kernels::extra_ops::build_tensor_scatter);
+    onnx.op_register.insert("Unique", crate::kernels::extra_ops::build_unique);
+    onnx.op_register.insert("StringSplit", crate::kernels::extra_ops::build_string_split);
+    onnx.op_register.insert("AffineGrid", crate::kernels::extra_ops::build_affine_grid);
+    onnx.op_register.insert("StringNormalizer", crate::kernels::extra_ops::build_string_normalizer);
+    onnx
+}
+
+/// Serializes the lowered model and has tract parse, type, optimise and plan it.
+fn prepare(name: &str, model: &Model, options: &SessionOptions, executor: &Executor) -> Result<Plan, RuntimeError> {
+    let bytes = model.to_bytes()?;
+    let fail = |reason: String| RuntimeError::Prepare { model: name.to_string(), reason };
+    let build = || -> TractResult<Plan> {
+        let inference = framework().model_for_read(&mut &bytes[..])?;
+        let typed = if options.optimize {
+            let mut optimized = inference.into_optimized()?;
+            crate::kernels::broadcast::replace_slow_broadcasts(&mut optimized)?;
+            optimized
+        } else {
+            inference.into_typed()?.into_decluttered()?
+        };
+        typed.into_runnable_with_options(&RunOptions { executor: Some(executor.clone()), ..Default::default() })
+    };
+    match catch_unwind(AssertUnwindSafe(build)) {
+        Ok(Ok(plan)) => Ok(plan),
+        Ok(Err(e)) => Err(fail(tract_reason(&e))),
+        Err(panic) => Err(fail(format!("tract panicked: {}", panic_message(&panic)))),
+    }
+}

@@ -5,4 +5,4 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/fetch-test-data.sh
 # Snapshot mismatches fail the run instead of writing new snapshots.
-INSTA_UPDATE=no cargo test --workspace --release --locked "$@"
+INSTA_UPDATE=no cargo test --workspace --release --locked --no-fail-fast "$@"

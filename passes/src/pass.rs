@@ -165,7 +165,9 @@ pub trait Calibrator {
     /// How many batches one `capture` streams.
     fn batches(&self) -> usize;
 
-    fn capture(&mut self, model: &Model, values: &[ValueId], sink: &mut dyn FnMut(ValueId, Activation<'_>)) -> Result<(), String>;
+    /// Runs every batch through `model`, handing each captured value to `sink`; advances
+    /// `progress` once per batch.
+    fn capture(&mut self, model: &Model, values: &[ValueId], progress: &dyn Progress, sink: &mut dyn FnMut(ValueId, Activation<'_>)) -> Result<(), String>;
 }
 
 /// What a pass gets besides the graph. (`'env` is the lifetime of the calibrator itself.)

@@ -99,6 +99,42 @@ impl TensorValue {
         Ok(TensorValue { tensor, onnx_type: dtype })
     }
 
+    /// The value as an IR tensor of its ONNX type (the inverse of [`Self::from_ir`]): bytes as
+    /// they are for the types tract holds natively, narrowed back for 4-/2-bit integers and
+    /// bfloat16 (exact: they were widened from those types). FP8/FP4 are refused.
+    pub fn to_ir(&self) -> Result<IrTensor, RuntimeError> {
+        let dims: Vec<u64> = self.shape().iter().map(|&d| d as u64).collect();
+        let fail = |reason: std::string::String| RuntimeError::Tensor { name: "<value>".into(), reason };
+        let dtype = self.onnx_type;
+        use DataType::*;
+        let raw: Vec<u8> = match dtype {
+            String => {
+                let strings = self.strings().ok_or_else(|| fail("string value without strings".into()))?;
+                let proto = compactor_ir::proto::TensorProto {
+                    dims: dims.iter().map(|&d| d as i64).collect(),
+                    data_type: Some(String.code()),
+                    string_data: strings.into_iter().map(|s| s.into_bytes().into()).collect(),
+                    ..Default::default()
+                };
+                return IrTensor::from_proto(proto, None).map_err(RuntimeError::from);
+            }
+            d if tract_native(d) => self.tensor.as_bytes().to_vec(),
+            Int4 | Uint4 => compactor_ir::tensor::pack_nibbles(self.carrier_bytes()?),
+            Int2 | Uint2 => compactor_ir::tensor::pack_crumbs(self.carrier_bytes()?),
+            Bfloat16 => self.to_f32()?.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+            other => return Err(fail(format!("cannot convert a {other} value back to a tensor"))),
+        };
+        IrTensor::from_raw(dtype, &dims, raw.into()).map_err(RuntimeError::from)
+    }
+
+    /// The bytes of an 8-bit carrier (i8/u8) holding sub-byte values.
+    fn carrier_bytes(&self) -> Result<Vec<u8>, RuntimeError> {
+        match self.tensor.datum_type() {
+            DatumType::I8 | DatumType::U8 => Ok(self.tensor.as_bytes().to_vec()),
+            other => Err(RuntimeError::Tensor { name: "<value>".into(), reason: format!("a {} value is carried as {other:?}", self.onnx_type) }),
+        }
+    }
+
     /// The ONNX element type this value stands for.
     pub fn dtype(&self) -> DataType {
         self.onnx_type

@@ -17,8 +17,9 @@ fn load(path: &Path) -> Model {
     Model::load(path).unwrap()
 }
 
+/// Runs a spec with the runtime's constant evaluator (as the CLI and the library facade do).
 fn run(spec: &str, model: &mut Model) -> compactor_passes::PipelineReport {
-    Pipeline::parse(spec).unwrap().run_with(model, RunOptions { verify_each: true, ..Default::default() }).unwrap()
+    compactor::Pipeline::parse(spec).unwrap().run_with(model, RunOptions { verify_each: true, ..Default::default() }).unwrap()
 }
 
 #[test]
@@ -67,7 +68,8 @@ fn before_after(pass: &str, fixture_name: &str) -> String {
     let before = model_to_text(&model);
     let report = run(pass, &mut model);
     let after = model_to_text(&model);
-    format!("--- {fixture_name} before\n{before}--- after {pass}: {}\n{after}", report.passes[0].summary)
+    let summaries: Vec<String> = report.passes.iter().map(|p| format!("{}: {}", p.pass, p.summary)).collect();
+    format!("--- {fixture_name} before\n{before}--- after {pass}\n{}\n{after}", summaries.join("\n"))
 }
 
 #[test]
@@ -83,6 +85,26 @@ fn snapshot_eliminate_identity() {
 #[test]
 fn snapshot_fold_shapes() {
     insta::assert_snapshot!(before_after("fold-shapes", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_fold_constants() {
+    insta::assert_snapshot!(before_after("fold-constants", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn snapshot_cleanup_preset() {
+    insta::assert_snapshot!(before_after("cleanup", "cleanup_zoo.onnx"));
+}
+
+#[test]
+fn fold_constants_needs_an_evaluator_and_respects_its_size_cap() {
+    let mut model = load(&fixture("cleanup_zoo.onnx"));
+    let e = Pipeline::parse("fold-constants").unwrap().run(&mut model).err().unwrap().to_string();
+    assert!(e.contains("needs a constant evaluator"), "{e}");
+    // The Add of two 8-float constants is 32 bytes: a cap of 16 keeps it.
+    let report = run("fold-constants(max_bytes=16)", &mut model);
+    assert!(report.passes[0].summary.contains("1 left: output over 16 bytes"), "{}", report.passes[0].summary);
 }
 
 #[test]
@@ -131,11 +153,9 @@ fn minilm_inputs() -> Vec<String> {
 #[test]
 fn cleanup_passes_keep_outputs_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    // fold-constants needs the runtime's evaluator; every other cleanup pass runs here.
-    let spec = "lift-constants,eliminate-identity,fold-shapes,eliminate-identity,eliminate-dead-code,merge-duplicate-initializers,fuse-matmul-add,eliminate-dead-code";
     for name in ["cleanup_zoo.onnx", "tiny_mlp.onnx", "tiny_bert.onnx", "if_subgraph.onnx"] {
         let mut model = load(&fixture(name));
-        let report = run(spec, &mut model);
+        let report = run("cleanup", &mut model);
         let out = dir.path().join(name);
         model.save(&out).unwrap();
         if name != "if_subgraph.onnx" {
@@ -144,18 +164,18 @@ fn cleanup_passes_keep_outputs_in_onnxruntime() {
         assert!(report.after.nodes <= report.before.nodes, "{name}");
     }
     let mut zoo = load(&fixture("cleanup_zoo.onnx"));
-    let report = run(spec, &mut zoo);
-    // 23 nodes - 2 Constants - 6 no-ops (Identity, Dropout, Cast, Transpose, Mul by 1, the output
-    // Identity) - Shape - 2 dead - 1 (MatMul+Add fused into Gemm) = 11. The Add of the two
-    // constants and the Gather/Unsqueeze/Concat after Shape stay: folding them needs fold-constants.
-    assert_eq!((report.before.nodes, report.after.nodes), (23, 11), "{}", model_to_text(&zoo));
+    let report = run("cleanup", &mut zoo);
+    // Everything the shape computation and the constants did is folded, and the Reshape to the
+    // (now constant) shape its input already has goes too. Left: the Gemm, Relu, the two branch
+    // MatMuls reading one merged weight, their Add, and the Mul by the folded constant.
+    assert_eq!((report.before.nodes, report.after.nodes), (23, 6), "{}", model_to_text(&zoo));
     assert_eq!(zoo.graph.main().initializers.iter().filter(|&&v| zoo.graph.value(v).name.starts_with("w2")).count(), 1);
 }
 
 #[test]
 fn cleanup_passes_keep_minilm_outputs_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = "lift-constants,eliminate-identity,fold-shapes,eliminate-dead-code,merge-duplicate-initializers,fuse-matmul-add,eliminate-dead-code";
+    let spec = "cleanup";
     let mut model = load(&minilm());
     let report = run(spec, &mut model);
     assert!(report.after.nodes < report.before.nodes);

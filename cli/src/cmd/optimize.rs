@@ -2,8 +2,12 @@ use crate::Outcome;
 use crate::output::bytes;
 use crate::progress::Bars;
 use anyhow::{Context, bail};
+use super::run::{InputArgs, named};
+use compactor::{Pipeline, RuntimeCalibrator};
 use compactor_ir::{ExternalDataPolicy, LoadOptions, Model, SaveOptions};
-use compactor_passes::{Pipeline, RunOptions};
+use compactor_passes::RunOptions;
+use compactor_runtime::Session;
+use compactor_runtime::metrics::compare;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -37,10 +41,28 @@ pub struct Args {
     /// Put tensors of at least this many bytes in an external data file next to the output.
     #[arg(long)]
     external_data_threshold: Option<u64>,
+    /// Calibration data for passes that need activations (GPTQ, mixed precision): a directory
+    /// of <input>.npy files (or one subdirectory of them per batch), or random:N for N batches
+    /// of deterministic random inputs (symbolic dims from --dim).
+    #[arg(long, value_name = "DIR|random:N")]
+    calibration: Option<String>,
+    /// Run the original and the result on the runtime on the same inputs (--input, or random
+    /// ones) before writing; fail (exit 1, nothing written) if outputs differ beyond the bounds.
+    #[arg(long)]
+    check: bool,
+    /// With --check: the largest allowed max abs error of any output.
+    #[arg(long, requires = "check")]
+    max_error: Option<f64>,
+    /// With --check: the smallest allowed cosine similarity of any output (default 0.99 when
+    /// no bound is given).
+    #[arg(long, requires = "check")]
+    min_cosine: Option<f64>,
+    #[command(flatten)]
+    inputs: InputArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let pipeline = match (&args.passes, &args.pipeline) {
+    let mut pipeline = match (&args.passes, &args.pipeline) {
         (Some(spec), _) => Pipeline::parse(spec)?,
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
@@ -52,6 +74,18 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         bail!("the output would overwrite the input {}; write to another file", args.input.display());
     }
     let mut model = Model::load_with(&args.input, &LoadOptions::default())?;
+    let original = args.check.then(|| model.clone());
+    let session_options = args.inputs.session_options()?;
+    if let Some(spec) = &args.calibration {
+        let calibrator = match spec.strip_prefix("random:") {
+            Some(n) => {
+                let n: usize = n.parse().with_context(|| format!("--calibration {spec}: '{n}' is not a number of batches"))?;
+                RuntimeCalibrator::random(&model, n, args.inputs.seed, session_options.clone())?
+            }
+            None => RuntimeCalibrator::from_dir(Path::new(spec), session_options.clone())?,
+        };
+        pipeline = pipeline.with_calibration(calibrator);
+    }
     let progress = Bars::new();
     let mut on_pass_start = |i: usize, n: usize, name: &str| eprintln!("[{}/{n}] {name}", i + 1);
     let dump_dir = args.dump_dir.clone().unwrap_or_else(|| args.output.parent().map(Path::to_path_buf).unwrap_or_default());
@@ -80,6 +114,19 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     for r in &report.passes {
         eprintln!("  {:<30} {:>8.1} ms  {}", r.pass, r.seconds * 1e3, r.summary);
     }
+    let check = match &original {
+        Some(original) => Some(check_outputs(original, &model, &args)?),
+        None => None,
+    };
+    if let Some(c) = &check
+        && !c.broken.is_empty()
+    {
+        for b in &c.broken {
+            eprintln!("check FAILED: {b}");
+        }
+        eprintln!("{} was not written", args.output.display());
+        return Ok(Outcome::CheckFailed);
+    }
     // The pipeline verified the final graph; saving writes atomically.
     let external_data = match args.external_data_threshold {
         Some(min_bytes) => ExternalDataPolicy::Threshold { min_bytes, location: format!("{}.data", args.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()) },
@@ -104,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "input": { "path": args.input, "bytes": input_bytes },
             "output": { "path": args.output, "bytes": output_bytes },
             "pipeline": report,
+            "check": check.as_ref().map(|c| &c.outputs),
         });
         write_atomically(path, serde_json::to_vec_pretty(&value)?)?;
     }
@@ -122,4 +170,36 @@ fn write_atomically(path: &Path, data: Vec<u8>) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut tmp, &data)?;
     tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+struct Check {
+    outputs: Vec<compactor_runtime::metrics::OutputComparison>,
+    broken: Vec<String>,
+}
+
+/// Runs both models on the runtime on the same inputs and checks every output against the bounds.
+fn check_outputs(original: &Model, result: &Model, args: &Args) -> anyhow::Result<Check> {
+    let options = args.inputs.session_options()?;
+    let inputs = args.inputs.load(original)?;
+    let before = Session::new(original, &options)?.run(&named(&inputs))?;
+    let after = Session::new(result, &options)?.run(&named(&inputs))?;
+    let min_cosine = args.min_cosine.or(if args.max_error.is_none() { Some(0.99) } else { None });
+    let mut outputs = Vec::new();
+    let mut broken = Vec::new();
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        let c = compare(name, a, b).map_err(anyhow::Error::msg)?;
+        if let Some(max) = args.max_error
+            && !(c.max_abs_error <= max)
+        {
+            broken.push(format!("output '{name}': max abs error {:.3e} > {max:e}", c.max_abs_error));
+        }
+        if let Some(min) = min_cosine
+            && !(c.cosine_similarity >= min)
+        {
+            broken.push(format!("output '{name}': cosine similarity {:.6} < {min}", c.cosine_similarity));
+        }
+        eprintln!("check: output '{name}': max abs error {:.3e}, cosine {:.6}", c.max_abs_error, c.cosine_similarity);
+        outputs.push(c);
+    }
+    Ok(Check { outputs, broken })
 }

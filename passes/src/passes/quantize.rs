@@ -316,7 +316,7 @@ impl Quantize {
             }
         };
         ctx.progress.begin("calibrating", calibrator.batches() as u64);
-        let result = calibrator.capture(&model, &values, &mut sink);
+        let result = calibrator.capture(&model, &values, ctx.progress, &mut sink);
         ctx.progress.end();
         result.map_err(|e| PassError::failed(Self::NAME, "calibration", e))?;
         if let Some(e) = error {

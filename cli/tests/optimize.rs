@@ -115,3 +115,49 @@ fn passes_lists_every_registered_pass() {
     let text = String::from_utf8(compactor(&["passes"]).stdout).unwrap();
     assert!(text.contains("max_bytes: integer = 1048576  Largest folded output"), "{text}");
 }
+
+#[test]
+fn check_fails_without_writing_when_outputs_move_too_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let model = fixture("tiny_bert.onnx");
+    let dims = ["--dim", "batch=2", "--dim", "seq=8"];
+    // Cleanup keeps outputs: the check passes.
+    let mut args = vec!["optimize", s(&model), "-o", s(&out), "--passes", "cleanup", "--check", "--max-error", "1e-5"];
+    args.extend(dims);
+    let o = compactor(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("check: output 'last_hidden_state'"), "{}", stderr(&o));
+    std::fs::remove_file(&out).unwrap();
+    // int2 moves outputs far beyond 1e-5: exit 1 and no file.
+    let mut args = vec!["optimize", s(&model), "-o", s(&out), "--passes", "quantize(bits=2)", "--check", "--max-error", "1e-5"];
+    args.extend(dims);
+    let o = compactor(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("check FAILED: output 'last_hidden_state': max abs error"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
+#[test]
+fn calibration_from_a_directory_or_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny_bert.onnx");
+    let out = dir.path().join("gptq.onnx");
+    let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", "quantize(method=gptq)", "--calibration", "random:4", "--dim", "batch=2", "--dim", "seq=8"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A directory with one subdirectory per batch of <input>.npy files (written by `compactor run`'s npy writer).
+    let cal = dir.path().join("cal");
+    for batch in ["a", "b"] {
+        let d = cal.join(batch);
+        std::fs::create_dir_all(&d).unwrap();
+        let ids = compactor_runtime::TensorValue::from_i64(&[1, 6], &[1, 5, 9, 13, 2, 7]).unwrap();
+        let mask = compactor_runtime::TensorValue::from_i64(&[1, 6], &[1, 1, 1, 1, 1, 0]).unwrap();
+        compactor_runtime::npy::write_npy(&d.join("input_ids.npy"), &ids).unwrap();
+        compactor_runtime::npy::write_npy(&d.join("attention_mask.npy"), &mask).unwrap();
+    }
+    let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", "quantize(method=gptq)", "--calibration", s(&cal), "--report", s(&dir.path().join("r.json"))]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", "quantize(method=gptq)", "--calibration", s(&dir.path().join("missing"))]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+}

@@ -166,3 +166,52 @@ fn minilm_int4_is_five_times_smaller_and_as_accurate_as_onnxruntimes_quantizer()
     assert!(ours_full >= ours_linear - 0.01, "{ours_full} vs {ours_linear}");
     let _ = shared_models();
 }
+
+/// Cosine of MiniLM's last hidden state against the f32 model on held-out random token batches
+/// (our runtime), and the reference sentences' embedding cosine (onnxruntime).
+fn minilm_accuracy(candidate: &Path) -> (f64, f64) {
+    use compactor_runtime::{Session, SessionOptions};
+    let reference = Model::load(minilm()).unwrap();
+    let options = SessionOptions { dims: vec![("batch".into(), 4), ("seq".into(), 64)], ..Default::default() };
+    // A seed the calibration batches (seeds 0..) do not use.
+    let inputs = compactor_runtime::inputs::random_inputs(&reference, &options.dims, 1_000_003).unwrap();
+    let named: Vec<(&str, compactor_runtime::TensorValue)> = inputs.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let a = Session::new(&reference, &options).unwrap().run(&named).unwrap();
+    let b = Session::new(&Model::load(candidate).unwrap(), &options).unwrap().run(&named).unwrap();
+    let held_out = compactor_runtime::metrics::compare("h", &a[0].1, &b[0].1).unwrap().cosine_similarity;
+    let mut args: Vec<&std::ffi::OsStr> = vec![minilm().into_os_string().leak(), candidate.as_os_str()];
+    let specs = model_inputs(&minilm());
+    for i in &specs {
+        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
+    }
+    let json: serde_json::Value = serde_json::from_str(&run_python("sentence_embeddings.py", &args)).unwrap();
+    (held_out, json["min_cosine"].as_f64().unwrap())
+}
+
+#[test]
+fn gptq_on_minilm_is_no_worse_than_rtn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rtn, gptq) = (dir.path().join("rtn.onnx"), dir.path().join("gptq.onnx"));
+    quantize(&minilm(), "quantize(bits=4,block=32,method=rtn)", &rtn);
+    // Calibration: 32 batches of random tokens (no text corpus is at hand), through the runtime.
+    let mut model = Model::load(minilm()).unwrap();
+    let options = compactor_runtime::SessionOptions { dims: vec![("batch".into(), 1), ("seq".into(), 128)], ..Default::default() };
+    let calibration = compactor::RuntimeCalibrator::random(&model, 32, 0, options).unwrap();
+    let report = compactor::Pipeline::parse("quantize(bits=4,block=32,method=gptq)").unwrap().with_calibration(calibration).run(&mut model).unwrap();
+    model.save(&gptq).unwrap();
+    let layers = report.passes[0].details["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 36);
+    assert!(layers.iter().all(|l| l["gptq_loss"].is_number() && l["output_error"].is_number()));
+    let (rtn_held_out, rtn_sentences) = minilm_accuracy(&rtn);
+    let (gptq_held_out, gptq_sentences) = minilm_accuracy(&gptq);
+    eprintln!("MiniLM int4/32: held-out cosine RTN {rtn_held_out:.5} GPTQ {gptq_held_out:.5}; sentence cosine RTN {rtn_sentences:.4} GPTQ {gptq_sentences:.4}");
+    assert!(gptq_held_out >= rtn_held_out, "held-out: GPTQ {gptq_held_out} < RTN {rtn_held_out}");
+    assert!(gptq_sentences >= rtn_sentences, "sentences: GPTQ {gptq_sentences} < RTN {rtn_sentences}");
+}
+
+#[test]
+fn gptq_needs_calibration_data() {
+    let mut model = Model::load(fixture("tiny_bert.onnx")).unwrap();
+    let e = compactor::Pipeline::parse("quantize(method=gptq)").unwrap().run(&mut model).err().unwrap().to_string();
+    assert!(e.contains("needs calibration data"), "{e}");
+}

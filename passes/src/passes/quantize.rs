@@ -75,8 +75,10 @@ pub struct Quantize {
     pub skip_last: bool,
     /// GPTQ: damping added to the Hessian diagonal, as a fraction of its mean.
     pub damp: f64,
-    /// GPTQ: quantize input channels in order of decreasing activation energy.
+    /// GPTQ: quantize input channels in order of decreasing activation energy (better on every model measured; see docs/benchmarks.md).
     pub act_order: bool,
+    /// GPTQ: calibrate each group of layers on the model with the earlier layers already quantized (the GPTQ paper's order; a calibration run per group, slower) instead of on the original model in one run.
+    pub sequential: bool,
     /// Fraction of each weight's elements (those with the largest error) kept as sparse f16 corrections; 0 disables.
     pub outliers: f64,
     /// Mixed precision: average bits per weight to spend (0 disables); the layers whose error costs most on calibration data get 8 bits.
@@ -99,7 +101,8 @@ impl Default for Quantize {
             skip_first: false,
             skip_last: false,
             damp: 0.01,
-            act_order: false,
+            act_order: true,
+            sequential: false,
             outliers: 0.0,
             budget_bits: 0.0,
         }
@@ -288,7 +291,7 @@ impl Quantize {
     }
 
     /// Hessians `(2/n) Σ xxᵀ` of each distinct activation input, from the calibration data.
-    fn hessians(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[Target]) -> Result<HashMap<ValueId, Hessian>, PassError> {
+    fn hessians(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[&Target]) -> Result<HashMap<ValueId, Hessian>, PassError> {
         let mut accumulators: BTreeMap<ValueId, HessianAccumulator> = BTreeMap::new();
         for t in targets {
             if let (Some(input), "MatMul" | "Gemm") = (t.input, t.op) {
@@ -534,6 +537,50 @@ fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &Quantized
     Ok(())
 }
 
+/// Replaces the weight by its quantized form in the layer, removing the old chain and weight.
+fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, as_nbits: bool) -> Result<(), PassError> {
+    if as_nbits {
+        emit_matmul_nbits(graph, patch, t, q)?;
+    } else {
+        // The chain (Transpose, Cast) goes away: the op reads the dequantized weight in the layout
+        // it expects itself: [K, N] for MatMul, per transB for Gemm, the original layout for Conv
+        // and Gather.
+        let layout = match t.op {
+            "MatMul" => QdqLayout::KN,
+            "Gemm" if graph.node(t.node).attr_int("transB").unwrap_or(0) != 0 => QdqLayout::NK,
+            "Gemm" => QdqLayout::KN,
+            _ => t.layout.clone(),
+        };
+        let dequantized = emit_dequantize(graph, patch, t, q, &layout)?;
+        let index = if t.op == "Gather" { 0 } else { 1 };
+        patch.set_input(t.node, index, Some(dequantized));
+    }
+    for &n in &t.chain {
+        patch.remove_node(n);
+    }
+    patch.remove_value(t.weight);
+    Ok(())
+}
+
+fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>) -> LayerReport {
+    let m = QuantMetrics::new(w, q);
+    LayerReport {
+        name: t.label.clone(),
+        op: t.op,
+        k: t.k,
+        n: t.n,
+        bits: q.config.bits,
+        relative_error: m.relative_frobenius_error,
+        sqnr_db: m.sqnr_db,
+        bits_per_weight: m.bits_per_weight,
+        bytes_before: t.tensor.data_bytes(),
+        bytes_after: m.bytes_after,
+        outliers: q.outliers.len(),
+        gptq_loss,
+        output_error: hessian.map(|h| output_error(w, &q.dequantize(), t.n, h)),
+    }
+}
+
 impl Pass for Quantize {
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         ctx.infer_shapes(graph);
@@ -570,66 +617,53 @@ impl Pass for Quantize {
             upgrade_summary = Some(outcome.summary);
         }
 
-        let hessians = if self.method == Method::Gptq || self.budget_bits > 0.0 { self.hessians(graph, ctx, &targets)? } else { HashMap::new() };
-        ctx.progress.begin("quantizing", targets.len() as u64 * if self.budget_bits > 0.0 { 2 } else { 1 });
-        // Layers are independent: quantize them in parallel (each result only depends on its
-        // own weight and Hessian, so the output does not depend on the thread count).
-        let progress = ctx.progress;
-        let mut results: Vec<(QuantizedWeight, Option<f64>, Vec<f32>)> = targets
-            .par_iter()
-            .map(|t| {
-                let w = t.matrix()?;
-                let (q, loss) = self.quantize_weight(t, &w, self.bits, t.input.and_then(|i| hessians.get(&i)))?;
-                progress.advance(1);
-                Ok((q, loss, w))
-            })
-            .collect::<Result<_, PassError>>()?;
-        if self.budget_bits > 0.0 {
-            self.apply_budget(ctx, &targets, &hessians, &mut results)?;
-        }
-        ctx.progress.end();
-
-        let mut patch = Patch::new();
-        let mut layers = Vec::with_capacity(targets.len());
-        for ((t, (q, loss, w)), &as_nbits) in targets.iter().zip(&results).zip(&nbits) {
-            if as_nbits {
-                emit_matmul_nbits(graph, &mut patch, t, q)?;
-            } else {
-                // The chain (Transpose, Cast) goes away: the op reads the dequantized weight in
-                // the layout it expects itself: [K, N] for MatMul, per transB for Gemm, the
-                // original layout for Conv and Gather.
-                let layout = match t.op {
-                    "MatMul" => QdqLayout::KN,
-                    "Gemm" if graph.node(t.node).attr_int("transB").unwrap_or(0) != 0 => QdqLayout::NK,
-                    "Gemm" => QdqLayout::KN,
-                    _ => t.layout.clone(),
-                };
-                let dequantized = emit_dequantize(graph, &mut patch, t, q, &layout)?;
-                let index = if t.op == "Gather" { 0 } else { 1 };
-                patch.set_input(t.node, index, Some(dequantized));
+        let needs_hessians = self.method == Method::Gptq || self.budget_bits > 0.0;
+        // GPTQ goes stage by stage (the layers reading one activation form a stage), each
+        // calibrated on the graph with the earlier stages already quantized; otherwise one stage.
+        let stages: Vec<Vec<usize>> = if self.method == Method::Gptq && self.sequential && self.budget_bits == 0.0 {
+            let mut by_input: Vec<(Option<ValueId>, Vec<usize>)> = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                match by_input.iter_mut().find(|(input, _)| *input == t.input) {
+                    Some((_, members)) => members.push(i),
+                    None => by_input.push((t.input, vec![i])),
+                }
             }
-            for &n in &t.chain {
-                patch.remove_node(n);
+            by_input.into_iter().map(|(_, members)| members).collect()
+        } else {
+            vec![(0..targets.len()).collect()]
+        };
+        let mut layers: Vec<Option<LayerReport>> = (0..targets.len()).map(|_| None).collect();
+        for (stage_number, stage) in stages.iter().enumerate() {
+            let members: Vec<&Target> = stage.iter().map(|&i| &targets[i]).collect();
+            let hessians = if needs_hessians { self.hessians(graph, ctx, &members)? } else { HashMap::new() };
+            let label = if stages.len() > 1 { format!("quantizing stage {}/{}", stage_number + 1, stages.len()) } else { "quantizing".to_string() };
+            ctx.progress.begin(&label, members.len() as u64 * if self.budget_bits > 0.0 { 2 } else { 1 });
+            // Layers are independent: quantize them in parallel (each result only depends on its
+            // own weight and Hessian, so the output does not depend on the thread count).
+            let progress = ctx.progress;
+            let mut results: Vec<(QuantizedWeight, Option<f64>, Vec<f32>)> = members
+                .par_iter()
+                .map(|t| {
+                    let w = t.matrix()?;
+                    let (q, loss) = self.quantize_weight(t, &w, self.bits, t.input.and_then(|i| hessians.get(&i)))?;
+                    progress.advance(1);
+                    Ok((q, loss, w))
+                })
+                .collect::<Result<_, PassError>>()?;
+            if self.budget_bits > 0.0 {
+                self.apply_budget(ctx, &members, &hessians, &mut results)?;
             }
-            patch.remove_value(t.weight);
-            let m = QuantMetrics::new(w, q);
-            layers.push(LayerReport {
-                name: t.label.clone(),
-                op: t.op,
-                k: t.k,
-                n: t.n,
-                bits: q.config.bits,
-                relative_error: m.relative_frobenius_error,
-                sqnr_db: m.sqnr_db,
-                bits_per_weight: m.bits_per_weight,
-                bytes_before: t.tensor.data_bytes(),
-                bytes_after: m.bytes_after,
-                outliers: q.outliers.len(),
-                gptq_loss: *loss,
-                output_error: t.input.and_then(|i| hessians.get(&i)).map(|h| output_error(w, &q.dequantize(), t.n, h)),
-            });
+            ctx.progress.end();
+            let mut patch = Patch::new();
+            for (&i, (q, loss, w)) in stage.iter().zip(&results) {
+                let t = &targets[i];
+                emit(graph, &mut patch, t, q, nbits[i])?;
+                let hessian = t.input.and_then(|input| hessians.get(&input));
+                layers[i] = Some(layer_report(t, q, *loss, w, hessian));
+            }
+            graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
         }
-        graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
+        let layers: Vec<LayerReport> = layers.into_iter().flatten().collect();
         if nbits.iter().any(|&n| n) {
             ctx.set_opset("com.microsoft", ctx.opset("com.microsoft").unwrap_or(1).max(1));
         }
@@ -660,7 +694,7 @@ impl Pass for Quantize {
 impl Quantize {
     /// Mixed precision: starting from `bits` everywhere, promotes to 8 bits the layers whose
     /// output error drops most per extra byte, while the average stays within `budget_bits`.
-    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [(QuantizedWeight, Option<f64>, Vec<f32>)]) -> Result<(), PassError> {
+    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [(QuantizedWeight, Option<f64>, Vec<f32>)]) -> Result<(), PassError> {
         let total_weights: f64 = targets.iter().map(|t| t.elements() as f64).sum();
         let bits_of = |q: &QuantizedWeight, w: &[f32]| QuantMetrics::new(w, q).bits_per_weight;
         let mut spent: f64 = results.iter().zip(targets).map(|((q, _, w), t)| bits_of(q, w) * t.elements() as f64).sum();

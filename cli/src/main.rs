@@ -31,8 +31,6 @@ enum Command {
     Run(cmd::run::Args),
     /// Run two models on the same inputs; report output errors, sizes and latencies.
     Compare(cmd::compare::Args),
-    /// Latency of the bundled runtime against onnxruntime (Python) on one model.
-    BenchRuntime(cmd::bench_runtime::Args),
 }
 
 /// What a command reports back to `main`.
@@ -51,7 +49,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Compare(args) => cmd::compare::run(args),
-        Command::BenchRuntime(args) => cmd::bench_runtime::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

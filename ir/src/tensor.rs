@@ -385,29 +385,13 @@ pub fn unpack_crumbs(raw: &[u8], count: usize) -> impl Iterator<Item = u8> + '_ 
 }
 
 /// Packs 4-bit values (only the low nibble of each is used), the first in the low nibble.
-pub fn pack_nibbles(values: impl IntoIterator<Item = u8>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut pending: Option<u8> = None;
-    for v in values {
-        match pending.take() {
-            None => pending = Some(v & 0x0F),
-            Some(lo) => out.push(lo | ((v & 0x0F) << 4)),
-        }
-    }
-    out.extend(pending);
-    out
+pub fn pack_nibbles(values: &[u8]) -> Vec<u8> {
+    values.chunks(2).map(|c| (c[0] & 0x0F) | c.get(1).map_or(0, |&v| (v & 0x0F) << 4)).collect()
 }
 
 /// Packs 2-bit values, the first in the lowest bits.
-pub fn pack_crumbs(values: impl IntoIterator<Item = u8>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (i, v) in values.into_iter().enumerate() {
-        if i % 4 == 0 {
-            out.push(0);
-        }
-        *out.last_mut().expect("pushed above") |= (v & 3) << (2 * (i % 4));
-    }
-    out
+pub fn pack_crumbs(values: &[u8]) -> Vec<u8> {
+    values.chunks(4).map(|c| c.iter().enumerate().fold(0u8, |byte, (i, &v)| byte | (v & 3) << (2 * i))).collect()
 }
 
 /// Resolves `external_data` entries of a tensor relative to the model directory.
@@ -488,17 +472,17 @@ mod tests {
 
     #[test]
     fn nibbles_and_crumbs_pack_low_bits_first() {
-        assert_eq!(pack_nibbles([1, 2, 3]), vec![0x21, 0x03]);
+        assert_eq!(pack_nibbles(&[1, 2, 3]), vec![0x21, 0x03]);
         assert_eq!(unpack_nibbles(&[0x21, 0x03], 3).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!(pack_crumbs([1, 2, 3, 0, 1]), vec![0b00_11_10_01, 0b01]);
+        assert_eq!(pack_crumbs(&[1, 2, 3, 0, 1]), vec![0b00_11_10_01, 0b01]);
         assert_eq!(unpack_crumbs(&[0b00_11_10_01, 0b01], 5).collect::<Vec<_>>(), vec![1, 2, 3, 0, 1]);
     }
 
     #[test]
     fn int4_values_sign_extend() {
-        let t = Tensor::from_raw(DataType::Int4, &[4], Bytes::from(pack_nibbles([0x7, 0x8, 0xF, 0x0]))).unwrap();
+        let t = Tensor::from_raw(DataType::Int4, &[4], Bytes::from(pack_nibbles(&[0x7, 0x8, 0xF, 0x0]))).unwrap();
         assert_eq!(t.to_i64().unwrap(), vec![7, -8, -1, 0]);
-        let t = Tensor::from_raw(DataType::Int2, &[4], Bytes::from(pack_crumbs([1, 2, 3, 0]))).unwrap();
+        let t = Tensor::from_raw(DataType::Int2, &[4], Bytes::from(pack_crumbs(&[1, 2, 3, 0]))).unwrap();
         assert_eq!(t.to_i64().unwrap(), vec![1, -2, -1, 0]);
     }
 

@@ -1546,7 +1546,7 @@ mod tests {
     #[test]
     fn blocked_dequantization_of_constants() {
         // x: int4 [2, 4], blocks of 2 along axis 1, scale [2, 2].
-        let x = Tensor::from_raw(DataType::Int4, &[2, 4], Bytes::from(compactor_ir::tensor::pack_nibbles([1, 2, 0xF, 0x8, 3, 4, 5, 6]))).unwrap();
+        let x = Tensor::from_raw(DataType::Int4, &[2, 4], Bytes::from(compactor_ir::tensor::pack_nibbles(&[1, 2, 0xF, 0x8, 3, 4, 5, 6]))).unwrap();
         let scale = Tensor::from_f32(&[2, 2], &[1.0, 2.0, 0.5, 0.25]).unwrap();
         let node = Node {
             op_type: "DequantizeLinear".into(),
@@ -1568,7 +1568,7 @@ mod tests {
 
     #[test]
     fn sub_byte_and_minifloat_tensors_widen_exactly() {
-        let t = Tensor::from_raw(DataType::Int4, &[3], Bytes::from(compactor_ir::tensor::pack_nibbles([7, 8, 0xF]))).unwrap();
+        let t = Tensor::from_raw(DataType::Int4, &[3], Bytes::from(compactor_ir::tensor::pack_nibbles(&[7, 8, 0xF]))).unwrap();
         let w = widen_tensor(&t).unwrap().unwrap();
         assert_eq!(w.dtype(), DataType::Int8);
         assert_eq!(w.to_i64().unwrap(), vec![7, -8, -1]);

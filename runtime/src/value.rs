@@ -119,8 +119,8 @@ impl TensorValue {
                 return IrTensor::from_proto(proto, None).map_err(RuntimeError::from);
             }
             d if tract_native(d) => self.tensor.as_bytes().to_vec(),
-            Int4 | Uint4 => compactor_ir::tensor::pack_nibbles(self.carrier_bytes()?),
-            Int2 | Uint2 => compactor_ir::tensor::pack_crumbs(self.carrier_bytes()?),
+            Int4 | Uint4 => compactor_ir::tensor::pack_nibbles(&self.carrier_bytes()?),
+            Int2 | Uint2 => compactor_ir::tensor::pack_crumbs(&self.carrier_bytes()?),
             Bfloat16 => self.to_f32()?.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
             other => return Err(fail(format!("cannot convert a {other} value back to a tensor"))),
         };

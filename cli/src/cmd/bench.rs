@@ -16,6 +16,10 @@ pub struct Args {
 enum What {
     /// Load + save of a model: Compactor vs Python `onnx.load` / `onnx.save`.
     Io(IoArgs),
+    /// Latency of the bundled runtime against onnxruntime on one model (same inputs, same threads).
+    Runtime(super::bench_runtime::Args),
+    /// The quantize pass against onnxruntime's MatMulNBitsQuantizer: time, size, accuracy.
+    Quantize(super::bench_quantize::Args),
 }
 
 #[derive(clap::Args)]
@@ -24,7 +28,7 @@ struct IoArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 7)]
     runs: usize,
-    /// Python with the onnx package (default: the test venv in the cache, else python3).
+    /// Python with the onnx package (default: $COMPACTOR_PYTHON, the test venv in the cache, else python3).
     #[arg(long)]
     python: Option<PathBuf>,
 }
@@ -32,11 +36,17 @@ struct IoArgs {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     match args.what {
         What::Io(io) => bench_io(io),
+        What::Runtime(rt) => super::bench_runtime::run(rt),
+        What::Quantize(q) => super::bench_quantize::run(q),
     }
 }
 
-/// The Python of the test venv (`$COMPACTOR_CACHE` or `.cache` in the current directory), or python3.
+/// The Python the benchmarks run the references with: `$COMPACTOR_PYTHON`, else the test venv
+/// (`$COMPACTOR_CACHE` or `.cache` in the current directory), else python3.
 pub fn default_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("COMPACTOR_PYTHON") {
+        return PathBuf::from(p);
+    }
     let cache = std::env::var_os("COMPACTOR_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".cache"));
     let venv = cache.join("venv/bin/python");
     if venv.exists() { venv } else { PathBuf::from("python3") }
@@ -73,7 +83,7 @@ fn bench_io(args: IoArgs) -> anyhow::Result<Outcome> {
         times.push(t.elapsed());
     }
     let ours = median(times).as_secs_f64();
-    let python = args.python.unwrap_or_else(default_python);
+    let python = args.python.clone().unwrap_or_else(default_python);
     let reference = python_io_seconds(&python, &args.model, &python_out, args.runs)?;
     let identical = std::fs::read(&args.model)? == std::fs::read(&ours_out)?;
     let same_as_python = std::fs::read(&python_out)? == std::fs::read(&ours_out)?;

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// onnxruntime's side of the benchmark, run by the Python given with --python.
-const ORT_BENCH: &str = include_str!("../../../runtime/bench/ort_bench.py");
+const ORT_BENCH: &str = include_str!("../../bench/ort_runtime.py");
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,7 +26,7 @@ pub struct Args {
     /// Untimed runs first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// A Python with onnxruntime and numpy (default: $COMPACTOR_PYTHON, else python3).
+    /// A Python with onnxruntime and numpy (default: $COMPACTOR_PYTHON, the test venv, else python3).
     #[arg(long)]
     python: Option<PathBuf>,
     /// Print JSON instead of text.
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let ours_ms = median(&mut times);
 
-    let python = args.python.clone().or_else(|| std::env::var_os("COMPACTOR_PYTHON").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("python3"));
+    let python = args.python.clone().unwrap_or_else(super::bench::default_python);
     let output = Command::new(&python)
         .arg(&script)
         .arg(&args.model)

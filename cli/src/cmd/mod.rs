@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_quantize;
 pub mod bench_runtime;
 pub mod compare;
 pub mod inspect;

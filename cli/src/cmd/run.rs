@@ -20,7 +20,7 @@ pub struct Args {
     json: bool,
 }
 
-/// Inputs, symbolic dimensions and threads, shared by `run`, `compare` and `bench-runtime`.
+/// Inputs, symbolic dimensions and threads, shared by `run`, `compare` and `bench runtime`.
 #[derive(clap::Args, Clone)]
 pub struct InputArgs {
     /// An input from a .npy file (repeatable). Inputs not given are made up: deterministic

@@ -60,18 +60,71 @@ pub(crate) struct Encoder {
     max_code: f32,
 }
 
+/// `f32::round` (half away from zero), without the libm call it compiles to on baseline x86-64.
+/// `x - trunc(x)` is exact in f32, so this is the same function for every input.
+#[inline]
+pub(crate) fn round_half_away(x: f32) -> f32 {
+    if x.abs() < 8_388_608.0 {
+        // Truncation, with the sign of zero kept (round(-0.3) is -0.0).
+        let t = (x as i32 as f32).copysign(x);
+        let fraction = x - t;
+        if fraction >= 0.5 {
+            t + 1.0
+        } else if fraction <= -0.5 {
+            t - 1.0
+        } else {
+            t
+        }
+    } else {
+        // Already an integer (or NaN / infinite): as `round` leaves it.
+        x
+    }
+}
+
 impl Encoder {
+    /// `clamp(round(w / scale + zero_point), 0, max_code)`. Clamping first gives the same code
+    /// (the bounds are integers and rounding is monotonic); then the value is non-negative and
+    /// rounding half away from zero is truncation plus one at a fraction of one half: no branch
+    /// and no libm call in the hot loop. NaN maps to 0 as before.
     #[inline]
     pub(crate) fn encode(&self, w: f32) -> u8 {
         let scaled = if self.divide { w / self.scale } else { w * self.reciprocal };
-        (scaled + self.zero_point).round().clamp(0.0, self.max_code) as u8
+        let x = (scaled + self.zero_point).clamp(0.0, self.max_code);
+        let t = x as u8;
+        t + ((x - t as f32) >= 0.5) as u8
     }
 
     /// Like `encode`, with a zero point that is not an integer (HQQ's intermediate iterate).
     #[inline]
     pub(crate) fn encode_with_zero(&self, w: f32, zero: f32) -> f32 {
         let scaled = if self.divide { w / self.scale } else { w * self.reciprocal };
-        (scaled + zero).round().clamp(0.0, self.max_code)
+        round_half_away(scaled + zero).clamp(0.0, self.max_code)
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    #[test]
+    fn round_half_away_is_f32_round() {
+        let mut specials = vec![0.5f32, -0.5, 1.5, -1.5, 2.5, 0.49999997, -0.49999997, 8_388_607.5, 8_388_608.0, -0.0, 1e-40, f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY];
+        // Every float between -20 and 20 around each half, and a spread of bit patterns.
+        for i in -40..=40 {
+            let h = i as f32 * 0.5;
+            specials.extend([h, f32::from_bits(h.to_bits() + 1), f32::from_bits(h.to_bits().wrapping_sub(1))]);
+        }
+        specials.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        for &x in &specials {
+            let (a, b) = (super::round_half_away(x), x.round());
+            assert!(a == b && a.is_sign_negative() == b.is_sign_negative() || (a.is_nan() && b.is_nan()), "{x:e}: {a} vs {b}");
+        }
+        // The encoder's clamp-then-truncate form gives round-then-clamp's code for every value.
+        for max_code in [3u8, 15, 255] {
+            let encoder = super::BlockParams { scale: 1.0, zero_point: 0 }.encoder(max_code);
+            for &x in specials.iter().chain(&[f32::NAN, 255.5, 15.5, 3.5, 254.49998]) {
+                let expected = x.round().clamp(0.0, max_code as f32) as u8;
+                assert_eq!(encoder.encode(x), expected, "{x:e} at max code {max_code}");
+            }
+        }
     }
 }
 

@@ -68,11 +68,11 @@ pub fn scales_raw(values: &[f32], dtype: ScaleDtype) -> Vec<u8> {
     }
 }
 
-fn pack_bits(bits: u8, values: impl IntoIterator<Item = u8>) -> Vec<u8> {
+fn pack_bits(bits: u8, values: Vec<u8>) -> Vec<u8> {
     match bits {
-        2 => pack_crumbs(values),
-        4 => pack_nibbles(values),
-        _ => values.into_iter().collect(),
+        2 => pack_crumbs(&values),
+        4 => pack_nibbles(&values),
+        _ => values,
     }
 }
 
@@ -111,17 +111,22 @@ impl QdqLayout {
         }
     }
 
-    /// `(k, n)` of each element of the ONNX tensor, in the tensor's row-major order, given the
-    /// extent `k` of the blocked axis (K for the weight, k_blocks for its scales) and N.
-    fn element_order(&self, k: usize, n: usize) -> Vec<(usize, usize)> {
-        match self {
-            QdqLayout::KN => (0..k).flat_map(|r| (0..n).map(move |c| (r, c))).collect(),
-            QdqLayout::NK => (0..n).flat_map(|c| (0..k).map(move |r| (r, c))).collect(),
-            QdqLayout::Conv { out_channels, spatial } => {
-                let s: usize = spatial.iter().product();
-                (0..*out_channels).flat_map(|o| (0..k).flat_map(move |r| (0..s).map(move |x| (r, o * s + x)))).collect()
+    /// For each element of the ONNX tensor in its row-major order, the index into a `[k, n]`
+    /// row-major matrix it holds (`k`: the extent of the blocked axis — K for the weight,
+    /// k_blocks for its scales).
+    fn source_indices(&self, k: usize, n: usize) -> impl Iterator<Item = usize> + '_ {
+        let s: usize = match self {
+            QdqLayout::Conv { spatial, .. } => spatial.iter().product(),
+            _ => 1,
+        };
+        (0..k * n).map(move |i| match self {
+            QdqLayout::KN => i,
+            QdqLayout::NK => (i % k) * n + i / k,
+            QdqLayout::Conv { .. } => {
+                let (o, rest) = (i / (k * s), i % (k * s));
+                (rest / s) * n + o * s + rest % s
             }
-        }
+        })
     }
 }
 
@@ -151,10 +156,16 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
     let (shape, axis) = layout.shape_and_axis(q.k, q.n);
     let (scale_shape, _) = layout.shape_and_axis(k_blocks, q.n);
     // Signed values in two's complement; the packers keep the low `bits` bits.
-    let quantized = pack_bits(bits, layout.element_order(q.k, q.n).into_iter().map(|(r, c)| q.codes[r * q.n + c].wrapping_sub(offset)));
-    let block_order = layout.element_order(k_blocks, q.n);
-    let scales = block_order.iter().map(|&(b, c)| q.scales[c * k_blocks + b]).collect();
-    let zero_points = q.zero_points.as_ref().map(|zp| pack_bits(bits, block_order.iter().map(|&(b, c)| zp[c * k_blocks + b])));
+    let codes: Vec<u8> = match layout {
+        QdqLayout::KN => q.codes.iter().map(|&c| c.wrapping_sub(offset)).collect(),
+        _ => layout.source_indices(q.k, q.n).map(|i| q.codes[i].wrapping_sub(offset)).collect(),
+    };
+    let quantized = pack_bits(bits, codes);
+    // Scales and zero points are [N, k_blocks] (column-major blocks): index [b, c] is c * k_blocks + b.
+    let block_index = |i: usize| (i % q.n) * k_blocks + i / q.n;
+    let block_order: Vec<usize> = layout.source_indices(k_blocks, q.n).map(block_index).collect();
+    let scales = block_order.iter().map(|&i| q.scales[i]).collect();
+    let zero_points = q.zero_points.as_ref().map(|zp| pack_bits(bits, block_order.iter().map(|&i| zp[i]).collect()));
     Ok(QdqTensors {
         quantized,
         dtype,
@@ -188,11 +199,11 @@ pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, Quan
             if row < q.k { q.codes[row * q.n + col] } else { q.params(col, k_blocks - 1).zero_point }
         });
         // Blocks hold whole bytes (block_size >= 16), so packing the column packs each blob.
-        b.extend(pack_bits(bits, column));
+        b.extend(pack_bits(bits, column.collect()));
     }
     let zero_points = q.zero_points.as_ref().map(|zp| {
         // Each column's zero points start on a fresh byte; a partial last byte is zero-filled.
-        zp.chunks(k_blocks).flat_map(|col_zp| pack_bits(bits, col_zp.iter().copied())).collect()
+        zp.chunks(k_blocks).flat_map(|col_zp| pack_bits(bits, col_zp.to_vec())).collect()
     });
     Ok(MatMulNBitsTensors {
         b,

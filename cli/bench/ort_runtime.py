@@ -1,4 +1,4 @@
-"""onnxruntime's side of `compactor bench-runtime`: runs MODEL on the given .npy inputs with
+"""onnxruntime's side of `compactor bench runtime`: runs MODEL on the given .npy inputs with
 THREADS intra-op threads and prints one JSON object: median latency over RUNS timed runs
 (after WARMUP untimed ones), and where it wrote its outputs.
 

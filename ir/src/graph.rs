@@ -81,6 +81,44 @@ pub struct SparseTensor {
     pub dims: Vec<i64>,
 }
 
+impl SparseTensor {
+    /// The dense tensor: zeros with `values` placed at `indices` (either `[nnz]` linear
+    /// positions or `[nnz, rank]` coordinates, as ONNX allows).
+    pub fn to_dense(&self) -> Result<Tensor, crate::IrError> {
+        let err = |reason: String| crate::IrError::TensorData { tensor: "<sparse>".into(), reason };
+        let values = self.values.as_ref().ok_or_else(|| err("sparse tensor without values".into()))?;
+        let dims: Vec<u64> = self.dims.iter().map(|&d| u64::try_from(d).map_err(|_| err(format!("negative dimension in {:?}", self.dims)))).collect::<Result<_, _>>()?;
+        let count = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| err(format!("dims {:?} overflow", self.dims)))? as usize;
+        let width = match values.dtype().bit_width() {
+            Some(b) if b % 8 == 0 => (b / 8) as usize,
+            _ => return Err(err(format!("{} values cannot be densified", values.dtype()))),
+        };
+        let nnz = values.len() as usize;
+        let positions: Vec<i64> = match &self.indices {
+            None if nnz == 0 => Vec::new(),
+            None => return Err(err("sparse tensor without indices".into())),
+            Some(idx) => {
+                let flat = idx.to_i64()?;
+                match idx.dims() {
+                    [n] if *n as usize == nnz => flat,
+                    [n, r] if *n as usize == nnz && *r as usize == dims.len() => flat
+                        .chunks(dims.len().max(1))
+                        .map(|coord| coord.iter().zip(&dims).fold(0i64, |acc, (&c, &d)| acc * d as i64 + c))
+                        .collect(),
+                    other => return Err(err(format!("indices of shape {other:?} do not fit {nnz} values of rank {}", dims.len()))),
+                }
+            }
+        };
+        let raw = values.raw_data()?;
+        let mut dense = vec![0u8; count * width];
+        for (k, &p) in positions.iter().enumerate() {
+            let p = usize::try_from(p).ok().filter(|&p| p < count).ok_or_else(|| err(format!("index {p} is outside {count} elements")))?;
+            dense[p * width..(p + 1) * width].copy_from_slice(&raw[k * width..(k + 1) * width]);
+        }
+        Tensor::from_raw(values.dtype(), &dims, dense.into())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum AttrValue {
     Float(f32),
@@ -554,5 +592,21 @@ impl UseMap {
         nodes.sort();
         nodes.dedup();
         nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_tensors_densify_from_linear_or_coordinate_indices() {
+        let values = Tensor::from_f32(&[2], &[1.5, -2.0]).unwrap();
+        let linear = SparseTensor { values: Some(values.clone()), indices: Some(Tensor::from_i64(&[2], &[1, 5]).unwrap()), dims: vec![2, 3] };
+        assert_eq!(linear.to_dense().unwrap().to_f32().unwrap(), vec![0.0, 1.5, 0.0, 0.0, 0.0, -2.0]);
+        let coords = SparseTensor { values: Some(values.clone()), indices: Some(Tensor::from_i64(&[2, 2], &[0, 1, 1, 2]).unwrap()), dims: vec![2, 3] };
+        assert_eq!(coords.to_dense().unwrap().to_f32().unwrap(), vec![0.0, 1.5, 0.0, 0.0, 0.0, -2.0]);
+        let outside = SparseTensor { values: Some(values), indices: Some(Tensor::from_i64(&[2], &[1, 6]).unwrap()), dims: vec![2, 3] };
+        assert!(outside.to_dense().unwrap_err().to_string().contains("index 6 is outside 6 elements"));
     }
 }

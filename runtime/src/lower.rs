@@ -244,6 +244,7 @@ pub struct Lowered {
 /// Lowers a clone of `model`.
 pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
+    lowering.densify_sparse_initializers()?;
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     type_loop_bodies(&mut lowering.model.graph);
     lowering.expand_losses()?;
@@ -253,6 +254,24 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.widen_tensors()?;
     lowering.widen_value_types();
     Ok(Lowered { model: lowering.model, report: lowering.report })
+}
+
+impl Lowering {
+    /// tract has no sparse initializers: they become dense ones (as onnxruntime does at load).
+    fn densify_sparse_initializers(&mut self) -> Result<(), RuntimeError> {
+        let graph = &mut self.model.graph;
+        for r in graph.region_ids().collect::<Vec<_>>() {
+            for v in std::mem::take(&mut graph.region_mut(r).sparse_initializers) {
+                let sparse = graph.value_mut(v).sparse_initializer.take().expect("listed sparse initializers hold data");
+                let dense = sparse.to_dense().map_err(|e| RuntimeError::Lowering { model: self.name.clone(), node: graph.value(v).name.clone(), reason: format!("sparse initializer '{}': {e}", graph.value(v).name) })?;
+                let value = graph.value_mut(v);
+                value.def = compactor_ir::ValueDef::Initializer;
+                value.initializer = Some(dense);
+                graph.region_mut(r).initializers.push(v);
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn model_name(model: &Model) -> String {

@@ -215,3 +215,43 @@ fn gptq_needs_calibration_data() {
     let e = compactor::Pipeline::parse("quantize(method=gptq)").unwrap().run(&mut model).err().unwrap().to_string();
     assert!(e.contains("needs calibration data"), "{e}");
 }
+
+#[test]
+fn the_bundled_runtime_and_onnxruntime_agree_on_every_emitted_model() {
+    use compactor_runtime::{Session, SessionOptions, TensorValue};
+    let dir = tempfile::tempdir().unwrap();
+    // Inputs for tiny_bert, written once and fed to both runtimes.
+    let ids = TensorValue::from_i64(&[2, 7], &[1, 5, 9, 13, 2, 7, 3, 4, 8, 8, 1, 0, 6, 2]).unwrap();
+    let mask = TensorValue::from_i64(&[2, 7], &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).unwrap();
+    let (ids_path, mask_path) = (dir.path().join("ids.npy"), dir.path().join("mask.npy"));
+    compactor_runtime::npy::write_npy(&ids_path, &ids).unwrap();
+    compactor_runtime::npy::write_npy(&mask_path, &mask).unwrap();
+    let specs = [
+        "quantize",
+        "quantize(format=matmulnbits)",
+        "quantize(bits=8,symmetric=false,ops=[MatMul,Gemm,Gather])",
+        "quantize(bits=2,block=16)",
+        "quantize(bits=2,format=matmulnbits,symmetric=false)",
+        "quantize(scale_dtype=f16,block=64)",
+        "quantize(outliers=0.01)",
+        "quantize(outliers=0.01,format=matmulnbits)",
+        "quantize(block=0,method=mse)",
+    ];
+    for (i, spec) in specs.iter().enumerate() {
+        let model_path = dir.path().join(format!("{i}.onnx"));
+        quantize(&fixture("tiny_bert.onnx"), spec, &model_path);
+        let out_dir = dir.path().join(format!("ort_{i}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let ids_arg = format!("input_ids={}", ids_path.display());
+        let mask_arg = format!("attention_mask={}", mask_path.display());
+        // onnxruntime's extended fusions change numerics (int8 activations); compare semantics.
+        run_python("run_ort.py", &[model_path.as_os_str(), out_dir.as_os_str(), "--input".as_ref(), ids_arg.as_ref(), "--input".as_ref(), mask_arg.as_ref(), "--opt".as_ref(), "basic".as_ref()]);
+        let theirs = compactor_runtime::npy::read_npy(&out_dir.join("output_0.npy")).unwrap();
+        let session = Session::new(&Model::load(&model_path).unwrap(), &SessionOptions::default()).unwrap();
+        let ours = session.run(&[("input_ids", ids.clone()), ("attention_mask", mask.clone())]).unwrap();
+        let c = compactor_runtime::metrics::compare("last_hidden_state", &theirs, &ours[0].1).unwrap();
+        // f16 scales make both sides compute in f16 rounding; the rest agree to float accuracy.
+        let bound = if spec.contains("f16") { 1e-3 } else { 1e-4 };
+        assert!(c.max_abs_error < bound, "{spec}: runtimes differ by {}", c.max_abs_error);
+    }
+}

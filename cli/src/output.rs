@@ -22,6 +22,11 @@ pub fn bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// `850 ms`, `2.4 s`.
+pub fn duration(seconds: f64) -> String {
+    if seconds < 1.0 { format!("{:.0} ms", seconds * 1e3) } else { format!("{seconds:.1} s") }
+}
+
 /// `22.7M`, `1.2K`, `512`.
 pub fn count(n: u64) -> String {
     match n {

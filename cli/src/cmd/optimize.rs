@@ -1,5 +1,5 @@
 use crate::Outcome;
-use crate::output::bytes;
+use crate::output::{bytes, duration};
 use crate::progress::Bars;
 use anyhow::{Context, bail};
 use super::run::{InputArgs, named};
@@ -136,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let input_bytes = std::fs::metadata(&args.input)?.len() + external_bytes(&args.input)?;
     let output_bytes = saved.model_bytes + saved.external_files.iter().map(|(_, n)| n).sum::<u64>();
     eprintln!(
-        "{} -> {}: {} -> {} ({:.2}x smaller), {} -> {} nodes, {:.1} s",
+        "{} -> {}: {} -> {} ({:.2}x smaller), {} -> {} nodes, {}",
         args.input.display(),
         args.output.display(),
         bytes(input_bytes),
@@ -144,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         input_bytes as f64 / output_bytes.max(1) as f64,
         report.before.nodes,
         report.after.nodes,
-        report.seconds
+        duration(report.seconds)
     );
     if let Some(path) = &args.report {
         let value = serde_json::json!({

@@ -11,26 +11,13 @@ import glob
 import os
 import sys
 
-import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
+# The same loading and comparison as the runtime conformance suite.
+from ort_node_tests import close, load_pb
 
-def read_value(path, type_proto):
-    data = open(path, "rb").read()
-    kind = type_proto.WhichOneof("value")
-    if kind == "sequence_type":
-        seq = onnx.SequenceProto()
-        seq.ParseFromString(data)
-        return numpy_helper.to_list(seq)
-    if kind == "optional_type":
-        opt = onnx.OptionalProto()
-        opt.ParseFromString(data)
-        return numpy_helper.to_optional(opt)
-    t = onnx.TensorProto()
-    t.ParseFromString(data)
-    return numpy_helper.to_array(t)
+RTOL, ATOL = 1e-3, 1e-7
 
 
 def check(model_path, case_dir, use_reference=False):
@@ -53,19 +40,12 @@ def check(model_path, case_dir, use_reference=False):
         for i, inp in enumerate(inputs):
             path = os.path.join(data_set, f"input_{i}.pb")
             if os.path.exists(path):
-                feeds[inp.name] = read_value(path, inp.type)
+                feeds[inp.name] = load_pb(path, inp.type)
         outputs = run(feeds)
         for i, (out, got) in enumerate(zip(model.graph.output, outputs)):
-            expected = read_value(os.path.join(data_set, f"output_{i}.pb"), out.type)
-            if isinstance(expected, list):
-                for e, g in zip(expected, got):
-                    np.testing.assert_allclose(e, g, rtol=1e-3, atol=1e-7)
-            elif expected is None or got is None:
-                assert expected is None and got is None, "optional presence differs"
-            elif expected.dtype.kind in "OUS":
-                assert np.array_equal(expected, got), "strings differ"
-            else:
-                np.testing.assert_allclose(expected, got, rtol=1e-3, atol=1e-7)
+            expected = load_pb(os.path.join(data_set, f"output_{i}.pb"), out.type)
+            problem = close(expected, got, RTOL, ATOL)
+            assert problem is None, f"output {i}: {problem}"
 
 
 def main():

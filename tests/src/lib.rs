@@ -125,3 +125,19 @@ pub fn model_inputs(model: &Path) -> Vec<String> {
     inputs.sort();
     inputs
 }
+
+/// Runs two models in onnxruntime on the same inputs (`name=path.npy`; others random) with
+/// tests/py/compare_ort.py and panics with its report if any output differs beyond
+/// `atol + rtol * |b|`. Returns the largest per-output max abs difference. `opt` is
+/// onnxruntime's graph optimization level (`none`, `basic`, `all`): its extended fusions change
+/// numerics, so comparisons of exact semantics use `basic`.
+pub fn compare_ort(a: &Path, b: &Path, atol: f64, rtol: f64, opt: &str, inputs: &[String]) -> f64 {
+    let (atol, rtol) = (atol.to_string(), rtol.to_string());
+    let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str(), "--atol".as_ref(), atol.as_ref(), "--rtol".as_ref(), rtol.as_ref(), "--opt".as_ref(), opt.as_ref()];
+    for i in inputs {
+        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
+    }
+    let report = run_python("compare_ort.py", &args);
+    assert!(!report.contains("FAIL"), "{} vs {}:\n{report}", short(a), short(b));
+    report.lines().filter_map(|l| l.split("max abs diff ").nth(1)?.split(' ').next()?.parse::<f64>().ok()).fold(0.0, f64::max)
+}

@@ -3,7 +3,7 @@
 
 use compactor_ir::{Model, verify};
 use compactor_runtime::{Session, SessionOptions, TensorValue};
-use compactor_tests::{model_inputs, real_models, run_python, short};
+use compactor_tests::{model_inputs, real_models, short};
 
 fn runtime_outputs(model: &Model, inputs: &[(String, TensorValue)]) -> Vec<(String, TensorValue)> {
     let named: Vec<(&str, TensorValue)> = inputs.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
@@ -41,11 +41,6 @@ fn cleanup_keeps_every_real_models_outputs() {
         // onnxruntime: the saved result against the original file.
         let out = dir.path().join(name.replace('/', "__"));
         model.save(&out).unwrap();
-        let mut args: Vec<&std::ffi::OsStr> = vec![path.as_os_str(), out.as_os_str(), "--atol".as_ref(), "1e-5".as_ref(), "--rtol".as_ref(), "1e-4".as_ref()];
-        for s in &specs {
-            args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(s)]);
-        }
-        let report = run_python("compare_ort.py", &args);
-        assert!(!report.contains("FAIL"), "{name}: {report}");
+        compactor_tests::compare_ort(&path, &out, 1e-5, 1e-4, "all", &specs);
     }
 }

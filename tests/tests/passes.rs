@@ -6,7 +6,7 @@ use compactor_passes::patterns::{LinearOp, linear_layers};
 use compactor_passes::registry::{PRESETS, passes};
 use compactor_passes::transformer::transformer_blocks;
 use compactor_passes::{PassError, Pipeline, RunOptions};
-use compactor_tests::{minilm, repo_root, run_python};
+use compactor_tests::{minilm, repo_root};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
@@ -135,21 +135,6 @@ fn dead_code_in_and_around_subgraphs() {
     assert_eq!(main_outputs.len(), 1);
 }
 
-fn ort_equal(a: &Path, b: &Path, atol: &str, inputs: &[String]) {
-    let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str(), "--atol".as_ref(), atol.as_ref(), "--rtol".as_ref(), "1e-5".as_ref()];
-    for i in inputs {
-        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
-    }
-    let out = run_python("compare_ort.py", &args);
-    assert!(!out.contains("FAIL"), "{out}");
-}
-
-/// MiniLM's reference inputs, as `name=path` for compare_ort.py.
-fn minilm_inputs() -> Vec<String> {
-    let dir = compactor_tests::shared_models();
-    ["input_ids", "attention_mask", "token_type_ids"].iter().map(|n| format!("{n}={}", dir.join(format!("minilm_{n}.npy")).display())).collect()
-}
-
 #[test]
 fn cleanup_passes_keep_outputs_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +144,7 @@ fn cleanup_passes_keep_outputs_in_onnxruntime() {
         let out = dir.path().join(name);
         model.save(&out).unwrap();
         if name != "if_subgraph.onnx" {
-            ort_equal(&fixture(name), &out, "1e-6", &[]);
+            compactor_tests::compare_ort(&fixture(name), &out, 1e-6, 1e-5, "all", &[]);
         }
         assert!(report.after.nodes <= report.before.nodes, "{name}");
     }
@@ -182,7 +167,7 @@ fn cleanup_passes_keep_minilm_outputs_in_onnxruntime() {
     let out = dir.path().join("minilm.onnx");
     model.save(&out).unwrap();
     // Same kernels, same graph computation: results must be bit-identical.
-    ort_equal(&minilm(), &out, "0", &minilm_inputs());
+    compactor_tests::compare_ort(&minilm(), &out, 0.0, 0.0, "all", &compactor_tests::model_inputs(&minilm()));
 }
 
 #[test]

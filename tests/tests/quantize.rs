@@ -22,34 +22,23 @@ fn ort_check(path: &Path) -> serde_json::Value {
     serde_json::from_str(&run_python("quantize_checks.py", &["check".as_ref(), path.as_os_str()])).unwrap()
 }
 
-/// compare_ort.py's per-output max abs difference, or a panic with its report if it fails.
-/// `opt` is onnxruntime's optimization level: its extended fusions change numerics.
-fn ort_diff(a: &Path, b: &Path, atol: f64, opt: &str, inputs: &[String]) -> f64 {
-    let atol = atol.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str(), "--atol".as_ref(), atol.as_ref(), "--rtol".as_ref(), "0".as_ref(), "--opt".as_ref(), opt.as_ref()];
-    for i in inputs {
-        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
-    }
-    let out = run_python("compare_ort.py", &args);
-    assert!(!out.contains("FAIL"), "{out}");
-    out.lines().filter_map(|l| l.split("max abs diff ").nth(1)?.split(' ').next()?.parse::<f64>().ok()).fold(0.0, f64::max)
-}
+/// Every form the tests emit: bits, blocks, symmetry, scale types, methods, outliers, formats.
+const EMITTED_FORMS: [&str; 9] = [
+    "quantize",
+    "quantize(format=matmulnbits)",
+    "quantize(bits=8,symmetric=false,ops=[MatMul,Gemm,Gather])",
+    "quantize(bits=2,block=16)",
+    "quantize(bits=2,format=matmulnbits,symmetric=false)",
+    "quantize(block=0,method=mse)",
+    "quantize(scale_dtype=f16,block=64)",
+    "quantize(outliers=0.01)",
+    "quantize(outliers=0.01,format=matmulnbits)",
+];
 
 #[test]
 fn every_form_is_valid_onnx_and_runs_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    let specs = [
-        "quantize",
-        "quantize(format=matmulnbits)",
-        "quantize(bits=8,symmetric=false,ops=[MatMul,Gemm,Gather])",
-        "quantize(bits=2,block=16)",
-        "quantize(bits=2,format=matmulnbits,symmetric=false)",
-        "quantize(block=0,method=mse)",
-        "quantize(scale_dtype=f16,block=64)",
-        "quantize(outliers=0.01)",
-        "quantize(outliers=0.01,format=matmulnbits)",
-    ];
-    for (i, spec) in specs.iter().enumerate() {
+    for (i, spec) in EMITTED_FORMS.iter().enumerate() {
         for name in ["tiny_bert.onnx", "tiny_mlp.onnx"] {
             let out = dir.path().join(format!("{i}_{name}"));
             let report = quantize(&fixture(name), &format!("{spec},eliminate-dead-code"), &out);
@@ -62,7 +51,7 @@ fn every_form_is_valid_onnx_and_runs_in_onnxruntime() {
             }
             // int2 is coarse; everything else stays close to the f32 model.
             let bound = if spec.contains("bits=2") { 5.0 } else { 1.0 };
-            ort_diff(&fixture(name), &out, bound, "all", &[]);
+            compactor_tests::compare_ort(&fixture(name), &out, bound, 0.0, "all", &[]);
         }
     }
 }
@@ -77,7 +66,7 @@ fn qdq_and_matmulnbits_forms_compute_the_same() {
         // Same codes and scales decoded by two kernels: equal up to float summation order.
         // (With onnxruntime's extended fusions on, DequantizeLinear+MatMul becomes an
         // int8-activation kernel and the QDQ model drifts by ~0.02; compare the semantics.)
-        let diff = ort_diff(&a, &b, 1e-4, "basic", &[]);
+        let diff = compactor_tests::compare_ort(&a, &b, 1e-4, 0.0, "basic", &[]);
         assert!(diff < 1e-4, "{options}: {diff}");
     }
 }
@@ -226,18 +215,7 @@ fn the_bundled_runtime_and_onnxruntime_agree_on_every_emitted_model() {
     let (ids_path, mask_path) = (dir.path().join("ids.npy"), dir.path().join("mask.npy"));
     compactor_runtime::npy::write_npy(&ids_path, &ids).unwrap();
     compactor_runtime::npy::write_npy(&mask_path, &mask).unwrap();
-    let specs = [
-        "quantize",
-        "quantize(format=matmulnbits)",
-        "quantize(bits=8,symmetric=false,ops=[MatMul,Gemm,Gather])",
-        "quantize(bits=2,block=16)",
-        "quantize(bits=2,format=matmulnbits,symmetric=false)",
-        "quantize(scale_dtype=f16,block=64)",
-        "quantize(outliers=0.01)",
-        "quantize(outliers=0.01,format=matmulnbits)",
-        "quantize(block=0,method=mse)",
-    ];
-    for (i, spec) in specs.iter().enumerate() {
+    for (i, spec) in EMITTED_FORMS.iter().enumerate() {
         let model_path = dir.path().join(format!("{i}.onnx"));
         quantize(&fixture("tiny_bert.onnx"), spec, &model_path);
         let out_dir = dir.path().join(format!("ort_{i}"));
@@ -281,8 +259,8 @@ fn mixed_precision_spends_the_budget_where_it_helps() {
     });
     assert!(spent / weights <= 6.5 + 1e-9, "average {} bits per weight", spent / weights);
     // And the model is closer to f32 than with 4 bits everywhere.
-    let diff_low = ort_diff(&fixture("tiny_bert.onnx"), &low, 10.0, "basic", &[]);
-    let diff_mixed = ort_diff(&fixture("tiny_bert.onnx"), &mixed, 10.0, "basic", &[]);
+    let diff_low = compactor_tests::compare_ort(&fixture("tiny_bert.onnx"), &low, 10.0, 0.0, "basic", &[]);
+    let diff_mixed = compactor_tests::compare_ort(&fixture("tiny_bert.onnx"), &mixed, 10.0, 0.0, "basic", &[]);
     assert!(diff_mixed < diff_low, "mixed {diff_mixed} vs 4-bit {diff_low}");
 }
 

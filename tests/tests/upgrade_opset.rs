@@ -96,12 +96,6 @@ fn real_models_compute_the_same_after_upgrading() {
         upgrade(&mut model, 21).unwrap_or_else(|e| panic!("{}: {e}", short(&path)));
         let out = dir.path().join(short(&path).replace('/', "__"));
         model.save(&out).unwrap();
-        let mut args: Vec<&std::ffi::OsStr> = vec![path.as_os_str(), out.as_os_str(), "--atol".as_ref(), "1e-5".as_ref(), "--rtol".as_ref(), "1e-4".as_ref()];
-        let inputs = compactor_tests::model_inputs(&path);
-        for i in &inputs {
-            args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
-        }
-        let report = run_python("compare_ort.py", &args);
-        assert!(!report.contains("FAIL"), "{}: {report}", short(&path));
+        compactor_tests::compare_ort(&path, &out, 1e-5, 1e-4, "all", &compactor_tests::model_inputs(&path));
     }
 }

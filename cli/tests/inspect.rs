@@ -13,7 +13,7 @@ fn compactor(args: &[&std::ffi::OsStr]) -> Output {
 
 fn inspect(path: &Path, extra: &[&str]) -> Output {
     let mut args: Vec<&std::ffi::OsStr> = vec!["inspect".as_ref(), path.as_os_str()];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     compactor(&args)
 }
 

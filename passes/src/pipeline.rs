@@ -20,6 +20,11 @@ struct Step {
     pass: Box<dyn Pass>,
 }
 
+/// Called with (pass name, pass index, the model's text form) after the passes in `dump_after`.
+pub type DumpHook<'a> = &'a mut dyn FnMut(&str, usize, &str);
+/// Called before each pass with (index, count, name).
+pub type PassStartHook<'a> = &'a mut dyn FnMut(usize, usize, &str);
+
 /// How to run a pipeline, and what it may use.
 pub struct RunOptions<'a> {
     /// Verify the graph after every pass (it is always verified after the last one).
@@ -31,9 +36,8 @@ pub struct RunOptions<'a> {
     pub progress: &'a dyn Progress,
     pub evaluator: Option<&'a dyn ConstantEvaluator>,
     pub calibrator: Option<&'a mut dyn Calibrator>,
-    pub on_dump: Option<&'a mut dyn FnMut(&str, usize, &str)>,
-    /// Called before each pass with (index, count, name).
-    pub on_pass_start: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+    pub on_dump: Option<DumpHook<'a>>,
+    pub on_pass_start: Option<PassStartHook<'a>>,
 }
 
 impl Default for RunOptions<'_> {

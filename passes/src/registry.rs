@@ -4,6 +4,9 @@ use crate::pass::{Pass, PassDef, PassError, PassKind};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+/// Builds a pass from its options (a JSON object of option names to values).
+type BuildFn = fn(&Map<String, Value>) -> Result<Box<dyn Pass>, PassError>;
+
 /// A registered pass: how to describe it and how to build it from options.
 pub struct PassInfo {
     pub name: &'static str,
@@ -11,7 +14,7 @@ pub struct PassInfo {
     pub kind: PassKind,
     schema: fn() -> schemars::Schema,
     defaults: fn() -> Value,
-    build: fn(&Map<String, Value>) -> Result<Box<dyn Pass>, PassError>,
+    build: BuildFn,
 }
 
 /// One option of a pass, as listed by `compactor passes`.

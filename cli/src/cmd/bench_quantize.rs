@@ -78,7 +78,10 @@ struct OrtReport {
     formats: std::collections::BTreeMap<String, OrtFormat>,
 }
 
-fn time_ours(args: &Args, spec: &str, out: &Path, calibration: Option<&dyn Fn(&Model) -> anyhow::Result<RuntimeCalibrator>>) -> anyhow::Result<f64> {
+/// Makes a model's calibration data (for GPTQ).
+type MakeCalibration<'a> = &'a dyn Fn(&Model) -> anyhow::Result<RuntimeCalibrator>;
+
+fn time_ours(args: &Args, spec: &str, out: &Path, calibration: Option<MakeCalibration<'_>>) -> anyhow::Result<f64> {
     let mut times = Vec::with_capacity(args.runs);
     for _ in 0..args.runs {
         let start = Instant::now();

@@ -189,12 +189,12 @@ fn check_outputs(original: &Model, result: &Model, args: &Args) -> anyhow::Resul
     for ((name, a), (_, b)) in before.iter().zip(&after) {
         let c = compare(name, a, b).map_err(anyhow::Error::msg)?;
         if let Some(max) = args.max_error
-            && !(c.max_abs_error <= max)
+            && (c.max_abs_error.is_nan() || c.max_abs_error > max)
         {
             broken.push(format!("output '{name}': max abs error {:.3e} > {max:e}", c.max_abs_error));
         }
         if let Some(min) = min_cosine
-            && !(c.cosine_similarity >= min)
+            && (c.cosine_similarity.is_nan() || c.cosine_similarity < min)
         {
             broken.push(format!("output '{name}': cosine similarity {:.6} < {min}", c.cosine_similarity));
         }

@@ -74,7 +74,7 @@ fn tree_ensemble(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
 fn optimizer(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     let groups = if ctx.node.op_type == "Adam" { 4 } else { 3 };
     let tensors = ctx.input_count().saturating_sub(2);
-    if tensors % groups != 0 || tensors == 0 {
+    if !tensors.is_multiple_of(groups) || tensors == 0 {
         return Err(InferError::Invalid(format!("{tensors} optimized tensors do not form groups of {groups}")));
     }
     let n = tensors / groups;

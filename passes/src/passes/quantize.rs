@@ -147,6 +147,9 @@ impl PassDef for Quantize {
     }
 }
 
+/// A quantized weight, its GPTQ loss (if GPTQ ran) and the original `[K, N]` matrix.
+type LayerResult = (QuantizedWeight, Option<f64>, Vec<f32>);
+
 /// One weight to quantize and how it maps to the `[K, N]` matrix of the numerics.
 struct Target {
     /// The node that reads the weight (MatMul, Gemm, Conv or Gather).
@@ -431,11 +434,13 @@ fn outlier_tensor(q: &QuantizedWeight, layout: &QdqLayout) -> Result<Option<Spar
     if q.outliers.is_empty() {
         return Ok(None);
     }
-    let (shape, flat): (Vec<i64>, Box<dyn Fn(usize, usize) -> usize>) = match layout {
-        QdqLayout::KN => (vec![q.k as i64, q.n as i64], Box::new(|r, c| r * q.n + c)),
-        QdqLayout::NK => (vec![q.n as i64, q.k as i64], Box::new(|r, c| c * q.k + r)),
+    let shape = match layout {
+        QdqLayout::KN => vec![q.k as i64, q.n as i64],
+        QdqLayout::NK => vec![q.n as i64, q.k as i64],
         QdqLayout::Conv { .. } => return Err(PassError::failed(Quantize::NAME, "outliers", "outlier corrections are not supported for Conv weights")),
     };
+    // The outlier's position in the tensor as the op reads it ([K, N] or [N, K]).
+    let flat = |row: usize, col: usize| if *layout == QdqLayout::KN { row * q.n + col } else { col * q.k + row };
     let mut entries: Vec<(i64, half::f16)> = q.outliers.iter().map(|o| (flat(o.row as usize, o.col as usize) as i64, o.delta)).collect();
     entries.sort_by_key(|e| e.0);
     let count = entries.len() as u64;
@@ -641,7 +646,7 @@ impl Pass for Quantize {
             // Layers are independent: quantize them in parallel (each result only depends on its
             // own weight and Hessian, so the output does not depend on the thread count).
             let progress = ctx.progress;
-            let mut results: Vec<(QuantizedWeight, Option<f64>, Vec<f32>)> = members
+            let mut results: Vec<LayerResult> = members
                 .par_iter()
                 .map(|t| {
                     let w = t.matrix()?;
@@ -694,7 +699,7 @@ impl Pass for Quantize {
 impl Quantize {
     /// Mixed precision: starting from `bits` everywhere, promotes to 8 bits the layers whose
     /// output error drops most per extra byte, while the average stays within `budget_bits`.
-    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [(QuantizedWeight, Option<f64>, Vec<f32>)]) -> Result<(), PassError> {
+    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [LayerResult]) -> Result<(), PassError> {
         let total_weights: f64 = targets.iter().map(|t| t.elements() as f64).sum();
         let bits_of = |q: &QuantizedWeight, w: &[f32]| QuantMetrics::new(w, q).bits_per_weight;
         let mut spent: f64 = results.iter().zip(targets).map(|((q, _, w), t)| bits_of(q, w) * t.elements() as f64).sum();

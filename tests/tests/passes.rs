@@ -123,6 +123,35 @@ fn snapshot_fuse_matmul_add() {
 }
 
 #[test]
+fn snapshot_infer_shapes() {
+    insta::assert_snapshot!(before_after("infer-shapes", "tiny_mlp.onnx"));
+}
+
+#[test]
+fn snapshot_upgrade_opset() {
+    insta::assert_snapshot!(before_after("upgrade-opset(version=21)", "opset11_zoo.onnx"));
+    // The rewritten graph computes the same in onnxruntime.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&fixture("opset11_zoo.onnx"));
+    run("upgrade-opset(version=21)", &mut model);
+    let out = dir.path().join("upgraded.onnx");
+    model.save(&out).unwrap();
+    compactor_tests::compare_ort(&fixture("opset11_zoo.onnx"), &out, 1e-6, 1e-5, "all", &[]);
+}
+
+/// An analysis pass: the graph is unchanged; the snapshot is its report.
+#[test]
+fn snapshot_find_layers() {
+    let mut model = load(&fixture("tiny_bert.onnx"));
+    let before = model_to_text(&model);
+    let report = run("find-layers", &mut model);
+    assert_eq!(model_to_text(&model), before);
+    let pass = &report.passes[0];
+    assert!(!pass.changed);
+    insta::assert_snapshot!(format!("{}\n{}", pass.summary, serde_json::to_string_pretty(&pass.details).unwrap()));
+}
+
+#[test]
 fn dead_code_in_and_around_subgraphs() {
     // The If reads `w` and `x` from inside its branches: both stay; the whole If goes when unused.
     let mut model = load(&fixture("if_subgraph.onnx"));

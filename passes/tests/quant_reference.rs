@@ -372,8 +372,18 @@ fn outliers_are_added_back() {
         assert!((w[i] - corrected[i]).abs() <= (w[i] - dense[i]).abs() * 1e-3);
     }
     assert!(sq_err(&w, &corrected) < sq_err(&w, &dense));
+    // Exactly the dense reconstruction plus each delta, in every block row.
+    let mut expected = dense.clone();
+    for o in &with.outliers {
+        expected[o.row as usize * n + o.col as usize] += o.delta.to_f32();
+    }
+    assert_eq!(corrected, expected);
+    assert!(with.outliers.iter().any(|o| o.row < 64) && with.outliers.iter().any(|o| o.row >= 64), "outliers in both block rows");
     let metrics = QuantMetrics::new(&w, &with);
     let base = QuantMetrics::new(&w, &plain);
+    // The metrics see the same reconstruction (computed block row by block row, in order).
+    let (signal, noise) = w.iter().zip(&corrected).fold((0.0f64, 0.0f64), |(s, e), (&a, &b)| (s + a as f64 * a as f64, e + (a as f64 - b as f64).powi(2)));
+    assert_eq!(metrics.relative_frobenius_error, (noise / signal).sqrt());
     assert!(metrics.bits_per_weight > base.bits_per_weight && metrics.sqnr_db > base.sqnr_db);
 
     // GPTQ with SpQR's threshold: outliers pass no error on and lower the output error.

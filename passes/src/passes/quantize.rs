@@ -9,7 +9,7 @@
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
 use crate::patterns::{LinearLayer, LinearOp, linear_layers};
-use crate::quant::{self, BlockSize, GptqOptions, Hessian, HessianAccumulator, MseOptions, QdqLayout, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype};
+use crate::quant::{self, BlockSize, GptqOptions, Hessian, HessianAccumulator, MatMulNBitsTensors, MseOptions, QdqLayout, QdqTensors, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype};
 use compactor_ir::graph::SparseTensor;
 use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
 use rayon::prelude::*;
@@ -148,7 +148,26 @@ impl PassDef for Quantize {
 }
 
 /// A quantized weight, its GPTQ loss (if GPTQ ran) and the original `[K, N]` matrix.
-type LayerResult = (QuantizedWeight, Option<f64>, Vec<f32>);
+type LayerResult = (QuantizedWeight, Option<f64>, Matrix);
+
+/// A weight as the `[K, N]` f32 matrix the numerics read: a view of the model's own bytes
+/// when they already are exactly that (f32, `[K, N]`, 4-byte aligned in a little-endian
+/// process), else a converted copy. The view saves a copy and its page faults per weight.
+enum Matrix {
+    View(bytes::Bytes),
+    Owned(Vec<f32>),
+}
+
+impl std::ops::Deref for Matrix {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            // Alignment and length were checked when the view was made.
+            Matrix::View(raw) => bytemuck::cast_slice(raw),
+            Matrix::Owned(v) => v,
+        }
+    }
+}
 
 /// One weight to quantize and how it maps to the `[K, N]` matrix of the numerics.
 struct Target {
@@ -174,20 +193,23 @@ impl Target {
     }
 
     /// The weight as the `[K, N]` matrix.
-    fn matrix(&self) -> Result<Vec<f32>, PassError> {
-        let data = self.tensor.to_f32().map_err(|e| PassError::ir(Quantize::NAME, e))?;
+    fn matrix(&self) -> Result<Matrix, PassError> {
         let (k, n) = (self.k, self.n);
-        Ok(match &self.layout {
-            QdqLayout::KN => data,
-            QdqLayout::NK => {
-                let mut m = vec![0.0; k * n];
-                for c in 0..n {
-                    for r in 0..k {
-                        m[r * n + c] = data[c * k + r];
-                    }
+        if self.tensor.dtype() == DataType::Float && cfg!(target_endian = "little") {
+            let raw = self.tensor.raw_data().map_err(|e| PassError::ir(Quantize::NAME, e))?;
+            if raw.len() == k * n * 4 && bytemuck::try_cast_slice::<u8, f32>(&raw).is_ok() {
+                match self.layout {
+                    QdqLayout::KN => return Ok(Matrix::View(raw)),
+                    QdqLayout::NK => return Ok(Matrix::Owned(quant::transpose(bytemuck::cast_slice(&raw), n, k))),
+                    QdqLayout::Conv { .. } => {}
                 }
-                m
             }
+        }
+        let data = self.tensor.to_f32().map_err(|e| PassError::ir(Quantize::NAME, e))?;
+        Ok(Matrix::Owned(match &self.layout {
+            QdqLayout::KN => data,
+            // Stored [N, K].
+            QdqLayout::NK => quant::transpose(&data, n, k),
             QdqLayout::Conv { out_channels, spatial } => {
                 let s: usize = spatial.iter().product();
                 let mut m = vec![0.0; k * n];
@@ -200,7 +222,7 @@ impl Target {
                 }
                 m
             }
-        })
+        }))
     }
 }
 
@@ -451,10 +473,9 @@ fn outlier_tensor(q: &QuantizedWeight, layout: &QdqLayout) -> Result<Option<Spar
 
 /// Emits `DequantizeLinear` for the weight (plus a Cast from f16 scales and the outlier
 /// correction) and returns the value that now feeds the op.
-fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, layout: &QdqLayout) -> Result<PValue, PassError> {
+fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, layout: &QdqLayout, packed: QdqTensors) -> Result<PValue, PassError> {
     let region = graph.node(t.node).region;
     let base = graph.value(t.weight).name.clone();
-    let packed = quant::pack_qdq_as(q, layout).map_err(|e| PassError::failed(Quantize::NAME, t.label.clone(), e.to_string()))?;
     let dims: Vec<u64> = packed.shape.iter().map(|&d| d as u64).collect();
     let qv = patch.new_initializer(region, &format!("{base}_q"), Tensor::from_raw(packed.dtype, &dims, packed.quantized.into()).map_err(ir)?);
     let sv = patch.new_initializer(region, &format!("{base}_scale"), scale_tensor(&packed.scales, packed.scale_dtype, &packed.scale_shape)?);
@@ -493,13 +514,12 @@ fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWe
 }
 
 /// Replaces a MatMul / Gemm by `MatMulNBits` (plus the bias Add of a Gemm and the outlier branch).
-fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight) -> Result<(), PassError> {
+fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors) -> Result<(), PassError> {
     let node = graph.node(t.node);
     let region = node.region;
     let base = graph.value(t.weight).name.clone();
     let x = t.input.expect("linear layers have an input");
     let y = node.output(0).ok_or_else(|| PassError::failed(Quantize::NAME, t.label.clone(), "has no output"))?;
-    let packed = quant::pack_matmul_nbits(q).map_err(|e| PassError::failed(Quantize::NAME, t.label.clone(), e.to_string()))?;
     let b = patch.new_initializer(region, &format!("{base}_nbits"), Tensor::from_raw(DataType::Uint8, &packed.b_shape.map(|d| d as u64), packed.b.into()).map_err(ir)?);
     let s = patch.new_initializer(region, &format!("{base}_scales"), scale_tensor(&packed.scales, packed.scale_dtype, &[packed.scales.len()])?);
     let zp = match packed.zero_points {
@@ -542,23 +562,39 @@ fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &Quantized
     Ok(())
 }
 
-/// Replaces the weight by its quantized form in the layer, removing the old chain and weight.
-fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, as_nbits: bool) -> Result<(), PassError> {
+/// A weight's quantized tensors in the form its layer takes.
+enum Packed {
+    NBits(MatMulNBitsTensors),
+    /// The chain (Transpose, Cast) goes away: the op reads the dequantized weight in the layout
+    /// it expects itself: `[K, N]` for MatMul, per transB for Gemm, the original layout for
+    /// Conv and Gather.
+    Qdq(QdqTensors, QdqLayout),
+}
+
+/// Packs a quantized weight (independent of the other layers, so it runs in parallel).
+fn pack(graph: &Graph, t: &Target, q: &QuantizedWeight, as_nbits: bool) -> Result<Packed, PassError> {
+    let fail = |e: quant::QuantError| PassError::failed(Quantize::NAME, t.label.clone(), e.to_string());
     if as_nbits {
-        emit_matmul_nbits(graph, patch, t, q)?;
-    } else {
-        // The chain (Transpose, Cast) goes away: the op reads the dequantized weight in the layout
-        // it expects itself: [K, N] for MatMul, per transB for Gemm, the original layout for Conv
-        // and Gather.
-        let layout = match t.op {
-            "MatMul" => QdqLayout::KN,
-            "Gemm" if graph.node(t.node).attr_int("transB").unwrap_or(0) != 0 => QdqLayout::NK,
-            "Gemm" => QdqLayout::KN,
-            _ => t.layout.clone(),
-        };
-        let dequantized = emit_dequantize(graph, patch, t, q, &layout)?;
-        let index = if t.op == "Gather" { 0 } else { 1 };
-        patch.set_input(t.node, index, Some(dequantized));
+        return Ok(Packed::NBits(quant::pack_matmul_nbits(q).map_err(fail)?));
+    }
+    let layout = match t.op {
+        "MatMul" => QdqLayout::KN,
+        "Gemm" if graph.node(t.node).attr_int("transB").unwrap_or(0) != 0 => QdqLayout::NK,
+        "Gemm" => QdqLayout::KN,
+        _ => t.layout.clone(),
+    };
+    Ok(Packed::Qdq(quant::pack_qdq_as(q, &layout).map_err(fail)?, layout))
+}
+
+/// Replaces the weight by its quantized form in the layer, removing the old chain and weight.
+fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: Packed) -> Result<(), PassError> {
+    match packed {
+        Packed::NBits(tensors) => emit_matmul_nbits(graph, patch, t, q, tensors)?,
+        Packed::Qdq(tensors, layout) => {
+            let dequantized = emit_dequantize(graph, patch, t, q, &layout, tensors)?;
+            let index = if t.op == "Gather" { 0 } else { 1 };
+            patch.set_input(t.node, index, Some(dequantized));
+        }
     }
     for &n in &t.chain {
         patch.remove_node(n);
@@ -659,12 +695,21 @@ impl Pass for Quantize {
                 self.apply_budget(ctx, &members, &hessians, &mut results)?;
             }
             ctx.progress.end();
+            // Packing and the error metrics are per layer too.
+            let frozen: &Graph = graph;
+            let packed: Vec<(Packed, LayerReport)> = stage
+                .par_iter()
+                .zip(&results)
+                .map(|(&i, (q, loss, w))| {
+                    let t = &targets[i];
+                    let hessian = t.input.and_then(|input| hessians.get(&input));
+                    Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, q, *loss, w, hessian)))
+                })
+                .collect::<Result<_, PassError>>()?;
             let mut patch = Patch::new();
-            for (&i, (q, loss, w)) in stage.iter().zip(&results) {
-                let t = &targets[i];
-                emit(graph, &mut patch, t, q, nbits[i])?;
-                let hessian = t.input.and_then(|input| hessians.get(&input));
-                layers[i] = Some(layer_report(t, q, *loss, w, hessian));
+            for ((&i, (q, _, _)), (tensors, report)) in stage.iter().zip(&results).zip(packed) {
+                emit(graph, &mut patch, &targets[i], q, tensors)?;
+                layers[i] = Some(report);
             }
             graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
         }
@@ -727,5 +772,42 @@ impl Quantize {
             results[i].1 = loss;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(tensor: Tensor, layout: QdqLayout, k: usize, n: usize) -> Target {
+        Target { node: NodeId(0), op: "MatMul", label: "w".into(), weight: ValueId(0), chain: vec![], tensor, input: None, layout, k, n }
+    }
+
+    /// The zero-copy view and the converting copy give the same matrix, whatever the
+    /// alignment of the stored bytes.
+    #[test]
+    fn matrix_view_and_copy_agree() {
+        let (k, n) = (5, 3);
+        let values: Vec<f32> = (0..k * n).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // The same bytes at an aligned and at an odd address.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&le);
+        let shifted = bytes::Bytes::from(shifted).slice(1..);
+        for raw in [bytes::Bytes::from(le.clone()), shifted] {
+            let aligned = bytemuck::try_cast_slice::<u8, f32>(&raw).is_ok();
+            let kn = target(Tensor::from_raw(DataType::Float, &[k as u64, n as u64], raw.clone()).unwrap(), QdqLayout::KN, k, n);
+            let m = kn.matrix().unwrap();
+            assert_eq!(matches!(m, Matrix::View(_)), aligned);
+            assert_eq!(&*m, &values[..]);
+            // Stored [N, K]: the matrix is its transpose.
+            let nk = target(Tensor::from_raw(DataType::Float, &[n as u64, k as u64], raw).unwrap(), QdqLayout::NK, n, k);
+            let m = nk.matrix().unwrap();
+            for r in 0..n {
+                for c in 0..k {
+                    assert_eq!(m[r * k + c], values[c * n + r]);
+                }
+            }
+        }
     }
 }

@@ -20,11 +20,22 @@ pub struct QuantMetrics {
 
 impl QuantMetrics {
     pub fn new(weight: &[f32], quantized: &QuantizedWeight) -> Self {
-        let w_hat = quantized.dequantize();
-        let (signal, noise) = weight.iter().zip(&w_hat).fold((0.0f64, 0.0f64), |(s, e), (&w, &h)| {
-            let d = w as f64 - h as f64;
-            (s + (w as f64) * (w as f64), e + d * d)
-        });
+        // One block row at a time (no full reconstruction in memory); the per-block-row sums
+        // are added in order, so the result does not depend on anything but the inputs.
+        let (k, n) = (quantized.k, quantized.n);
+        assert_eq!(weight.len(), k * n, "weight and quantized weight differ in size");
+        let rows_per_block = quantized.block_size.max(1);
+        let mut w_hat = vec![0.0f32; rows_per_block * n];
+        let (mut signal, mut noise) = (0.0f64, 0.0f64);
+        for (block, w_rows) in weight.chunks(rows_per_block * n.max(1)).enumerate() {
+            let w_hat = &mut w_hat[..w_rows.len()];
+            quantized.dequantize_block_row(block, w_hat);
+            for (&w, &h) in w_rows.iter().zip(w_hat.iter()) {
+                let d = w as f64 - h as f64;
+                signal += (w as f64) * (w as f64);
+                noise += d * d;
+            }
+        }
         let relative_frobenius_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
         let sqnr_db = 10.0 * (signal / noise).log10();
         let c = &quantized.config;

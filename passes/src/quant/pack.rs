@@ -156,10 +156,12 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
     let (shape, axis) = layout.shape_and_axis(q.k, q.n);
     let (scale_shape, _) = layout.shape_and_axis(k_blocks, q.n);
     // Signed values in two's complement; the packers keep the low `bits` bits.
-    let codes: Vec<u8> = match layout {
-        QdqLayout::KN => q.codes.iter().map(|&c| c.wrapping_sub(offset)).collect(),
-        _ => layout.source_indices(q.k, q.n).map(|i| q.codes[i].wrapping_sub(offset)).collect(),
+    let mut codes: Vec<u8> = match layout {
+        QdqLayout::KN => q.codes.clone(),
+        QdqLayout::NK => super::transpose(&q.codes, q.k, q.n),
+        QdqLayout::Conv { .. } => layout.source_indices(q.k, q.n).map(|i| q.codes[i]).collect(),
     };
+    codes.iter_mut().for_each(|c| *c = c.wrapping_sub(offset));
     let quantized = pack_bits(bits, codes);
     // Scales and zero points are [N, k_blocks] (column-major blocks): index [b, c] is c * k_blocks + b.
     let block_index = |i: usize| (i % q.n) * k_blocks + i / q.n;
@@ -193,14 +195,16 @@ pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, Quan
     let padded_k = k_blocks * block_size;
     let blob_size = block_size * bits as usize / 8;
 
-    let mut b = Vec::with_capacity(q.n * k_blocks * blob_size);
-    for col in 0..q.n {
-        let column = (0..padded_k).map(|row| {
-            if row < q.k { q.codes[row * q.n + col] } else { q.params(col, k_blocks - 1).zero_point }
-        });
-        // Blocks hold whole bytes (block_size >= 16), so packing the column packs each blob.
-        b.extend(pack_bits(bits, column.collect()));
+    // Columns of the codes are the rows of B: transpose once, then pad each to whole blocks.
+    let columns = super::transpose(&q.codes, q.k, q.n);
+    let mut padded = Vec::with_capacity(q.n * padded_k);
+    for (col, column) in columns.chunks_exact(q.k).enumerate() {
+        padded.extend_from_slice(column);
+        padded.resize((col + 1) * padded_k, q.params(col, k_blocks - 1).zero_point);
     }
+    // Blocks hold whole bytes (block_size >= 16) and so do padded columns, so packing the
+    // whole matrix packs each blob.
+    let b = pack_bits(bits, padded);
     let zero_points = q.zero_points.as_ref().map(|zp| {
         // Each column's zero points start on a fresh byte; a partial last byte is zero-filled.
         zp.chunks(k_blocks).flat_map(|col_zp| pack_bits(bits, col_zp.to_vec())).collect()

@@ -60,16 +60,35 @@ impl QuantizedWeight {
         if self.n == 0 {
             return out;
         }
-        out.par_chunks_mut(self.n).zip(self.codes.par_chunks(self.n)).enumerate().for_each(|(row, (out_row, codes))| {
-            let block = row / self.block_size;
-            for (col, (o, &q)) in out_row.iter_mut().zip(codes).enumerate() {
-                *o = self.params(col, block).decode(q);
-            }
-        });
-        for o in &self.outliers {
-            out[o.row as usize * self.n + o.col as usize] += o.delta.to_f32();
-        }
+        out.par_chunks_mut(self.block_size * self.n).enumerate().for_each(|(block, rows)| self.dequantize_block_row(block, rows));
         out
+    }
+
+    /// Writes the reconstruction of block row `block` (rows `block * block_size ..`, at most
+    /// `block_size` of them) into `out`, outliers included. The per-column scale and zero
+    /// point are looked up once per block row; `(code - zp) * scale` in f32 is exactly
+    /// `BlockParams::decode` (both operands are small integers, exact in f32).
+    pub fn dequantize_block_row(&self, block: usize, out: &mut [f32]) {
+        let n = self.n;
+        let first_row = block * self.block_size;
+        let codes = &self.codes[first_row * n..][..out.len()];
+        let (scales, zero_points): (Vec<f32>, Vec<f32>) = (0..n)
+            .map(|col| {
+                let p = self.params(col, block);
+                (p.scale, p.zero_point as f32)
+            })
+            .unzip();
+        for (out_row, code_row) in out.chunks_exact_mut(n).zip(codes.chunks_exact(n)) {
+            for (((o, &c), &s), &z) in out_row.iter_mut().zip(code_row).zip(&scales).zip(&zero_points) {
+                *o = (c as f32 - z) * s;
+            }
+        }
+        // Outliers are sorted by (row, col): the block row's are one contiguous run.
+        let rows = (first_row as u32)..((first_row + out.len() / n.max(1)) as u32);
+        let start = self.outliers.partition_point(|o| o.row < rows.start);
+        for o in self.outliers[start..].iter().take_while(|o| o.row < rows.end) {
+            out[(o.row - rows.start) as usize * n + o.col as usize] += o.delta.to_f32();
+        }
     }
 
     /// Adds sparse corrections for the `count` elements with the largest reconstruction error

@@ -149,7 +149,7 @@ impl BlockQuantWeight {
                 }
                 for (i, &x) in a_block[full..].iter().enumerate() {
                     let byte = bytes[(full + i) / 2];
-                    acc[i] += x * if (full + i) % 2 == 0 { byte & 0x0F } else { byte >> 4 } as f32;
+                    acc[i] += x * if (full + i).is_multiple_of(2) { byte & 0x0F } else { byte >> 4 } as f32;
                 }
             } else {
                 for (a16, b16) in a_block[..full].chunks_exact(LANES).zip(bytes.chunks_exact(LANES)) {
@@ -182,7 +182,7 @@ impl BlockQuantWeight {
         }
         let tiles = self.n.div_ceil(COLUMN_TILE);
         // A few rows against 4- or 8-bit blocks: straight from the packed bytes, nothing unpacked.
-        let direct = m < GEMM_MIN_ROWS && self.g_idx.is_none() && self.bits != 2 && self.block_size % 16 == 0;
+        let direct = m < GEMM_MIN_ROWS && self.g_idx.is_none() && self.bits != 2 && self.block_size.is_multiple_of(16);
         let block_sums: Vec<f32> = if direct {
             a.chunks_exact(self.k).flat_map(|row| row.chunks(self.block_size).map(|c| c.iter().sum::<f32>())).collect()
         } else {

@@ -27,7 +27,7 @@ impl UpdateRule {
 pub fn build_linear_attention(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let q_heads: usize = node.get_attr("q_num_heads")?;
     let kv_heads: usize = node.get_attr("kv_num_heads")?;
-    ensure!(q_heads > 0 && kv_heads > 0 && q_heads % kv_heads == 0, "LinearAttention: q_num_heads ({q_heads}) must be a positive multiple of kv_num_heads ({kv_heads})");
+    ensure!(q_heads > 0 && kv_heads > 0 && q_heads.is_multiple_of(kv_heads), "LinearAttention: q_num_heads ({q_heads}) must be a positive multiple of kv_num_heads ({kv_heads})");
     let scale = node.get_attr_opt::<f32>("scale")?.filter(|&s| s != 0.0);
     let rule = match node.get_attr_opt::<String>("update_rule")?.as_deref().unwrap_or("gated_delta") {
         "linear" => UpdateRule::Linear,

@@ -21,12 +21,18 @@ use super::{QuantConfig, QuantError, QuantizedWeight, check_matrix, check_weight
 /// depend on the thread count.
 const COLUMN_CHUNK: usize = 32;
 
-/// Streams calibration activations `x [rows, K]` into `Σ x xᵀ` (f64) without keeping them.
-/// Memory is `8·K²` bytes (0.5 GB at K = 8192).
+/// Hessian columns per parallel task of [`HessianAccumulator::add_batch`]: wider than
+/// [`COLUMN_CHUNK`] because each task packs its share of `xᵀ` once. Fixed, like it.
+const HESSIAN_CHUNK: usize = 64;
+
+/// Streams calibration activations `x [rows, K]` into `Σ x xᵀ` without keeping them: each
+/// batch's product in f32 (as GPTQ's reference computes it), summed over batches in f64.
+/// Only the upper triangle is computed (the product is symmetric). Memory is `8·K²` bytes
+/// (0.5 GB at K = 8192).
 #[derive(Clone, Debug)]
 pub struct HessianAccumulator {
     k: usize,
-    /// `K × K`, column-major (symmetric, so also row-major).
+    /// `K × K`, column-major; element `(r, c)` is valid for `r <= c`.
     sum: Vec<f64>,
     rows: u64,
 }
@@ -49,12 +55,19 @@ impl HessianAccumulator {
     pub fn add_batch(&mut self, activations: &[f32], rows: usize) -> Result<(), QuantError> {
         let k = self.k;
         check_matrix("calibration activations", activations, rows, k)?;
-        let x = Mat::<f64>::from_fn(rows, k, |r, c| activations[r * k + c] as f64);
-        self.sum.par_chunks_mut(k * COLUMN_CHUNK).enumerate().for_each(|(chunk, dst)| {
-            let first = chunk * COLUMN_CHUNK;
+        let x = MatRef::from_row_major_slice(activations, rows, k);
+        self.sum.par_chunks_mut(k * HESSIAN_CHUNK).enumerate().for_each(|(chunk, dst)| {
+            let first = chunk * HESSIAN_CHUNK;
             let width = dst.len() / k;
-            let dst = MatMut::from_column_major_slice_mut(dst, k, width);
-            matmul(dst, Accum::Add, x.transpose(), x.subcols(first, width), 1.0, Par::Seq);
+            // Rows 0..first + width of these columns: the upper triangle and the diagonal block.
+            let height = first + width;
+            let mut product = Mat::<f32>::zeros(height, width);
+            matmul(product.as_mut(), Accum::Replace, x.transpose().subrows(0, height), x.subcols(first, width), 1.0, Par::Seq);
+            for (c, column) in dst.chunks_exact_mut(k).enumerate() {
+                for (r, v) in column[..height].iter_mut().enumerate() {
+                    *v += product[(r, c)] as f64;
+                }
+            }
         });
         self.rows += rows as u64;
         Ok(())
@@ -65,8 +78,10 @@ impl HessianAccumulator {
         if self.rows == 0 {
             return Err(QuantError::NoCalibrationData);
         }
-        let factor = 2.0 / self.rows as f64;
-        Ok(Hessian { k: self.k, data: self.sum.iter().map(|v| v * factor).collect() })
+        let (k, factor) = (self.k, 2.0 / self.rows as f64);
+        // Element (r, c) from the upper triangle: column max(r, c), row min(r, c).
+        let data = (0..k * k).map(|i| (i / k, i % k)).map(|(r, c)| self.sum[r.max(c) * k + r.min(c)] * factor).collect();
+        Ok(Hessian { k, data })
     }
 }
 
@@ -472,6 +487,22 @@ mod tests {
             }
         }
         assert_eq!(HessianAccumulator::new(3).hessian().unwrap_err(), QuantError::NoCalibrationData);
+        // Several column chunks, a short last one, and values that round in f32: exactly
+        // symmetric, and within f32 rounding of the f64 sum.
+        let (k, rows) = (150, 40);
+        let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+        let mut acc = HessianAccumulator::new(k);
+        acc.add_batch(&x[..25 * k], 25).unwrap();
+        acc.add_batch(&x[25 * k..], 15).unwrap();
+        let h = acc.hessian().unwrap();
+        for i in 0..k {
+            for j in 0..k {
+                let want: f64 = (0..rows).map(|r| x[r * k + i] as f64 * x[r * k + j] as f64).sum::<f64>() * 2.0 / rows as f64;
+                let scale: f64 = (0..rows).map(|r| (x[r * k + i] as f64 * x[r * k + j] as f64).abs()).sum::<f64>() * 2.0 / rows as f64;
+                assert!((h.get(i, j) - want).abs() <= 1e-6 * scale, "({i}, {j}): {} vs {want}", h.get(i, j));
+                assert_eq!(h.get(i, j), h.get(j, i));
+            }
+        }
         let err = acc.add_batch(&[f32::NAN; 5], 1).unwrap_err().to_string();
         assert!(err.contains("calibration activations"), "{err}");
     }

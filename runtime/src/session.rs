@@ -686,9 +686,7 @@ fn prepare(name: &str, model: &Model, options: &SessionOptions, executor: &Execu
     let build = || -> TractResult<Plan> {
         let inference = framework().model_for_read(&mut &bytes[..])?;
         let typed = if options.optimize {
-            let mut optimized = inference.into_optimized()?;
-            crate::kernels::broadcast::replace_slow_broadcasts(&mut optimized)?;
-            optimized
+            crate::kernels::optimize(inference.into_typed()?)?
         } else {
             inference.into_typed()?.into_decluttered()?
         };

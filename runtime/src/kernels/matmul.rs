@@ -4,14 +4,18 @@
 //! Why: at batch 8 most of MiniLM's time was tract's matmuls and the packing of their
 //! operands, and tract's executor does not spread a batch of small products (one per attention
 //! head) over threads. Here a batch of products is split over the session's thread pool, one
-//! single-threaded `gemm` per product, and a lone large product (activations × weight) uses
-//! `gemm`'s own threading. Operands are read in place through strides (transposed or permuted
+//! single-threaded `gemm` per product, and a lone large product (activations × weight) is cut
+//! into one block per thread. Operands are read in place through strides (transposed or permuted
 //! operands included), so no transposes or copies are added around the product.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::axes::{Axis, AxesMapping};
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use std::ops::Range;
+
+/// Multiply-adds below which a matmul stays on the calling thread (about a microsecond).
+const MIN_PARALLEL_WORK: usize = 1 << 16;
 
 /// Where one einsum axis sits in A, B and the output C.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,31 +156,54 @@ impl GemmMatMul {
             return;
         }
         let (a, b, c) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
-        let product = |&(oa, ob, oc): &(isize, isize, isize), parallelism| {
+        // The block `rows × cols` of one product.
+        let block = |&(oa, ob, oc): &(isize, isize, isize), rows: Range<usize>, cols: Range<usize>| {
+            let (r, c0) = (rows.start as isize, cols.start as isize);
             // SAFETY: the offsets and strides stay within the three buffers (they come from
-            // their shapes), and each product writes its own part of C: distinct batch indices
-            // differ along an axis of C, which has a nonzero stride there.
+            // their shapes), and blocks write disjoint parts of C: distinct batch indices differ
+            // along an axis of C, which has a nonzero stride there, and blocks of one product
+            // are disjoint ranges of its rows or columns.
             unsafe {
-                gemm::gemm(m, n, k, c.get().offset(oc), c_cs, c_rs, false, a.get().offset(oa), a_cs, a_rs, b.get().offset(ob), b_cs, b_rs, 0.0, 1.0, false, false, false, parallelism)
+                gemm::gemm(
+                    rows.len(),
+                    cols.len(),
+                    k,
+                    c.get().offset(oc + r * c_rs + c0 * c_cs),
+                    c_cs,
+                    c_rs,
+                    false,
+                    a.get().offset(oa + r * a_rs),
+                    a_cs,
+                    a_rs,
+                    b.get().offset(ob + c0 * b_cs),
+                    b_cs,
+                    b_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
             }
         };
         let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 => Some(pool),
+            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && count * m * n * k >= MIN_PARALLEL_WORK => Some(pool),
             _ => None,
         };
+        // Every thread gets whole products when there are enough to go round (a per-head
+        // product is too small to split); otherwise each product is cut along its longer side,
+        // one part per thread. Measured on MiniLM's projections, parts on single-threaded
+        // gemms beat gemm's own threading (128×384×384 on two threads: 0.09 ms against 0.12–0.18).
+        let parts = pool.as_ref().map_or(1, |p| p.current_num_threads().div_ceil(count.max(1))).min(m.max(n));
+        let tasks: Vec<(usize, Range<usize>)> = (0..count).flat_map(|i| (0..parts).map(move |p| (i, p * m.max(n) / parts..(p + 1) * m.max(n) / parts))).collect();
+        let run = |(i, part): &(usize, Range<usize>)| if m >= n { block(&offsets[*i], part.clone(), 0..n) } else { block(&offsets[*i], 0..m, part.clone()) };
         match pool {
-            // Enough products to go round: one thread per product, each product on one thread
-            // (a small per-head product gains nothing from being split).
-            Some(pool) if count >= pool.current_num_threads() => {
-                use rayon::prelude::*;
-                pool.install(|| offsets.par_iter().for_each(|o| product(o, gemm::Parallelism::None)));
-            }
-            // Few, large products: gemm splits each over the pool (when big enough to pay).
             Some(pool) => {
-                let threads = pool.current_num_threads();
-                pool.install(|| offsets.iter().for_each(|o| product(o, gemm::Parallelism::Rayon(threads))));
+                use rayon::prelude::*;
+                pool.install(|| tasks.par_iter().for_each(run));
             }
-            None => offsets.iter().for_each(|o| product(o, gemm::Parallelism::None)),
+            None => tasks.iter().for_each(run),
         }
     }
 
@@ -370,6 +397,12 @@ mod tests {
             check(&[3, 4], &[4, 0], threads);
             check(&[0, 2, 3], &[0, 3, 2], threads);
             check(&[2, 3, 0], &[2, 0, 4], threads);
+            // Big enough to be spread over threads: one product cut by rows or by columns,
+            // products handed out whole, fewer products than threads.
+            check(&[131, 70], &[70, 90], threads);
+            check(&[20, 64], &[64, 301], threads);
+            check(&[5, 40, 50], &[5, 50, 41], threads);
+            check(&[2, 90, 50], &[2, 50, 70], threads);
         }
     }
 

@@ -13,6 +13,7 @@ fn main() -> TractResult<()> {
     let (path, threads) = (&args[1], args[2].parse::<usize>()?);
     let dims: Vec<(String, i64)> = args[3..].iter().filter_map(|a| a.split_once('=')).map(|(n, v)| (n.to_string(), v.parse().unwrap_or(1))).collect();
     compactor_runtime::keep_freed_memory();
+    compactor_runtime::tune_tract_threading();
     let ir = compactor_ir::Model::load(path)?;
     let inputs = compactor_runtime::inputs::random_inputs(&ir, &dims, 0)?;
     let lowered = compactor_runtime::lower(&ir)?.model.to_bytes()?;

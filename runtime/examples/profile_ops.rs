@@ -1,5 +1,5 @@
-//! Time per op kind of a model as the runtime hands it to tract (lowered, optimised, slow
-//! broadcasts replaced), on deterministic random inputs.
+//! Time per op kind of a model as the runtime hands it to tract (lowered, optimised, the
+//! runtime's kernels swapped in), on deterministic random inputs.
 //!
 //! `cargo run --release -p compactor-runtime --example profile_ops -- MODEL THREADS [NAME=N ...]`
 //! where `NAME=N` sets symbolic dimensions (`batch=8 seq=128`).
@@ -12,6 +12,8 @@ fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().collect();
     let (path, threads) = (&args[1], args[2].parse::<usize>()?);
     let dims: Vec<(String, i64)> = args[3..].iter().filter_map(|a| a.split_once('=')).map(|(n, v)| (n.to_string(), v.parse().unwrap_or(1))).collect();
+    compactor_runtime::keep_freed_memory();
+    compactor_runtime::tune_tract_threading();
     let ir = compactor_ir::Model::load(path)?;
     let inputs = compactor_runtime::inputs::random_inputs(&ir, &dims, 0)?;
     let lowered = compactor_runtime::lower(&ir)?.model.to_bytes()?;
@@ -19,8 +21,14 @@ fn main() -> TractResult<()> {
     for (i, (_, v)) in inputs.iter().enumerate() {
         model.set_input_fact(i, InferenceFact::dt_shape(v.tract().datum_type(), v.shape()))?;
     }
-    let mut typed = model.into_optimized()?;
-    compactor_runtime::kernels::broadcast::replace_slow_broadcasts(&mut typed)?;
+    // TRACT_MATMUL=1: tract's own matmuls, for comparison.
+    let typed = if std::env::var_os("TRACT_MATMUL").is_some() {
+        let mut typed = model.into_optimized()?;
+        compactor_runtime::kernels::broadcast::replace_slow_broadcasts(&mut typed)?;
+        typed
+    } else {
+        compactor_runtime::kernels::optimize(model.into_typed()?)?
+    };
     let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
     let plan = typed.into_runnable_with_options(&RunOptions { executor: Some(executor), ..Default::default() })?;
     let values: TVec<TValue> = inputs.iter().map(|(_, v)| v.tract().clone().into_tvalue()).collect();

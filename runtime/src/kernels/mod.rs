@@ -4,6 +4,21 @@ pub mod block_matmul;
 pub mod broadcast;
 pub mod extra_ops;
 pub mod linear_attention;
+pub mod matmul;
 pub mod nbits;
 
 pub use block_matmul::BlockQuantWeight;
+
+use tract_onnx::prelude::*;
+
+/// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
+/// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
+/// its packed matmuls) and the broadcasts tract's fast kernels miss
+/// ([`broadcast::replace_slow_broadcasts`]).
+pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
+    let mut model = model.into_decluttered()?;
+    matmul::replace_matmuls(&mut model)?;
+    model.optimize()?;
+    broadcast::replace_slow_broadcasts(&mut model)?;
+    Ok(model)
+}

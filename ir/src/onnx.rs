@@ -202,6 +202,7 @@ unsafe impl bytes::BufMut for StreamBuf<'_> {
         if src.len() >= Self::CAPACITY / 4 {
             self.flush_buffer();
             if self.error.is_none() {
+                crate::tensor::prefault(src);
                 self.error = std::io::Write::write_all(self.out, src).err();
             }
         } else {

@@ -198,6 +198,8 @@ impl Target {
         if self.tensor.dtype() == DataType::Float && cfg!(target_endian = "little") {
             let raw = self.tensor.raw_data().map_err(|e| PassError::ir(Quantize::NAME, e))?;
             if raw.len() == k * n * 4 && bytemuck::try_cast_slice::<u8, f32>(&raw).is_ok() {
+                // Read in place: map the pages in one call rather than a fault per page run.
+                compactor_ir::tensor::prefault(&raw);
                 match self.layout {
                     QdqLayout::KN => return Ok(Matrix::View(raw)),
                     QdqLayout::NK => return Ok(Matrix::Owned(quant::transpose(bytemuck::cast_slice(&raw), n, k))),

@@ -94,6 +94,19 @@ impl Encoder {
         t + ((x - t as f32) >= 0.5) as u8
     }
 
+    /// Whether `encode` divides by the scale (its reciprocal is not finite).
+    pub(crate) fn divides(&self) -> bool {
+        self.divide
+    }
+
+    pub(crate) fn reciprocal(&self) -> f32 {
+        self.reciprocal
+    }
+
+    pub(crate) fn zero_point(&self) -> f32 {
+        self.zero_point
+    }
+
     /// Like `encode`, with a zero point that is not an integer (HQQ's intermediate iterate).
     #[inline]
     pub(crate) fn encode_with_zero(&self, w: f32, zero: f32) -> f32 {

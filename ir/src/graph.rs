@@ -534,10 +534,13 @@ impl Graph {
     /// A value name not used by any live value, derived from `base`.
     pub fn fresh_name(&self, base: &str) -> String {
         let taken: std::collections::HashSet<&str> = self.values.iter().flatten().map(|v| v.name.as_str()).collect();
-        if !taken.contains(base) && !base.is_empty() {
-            return base.to_string();
-        }
-        (1..).map(|i| format!("{base}_{i}")).find(|n| !taken.contains(n.as_str())).expect("some suffix is free")
+        fresh_name_among(base, |n| taken.contains(n))
+    }
+
+    /// The names of all live values, for naming many new values with `fresh_name_among`
+    /// without collecting them again for each (that made large patches quadratic).
+    pub(crate) fn value_names(&self) -> std::collections::HashSet<String> {
+        self.values.iter().flatten().map(|v| v.name.clone()).collect()
     }
 
     /// The region chain from `region` up to the main graph (inclusive).
@@ -550,6 +553,14 @@ impl Graph {
         }
         chain
     }
+}
+
+/// `base` if it is free and not empty, else the first free `base_1`, `base_2`, ...
+pub(crate) fn fresh_name_among(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(base) && !base.is_empty() {
+        return base.to_string();
+    }
+    (1..).map(|i| format!("{base}_{i}")).find(|n| !taken(n)).expect("some suffix is free")
 }
 
 /// The tensor a `Constant` node produces, for the attribute forms that hold one tensor.

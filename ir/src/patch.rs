@@ -348,8 +348,10 @@ impl Graph {
     fn apply_checked(&mut self, patch: Patch) -> PatchSummary {
         let mut summary = PatchSummary::default();
         // 1. New values.
+        let mut taken = if patch.values.is_empty() { Default::default() } else { self.value_names() };
         for v in &patch.values {
-            let name = self.fresh_name(&v.name_hint);
+            let name = crate::graph::fresh_name_among(&v.name_hint, |n| taken.contains(n));
+            taken.insert(name.clone());
             let def = match (&v.initializer, &v.sparse) {
                 (Some(_), _) => ValueDef::Initializer,
                 (None, Some(_)) => ValueDef::SparseInitializer,
@@ -571,5 +573,21 @@ mod tests {
         verify_graph(&g).unwrap();
         assert_eq!(g.value(s.value(one)).name, "w_1");
         assert!(g.main().initializers.contains(&s.value(one)));
+    }
+
+    #[test]
+    fn new_values_of_one_patch_get_distinct_names() {
+        let (mut g, [_, r, _, _], [_, neg]) = chain();
+        let mut p = Patch::new();
+        let a = p.new_initializer(Graph::MAIN, "w", Tensor::from_f32(&[1], &[2.0]).unwrap());
+        let b = p.new_initializer(Graph::MAIN, "w", Tensor::from_f32(&[1], &[3.0]).unwrap());
+        let (ra, rb) = (p.new_value(Graph::MAIN, "", None), p.new_value(Graph::MAIN, "", None));
+        p.node("Mul", Anchor::Before(neg)).input(r).input(a).output(ra).add();
+        p.node("Mul", Anchor::Before(neg)).input(ra).input(b).output(rb).add();
+        p.set_input(neg, 0, Some(rb));
+        let s = g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        let names: Vec<&str> = [a, b, ra, rb].iter().map(|&v| g.value(s.value(v)).name.as_str()).collect();
+        assert_eq!(names, ["w_1", "w_2", "_1", "_2"]);
     }
 }

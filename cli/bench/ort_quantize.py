@@ -3,7 +3,8 @@ in both output formats, timed in process (load + quantize + save, median of RUNS
 
 Usage: ort_quantize.py SRC OUT_DIR BITS BLOCK SYMMETRIC RUNS [FORMAT]
 Prints JSON: {"import_seconds": ..., "formats": {"matmulnbits": {"median_seconds", "file"}, "qdq": {...}}}
-With FORMAT (matmulnbits or qdq), quantizes once in that format: the caller times the whole
+With COMPACTOR_BENCH_NEW_OUTPUT=1, deletes the previous output before each timed run (outside
+the timer). With FORMAT (matmulnbits or qdq), quantizes once in that format: the caller times the whole
 process (interpreter start, imports, load, quantize, save) as a user running it would wait.
 """
 import json
@@ -25,6 +26,7 @@ logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 def main():
     src, out_dir, bits, block, symmetric, runs = sys.argv[1:7]
     only = sys.argv[7] if len(sys.argv) > 7 else None
+    new_output = os.environ.get("COMPACTOR_BENCH_NEW_OUTPUT") == "1"
     report = {"import_seconds": import_seconds, "formats": {}}
     for name, fmt in [("matmulnbits", QuantFormat.QOperator), ("qdq", QuantFormat.QDQ)]:
         if only is not None and name != only:
@@ -32,6 +34,8 @@ def main():
         out = os.path.join(out_dir, f"ort_{name}.onnx")
         times = []
         for _ in range(int(runs)):
+            if new_output and os.path.exists(out):
+                os.remove(out)
             t = time.perf_counter()
             model = onnx.load(src)
             config = DefaultWeightOnlyQuantConfig(block_size=int(block), is_symmetric=symmetric == "true", quant_format=fmt, bits=int(bits))

@@ -34,6 +34,11 @@ pub struct Args {
     /// Also time Compactor's GPTQ with this many batches of random calibration inputs (0: skip).
     #[arg(long, default_value_t = 32)]
     gptq_batches: usize,
+    /// Delete each tool's previous output before every timed run (outside the timer), so that
+    /// every run writes a new file. Without it every run after the first replaces the file
+    /// the last one wrote, and both tools also pay for the file system dropping the old one.
+    #[arg(long)]
+    new_output: bool,
     /// Inputs and symbolic dims for the accuracy runs (and GPTQ's calibration).
     #[command(flatten)]
     inputs: InputArgs,
@@ -51,10 +56,20 @@ struct Row {
     file: PathBuf,
 }
 
-/// Median wall time of a command, run `runs` times.
-fn time_command(runs: usize, mut make: impl FnMut() -> std::process::Command) -> anyhow::Result<f64> {
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display()))),
+        _ => Ok(()),
+    }
+}
+
+/// Median wall time of a command, run `runs` times; `fresh` (if any) is deleted before each.
+fn time_command(runs: usize, fresh: Option<&Path>, mut make: impl FnMut() -> std::process::Command) -> anyhow::Result<f64> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
+        if let Some(path) = fresh {
+            remove_if_present(path)?;
+        }
         let mut command = make();
         let start = Instant::now();
         let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
@@ -84,6 +99,9 @@ type MakeCalibration<'a> = &'a dyn Fn(&Model) -> anyhow::Result<RuntimeCalibrato
 fn time_ours(args: &Args, spec: &str, out: &Path, calibration: Option<MakeCalibration<'_>>) -> anyhow::Result<f64> {
     let mut times = Vec::with_capacity(args.runs);
     for _ in 0..args.runs {
+        if args.new_output {
+            remove_if_present(out)?;
+        }
         let start = Instant::now();
         let mut model = Model::load(&args.model)?;
         let mut pipeline = Pipeline::parse(spec)?;
@@ -112,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let out = tmp.path().join(format!("compactor_{format}.onnx"));
         let spec = format!("quantize({base},method=rtn,format={format})");
         let seconds = time_ours(&args, &spec, &out, None)?;
-        let command_seconds = time_command(args.runs, || {
+        let command_seconds = time_command(args.runs, args.new_output.then_some(out.as_path()), || {
             let mut c = std::process::Command::new(&exe);
             c.arg("optimize").arg(&args.model).arg("-o").arg(&out).args(["--passes", &spec]);
             c
@@ -124,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         .arg(&args.model)
         .arg(tmp.path())
         .args([args.bits.to_string(), args.block.to_string(), args.symmetric.to_string(), args.runs.to_string()])
+        .env("COMPACTOR_BENCH_NEW_OUTPUT", if args.new_output { "1" } else { "0" })
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !output.status.success() {
@@ -132,7 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let ort: OrtReport = serde_json::from_slice(&output.stdout).context("unexpected output from the onnxruntime script")?;
     for format in ["matmulnbits", "qdq"] {
         let f = &ort.formats[format];
-        let command_seconds = time_command(args.runs, || {
+        let command_seconds = time_command(args.runs, args.new_output.then_some(f.file.as_path()), || {
             let mut c = std::process::Command::new(&python);
             c.args(["-c", ORT_QUANTIZE]).arg(&args.model).arg(tmp.path()).args([args.bits.to_string(), args.block.to_string(), args.symmetric.to_string(), "1".into(), format.into()]);
             c
@@ -153,6 +172,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let f32_bytes = std::fs::metadata(&args.model)?.len();
     writeln!(out, "{} ({:.1} MiB f32), {} bits, block {}, {}; accuracy vs f32 on Compactor's runtime ({} thread(s))", args.model.display(), f32_bytes as f64 / 1048576.0, args.bits, args.block, if args.symmetric { "symmetric" } else { "asymmetric" }, options.threads)?;
+    if args.new_output {
+        writeln!(out, "every timed run writes a new file (--new-output)")?;
+    }
     writeln!(out, "{:<50} {:>10} {:>10} {:>9} {:>9} {:>10}", "quantizer", "in-process", "command", "MiB", "cosine", "max abs")?;
     for row in &rows {
         let model = Model::load(&row.file)?;

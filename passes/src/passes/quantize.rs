@@ -3,7 +3,8 @@
 //! `block_size` or as `com.microsoft.MatMulNBits`.
 //!
 //! The numerics live in [`crate::quant`]; this pass picks the weights, gathers calibration
-//! statistics through the runtime (GPTQ, mixed precision), and rewrites the graph. Embedding
+//! statistics through the runtime (GPTQ, mixed precision, AWQ), and rewrites the graph (AWQ
+//! puts a `Mul` by `1/s` in front of each scaled layer). Embedding
 //! tables and Conv weights always use the `DequantizeLinear` form (MatMulNBits is a matmul).
 
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
@@ -83,6 +84,8 @@ pub struct Quantize {
     pub outliers: f64,
     /// Mixed precision: average bits per weight to spend (0 disables); the layers whose error costs most on calibration data get 8 bits.
     pub budget_bits: f64,
+    /// AWQ activation-aware scaling (with rtn or mse; needs calibration data): each MatMul/Gemm weight's input channels are scaled by s = mean|x|^a before quantizing and the activation is divided by s (a Mul in front of the layer); a is searched per layer on the calibration output error, and a = 0 (no scaling) is among the candidates.
+    pub awq: bool,
 }
 
 impl Default for Quantize {
@@ -105,6 +108,7 @@ impl Default for Quantize {
             sequential: false,
             outliers: 0.0,
             budget_bits: 0.0,
+            awq: false,
         }
     }
 }
@@ -113,7 +117,7 @@ const OPS: [&str; 4] = ["MatMul", "Gemm", "Conv", "Gather"];
 
 impl PassDef for Quantize {
     const NAME: &'static str = "quantize";
-    const SUMMARY: &'static str = "Blockwise weight quantization (8/4/2 bits; RTN, MSE/HQQ or GPTQ) to DequantizeLinear or MatMulNBits";
+    const SUMMARY: &'static str = "Blockwise weight quantization (8/4/2 bits; RTN, MSE/HQQ or GPTQ; optional AWQ scaling) to DequantizeLinear or MatMulNBits";
     const KIND: PassKind = PassKind::Transform;
 
     fn validate(&self) -> Result<(), OptionError> {
@@ -140,6 +144,12 @@ impl PassDef for Quantize {
         if self.budget_bits != 0.0 && !(self.bits as f64..=9.0).contains(&self.budget_bits) {
             return Err(OptionError::new("budget_bits", format!("must be 0 (off) or between {} and 9 bits per weight", self.bits)));
         }
+        if self.awq && self.method == Method::Gptq {
+            return Err(OptionError::new("awq", "applies to method=rtn and method=mse (GPTQ does its own error feedback)"));
+        }
+        if self.awq && self.budget_bits != 0.0 {
+            return Err(OptionError::new("awq", "cannot be combined with budget_bits yet"));
+        }
         if self.budget_bits != 0.0 && self.bits == 8 {
             return Err(OptionError::new("budget_bits", "mixed precision promotes layers to 8 bits; use bits=2 or bits=4"));
         }
@@ -147,8 +157,17 @@ impl PassDef for Quantize {
     }
 }
 
-/// A quantized weight, its GPTQ loss (if GPTQ ran) and the original `[K, N]` matrix.
-type LayerResult = (QuantizedWeight, Option<f64>, Matrix);
+/// A quantized weight, its GPTQ loss (if GPTQ ran), the original `[K, N]` matrix, and the
+/// AWQ scaling the quantized weight is stored under (if any).
+type LayerResult = (QuantizedWeight, Option<f64>, Matrix, Option<Scaling>);
+
+/// How an AWQ-scaled weight relates to the original: `W ≈ diag(inverse_scales) · dequantized`.
+struct Scaling {
+    inverse_scales: Vec<f32>,
+    alpha: f32,
+    /// `tr(ΔWᵀHΔW)` of plain quantization (α = 0), for the report.
+    unscaled_output_error: f64,
+}
 
 /// A weight as the `[K, N]` f32 matrix the numerics read: a view of the model's own bytes
 /// when they already are exactly that (f32, `[K, N]`, 4-byte aligned in a little-endian
@@ -247,6 +266,19 @@ struct LayerReport {
     /// Relative output error on calibration data, `tr(ΔWᵀHΔW) / tr(WᵀHW)` (with calibration).
     #[serde(skip_serializing_if = "Option::is_none")]
     output_error: Option<f64>,
+    /// AWQ: the chosen exponent, and the relative output error plain quantization would have had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    awq_alpha: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unscaled_output_error: Option<f64>,
+}
+
+/// What the calibration data tells about each activation a selected layer reads.
+#[derive(Default)]
+struct Calibration {
+    hessians: HashMap<ValueId, Hessian>,
+    /// Mean |x| per input channel (only with `awq`).
+    mean_abs: HashMap<ValueId, Vec<f32>>,
 }
 
 #[derive(Serialize)]
@@ -317,8 +349,9 @@ impl Quantize {
         (candidates, skipped)
     }
 
-    /// Hessians `(2/n) Σ xxᵀ` of each distinct activation input, from the calibration data.
-    fn hessians(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[&Target]) -> Result<HashMap<ValueId, Hessian>, PassError> {
+    /// Hessians `(2/n) Σ xxᵀ` of each distinct activation input, from the calibration data,
+    /// and (for AWQ) the mean absolute value of each input channel.
+    fn calibrate(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[&Target]) -> Result<Calibration, PassError> {
         let mut accumulators: BTreeMap<ValueId, HessianAccumulator> = BTreeMap::new();
         for t in targets {
             if let (Some(input), "MatMul" | "Gemm") = (t.input, t.op) {
@@ -326,11 +359,13 @@ impl Quantize {
             }
         }
         if accumulators.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Calibration::default());
         }
+        // Σ|x| per channel (f64, summed batch by batch in a fixed order) and the row count.
+        let mut abs_sums: BTreeMap<ValueId, (Vec<f64>, usize)> = if self.awq { accumulators.iter().map(|(&v, a)| (v, (vec![0.0; a.k()], 0))).collect() } else { BTreeMap::new() };
         let model = ctx.snapshot(graph);
         let Some(calibrator) = ctx.calibrator.as_deref_mut() else {
-            return Err(PassError::Missing { pass: Self::NAME.into(), what: "calibration data (method=gptq and budget_bits need activations)".into() });
+            return Err(PassError::Missing { pass: Self::NAME.into(), what: "calibration data (method=gptq, budget_bits and awq need activations)".into() });
         };
         let values: Vec<ValueId> = accumulators.keys().copied().collect();
         let mut error = None;
@@ -344,6 +379,14 @@ impl Quantize {
             if let Err(e) = acc.add_batch(a.data, a.data.len() / k) {
                 error.get_or_insert(e.to_string());
             }
+            if let Some((sums, rows)) = abs_sums.get_mut(&v) {
+                for row in a.data.chunks_exact(k) {
+                    for (s, &x) in sums.iter_mut().zip(row) {
+                        *s += x.abs() as f64;
+                    }
+                }
+                *rows += a.data.len() / k;
+            }
         };
         ctx.progress.begin("calibrating", calibrator.batches() as u64);
         let result = calibrator.capture(&model, &values, ctx.progress, &mut sink);
@@ -352,10 +395,12 @@ impl Quantize {
         if let Some(e) = error {
             return Err(PassError::failed(Self::NAME, "calibration", e));
         }
-        accumulators
+        let hessians = accumulators
             .into_iter()
             .map(|(v, acc)| acc.hessian().map(|h| (v, h)).map_err(|e| PassError::failed(Self::NAME, format!("calibration of '{}'", graph.value(v).name), e.to_string())))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let mean_abs = abs_sums.into_iter().map(|(v, (sums, rows))| (v, sums.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect())).collect();
+        Ok(Calibration { hessians, mean_abs })
     }
 
     fn quantize_weight(&self, t: &Target, w: &[f32], bits: u8, hessian: Option<&Hessian>) -> Result<(QuantizedWeight, Option<f64>), PassError> {
@@ -376,6 +421,26 @@ impl Quantize {
             q.add_top_outliers(w, count).map_err(fail)?;
         }
         Ok((q, loss))
+    }
+}
+
+impl Quantize {
+    /// AWQ: the scaled weight with the exponent that gives the smallest output error.
+    fn quantize_scaled(&self, t: &Target, w: &[f32], hessian: &Hessian, mean_abs: &[f32]) -> Result<(QuantizedWeight, Scaling), PassError> {
+        let fail = |e: quant::QuantError| PassError::failed(Self::NAME, t.label.clone(), e.to_string());
+        let config = self.config(self.bits);
+        let quantize = |scaled: &[f32]| match self.method {
+            Method::Mse => quant::quantize_mse(scaled, t.k, t.n, &config, &MseOptions::default()),
+            _ => quant::quantize_rtn(scaled, t.k, t.n, &config),
+        };
+        let r = quant::search_awq_scales(w, t.k, t.n, mean_abs, hessian, quantize).map_err(fail)?;
+        let mut q = r.weight;
+        if self.outliers > 0.0 {
+            // Outliers of the stored (scaled) weight; they are scaled back with the rest.
+            let scaled: Vec<f32> = w.chunks_exact(t.n).zip(&r.scales).flat_map(|(row, &s)| row.iter().map(move |&v| v * s)).collect();
+            q.add_top_outliers(&scaled, (self.outliers * (t.k * t.n) as f64).round() as usize).map_err(fail)?;
+        }
+        Ok((q, Scaling { inverse_scales: r.inverse_scales, alpha: r.alpha, unscaled_output_error: r.unscaled_output_error }))
     }
 }
 
@@ -516,11 +581,11 @@ fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWe
 }
 
 /// Replaces a MatMul / Gemm by `MatMulNBits` (plus the bias Add of a Gemm and the outlier branch).
-fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors) -> Result<(), PassError> {
+fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors, activation: Option<PValue>) -> Result<(), PassError> {
     let node = graph.node(t.node);
     let region = node.region;
     let base = graph.value(t.weight).name.clone();
-    let x = t.input.expect("linear layers have an input");
+    let x = activation.unwrap_or_else(|| PValue::Existing(t.input.expect("linear layers have an input")));
     let y = node.output(0).ok_or_else(|| PassError::failed(Quantize::NAME, t.label.clone(), "has no output"))?;
     let b = patch.new_initializer(region, &format!("{base}_nbits"), Tensor::from_raw(DataType::Uint8, &packed.b_shape.map(|d| d as u64), packed.b.into()).map_err(ir)?);
     let s = patch.new_initializer(region, &format!("{base}_scales"), scale_tensor(&packed.scales, packed.scale_dtype, &[packed.scales.len()])?);
@@ -589,10 +654,36 @@ fn pack(graph: &Graph, t: &Target, q: &QuantizedWeight, as_nbits: bool) -> Resul
 }
 
 /// Replaces the weight by its quantized form in the layer, removing the old chain and weight.
-fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: Packed) -> Result<(), PassError> {
+fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: Packed, scaling: Option<&Scaling>) -> Result<(), PassError> {
+    // AWQ: the layer reads `x * (1/s)` instead of `x`.
+    let activation = match (scaling, t.input) {
+        (Some(scaling), Some(x)) => {
+            let region = graph.node(t.node).region;
+            let elem = graph.value(x).elem().unwrap_or(DataType::Float);
+            let trans_a = t.op == "Gemm" && graph.node(t.node).attr_int("transA").unwrap_or(0) != 0;
+            let dims: Vec<u64> = if trans_a { vec![t.k as u64, 1] } else { vec![t.k as u64] };
+            let tensor = match elem {
+                DataType::Float => Tensor::from_f32(&dims, &scaling.inverse_scales).map_err(ir)?,
+                DataType::Float16 => {
+                    let raw: Vec<u8> = scaling.inverse_scales.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+                    Tensor::from_raw(DataType::Float16, &dims, raw.into()).map_err(ir)?
+                }
+                other => return Err(PassError::failed(Quantize::NAME, t.label.clone(), format!("awq scales a float or float16 activation, not {other}"))),
+            };
+            let base = graph.value(t.weight).name.clone();
+            let inverse = patch.new_initializer(region, &format!("{base}_awq_inverse_scale"), tensor);
+            let scaled = patch.new_value(region, &format!("{}_awq_scaled", graph.value(x).name), None);
+            patch.node("Mul", Anchor::Before(t.node)).name(format!("{}/AwqScale", t.label)).input(x).input(inverse).output(scaled).add();
+            Some(scaled)
+        }
+        _ => None,
+    };
     match packed {
-        Packed::NBits(tensors) => emit_matmul_nbits(graph, patch, t, q, tensors)?,
+        Packed::NBits(tensors) => emit_matmul_nbits(graph, patch, t, q, tensors, activation)?,
         Packed::Qdq(tensors, layout) => {
+            if let Some(scaled) = activation {
+                patch.set_input(t.node, 0, Some(scaled));
+            }
             let dequantized = emit_dequantize(graph, patch, t, q, &layout, tensors)?;
             let index = if t.op == "Gather" { 0 } else { 1 };
             patch.set_input(t.node, index, Some(dequantized));
@@ -605,9 +696,9 @@ fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packe
     Ok(())
 }
 
-fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>) -> LayerReport {
+fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>, scaling: Option<&Scaling>) -> LayerReport {
     let m = QuantMetrics::new(w, q);
-    LayerReport {
+    let mut report = LayerReport {
         name: t.label.clone(),
         op: t.op,
         k: t.k,
@@ -620,8 +711,34 @@ fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f3
         bytes_after: m.bytes_after,
         outliers: q.outliers.len(),
         gptq_loss,
-        output_error: hessian.map(|h| output_error(w, &q.dequantize(), t.n, h)),
+        output_error: hessian.filter(|_| scaling.is_none()).map(|h| output_error(w, &q.dequantize(), t.n, h)),
+        awq_alpha: None,
+        unscaled_output_error: None,
+    };
+    if let Some(scaling) = scaling {
+        // The stored weight is the scaled one: measure what the layer computes, `diag(1/s) W_hat`,
+        // against the original, and count the `1/s` vector as storage (as f32; half that for
+        // float16 activations).
+        let mut effective = q.dequantize();
+        for (row, &inv) in effective.chunks_exact_mut(t.n).zip(&scaling.inverse_scales) {
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+        let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
+        let noise: f64 = w.iter().zip(&effective).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+        report.relative_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
+        report.sqnr_db = if noise > 0.0 { 10.0 * (signal / noise).log10() } else { f64::INFINITY };
+        let extra_bits = 32 * t.k as u64;
+        report.bits_per_weight += extra_bits as f64 / (t.k * t.n) as f64;
+        report.bytes_after += extra_bits / 8;
+        report.awq_alpha = Some(scaling.alpha);
+        if let Some(h) = hessian {
+            let reference = h.quadratic_form(w, t.n);
+            let relative = |e: f64| if reference > 0.0 { e / reference } else { 0.0 };
+            report.output_error = Some(output_error(w, &effective, t.n, h));
+            report.unscaled_output_error = Some(relative(scaling.unscaled_output_error));
+        }
     }
+    report
 }
 
 impl Pass for Quantize {
@@ -660,7 +777,7 @@ impl Pass for Quantize {
             upgrade_summary = Some(outcome.summary);
         }
 
-        let needs_hessians = self.method == Method::Gptq || self.budget_bits > 0.0;
+        let needs_calibration = self.method == Method::Gptq || self.budget_bits > 0.0 || self.awq;
         // GPTQ goes stage by stage (the layers reading one activation form a stage), each
         // calibrated on the graph with the earlier stages already quantized; otherwise one stage.
         let stages: Vec<Vec<usize>> = if self.method == Method::Gptq && self.sequential && self.budget_bits == 0.0 {
@@ -678,7 +795,8 @@ impl Pass for Quantize {
         let mut layers: Vec<Option<LayerReport>> = (0..targets.len()).map(|_| None).collect();
         for (stage_number, stage) in stages.iter().enumerate() {
             let members: Vec<&Target> = stage.iter().map(|&i| &targets[i]).collect();
-            let hessians = if needs_hessians { self.hessians(graph, ctx, &members)? } else { HashMap::new() };
+            let calibration = if needs_calibration { self.calibrate(graph, ctx, &members)? } else { Calibration::default() };
+            let hessians = &calibration.hessians;
             let label = if stages.len() > 1 { format!("quantizing stage {}/{}", stage_number + 1, stages.len()) } else { "quantizing".to_string() };
             ctx.progress.begin(&label, members.len() as u64 * if self.budget_bits > 0.0 { 2 } else { 1 });
             // Layers are independent: quantize them in parallel (each result only depends on its
@@ -688,13 +806,24 @@ impl Pass for Quantize {
                 .par_iter()
                 .map(|t| {
                     let w = t.matrix()?;
-                    let (q, loss) = self.quantize_weight(t, &w, self.bits, t.input.and_then(|i| hessians.get(&i)))?;
+                    let hessian = t.input.and_then(|i| hessians.get(&i));
+                    let mean_abs = t.input.filter(|_| matches!(t.op, "MatMul" | "Gemm")).and_then(|i| calibration.mean_abs.get(&i));
+                    let result = match (hessian, mean_abs) {
+                        (Some(h), Some(m)) => {
+                            let (q, scaling) = self.quantize_scaled(t, &w, h, m)?;
+                            (q, None, w, Some(scaling))
+                        }
+                        _ => {
+                            let (q, loss) = self.quantize_weight(t, &w, self.bits, hessian)?;
+                            (q, loss, w, None)
+                        }
+                    };
                     progress.advance(1);
-                    Ok((q, loss, w))
+                    Ok(result)
                 })
                 .collect::<Result<_, PassError>>()?;
             if self.budget_bits > 0.0 {
-                self.apply_budget(ctx, &members, &hessians, &mut results)?;
+                self.apply_budget(ctx, &members, hessians, &mut results)?;
             }
             ctx.progress.end();
             // Packing and the error metrics are per layer too.
@@ -702,15 +831,15 @@ impl Pass for Quantize {
             let packed: Vec<(Packed, LayerReport)> = stage
                 .par_iter()
                 .zip(&results)
-                .map(|(&i, (q, loss, w))| {
+                .map(|(&i, (q, loss, w, scaling))| {
                     let t = &targets[i];
                     let hessian = t.input.and_then(|input| hessians.get(&input));
-                    Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, q, *loss, w, hessian)))
+                    Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, q, *loss, w, hessian, scaling.as_ref())))
                 })
                 .collect::<Result<_, PassError>>()?;
             let mut patch = Patch::new();
-            for ((&i, (q, _, _)), (tensors, report)) in stage.iter().zip(&results).zip(packed) {
-                emit(graph, &mut patch, &targets[i], q, tensors)?;
+            for ((&i, (q, _, _, scaling)), (tensors, report)) in stage.iter().zip(&results).zip(packed) {
+                emit(graph, &mut patch, &targets[i], q, tensors, scaling.as_ref())?;
                 layers[i] = Some(report);
             }
             graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
@@ -728,11 +857,12 @@ impl Pass for Quantize {
         let params: usize = layers.iter().map(|l| l.k * l.n).sum();
         let mean_sqnr = layers.iter().map(|l| l.sqnr_db.min(200.0)).sum::<f64>() / layers.len() as f64;
         let summary = format!(
-            "quantized {} weights ({:.2}M params) to {} bits ({:?}, {:?}): {:.1} KiB -> {:.1} KiB, mean SQNR {:.1} dB{}",
+            "quantized {} weights ({:.2}M params) to {} bits ({:?}{}, {:?}): {:.1} KiB -> {:.1} KiB, mean SQNR {:.1} dB{}",
             layers.len(),
             params as f64 / 1e6,
             self.bits,
             self.method,
+            if self.awq { format!(", AWQ-scaled {} of them", layers.iter().filter(|l| l.awq_alpha.is_some()).count()) } else { String::new() },
             self.format,
             before as f64 / 1024.0,
             after as f64 / 1024.0,
@@ -749,10 +879,10 @@ impl Quantize {
     fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [LayerResult]) -> Result<(), PassError> {
         let total_weights: f64 = targets.iter().map(|t| t.elements() as f64).sum();
         let bits_of = |q: &QuantizedWeight, w: &[f32]| QuantMetrics::new(w, q).bits_per_weight;
-        let mut spent: f64 = results.iter().zip(targets).map(|((q, _, w), t)| bits_of(q, w) * t.elements() as f64).sum();
+        let mut spent: f64 = results.iter().zip(targets).map(|((q, _, w, _), t)| bits_of(q, w) * t.elements() as f64).sum();
         let mut options = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let (low, _, w) = &results[i];
+            let (low, _, w, _) = &results[i];
             let (high, loss) = self.quantize_weight(t, w, 8, t.input.and_then(|x| hessians.get(&x)))?;
             ctx.progress.advance(1);
             // Error weighted by the activations when there are any, by the weights otherwise.

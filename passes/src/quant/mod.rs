@@ -15,9 +15,10 @@
 //! Methods: [`quantize_rtn`], [`quantize_mse`] (clip search + HQQ-style refinement, never worse
 //! than RTN per block), [`quantize_gptq`] (Hessian error feedback from calibration data, with
 //! [`HessianAccumulator`]). Outliers: [`QuantizedWeight::add_top_outliers`] or GPTQ's SpQR
-//! threshold. Packing: [`pack_qdq`] (ONNX `DequantizeLinear` with `block_size`) and
+//! threshold. Activation-aware scaling before RTN/MSE: [`search_awq_scales`]. Packing: [`pack_qdq`] (ONNX `DequantizeLinear` with `block_size`) and
 //! [`pack_matmul_nbits`] (`com.microsoft.MatMulNBits`). Metrics: [`QuantMetrics`].
 
+mod awq;
 mod config;
 mod gptq;
 mod grid;
@@ -27,6 +28,7 @@ mod pack;
 mod rtn;
 mod weight;
 
+pub use awq::{AwqResult, search_awq_scales};
 pub use config::{BlockSize, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, QuantConfig, ScaleDtype};
 pub use gptq::{GptqOptions, GptqResult, Hessian, HessianAccumulator, quantize_gptq};
 pub use grid::BlockParams;

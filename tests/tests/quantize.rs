@@ -103,7 +103,6 @@ fn bad_options_are_refused_by_name() {
         ("quantize(method=awq)", "option 'method'"),
         ("quantize(ops=[Softmax])", "option 'ops': 'Softmax' is not one of"),
         ("quantize(outliers=0.5)", "option 'outliers'"),
-        ("quantize(awq=true,method=gptq)", "option 'awq': applies to method=rtn and method=mse"),
         ("quantize(awq=true,budget_bits=6)", "option 'awq'"),
     ] {
         let e = Pipeline::parse(spec).err().unwrap().to_string();
@@ -222,7 +221,7 @@ fn quantize_calibrated(src: &Path, spec: &str, out: &Path, dims: &[(&str, i64)],
 #[test]
 fn awq_scales_each_layers_activation_and_runs_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    for (i, spec) in ["quantize(awq=true)", "quantize(awq=true,format=matmulnbits,method=mse,symmetric=false)", "quantize(awq=true,outliers=0.01,ops=[MatMul,Gemm,Gather])"].iter().enumerate() {
+    for (i, spec) in ["quantize(awq=true)", "quantize(awq=true,format=matmulnbits,method=mse,symmetric=false)", "quantize(awq=true,outliers=0.01,ops=[MatMul,Gemm,Gather])", "quantize(awq=true,method=gptq,format=matmulnbits)"].iter().enumerate() {
         let out = dir.path().join(format!("{i}.onnx"));
         let layers = quantize_calibrated(&fixture("tiny_bert.onnx"), &format!("{spec},eliminate-dead-code"), &out, &[("batch", 2), ("seq", 16)], 4);
         let linear: Vec<&serde_json::Value> = layers.iter().filter(|l| l["op"] != "Gather").collect();
@@ -231,7 +230,7 @@ fn awq_scales_each_layers_activation_and_runs_in_onnxruntime() {
             let alpha = l["awq_alpha"].as_f64().unwrap_or_else(|| panic!("{spec}: no awq_alpha in {l}"));
             assert!((0.0..1.0).contains(&alpha), "{spec}: {l}");
             let (scaled, plain) = (l["output_error"].as_f64().unwrap(), l["unscaled_output_error"].as_f64().unwrap());
-            if !spec.contains("outliers") {
+            if !spec.contains("outliers") && !spec.contains("gptq") {
                 // α = 0 is plain quantization, so the search never ends above it.
                 assert!(scaled <= plain, "{spec}: {l}");
             }
@@ -254,7 +253,7 @@ fn awq_scales_each_layers_activation_and_runs_in_onnxruntime() {
 }
 
 #[test]
-fn awq_on_minilm_beats_plain_rtn() {
+fn awq_on_minilm_against_rtn_and_gptq() {
     let dir = tempfile::tempdir().unwrap();
     let (rtn, awq) = (dir.path().join("rtn.onnx"), dir.path().join("awq.onnx"));
     quantize(&minilm(), "quantize(bits=4,block=32,method=rtn,ops=[MatMul,Gather]),eliminate-dead-code", &rtn);
@@ -269,6 +268,18 @@ fn awq_on_minilm_beats_plain_rtn() {
     // Measured: sentences 0.9649 -> 0.9735, held out on random tokens as well.
     assert!(awq_sentences >= rtn_sentences + 0.005, "sentences: AWQ {awq_sentences} vs RTN {rtn_sentences}");
     assert!(awq_held_out > rtn_held_out, "held-out: AWQ {awq_held_out} vs RTN {rtn_held_out}");
+
+    // GPTQ on the scaled weights (with the scaled Hessian) against GPTQ alone, same calibration.
+    let (gptq, gptq_awq) = (dir.path().join("gptq.onnx"), dir.path().join("gptq_awq.onnx"));
+    quantize_calibrated(&minilm(), "quantize(bits=4,block=32,method=gptq)", &gptq, &[("batch", 4), ("seq", 128)], 8);
+    quantize_calibrated(&minilm(), "quantize(bits=4,block=32,method=gptq,awq=true)", &gptq_awq, &[("batch", 4), ("seq", 128)], 8);
+    let (gptq_held_out, gptq_sentences) = minilm_accuracy(&gptq);
+    let (both_held_out, both_sentences) = minilm_accuracy(&gptq_awq);
+    eprintln!("MiniLM int4/32 sym linear layers: sentence cosine GPTQ {gptq_sentences:.4} GPTQ+AWQ {both_sentences:.4}; held-out GPTQ {gptq_held_out:.5} GPTQ+AWQ {both_held_out:.5}");
+    // Better on held-out batches from the calibration's distribution (random tokens). On the two
+    // reference sentences it goes either way (measured 0.9793 -> 0.9766 here, 0.9775 -> 0.9799
+    // with 16 batches): random tokens are not text, and GPTQ already took most of the error.
+    assert!(both_held_out > gptq_held_out, "held-out: GPTQ+AWQ {both_held_out} vs GPTQ {gptq_held_out}");
 }
 
 /// The largest difference between onnxruntime's and the bundled runtime's outputs of a

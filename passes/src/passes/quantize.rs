@@ -84,7 +84,7 @@ pub struct Quantize {
     pub outliers: f64,
     /// Mixed precision: average bits per weight to spend (0 disables); the layers whose error costs most on calibration data get 8 bits.
     pub budget_bits: f64,
-    /// AWQ activation-aware scaling (with rtn or mse; needs calibration data): each MatMul/Gemm weight's input channels are scaled by s = mean|x|^a before quantizing and the activation is divided by s (a Mul in front of the layer); a is searched per layer on the calibration output error, and a = 0 (no scaling) is among the candidates.
+    /// AWQ activation-aware scaling (needs calibration data): each MatMul/Gemm weight's input channels are scaled by s = mean|x|^a before quantizing and the activation is divided by s (a Mul in front of the layer); a is searched per layer on the calibration output error of RTN (MSE with method=mse), and a = 0 (no scaling) is among the candidates. With method=gptq, GPTQ then quantizes the scaled weight against the correspondingly scaled Hessian.
     pub awq: bool,
 }
 
@@ -143,9 +143,6 @@ impl PassDef for Quantize {
         }
         if self.budget_bits != 0.0 && !(self.bits as f64..=9.0).contains(&self.budget_bits) {
             return Err(OptionError::new("budget_bits", format!("must be 0 (off) or between {} and 9 bits per weight", self.bits)));
-        }
-        if self.awq && self.method == Method::Gptq {
-            return Err(OptionError::new("awq", "applies to method=rtn and method=mse (GPTQ does its own error feedback)"));
         }
         if self.awq && self.budget_bits != 0.0 {
             return Err(OptionError::new("awq", "cannot be combined with budget_bits yet"));
@@ -425,8 +422,9 @@ impl Quantize {
 }
 
 impl Quantize {
-    /// AWQ: the scaled weight with the exponent that gives the smallest output error.
-    fn quantize_scaled(&self, t: &Target, w: &[f32], hessian: &Hessian, mean_abs: &[f32]) -> Result<(QuantizedWeight, Scaling), PassError> {
+    /// AWQ: the scaled weight with the exponent that gives the smallest output error (and its
+    /// GPTQ loss with method=gptq).
+    fn quantize_scaled(&self, t: &Target, w: &[f32], hessian: &Hessian, mean_abs: &[f32]) -> Result<(QuantizedWeight, Option<f64>, Scaling), PassError> {
         let fail = |e: quant::QuantError| PassError::failed(Self::NAME, t.label.clone(), e.to_string());
         let config = self.config(self.bits);
         let quantize = |scaled: &[f32]| match self.method {
@@ -434,13 +432,24 @@ impl Quantize {
             _ => quant::quantize_rtn(scaled, t.k, t.n, &config),
         };
         let r = quant::search_awq_scales(w, t.k, t.n, mean_abs, hessian, quantize).map_err(fail)?;
-        let mut q = r.weight;
+        let scaled = || -> Vec<f32> { w.chunks_exact(t.n).zip(&r.scales).flat_map(|(row, &s)| row.iter().map(move |&v| v * s)).collect() };
+        let (mut q, loss) = if self.method == Method::Gptq {
+            // The scaled layer sees x/s: its Hessian is diag(1/s) H diag(1/s).
+            let k = t.k;
+            let inv = &r.inverse_scales;
+            let data: Vec<f64> = (0..k * k).map(|i| hessian.get(i / k, i % k) * inv[i / k] as f64 * inv[i % k] as f64).collect();
+            let scaled_hessian = Hessian::from_matrix(k, data).map_err(fail)?;
+            let options = GptqOptions { percdamp: self.damp, act_order: self.act_order, ..Default::default() };
+            let g = quant::quantize_gptq(&scaled(), t.k, t.n, &config, &scaled_hessian, &options).map_err(fail)?;
+            (g.weight, Some(g.loss))
+        } else {
+            (r.weight, None)
+        };
         if self.outliers > 0.0 {
             // Outliers of the stored (scaled) weight; they are scaled back with the rest.
-            let scaled: Vec<f32> = w.chunks_exact(t.n).zip(&r.scales).flat_map(|(row, &s)| row.iter().map(move |&v| v * s)).collect();
-            q.add_top_outliers(&scaled, (self.outliers * (t.k * t.n) as f64).round() as usize).map_err(fail)?;
+            q.add_top_outliers(&scaled(), (self.outliers * (t.k * t.n) as f64).round() as usize).map_err(fail)?;
         }
-        Ok((q, Scaling { inverse_scales: r.inverse_scales, alpha: r.alpha, unscaled_output_error: r.unscaled_output_error }))
+        Ok((q, loss, Scaling { inverse_scales: r.inverse_scales, alpha: r.alpha, unscaled_output_error: r.unscaled_output_error }))
     }
 }
 
@@ -810,8 +819,8 @@ impl Pass for Quantize {
                     let mean_abs = t.input.filter(|_| matches!(t.op, "MatMul" | "Gemm")).and_then(|i| calibration.mean_abs.get(&i));
                     let result = match (hessian, mean_abs) {
                         (Some(h), Some(m)) => {
-                            let (q, scaling) = self.quantize_scaled(t, &w, h, m)?;
-                            (q, None, w, Some(scaling))
+                            let (q, loss, scaling) = self.quantize_scaled(t, &w, h, m)?;
+                            (q, loss, w, Some(scaling))
                         }
                         _ => {
                             let (q, loss) = self.quantize_weight(t, &w, self.bits, hessian)?;

@@ -381,9 +381,12 @@ fn outliers_are_added_back() {
     assert!(with.outliers.iter().any(|o| o.row < 64) && with.outliers.iter().any(|o| o.row >= 64), "outliers in both block rows");
     let metrics = QuantMetrics::new(&w, &with);
     let base = QuantMetrics::new(&w, &plain);
-    // The metrics see the same reconstruction (computed block row by block row, in order).
+    // The metrics see the same reconstruction, outliers included (they sum in eight lanes, so
+    // the last bits differ from this single running sum; one missing outlier would move the
+    // error by about 1e-3 here: the 20 of them take it from 0.339 to 0.315).
     let (signal, noise) = w.iter().zip(&corrected).fold((0.0f64, 0.0f64), |(s, e), (&a, &b)| (s + a as f64 * a as f64, e + (a as f64 - b as f64).powi(2)));
-    assert_eq!(metrics.relative_frobenius_error, (noise / signal).sqrt());
+    let expected = (noise / signal).sqrt();
+    assert!((metrics.relative_frobenius_error - expected).abs() <= 1e-12 * expected, "{} vs {expected}", metrics.relative_frobenius_error);
     assert!(metrics.bits_per_weight > base.bits_per_weight && metrics.sqnr_db > base.sqnr_db);
 
     // GPTQ with SpQR's threshold: outliers pass no error on and lower the output error.

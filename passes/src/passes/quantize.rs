@@ -811,9 +811,20 @@ impl Pass for Quantize {
             // Layers are independent: quantize them in parallel (each result only depends on its
             // own weight and Hessian, so the output does not depend on the thread count).
             let progress = ctx.progress;
-            let mut results: Vec<LayerResult> = members
+            // Packing and the error metrics are per layer too: without a budget to spend they
+            // run in the same task, while the layer's codes are still in cache; with one, after
+            // the budget has picked each layer's final form.
+            let frozen: &Graph = graph;
+            let finish = |i: usize, (q, loss, w, scaling): &LayerResult| -> Result<(Packed, LayerReport), PassError> {
+                let t = &targets[i];
+                let hessian = t.input.and_then(|input| hessians.get(&input));
+                Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, q, *loss, w, hessian, scaling.as_ref())))
+            };
+            let fused = self.budget_bits == 0.0;
+            let (mut results, finished): (Vec<LayerResult>, Vec<Option<(Packed, LayerReport)>>) = stage
                 .par_iter()
-                .map(|t| {
+                .map(|&i| {
+                    let t = &targets[i];
                     let w = t.matrix()?;
                     let hessian = t.input.and_then(|i| hessians.get(&i));
                     let mean_abs = t.input.filter(|_| matches!(t.op, "MatMul" | "Gemm")).and_then(|i| calibration.mean_abs.get(&i));
@@ -827,25 +838,22 @@ impl Pass for Quantize {
                             (q, loss, w, None)
                         }
                     };
+                    let finished = if fused { Some(finish(i, &result)?) } else { None };
                     progress.advance(1);
-                    Ok(result)
+                    Ok((result, finished))
                 })
-                .collect::<Result<_, PassError>>()?;
+                .collect::<Result<Vec<_>, PassError>>()?
+                .into_iter()
+                .unzip();
             if self.budget_bits > 0.0 {
                 self.apply_budget(ctx, &members, hessians, &mut results)?;
             }
             ctx.progress.end();
-            // Packing and the error metrics are per layer too.
-            let frozen: &Graph = graph;
-            let packed: Vec<(Packed, LayerReport)> = stage
-                .par_iter()
-                .zip(&results)
-                .map(|(&i, (q, loss, w, scaling))| {
-                    let t = &targets[i];
-                    let hessian = t.input.and_then(|input| hessians.get(&input));
-                    Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, q, *loss, w, hessian, scaling.as_ref())))
-                })
-                .collect::<Result<_, PassError>>()?;
+            let packed: Vec<(Packed, LayerReport)> = if fused {
+                finished.into_iter().map(|f| f.expect("fused layers are finished")).collect()
+            } else {
+                stage.par_iter().zip(&results).map(|(&i, result)| finish(i, result)).collect::<Result<_, PassError>>()?
+            };
             let mut patch = Patch::new();
             for ((&i, (q, _, _, scaling)), (tensors, report)) in stage.iter().zip(&results).zip(packed) {
                 emit(graph, &mut patch, &targets[i], q, tensors, scaling.as_ref())?;

@@ -26,16 +26,42 @@ impl QuantMetrics {
         assert_eq!(weight.len(), k * n, "weight and quantized weight differ in size");
         let rows_per_block = quantized.block_size.max(1);
         let mut w_hat = vec![0.0f32; rows_per_block * n];
-        let (mut signal, mut noise) = (0.0f64, 0.0f64);
+        // Eight running sums each (element i goes to lane i % 8, lanes added at the end): one
+        // running sum is a chain of dependent f64 additions, which made this step as slow as
+        // the quantization itself. The order is fixed, so the result is still deterministic.
+        const LANES: usize = 8;
+        let (mut signal, mut noise) = ([0.0f64; LANES], [0.0f64; LANES]);
+        let mut lane = 0;
         for (block, w_rows) in weight.chunks(rows_per_block * n.max(1)).enumerate() {
             let w_hat = &mut w_hat[..w_rows.len()];
             quantized.dequantize_block_row(block, w_hat);
-            for (&w, &h) in w_rows.iter().zip(w_hat.iter()) {
-                let d = w as f64 - h as f64;
-                signal += (w as f64) * (w as f64);
-                noise += d * d;
+            let (mut w_it, mut h_it) = (w_rows.iter(), w_hat.iter());
+            // Realign to lane 0 (block rows need not hold a multiple of eight elements).
+            while lane != 0 {
+                let (Some(&w), Some(&h)) = (w_it.next(), h_it.next()) else { break };
+                let (w, h) = (w as f64, h as f64);
+                signal[lane] += w * w;
+                noise[lane] += (w - h) * (w - h);
+                lane = (lane + 1) % LANES;
+            }
+            let (w_rest, h_rest) = (w_it.as_slice(), h_it.as_slice());
+            let (w_lanes, h_lanes) = (w_rest.chunks_exact(LANES), h_rest.chunks_exact(LANES));
+            let (w_tail, h_tail) = (w_lanes.remainder(), h_lanes.remainder());
+            for (w, h) in w_lanes.zip(h_lanes) {
+                for l in 0..LANES {
+                    let (w, h) = (w[l] as f64, h[l] as f64);
+                    signal[l] += w * w;
+                    noise[l] += (w - h) * (w - h);
+                }
+            }
+            for (&w, &h) in w_tail.iter().zip(h_tail) {
+                let (w, h) = (w as f64, h as f64);
+                signal[lane] += w * w;
+                noise[lane] += (w - h) * (w - h);
+                lane = (lane + 1) % LANES;
             }
         }
+        let (signal, noise): (f64, f64) = (signal.iter().sum(), noise.iter().sum());
         let relative_frobenius_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
         let sqnr_db = 10.0 * (signal / noise).log10();
         let c = &quantized.config;

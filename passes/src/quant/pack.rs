@@ -197,11 +197,16 @@ pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, Quan
 
     // Columns of the codes are the rows of B: transpose once, then pad each to whole blocks.
     let columns = super::transpose(&q.codes, q.k, q.n);
-    let mut padded = Vec::with_capacity(q.n * padded_k);
-    for (col, column) in columns.chunks_exact(q.k).enumerate() {
-        padded.extend_from_slice(column);
-        padded.resize((col + 1) * padded_k, q.params(col, k_blocks - 1).zero_point);
-    }
+    let padded = if padded_k == q.k {
+        columns
+    } else {
+        let mut padded = Vec::with_capacity(q.n * padded_k);
+        for (col, column) in columns.chunks_exact(q.k).enumerate() {
+            padded.extend_from_slice(column);
+            padded.resize((col + 1) * padded_k, q.params(col, k_blocks - 1).zero_point);
+        }
+        padded
+    };
     // Blocks hold whole bytes (block_size >= 16) and so do padded columns, so packing the
     // whole matrix packs each blob.
     let b = pack_bits(bits, padded);

@@ -144,9 +144,6 @@ impl PassDef for Quantize {
         if self.budget_bits != 0.0 && !(self.bits as f64..=9.0).contains(&self.budget_bits) {
             return Err(OptionError::new("budget_bits", format!("must be 0 (off) or between {} and 9 bits per weight", self.bits)));
         }
-        if self.awq && self.budget_bits != 0.0 {
-            return Err(OptionError::new("awq", "cannot be combined with budget_bits yet"));
-        }
         if self.budget_bits != 0.0 && self.bits == 8 {
             return Err(OptionError::new("budget_bits", "mixed precision promotes layers to 8 bits; use bits=2 or bits=4"));
         }
@@ -705,6 +702,17 @@ fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packe
     Ok(())
 }
 
+/// What a layer computes with: the dequantized weight, times `1/s` per input channel under AWQ.
+fn effective_weight(q: &QuantizedWeight, scaling: Option<&Scaling>) -> Vec<f32> {
+    let mut w_hat = q.dequantize();
+    if let Some(scaling) = scaling {
+        for (row, &inv) in w_hat.chunks_exact_mut(q.n.max(1)).zip(&scaling.inverse_scales) {
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+    w_hat
+}
+
 fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>, scaling: Option<&Scaling>) -> LayerReport {
     let m = QuantMetrics::new(w, q);
     let mut report = LayerReport {
@@ -728,10 +736,7 @@ fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f3
         // The stored weight is the scaled one: measure what the layer computes, `diag(1/s) W_hat`,
         // against the original, and count the `1/s` vector as storage (as f32; half that for
         // float16 activations).
-        let mut effective = q.dequantize();
-        for (row, &inv) in effective.chunks_exact_mut(t.n).zip(&scaling.inverse_scales) {
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
+        let effective = effective_weight(q, Some(scaling));
         let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
         let noise: f64 = w.iter().zip(&effective).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
         report.relative_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
@@ -895,20 +900,29 @@ impl Quantize {
     /// output error drops most per extra byte, while the average stays within `budget_bits`.
     fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [LayerResult]) -> Result<(), PassError> {
         let total_weights: f64 = targets.iter().map(|t| t.elements() as f64).sum();
-        let bits_of = |q: &QuantizedWeight, w: &[f32]| QuantMetrics::new(w, q).bits_per_weight;
-        let mut spent: f64 = results.iter().zip(targets).map(|((q, _, w, _), t)| bits_of(q, w) * t.elements() as f64).sum();
+        // Storage bits of a layer, counting an AWQ layer's `1/s` vector.
+        let bits_of = |q: &QuantizedWeight, scaling: Option<&Scaling>| QuantMetrics::storage(q).0 * (q.k * q.n) as f64 + scaling.map_or(0.0, |s| 32.0 * s.inverse_scales.len() as f64);
+        let mut spent: f64 = results.iter().map(|(q, _, _, scaling)| bits_of(q, scaling.as_ref())).sum();
         let mut options = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let (low, _, w, _) = &results[i];
+            let (low, _, w, scaling) = &results[i];
+            // 8 bits needs no AWQ scaling: the promoted layer is the plain 8-bit weight.
             let (high, loss) = self.quantize_weight(t, w, 8, t.input.and_then(|x| hessians.get(&x)))?;
             ctx.progress.advance(1);
             // Error weighted by the activations when there are any, by the weights otherwise.
-            let error = |q: &QuantizedWeight| match t.input.and_then(|x| hessians.get(&x)) {
-                Some(h) => output_error(w, &q.dequantize(), t.n, h),
-                None => QuantMetrics::new(w, q).relative_frobenius_error.powi(2),
+            let error = |q: &QuantizedWeight, scaling: Option<&Scaling>| {
+                let w_hat = effective_weight(q, scaling);
+                match t.input.and_then(|x| hessians.get(&x)) {
+                    Some(h) => output_error(w, &w_hat, t.n, h),
+                    None => {
+                        let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
+                        let noise: f64 = w.iter().zip(&w_hat).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+                        if signal > 0.0 { noise / signal } else { 0.0 }
+                    }
+                }
             };
-            let gain = error(low) - error(&high);
-            let cost = (bits_of(&high, w) - bits_of(low, w)) * t.elements() as f64;
+            let gain = error(low, scaling.as_ref()) - error(&high, None);
+            let cost = bits_of(&high, None) - bits_of(low, scaling.as_ref());
             options.push((gain / cost.max(1.0), i, high, loss, cost));
         }
         options.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -919,6 +933,7 @@ impl Quantize {
             spent += cost;
             results[i].0 = high;
             results[i].1 = loss;
+            results[i].3 = None;
         }
         Ok(())
     }

@@ -64,6 +64,19 @@ impl QuantMetrics {
         let (signal, noise): (f64, f64) = (signal.iter().sum(), noise.iter().sum());
         let relative_frobenius_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
         let sqnr_db = 10.0 * (signal / noise).log10();
+        let (bits_per_weight, bytes_after) = Self::storage(quantized);
+        QuantMetrics {
+            relative_frobenius_error,
+            sqnr_db: if sqnr_db.is_nan() { f64::INFINITY } else { sqnr_db },
+            bits_per_weight,
+            bytes_before: weight.len() as u64 * 4,
+            bytes_after,
+        }
+    }
+
+    /// Bits per weight and bytes of the quantized form (see the fields), without the error
+    /// metrics' pass over the weights.
+    pub fn storage(quantized: &QuantizedWeight) -> (f64, u64) {
         let c = &quantized.config;
         let groups = (quantized.n * quantized.k_blocks()) as u64;
         let code_bits = (quantized.k * quantized.n) as u64 * c.bits as u64;
@@ -71,12 +84,6 @@ impl QuantMetrics {
         let zero_point_bits = if quantized.zero_points.is_some() { groups * c.bits as u64 } else { 0 };
         let outlier_bits = quantized.outliers.len() as u64 * (16 + 32 + 32);
         let total_bits = code_bits + scale_bits + zero_point_bits + outlier_bits;
-        QuantMetrics {
-            relative_frobenius_error,
-            sqnr_db: if sqnr_db.is_nan() { f64::INFINITY } else { sqnr_db },
-            bits_per_weight: total_bits as f64 / (quantized.k * quantized.n) as f64,
-            bytes_before: weight.len() as u64 * 4,
-            bytes_after: code_bits.div_ceil(8) + scale_bits / 8 + zero_point_bits.div_ceil(8) + outlier_bits / 8,
-        }
+        (total_bits as f64 / (quantized.k * quantized.n) as f64, code_bits.div_ceil(8) + scale_bits / 8 + zero_point_bits.div_ceil(8) + outlier_bits / 8)
     }
 }

@@ -160,4 +160,10 @@ fn calibration_from_a_directory_or_random() {
     let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", "quantize(method=gptq)", "--calibration", s(&dir.path().join("missing"))]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+    // Without --calibration, the error says which option gives it.
+    let none = dir.path().join("none.onnx");
+    let o = compactor(&["optimize", s(&model), "-o", s(&none), "--passes", "quantize(awq=true)"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("needs calibration data") && stderr(&o).contains("--calibration random:N"), "{}", stderr(&o));
+    assert!(!none.exists());
 }

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use super::run::{InputArgs, named};
 use compactor::{Pipeline, RuntimeCalibrator};
 use compactor_ir::{ExternalDataPolicy, LoadOptions, Model, SaveOptions};
-use compactor_passes::RunOptions;
+use compactor_passes::{PassError, RunOptions};
 use compactor_runtime::Session;
 use compactor_runtime::metrics::compare;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         on_pass_start: Some(&mut on_pass_start),
         ..Default::default()
     };
-    let report = pipeline.run_with(&mut model, options)?;
+    let no_calibration = args.calibration.is_none();
+    let report = pipeline.run_with(&mut model, options).map_err(|e| match e {
+        PassError::Missing { .. } if no_calibration && e.to_string().contains("calibration data") => {
+            anyhow::anyhow!("{e}; give it activations with --calibration DIR (one <input>.npy per model input, or a subdirectory of them per batch) or --calibration random:N")
+        }
+        e => e.into(),
+    })?;
     if let Some(e) = dump_error {
         bail!("cannot write dump {e}");
     }

@@ -130,7 +130,7 @@ fn minilm_int4_is_five_times_smaller_and_as_accurate_as_onnxruntimes_quantizer()
     let ours = dir.path().join("ours.onnx");
     let spec = "quantize(bits=4,block=32,symmetric=true,method=rtn,ops=[MatMul,Gemm,Gather]),eliminate-dead-code";
     quantize(&minilm(), spec, &ours);
-    let ratio = std::fs::metadata(minilm()).unwrap().len() as f64 / std::fs::metadata(&ours).unwrap().len() as f64;
+    let ratio = minilm_size_ratio(&ours);
     assert!(ratio >= 5.0, "only {ratio:.2}x smaller");
 
     // onnxruntime's quantizer on the same settings (it leaves the embedding table in f32).
@@ -207,6 +207,17 @@ fn gptq_and_awq_need_calibration_data() {
     }
 }
 
+/// How many times smaller than the f32 MiniLM a file is.
+fn minilm_size_ratio(path: &Path) -> f64 {
+    std::fs::metadata(minilm()).unwrap().len() as f64 / std::fs::metadata(path).unwrap().len() as f64
+}
+
+/// The AWQ `Mul` nodes of a model (named after their layer, ending in `/AwqScale`).
+fn awq_scalers(path: &Path) -> usize {
+    let model = Model::load(path).unwrap();
+    model.graph.all_nodes().into_iter().filter(|&n| model.graph.node(n).name.as_deref().is_some_and(|name| name.ends_with("/AwqScale"))).count()
+}
+
 /// Runs a quantize spec with random calibration batches on `src` and saves the result.
 fn quantize_calibrated(src: &Path, spec: &str, out: &Path, dims: &[(&str, i64)], batches: usize) -> Vec<serde_json::Value> {
     let mut model = Model::load(src).unwrap();
@@ -236,9 +247,7 @@ fn awq_scales_each_layers_activation_and_runs_in_onnxruntime() {
         }
         assert!(layers.iter().filter(|l| l["op"] == "Gather").all(|l| l.get("awq_alpha").is_none()), "{spec}: Gather has no activation to scale");
         // One Mul per scaled layer, feeding it.
-        let model = Model::load(&out).unwrap();
-        let scalers = model.graph.all_nodes().into_iter().filter(|&n| model.graph.node(n).name.as_deref().is_some_and(|name| name.ends_with("/AwqScale"))).count();
-        assert_eq!(scalers, linear.len(), "{spec}");
+        assert_eq!(awq_scalers(&out), linear.len(), "{spec}");
         if i == 0 {
             let again = dir.path().join("again.onnx");
             quantize_calibrated(&fixture("tiny_bert.onnx"), &format!("{spec},eliminate-dead-code"), &again, &[("batch", 2), ("seq", 16)], 4);
@@ -257,7 +266,7 @@ fn awq_on_minilm_against_rtn_and_gptq() {
     let (rtn, awq) = (dir.path().join("rtn.onnx"), dir.path().join("awq.onnx"));
     quantize(&minilm(), "quantize(bits=4,block=32,method=rtn,ops=[MatMul,Gather]),eliminate-dead-code", &rtn);
     let layers = quantize_calibrated(&minilm(), "quantize(bits=4,block=32,method=rtn,awq=true,ops=[MatMul,Gather]),eliminate-dead-code", &awq, &[("batch", 4), ("seq", 128)], 8);
-    let ratio = std::fs::metadata(minilm()).unwrap().len() as f64 / std::fs::metadata(&awq).unwrap().len() as f64;
+    let ratio = minilm_size_ratio(&awq);
     let scaled = layers.iter().filter(|l| l["awq_alpha"].as_f64().is_some_and(|a| a > 0.0)).count();
     let (rtn_held_out, rtn_sentences) = minilm_accuracy(&rtn);
     let (awq_held_out, awq_sentences) = minilm_accuracy(&awq);
@@ -361,7 +370,7 @@ fn minilm_gptq_with_mixed_precision_is_five_times_smaller_at_099_cosine() {
         .run(&mut model)
         .unwrap();
     model.save(&out).unwrap();
-    let ratio = std::fs::metadata(minilm()).unwrap().len() as f64 / std::fs::metadata(&out).unwrap().len() as f64;
+    let ratio = minilm_size_ratio(&out);
     let (held_out, sentences) = minilm_accuracy(&out);
     eprintln!("MiniLM GPTQ int4/int8 mixed (6 bits/weight budget, f16 scales): {ratio:.2}x smaller, sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
     assert!(ratio >= 5.0, "{ratio}");
@@ -376,14 +385,12 @@ fn minilm_rtn_with_awq_and_mixed_precision_is_five_times_smaller_at_099_cosine()
     let out = dir.path().join("rtn_awq_mixed.onnx");
     let spec = "quantize(bits=4,block=32,method=rtn,awq=true,scale_dtype=f16,budget_bits=6,ops=[MatMul,Gather]),eliminate-dead-code";
     let layers = quantize_calibrated(&minilm(), spec, &out, &[("batch", 4), ("seq", 128)], 8);
-    let ratio = std::fs::metadata(minilm()).unwrap().len() as f64 / std::fs::metadata(&out).unwrap().len() as f64;
+    let ratio = minilm_size_ratio(&out);
     let (promoted, scaled) = (layers.iter().filter(|l| l["bits"] == 8).count(), layers.iter().filter(|l| l.get("awq_alpha").is_some()).count());
     // Promoted layers are plain int8; every int4 linear layer keeps its scaling.
     assert!(layers.iter().filter(|l| l["bits"] == 8).all(|l| l.get("awq_alpha").is_none()));
     assert_eq!(scaled, layers.iter().filter(|l| l["bits"] == 4 && l["op"] != "Gather").count());
-    let model = Model::load(&out).unwrap();
-    let scalers = model.graph.all_nodes().into_iter().filter(|&n| model.graph.node(n).name.as_deref().is_some_and(|name| name.ends_with("/AwqScale"))).count();
-    assert_eq!(scalers, scaled);
+    assert_eq!(awq_scalers(&out), scaled);
     let (held_out, sentences) = minilm_accuracy(&out);
     eprintln!("MiniLM RTN + AWQ, int4/int8 mixed (6 bits/weight, f16 scales): {ratio:.2}x smaller, {promoted} layers int8, {scaled} scaled; sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
     assert!(ratio >= 5.0, "{ratio}");
@@ -400,7 +407,7 @@ fn minilm_int8_linear_int4_embeddings_preset_is_five_times_smaller_at_099_cosine
     let bits: Vec<(String, u64)> = report.passes.iter().filter(|p| p.pass == "quantize").flat_map(|p| p.details["layers"].as_array().unwrap().iter().map(|l| (l["op"].as_str().unwrap().to_string(), l["bits"].as_u64().unwrap())).collect::<Vec<_>>()).collect();
     assert_eq!(bits.iter().filter(|(op, b)| op == "MatMul" && *b == 8).count(), 36, "{bits:?}");
     assert!(bits.iter().any(|(op, b)| op == "Gather" && *b == 4), "{bits:?}");
-    let ratio = std::fs::metadata(minilm()).unwrap().len() as f64 / std::fs::metadata(&out).unwrap().len() as f64;
+    let ratio = minilm_size_ratio(&out);
     ort_check(&out);
     let (held_out, sentences) = minilm_accuracy(&out);
     eprintln!("MiniLM int8-linear-int4-embeddings: {ratio:.2}x smaller, sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");

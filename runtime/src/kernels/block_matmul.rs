@@ -115,6 +115,33 @@ impl BlockQuantWeight {
         }
     }
 
+    /// [`Self::dequantized_segment`] with whole 4-bit blocks done in AVX2 when the CPU has it
+    /// (the scalar unpacking was a fifth of the many-row path's time on int4 MiniLM). The same
+    /// operations (`code · s − z·s`, no FMA), so the result is bit-identical.
+    fn dequantized_segment_fast(&self, col: usize, blocks: std::ops::Range<usize>, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.bits == 4 && self.g_idx.is_none() && (self.block_size / 2) % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+            let kb = self.k_blocks();
+            let per_block = self.bytes_per_block();
+            let row = &self.packed[col * kb * per_block..(col + 1) * kb * per_block];
+            let base = blocks.start * self.block_size;
+            for (block, bytes) in row.chunks_exact(per_block).enumerate().take(blocks.end).skip(blocks.start) {
+                let lo = block * self.block_size;
+                if lo + self.block_size > self.k {
+                    // A short last block: the portable path.
+                    self.dequantized_segment(col, block..block + 1, &mut out[lo - base..self.k - base]);
+                    continue;
+                }
+                let (s, zs) = (self.scales[col * kb + block], self.zeros[col * kb + block] * self.scales[col * kb + block]);
+                // SAFETY: the CPU has AVX2 (checked above); bytes hold block_size / 2 bytes, a
+                // multiple of 8, and the output slice holds block_size values.
+                unsafe { dequantize_block4_avx2(bytes, s, zs, &mut out[lo - base..lo - base + self.block_size]) };
+            }
+            return;
+        }
+        self.dequantized_segment(col, blocks, out)
+    }
+
     /// `Σ_k a[k] · W[col, k]` read from the packed bytes: per block `s · Σ a·q - z·s · Σ a`,
     /// with `Σ a` of each block given. Blocks are a multiple of 16 codes (the last may be short).
     /// `a` is the activation row as [`DirectRow`] prepared it.
@@ -251,7 +278,7 @@ impl BlockQuantWeight {
                 let len = (blocks.end * self.block_size).min(self.k) - k0;
                 w.resize(cols.len() * len, 0.0);
                 for (j, col) in cols.clone().enumerate() {
-                    self.dequantized_segment(col, blocks.clone(), &mut w[j * len..(j + 1) * len]);
+                    self.dequantized_segment_fast(col, blocks.clone(), &mut w[j * len..(j + 1) * len]);
                 }
                 multiply_tile(&a[k0..], self.k, m, len, w, cols.len(), out);
             }
@@ -360,6 +387,31 @@ fn multiply_tile(a: &[f32], a_stride: usize, m: usize, k: usize, w: &[f32], widt
 
 /// Unsigned codes of one block as f32, low bits first; `out` holds the block's codes (the
 /// last block of a row may be shorter than the bytes hold).
+/// One block of 4-bit codes (low nibble first) to `code · s − zs`: 8 bytes, 16 codes per step.
+/// Needs `bytes.len() % 8 == 0` and `out.len() == 2 * bytes.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dequantize_block4_avx2(bytes: &[u8], s: f32, zs: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(bytes.len() % 8 == 0 && out.len() == 2 * bytes.len());
+    let (scale, offset, nibble) = (_mm256_set1_ps(s), _mm256_set1_ps(zs), _mm_set1_epi8(0x0F));
+    for (j, chunk) in bytes.chunks_exact(8).enumerate() {
+        // SAFETY: chunk has 8 bytes; out has 16 values from 16 * j (checked by the caller).
+        unsafe {
+            let packed = _mm_loadl_epi64(chunk.as_ptr() as *const __m128i);
+            let low = _mm_and_si128(packed, nibble);
+            let high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble);
+            // Codes in order: byte 0 low, byte 0 high, byte 1 low, ...
+            let codes = _mm_unpacklo_epi8(low, high);
+            let first = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
+            let second = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8)));
+            let dst = out.as_mut_ptr().add(16 * j);
+            _mm256_storeu_ps(dst, _mm256_sub_ps(_mm256_mul_ps(first, scale), offset));
+            _mm256_storeu_ps(dst.add(8), _mm256_sub_ps(_mm256_mul_ps(second, scale), offset));
+        }
+    }
+}
+
 fn unpack_codes(bytes: &[u8], bits: u32, out: &mut [f32]) {
     match bits {
         8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as f32),
@@ -458,6 +510,29 @@ mod tests {
         *seed ^= *seed >> 7;
         *seed ^= *seed << 17;
         *seed
+    }
+
+    #[test]
+    fn fast_dequantization_is_bit_identical() {
+        let mut seed = 0x5EED_u64;
+        for (block, k) in [(16usize, 64usize), (32, 384), (64, 200), (128, 1000), (256, 512), (32, 33)] {
+            let n = 3;
+            let kb = k.div_ceil(block);
+            let codes: Vec<u8> = (0..n * k).map(|_| (rng(&mut seed) % 16) as u8).collect();
+            let scales: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % 1000) as f32 / 777.0 - 0.6).collect();
+            let zeros: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % 16) as f32).collect();
+            let w = BlockQuantWeight { n, k, bits: 4, block_size: block, packed: pack(&codes, 4, n, k, block), scales, zeros, g_idx: None, bias: None };
+            w.validate().unwrap();
+            for col in 0..n {
+                for blocks in [0..kb, kb / 2..kb, 0..kb.div_ceil(2)] {
+                    let len = (blocks.end * block).min(k) - blocks.start * block;
+                    let (mut slow, mut fast) = (vec![0.0f32; len], vec![1.0f32; len]);
+                    w.dequantized_segment(col, blocks.clone(), &mut slow);
+                    w.dequantized_segment_fast(col, blocks.clone(), &mut fast);
+                    assert!(slow.iter().zip(&fast).all(|(a, b)| a.to_bits() == b.to_bits()), "block {block}, k {k}, col {col}, blocks {blocks:?}");
+                }
+            }
+        }
     }
 
     #[test]

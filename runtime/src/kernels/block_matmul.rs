@@ -120,7 +120,7 @@ impl BlockQuantWeight {
     /// operations (`code · s − z·s`, no FMA), so the result is bit-identical.
     fn dequantized_segment_fast(&self, col: usize, blocks: std::ops::Range<usize>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if self.bits == 4 && self.g_idx.is_none() && (self.block_size / 2) % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+        if self.bits == 4 && self.g_idx.is_none() && (self.block_size / 2).is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
             let kb = self.k_blocks();
             let per_block = self.bytes_per_block();
             let row = &self.packed[col * kb * per_block..(col + 1) * kb * per_block];

@@ -393,7 +393,7 @@ fn multiply_tile(a: &[f32], a_stride: usize, m: usize, k: usize, w: &[f32], widt
 #[target_feature(enable = "avx2")]
 unsafe fn dequantize_block4_avx2(bytes: &[u8], s: f32, zs: f32, out: &mut [f32]) {
     use std::arch::x86_64::*;
-    debug_assert!(bytes.len() % 8 == 0 && out.len() == 2 * bytes.len());
+    debug_assert!(bytes.len().is_multiple_of(8) && out.len() == 2 * bytes.len());
     let (scale, offset, nibble) = (_mm256_set1_ps(s), _mm256_set1_ps(zs), _mm_set1_epi8(0x0F));
     for (j, chunk) in bytes.chunks_exact(8).enumerate() {
         // SAFETY: chunk has 8 bytes; out has 16 values from 16 * j (checked by the caller).

@@ -850,7 +850,7 @@ impl Pass for Quantize {
                 .collect::<Result<Vec<_>, PassError>>()?
                 .into_iter()
                 .unzip();
-            if self.budget_bits > 0.0 {
+            if !fused {
                 self.apply_budget(ctx, &members, hessians, &mut results)?;
             }
             ctx.progress.end();

@@ -402,8 +402,7 @@ impl Quantize {
         let config = self.config(bits);
         let (mut q, loss) = match (self.method, hessian) {
             (Method::Gptq, Some(h)) => {
-                let options = GptqOptions { percdamp: self.damp, act_order: self.act_order, ..Default::default() };
-                let r = quant::quantize_gptq(w, t.k, t.n, &config, h, &options).map_err(fail)?;
+                let r = quant::quantize_gptq(w, t.k, t.n, &config, h, &self.gptq_options()).map_err(fail)?;
                 (r.weight, Some(r.loss))
             }
             (Method::Mse, _) => (quant::quantize_mse(w, t.k, t.n, &config, &MseOptions::default()).map_err(fail)?, None),
@@ -411,10 +410,18 @@ impl Quantize {
             _ => (quant::quantize_rtn(w, t.k, t.n, &config).map_err(fail)?, None),
         };
         if self.outliers > 0.0 {
-            let count = (self.outliers * (t.k * t.n) as f64).round() as usize;
-            q.add_top_outliers(w, count).map_err(fail)?;
+            q.add_top_outliers(w, self.outlier_count(t)).map_err(fail)?;
         }
         Ok((q, loss))
+    }
+
+    fn gptq_options(&self) -> GptqOptions {
+        GptqOptions { percdamp: self.damp, act_order: self.act_order, ..Default::default() }
+    }
+
+    /// How many sparse corrections `outliers` buys a weight.
+    fn outlier_count(&self, t: &Target) -> usize {
+        (self.outliers * (t.k * t.n) as f64).round() as usize
     }
 }
 
@@ -436,15 +443,14 @@ impl Quantize {
             let inv = &r.inverse_scales;
             let data: Vec<f64> = (0..k * k).map(|i| hessian.get(i / k, i % k) * inv[i / k] as f64 * inv[i % k] as f64).collect();
             let scaled_hessian = Hessian::from_matrix(k, data).map_err(fail)?;
-            let options = GptqOptions { percdamp: self.damp, act_order: self.act_order, ..Default::default() };
-            let g = quant::quantize_gptq(&scaled(), t.k, t.n, &config, &scaled_hessian, &options).map_err(fail)?;
+            let g = quant::quantize_gptq(&scaled(), t.k, t.n, &config, &scaled_hessian, &self.gptq_options()).map_err(fail)?;
             (g.weight, Some(g.loss))
         } else {
             (r.weight, None)
         };
         if self.outliers > 0.0 {
             // Outliers of the stored (scaled) weight; they are scaled back with the rest.
-            q.add_top_outliers(&scaled(), (self.outliers * (t.k * t.n) as f64).round() as usize).map_err(fail)?;
+            q.add_top_outliers(&scaled(), self.outlier_count(t)).map_err(fail)?;
         }
         Ok((q, loss, Scaling { inverse_scales: r.inverse_scales, alpha: r.alpha, unscaled_output_error: r.unscaled_output_error }))
     }
@@ -702,6 +708,14 @@ fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packe
     Ok(())
 }
 
+/// `‖W − W_hat‖_F / ‖W‖_F`, with [`QuantMetrics`]' conventions: 0 for an exact reconstruction,
+/// infinite for any error on an all-zero W.
+fn relative_error(w: &[f32], w_hat: &[f32]) -> f64 {
+    let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
+    let noise: f64 = w.iter().zip(w_hat).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 }
+}
+
 /// What a layer computes with: the dequantized weight, times `1/s` per input channel under AWQ.
 fn effective_weight(q: &QuantizedWeight, scaling: Option<&Scaling>) -> Vec<f32> {
     let mut w_hat = q.dequantize();
@@ -714,42 +728,47 @@ fn effective_weight(q: &QuantizedWeight, scaling: Option<&Scaling>) -> Vec<f32> 
 }
 
 fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>, scaling: Option<&Scaling>) -> LayerReport {
-    let m = QuantMetrics::new(w, q);
     let mut report = LayerReport {
         name: t.label.clone(),
         op: t.op,
         k: t.k,
         n: t.n,
         bits: q.config.bits,
-        relative_error: m.relative_frobenius_error,
-        sqnr_db: m.sqnr_db,
-        bits_per_weight: m.bits_per_weight,
+        relative_error: 0.0,
+        sqnr_db: 0.0,
+        bits_per_weight: 0.0,
         bytes_before: t.tensor.data_bytes(),
-        bytes_after: m.bytes_after,
+        bytes_after: 0,
         outliers: q.outliers.len(),
         gptq_loss,
-        output_error: hessian.filter(|_| scaling.is_none()).map(|h| output_error(w, &q.dequantize(), t.n, h)),
+        output_error: None,
         awq_alpha: None,
         unscaled_output_error: None,
     };
-    if let Some(scaling) = scaling {
-        // The stored weight is the scaled one: measure what the layer computes, `diag(1/s) W_hat`,
-        // against the original, and count the `1/s` vector as storage (as f32; half that for
-        // float16 activations).
-        let effective = effective_weight(q, Some(scaling));
-        let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
-        let noise: f64 = w.iter().zip(&effective).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-        report.relative_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
-        report.sqnr_db = if noise > 0.0 { 10.0 * (signal / noise).log10() } else { f64::INFINITY };
-        let extra_bits = 32 * t.k as u64;
-        report.bits_per_weight += extra_bits as f64 / (t.k * t.n) as f64;
-        report.bytes_after += extra_bits / 8;
-        report.awq_alpha = Some(scaling.alpha);
-        if let Some(h) = hessian {
-            let reference = h.quadratic_form(w, t.n);
-            let relative = |e: f64| if reference > 0.0 { e / reference } else { 0.0 };
-            report.output_error = Some(output_error(w, &effective, t.n, h));
-            report.unscaled_output_error = Some(relative(scaling.unscaled_output_error));
+    match scaling {
+        None => {
+            let m = QuantMetrics::new(w, q);
+            (report.relative_error, report.sqnr_db, report.bits_per_weight, report.bytes_after) = (m.relative_frobenius_error, m.sqnr_db, m.bits_per_weight, m.bytes_after);
+            report.output_error = hessian.map(|h| output_error(w, &q.dequantize(), t.n, h));
+        }
+        Some(scaling) => {
+            // The stored weight is the scaled one: measure what the layer computes,
+            // `diag(1/s) W_hat`, against the original, and count the `1/s` vector as storage
+            // (as f32; half that for float16 activations).
+            let effective = effective_weight(q, Some(scaling));
+            report.relative_error = relative_error(w, &effective);
+            report.sqnr_db = -20.0 * report.relative_error.log10();
+            let (bits_per_weight, bytes_after) = QuantMetrics::storage(q);
+            let extra_bits = 32 * t.k as u64;
+            report.bits_per_weight = bits_per_weight + extra_bits as f64 / (t.k * t.n) as f64;
+            report.bytes_after = bytes_after + extra_bits / 8;
+            report.awq_alpha = Some(scaling.alpha);
+            if let Some(h) = hessian {
+                let reference = h.quadratic_form(w, t.n);
+                let relative = |e: f64| if reference > 0.0 { e / reference } else { 0.0 };
+                report.output_error = Some(output_error(w, &effective, t.n, h));
+                report.unscaled_output_error = Some(relative(scaling.unscaled_output_error));
+            }
         }
     }
     report
@@ -914,11 +933,7 @@ impl Quantize {
                 let w_hat = effective_weight(q, scaling);
                 match t.input.and_then(|x| hessians.get(&x)) {
                     Some(h) => output_error(w, &w_hat, t.n, h),
-                    None => {
-                        let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
-                        let noise: f64 = w.iter().zip(&w_hat).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-                        if signal > 0.0 { noise / signal } else { 0.0 }
-                    }
+                    None => relative_error(w, &w_hat).powi(2),
                 }
             };
             let gain = error(low, scaling.as_ref()) - error(&high, None);

@@ -15,7 +15,7 @@
 //! Methods: [`quantize_rtn`], [`quantize_mse`] (clip search + HQQ-style refinement, never worse
 //! than RTN per block), [`quantize_gptq`] (Hessian error feedback from calibration data, with
 //! [`HessianAccumulator`]). Outliers: [`QuantizedWeight::add_top_outliers`] or GPTQ's SpQR
-//! threshold. Activation-aware scaling before RTN/MSE: [`search_awq_scales`]. Packing: [`pack_qdq`] (ONNX `DequantizeLinear` with `block_size`) and
+//! threshold. AWQ's activation-aware scale search: [`search_awq_scales`]. Packing: [`pack_qdq`] (ONNX `DequantizeLinear` with `block_size`) and
 //! [`pack_matmul_nbits`] (`com.microsoft.MatMulNBits`). Metrics: [`QuantMetrics`].
 
 mod awq;

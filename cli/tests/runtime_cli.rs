@@ -76,6 +76,19 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dim batch=N"), "{}", text(&out));
 
+    // A dynamic dimension written as -1 (Paddle's exporter does): name the input to give.
+    let mut minus_one = Model::load(&model).unwrap();
+    let x = minus_one.graph.main().inputs[0];
+    let ty = minus_one.graph.value(x).ty.clone().unwrap();
+    let compactor_ir::TypeKind::Tensor { elem, shape: Some(mut shape) } = ty.kind else { panic!("tiny_mlp's x is a tensor of known rank") };
+    shape.dims[0] = compactor_ir::Dim::Known(-1);
+    minus_one.graph.value_mut(x).ty = Some(compactor_ir::ValueType::tensor(elem.unwrap(), Some(shape)));
+    let minus_one_path = tmp.path().join("minus_one.onnx");
+    minus_one.save(&minus_one_path).unwrap();
+    let out = compactor(&["run", s(&minus_one_path)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dimension -1 (dynamic") && String::from_utf8_lossy(&out.stderr).contains("--input x=FILE.npy"), "{}", text(&out));
+
     let out = compactor(&["run", s(&tmp.path().join("nope.onnx"))]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.onnx"), "{}", text(&out));

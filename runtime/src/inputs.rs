@@ -75,10 +75,11 @@ pub fn random_inputs_except(model: &Model, dims: &[(String, i64)], seed: u64, gi
             let n = match d {
                 Dim::Known(n) => *n,
                 Dim::Sym(s) => dims.iter().find(|(name, _)| name == s).map(|(_, n)| *n).ok_or_else(|| bad(format!("has symbolic dimension '{s}'; set it (--dim {s}=N)")))?,
-                Dim::Unknown => return Err(bad(format!("has an unnamed unknown dimension in {shape}; give the input explicitly"))),
+                Dim::Unknown => return Err(bad(format!("has an unnamed unknown dimension in {shape}; give the input explicitly (--input {}=FILE.npy)", v.name))),
             };
             if n < 0 {
-                return Err(bad(format!("dimension {n} is negative")));
+                // Some exporters (Paddle's, old PyTorch ones) write -1 for a dynamic dimension.
+                return Err(bad(format!("has dimension {n} (dynamic, as some exporters write it) in {shape}; give the input explicitly (--input {}=FILE.npy)", v.name)));
             }
             concrete.push(n as usize);
         }

@@ -292,11 +292,13 @@ impl Verifier<'_> {
             self.check_visible(&label, *v, node.region, Some(n), position);
         }
         for (k, out) in node.outputs.iter().enumerate() {
-            if let Some(v) = out
-                && let Some(value) = g.try_value(*v)
-                && value.def != (ValueDef::Node { node: n, output: k as u32 })
-            {
-                self.report(&label, format!("lists output {} that is defined as {:?}", self.value_label(*v), value.def));
+            let Some(v) = out else { continue };
+            match g.try_value(*v) {
+                None => self.report(&label, format!("output {k} is removed value {v}")),
+                Some(value) if value.def != (ValueDef::Node { node: n, output: k as u32 }) => {
+                    self.report(&label, format!("lists output {} that is defined as {:?}", self.value_label(*v), value.def));
+                }
+                Some(_) => {}
             }
         }
         if !node.domain().is_empty() {
@@ -391,5 +393,18 @@ mod tests {
         assert!(has("value 'x': defined twice"), "{text:#?}");
         assert!(has("node 'add' (Add): input 1 is i64 but input 0 is f32"), "{text:#?}");
         assert_eq!(problems.len(), 3, "{text:#?}");
+    }
+
+    #[test]
+    fn a_node_whose_output_was_removed_is_reported() {
+        let mut g = Graph::new("main");
+        let constant = g.add_node_detached(node("Constant", vec![]));
+        let c = g.add_value(value("c", ValueDef::Node { node: constant, output: 0 }));
+        g.node_mut(constant).outputs = vec![Some(c)];
+        g.main_mut().nodes = vec![constant];
+        verify_graph(&g).unwrap();
+        g.remove_value(c);
+        let problems: Vec<String> = verify_graph(&g).unwrap_err().0.iter().map(|p| p.to_string()).collect();
+        assert!(problems.iter().any(|p| p.contains("node 'constant' (Constant): output 0 is removed value")), "{problems:#?}");
     }
 }

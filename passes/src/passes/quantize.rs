@@ -5,14 +5,16 @@
 //! The numerics live in [`crate::quant`]; this pass picks the weights, gathers calibration
 //! statistics through the runtime (GPTQ, mixed precision, AWQ), and rewrites the graph (AWQ
 //! puts a `Mul` by `1/s` in front of each scaled layer). Embedding
-//! tables and Conv weights always use the `DequantizeLinear` form (MatMulNBits is a matmul).
+//! tables and Conv weights always use the `DequantizeLinear` form (MatMulNBits is a matmul);
+//! Conv weights are blocked along their input channels, or, with fewer input channels than a
+//! block (depthwise convolutions) or `block=0`, have one scale per output channel.
 
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
 use crate::patterns::{LinearLayer, LinearOp, linear_layers};
 use crate::quant::{self, BlockSize, GptqOptions, Hessian, HessianAccumulator, MatMulNBitsTensors, MseOptions, QdqLayout, QdqTensors, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype};
 use compactor_ir::graph::SparseTensor;
-use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
+use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueDef, ValueId};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +55,7 @@ pub struct Quantize {
     /// Bits per weight: 2, 4 or 8.
     pub bits: u8,
     /// Weights per scale along the reduction axis: a power of two from 16 to 256, or 0 for one scale per output channel.
+    /// Conv weights are blocked along their input channels; with fewer input channels than a block (depthwise) they get one scale per output channel.
     pub block: usize,
     /// Symmetric (no zero points) or asymmetric (a zero point per block).
     pub symmetric: bool,
@@ -215,7 +218,7 @@ impl Target {
                 compactor_ir::tensor::prefault(&raw);
                 match self.layout {
                     QdqLayout::KN => return Ok(Matrix::View(raw)),
-                    QdqLayout::NK => return Ok(Matrix::Owned(quant::transpose(bytemuck::cast_slice(&raw), n, k))),
+                    QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => return Ok(Matrix::Owned(quant::transpose(bytemuck::cast_slice(&raw), n, k))),
                     QdqLayout::Conv { .. } => {}
                 }
             }
@@ -224,7 +227,7 @@ impl Target {
         Ok(Matrix::Owned(match &self.layout {
             QdqLayout::KN => data,
             // Stored [N, K].
-            QdqLayout::NK => quant::transpose(&data, n, k),
+            QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => quant::transpose(&data, n, k),
             QdqLayout::Conv { out_channels, spatial } => {
                 let s: usize = spatial.iter().product();
                 let mut m = vec![0.0; k * n];
@@ -282,10 +285,11 @@ struct Skipped {
 }
 
 impl Quantize {
-    fn config(&self, bits: u8) -> QuantConfig {
+    fn config(&self, t: &Target, bits: u8) -> QuantConfig {
+        let per_channel = self.block == 0 || matches!(t.layout, QdqLayout::ConvPerChannel { .. });
         QuantConfig {
             bits,
-            block_size: if self.block == 0 { BlockSize::PerChannel } else { BlockSize::Blocked(self.block) },
+            block_size: if per_channel { BlockSize::PerChannel } else { BlockSize::Blocked(self.block) },
             symmetric: self.symmetric,
             scale_dtype: match self.scale_dtype {
                 ScaleType::F32 => ScaleDtype::F32,
@@ -310,7 +314,7 @@ impl Quantize {
             if !self.ops.iter().any(|o| o == op) {
                 continue;
             }
-            let target = if op == "Gather" { gather_target(graph, id) } else { linear.get(&id).and_then(|l| linear_target(graph, l)) };
+            let target = if op == "Gather" { gather_target(graph, id) } else { linear.get(&id).and_then(|l| linear_target(graph, l, self.block)) };
             let Some(target) = target else { continue };
             let names = [target.label.as_str(), graph.value(target.weight).name.as_str()];
             let reason = if !self.include.is_empty() && !Self::matches(&self.include, &names) {
@@ -399,7 +403,7 @@ impl Quantize {
 
     fn quantize_weight(&self, t: &Target, w: &[f32], bits: u8, hessian: Option<&Hessian>) -> Result<(QuantizedWeight, Option<f64>), PassError> {
         let fail = |e: quant::QuantError| PassError::failed(Self::NAME, t.label.clone(), e.to_string());
-        let config = self.config(bits);
+        let config = self.config(t, bits);
         let (mut q, loss) = match (self.method, hessian) {
             (Method::Gptq, Some(h)) => {
                 let r = quant::quantize_gptq(w, t.k, t.n, &config, h, &self.gptq_options()).map_err(fail)?;
@@ -430,7 +434,7 @@ impl Quantize {
     /// GPTQ loss with method=gptq).
     fn quantize_scaled(&self, t: &Target, w: &[f32], hessian: &Hessian, mean_abs: &[f32]) -> Result<(QuantizedWeight, Option<f64>, Scaling), PassError> {
         let fail = |e: quant::QuantError| PassError::failed(Self::NAME, t.label.clone(), e.to_string());
-        let config = self.config(self.bits);
+        let config = self.config(t, self.bits);
         let quantize = |scaled: &[f32]| match self.method {
             Method::Mse => quant::quantize_mse(scaled, t.k, t.n, &config, &MseOptions::default()),
             _ => quant::quantize_rtn(scaled, t.k, t.n, &config),
@@ -463,7 +467,8 @@ fn output_error(w: &[f32], w_hat: &[f32], n: usize, h: &Hessian) -> f64 {
     if signal > 0.0 { h.quadratic_form(&delta, n) / signal } else { 0.0 }
 }
 
-fn linear_target(graph: &Graph, layer: &LinearLayer) -> Option<Target> {
+/// `block` is the pass's block size (0: per channel), which decides a Conv weight's layout.
+fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Target> {
     if layer.weight.is_quantized() {
         return None;
     }
@@ -471,13 +476,19 @@ fn linear_target(graph: &Graph, layer: &LinearLayer) -> Option<Target> {
         LinearOp::MatMul => ("MatMul", if layer.weight.transposed { QdqLayout::NK } else { QdqLayout::KN }),
         LinearOp::Gemm => ("Gemm", if layer.weight.transposed { QdqLayout::NK } else { QdqLayout::KN }),
         LinearOp::Conv => {
-            let dims = layer.weight.tensor.dims();
-            let spatial: Vec<usize> = dims[2..].iter().map(|&d| d as usize).collect();
-            ("Conv", QdqLayout::Conv { out_channels: dims[0] as usize, spatial })
+            let dims: Vec<usize> = layer.weight.tensor.dims().iter().map(|&d| d as usize).collect();
+            if block == 0 || dims[1] < block {
+                // Per output channel: what per-channel means for a Conv, and what keeps a depthwise
+                // weight (one input channel per group) from getting a scale per weight.
+                ("Conv", QdqLayout::ConvPerChannel { dims })
+            } else {
+                ("Conv", QdqLayout::Conv { out_channels: dims[0], spatial: dims[2..].to_vec() })
+            }
         }
     };
     let (k, n) = match &layout {
         QdqLayout::Conv { out_channels, spatial } => (layer.weight.tensor.dims()[1] as usize, out_channels * spatial.iter().product::<usize>()),
+        QdqLayout::ConvPerChannel { dims } => (dims[1..].iter().product(), dims[0]),
         _ => (layer.in_features as usize, layer.out_features as usize),
     };
     Some(Target {
@@ -538,9 +549,10 @@ fn outlier_tensor(q: &QuantizedWeight, layout: &QdqLayout) -> Result<Option<Spar
     let shape = match layout {
         QdqLayout::KN => vec![q.k as i64, q.n as i64],
         QdqLayout::NK => vec![q.n as i64, q.k as i64],
+        QdqLayout::ConvPerChannel { dims } => dims.iter().map(|&d| d as i64).collect(),
         QdqLayout::Conv { .. } => return Err(PassError::failed(Quantize::NAME, "outliers", "outlier corrections are not supported for Conv weights")),
     };
-    // The outlier's position in the tensor as the op reads it ([K, N] or [N, K]).
+    // The outlier's position in the tensor as the op reads it ([K, N], or [N, K] flattened).
     let flat = |row: usize, col: usize| if *layout == QdqLayout::KN { row * q.n + col } else { col * q.k + row };
     let mut entries: Vec<(i64, half::f16)> = q.outliers.iter().map(|o| (flat(o.row as usize, o.col as usize) as i64, o.delta)).collect();
     entries.sort_by_key(|e| e.0);
@@ -704,7 +716,11 @@ fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packe
     for &n in &t.chain {
         patch.remove_node(n);
     }
-    patch.remove_value(t.weight);
+    // The weight is an initializer or the output of a Constant node, which goes with it.
+    match graph.value(t.weight).def {
+        ValueDef::Node { node, .. } => patch.remove_node(node),
+        _ => patch.remove_value(t.weight),
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //!
 //! a. Standard QDQ: `DequantizeLinear(q, scale, zero_point, axis=0, block_size=B)` whose output
 //!    is `W_hat [K, N]` directly (no Transpose); [`pack_qdq_as`] also writes the transposed
-//!    `[N, K]` form (axis 1) and Conv weights blocked along their input channels. `q` keeps W's shape `[K, N]`, scales and zero
+//!    `[N, K]` form (axis 1), Conv weights blocked along their input channels, and Conv weights
+//!    per output channel (per-axis, axis 0, no `block_size`). `q` keeps W's shape `[K, N]`, scales and zero
 //!    points are `[ceil(K/B), N]`; a short last block is allowed by the operator. Symmetric
 //!    weights become signed INT{bits} with no zero point (`code - 2^(bits-1)`), asymmetric ones
 //!    UINT{bits} with a UINT{bits} zero point. Per-channel uses `block_size = K`.
@@ -95,6 +96,11 @@ pub enum QdqLayout {
     /// A Conv weight `[O, C, spatial...]` blocked along the input channels (axis 1): K = C,
     /// N = O·prod(spatial), column `n = o·S + s`.
     Conv { out_channels: usize, spatial: Vec<usize> },
+    /// A Conv weight `[O, C, spatial...]` with one scale per output channel (per-axis, axis 0,
+    /// scale `[O]`): K = C·prod(spatial), the whole reduction of an output, N = O; stored like
+    /// `NK`. For weights with fewer input channels than a block (depthwise convolutions), where
+    /// blocks along C would hold a scale for every few weights.
+    ConvPerChannel { dims: Vec<usize> },
 }
 
 impl QdqLayout {
@@ -108,6 +114,7 @@ impl QdqLayout {
                 shape.extend(spatial);
                 (shape, 1)
             }
+            QdqLayout::ConvPerChannel { dims } => (dims.clone(), 0),
         }
     }
 
@@ -121,7 +128,7 @@ impl QdqLayout {
         };
         (0..k * n).map(move |i| match self {
             QdqLayout::KN => i,
-            QdqLayout::NK => (i % k) * n + i / k,
+            QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => (i % k) * n + i / k,
             QdqLayout::Conv { .. } => {
                 let (o, rest) = (i / (k * s), i % (k * s));
                 (rest / s) * n + o * s + rest % s
@@ -143,6 +150,11 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
     {
         return Err(QuantError::UnsupportedFormat { format: "DequantizeLinear", reason: format!("a Conv layout of {out_channels} channels x {spatial:?} does not have {} columns", q.n) });
     }
+    if let QdqLayout::ConvPerChannel { dims } = layout
+        && (dims.first() != Some(&q.n) || dims.iter().product::<usize>() != q.k * q.n || q.k_blocks() != 1)
+    {
+        return Err(QuantError::UnsupportedFormat { format: "DequantizeLinear", reason: format!("a per-output-channel Conv layout of {dims:?} needs {} columns of one block each, not {} x {} in {} blocks", dims.first().unwrap_or(&0), q.k, q.n, q.k_blocks()) });
+    }
     let bits = q.config.bits;
     let k_blocks = q.k_blocks();
     let (dtype, offset) = match (bits, q.config.symmetric) {
@@ -154,11 +166,14 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
         (_, false) => (DataType::Uint8, 0),
     };
     let (shape, axis) = layout.shape_and_axis(q.k, q.n);
-    let (scale_shape, _) = layout.shape_and_axis(k_blocks, q.n);
+    let scale_shape = match layout {
+        QdqLayout::ConvPerChannel { .. } => vec![q.n],
+        _ => layout.shape_and_axis(k_blocks, q.n).0,
+    };
     // Signed values in two's complement; the packers keep the low `bits` bits.
     let mut codes: Vec<u8> = match layout {
         QdqLayout::KN => q.codes.clone(),
-        QdqLayout::NK => super::transpose(&q.codes, q.k, q.n),
+        QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => super::transpose(&q.codes, q.k, q.n),
         QdqLayout::Conv { .. } => layout.source_indices(q.k, q.n).map(|i| q.codes[i]).collect(),
     };
     codes.iter_mut().for_each(|c| *c = c.wrapping_sub(offset));
@@ -177,7 +192,8 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
         scale_shape,
         zero_points,
         axis,
-        block_size: q.block_size,
+        // Per-axis DequantizeLinear has no block size.
+        block_size: if matches!(layout, QdqLayout::ConvPerChannel { .. }) { 0 } else { q.block_size },
         min_opset: if bits == 2 { 25 } else { 21 },
     })
 }
@@ -387,5 +403,33 @@ mod layout_tests {
             }
         }
         assert!(pack_qdq_as(&q, &QdqLayout::Conv { out_channels: 4, spatial: vec![2] }).is_err());
+    }
+
+    /// A depthwise Conv weight `[O=6, 1, 3, 3]` per output channel: K = 9, one scale per O.
+    #[test]
+    fn per_output_channel_conv_layout_is_per_axis_over_the_whole_reduction() {
+        let dims = vec![6, 1, 3, 3];
+        let (k, n) = (9, 6);
+        // The weight in its stored [O, 1, 3, 3] order, as the pass hands it over: [K, N].
+        let stored: Vec<f32> = (0..k * n).map(|i| ((i * 29 % 53) as f32 - 26.0) / 13.0).collect();
+        let w = crate::quant::transpose(&stored, n, k);
+        let cfg = QuantConfig { bits: 4, block_size: BlockSize::PerChannel, symmetric: true, scale_dtype: ScaleDtype::F32 };
+        let q = quantize_rtn(&w, k, n, &cfg).unwrap();
+        let t = pack_qdq_as(&q, &QdqLayout::ConvPerChannel { dims: dims.clone() }).unwrap();
+        assert_eq!((t.shape.clone(), t.scale_shape.clone(), t.axis, t.block_size), (dims.clone(), vec![n], 0, 0));
+        // Dequantizing per axis 0 gives back the RTN reconstruction in the stored order.
+        let codes: Vec<u8> = unpack_nibbles(&t.quantized, k * n).collect();
+        for o in 0..n {
+            for r in 0..k {
+                let code = ((codes[o * k + r] << 4) as i8 >> 4) as f32;
+                assert_eq!(code * t.scales[o], q.dequantize()[r * n + o], "[{o}, {r}]");
+            }
+        }
+        // More than one block per output channel, or dims that do not match, are refused.
+        let w18: Vec<f32> = (0..18 * n).map(|i| i as f32 - 50.0).collect();
+        let blocked = quantize_rtn(&w18, 18, n, &QuantConfig { block_size: BlockSize::Blocked(16), ..cfg }).unwrap();
+        assert_eq!(blocked.k_blocks(), 2);
+        assert!(pack_qdq_as(&blocked, &QdqLayout::ConvPerChannel { dims: vec![6, 2, 3, 3] }).is_err());
+        assert!(pack_qdq_as(&q, &QdqLayout::ConvPerChannel { dims: vec![3, 2, 3, 3] }).is_err());
     }
 }

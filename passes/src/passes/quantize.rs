@@ -546,14 +546,22 @@ fn outlier_tensor(q: &QuantizedWeight, layout: &QdqLayout) -> Result<Option<Spar
     if q.outliers.is_empty() {
         return Ok(None);
     }
-    let shape = match layout {
+    let shape: Vec<i64> = match layout {
         QdqLayout::KN => vec![q.k as i64, q.n as i64],
         QdqLayout::NK => vec![q.n as i64, q.k as i64],
         QdqLayout::ConvPerChannel { dims } => dims.iter().map(|&d| d as i64).collect(),
-        QdqLayout::Conv { .. } => return Err(PassError::failed(Quantize::NAME, "outliers", "outlier corrections are not supported for Conv weights")),
+        QdqLayout::Conv { out_channels, spatial } => [*out_channels, q.k].iter().chain(spatial).map(|&d| d as i64).collect(),
     };
-    // The outlier's position in the tensor as the op reads it ([K, N], or [N, K] flattened).
-    let flat = |row: usize, col: usize| if *layout == QdqLayout::KN { row * q.n + col } else { col * q.k + row };
+    // The outlier's position in the tensor as the op reads it: [K, N]; [N, K] flattened; or
+    // [O, C, spatial] with K = C and column n = o·S + s.
+    let flat = |row: usize, col: usize| match layout {
+        QdqLayout::KN => row * q.n + col,
+        QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => col * q.k + row,
+        QdqLayout::Conv { spatial, .. } => {
+            let s: usize = spatial.iter().product();
+            ((col / s) * q.k + row) * s + col % s
+        }
+    };
     let mut entries: Vec<(i64, half::f16)> = q.outliers.iter().map(|o| (flat(o.row as usize, o.col as usize) as i64, o.delta)).collect();
     entries.sort_by_key(|e| e.0);
     let count = entries.len() as u64;

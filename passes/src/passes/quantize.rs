@@ -195,15 +195,60 @@ struct Target {
     weight: ValueId,
     chain: Vec<NodeId>,
     tensor: Tensor,
-    /// The activation the weight multiplies (for calibration); none for Gather.
+    /// The activation the weight multiplies; none for Gather.
     input: Option<ValueId>,
+    /// How calibration reads that activation as rows of K inputs; none where the weight is not
+    /// a plain product of them (embedding tables, kxk and grouped convolutions, Gemm transA).
+    rows: Option<ActivationRows>,
     /// How the stored weight maps to `[K, N]`.
     layout: QdqLayout,
     k: usize,
     n: usize,
 }
 
+/// How a layer's activation holds its K inputs.
+#[derive(Clone, Debug, PartialEq)]
+enum ActivationRows {
+    /// On the last axis (MatMul, Gemm).
+    LastAxis,
+    /// `[B, C, spatial...]` with C = K, one row per position a 1x1 convolution reads: every
+    /// `strides[i]`-th along each spatial axis.
+    Channels { strides: Vec<usize> },
+}
+
+impl ActivationRows {
+    /// The rows (`[rows, k]`, row-major) of one captured activation.
+    fn rows<'a>(&self, shape: &[usize], data: &'a [f32], k: usize) -> Result<std::borrow::Cow<'a, [f32]>, String> {
+        match self {
+            ActivationRows::LastAxis if shape.last() == Some(&k) => Ok(data.into()),
+            ActivationRows::Channels { strides } if shape.len() == strides.len() + 2 && shape[1] == k => {
+                let spatial = &shape[2..];
+                let positions: usize = spatial.iter().product();
+                // Flat spatial indices of the positions read, in row-major order.
+                let mut read: Vec<usize> = vec![0];
+                for (&extent, &stride) in spatial.iter().zip(strides) {
+                    read = read.iter().flat_map(|&base| (0..extent).step_by(stride.max(1)).map(move |i| base * extent + i)).collect();
+                }
+                let mut rows = Vec::with_capacity(shape[0] * read.len() * k);
+                for image in data.chunks_exact(k * positions) {
+                    for &p in &read {
+                        rows.extend((0..k).map(|c| image[c * positions + p]));
+                    }
+                }
+                Ok(rows.into())
+            }
+            ActivationRows::LastAxis => Err(format!("has shape {shape:?}, expected last dimension {k}")),
+            ActivationRows::Channels { strides } => Err(format!("has shape {shape:?}, expected [batch, {k}] and {} spatial dimensions", strides.len())),
+        }
+    }
+}
+
 impl Target {
+    /// The calibration Hessian of the layer's input, where calibration applies to it.
+    fn hessian<'h>(&self, hessians: &'h HashMap<ValueId, Hessian>) -> Option<&'h Hessian> {
+        self.rows.as_ref().and(self.input).and_then(|x| hessians.get(&x))
+    }
+
     fn elements(&self) -> u64 {
         (self.k * self.n) as u64
     }
@@ -249,6 +294,9 @@ impl Target {
 struct LayerReport {
     name: String,
     op: &'static str,
+    /// The method this layer got: `gptq` needs calibration statistics of its input, so layers
+    /// without them (embedding tables, kxk and grouped convolutions) get `rtn`.
+    method: &'static str,
     k: usize,
     n: usize,
     bits: u8,
@@ -351,10 +399,19 @@ impl Quantize {
     /// and (for AWQ) the mean absolute value of each input channel.
     fn calibrate(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[&Target]) -> Result<Calibration, PassError> {
         let mut accumulators: BTreeMap<ValueId, HessianAccumulator> = BTreeMap::new();
+        let mut layouts: BTreeMap<ValueId, ActivationRows> = BTreeMap::new();
+        let mut conflicting = Vec::new();
         for t in targets {
-            if let (Some(input), "MatMul" | "Gemm") = (t.input, t.op) {
+            if let (Some(input), Some(rows)) = (t.input, &t.rows) {
                 accumulators.entry(input).or_insert_with(|| HessianAccumulator::new(t.k));
+                if *layouts.entry(input).or_insert_with(|| rows.clone()) != *rows || accumulators[&input].k() != t.k {
+                    conflicting.push(input);
+                }
             }
+        }
+        // An activation read two ways (rare) gets no statistics: its layers fall back to data-free methods.
+        for v in conflicting {
+            accumulators.remove(&v);
         }
         if accumulators.is_empty() {
             return Ok(Calibration::default());
@@ -370,20 +427,23 @@ impl Quantize {
         let mut sink = |v: ValueId, a: Activation<'_>| {
             let Some(acc) = accumulators.get_mut(&v) else { return };
             let k = acc.k();
-            if a.shape.last() != Some(&k) {
-                error.get_or_insert_with(|| format!("captured '{}' has shape {:?}, expected last dimension {k}", graph.value(v).name, a.shape));
-                return;
-            }
-            if let Err(e) = acc.add_batch(a.data, a.data.len() / k) {
+            let data = match layouts[&v].rows(a.shape, a.data, k) {
+                Ok(data) => data,
+                Err(e) => {
+                    error.get_or_insert_with(|| format!("captured '{}' {e}", graph.value(v).name));
+                    return;
+                }
+            };
+            if let Err(e) = acc.add_batch(&data, data.len() / k) {
                 error.get_or_insert(e.to_string());
             }
             if let Some((sums, rows)) = abs_sums.get_mut(&v) {
-                for row in a.data.chunks_exact(k) {
+                for row in data.chunks_exact(k) {
                     for (s, &x) in sums.iter_mut().zip(row) {
                         *s += x.abs() as f64;
                     }
                 }
-                *rows += a.data.len() / k;
+                *rows += data.len() / k;
             }
         };
         ctx.progress.begin("calibrating", calibrator.batches() as u64);
@@ -491,6 +551,25 @@ fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Tar
         QdqLayout::ConvPerChannel { dims } => (dims[1..].iter().product(), dims[0]),
         _ => (layer.in_features as usize, layer.out_features as usize),
     };
+    let node = graph.node(layer.node);
+    let rows = match layer.op {
+        LinearOp::MatMul => Some(ActivationRows::LastAxis),
+        LinearOp::Gemm if node.attr_int("transA").unwrap_or(0) == 0 => Some(ActivationRows::LastAxis),
+        LinearOp::Gemm => None,
+        LinearOp::Conv => {
+            // A 1x1 convolution over all channels, without padding, is a product over the channels
+            // at the positions it reads; others mix positions (or groups) into the reduction.
+            let dims = layer.weight.tensor.dims();
+            let spatial = dims.len() - 2;
+            let ones = |name: &str, default: i64| node.attr_ints(name).is_none_or(|v| v.iter().all(|&x| x == default));
+            let pointwise = dims[2..].iter().all(|&d| d == 1)
+                && node.attr_int("group").unwrap_or(1) == 1
+                && ones("pads", 0)
+                && node.attr_string("auto_pad").is_none_or(|p| p == "NOTSET" || p == "VALID");
+            let strides = node.attr_ints("strides").map(|v| v.iter().map(|&x| x.max(1) as usize).collect()).unwrap_or_else(|| vec![1; spatial]);
+            (pointwise && strides.len() == spatial).then_some(ActivationRows::Channels { strides })
+        }
+    };
     Some(Target {
         node: layer.node,
         op,
@@ -499,6 +578,7 @@ fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Tar
         chain: layer.weight.chain.iter().map(|(n, _)| *n).collect(),
         tensor: layer.weight.tensor.clone(),
         input: Some(layer.input),
+        rows,
         layout,
         k,
         n,
@@ -522,6 +602,7 @@ fn gather_target(graph: &Graph, node: NodeId) -> Option<Target> {
         chain: Vec::new(),
         tensor,
         input: None,
+        rows: None,
         layout: QdqLayout::NK,
         k: d as usize,
         n: v as usize,
@@ -692,8 +773,9 @@ fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packe
         (Some(scaling), Some(x)) => {
             let region = graph.node(t.node).region;
             let elem = graph.value(x).elem().unwrap_or(DataType::Float);
-            let trans_a = t.op == "Gemm" && graph.node(t.node).attr_int("transA").unwrap_or(0) != 0;
-            let dims: Vec<u64> = if trans_a { vec![t.k as u64, 1] } else { vec![t.k as u64] };
+            // Per input channel: the last axis of a matmul's activation, axis 1 of a 1x1 Conv's.
+            let spatial = if t.op == "Conv" { t.tensor.dims().len() - 2 } else { 0 };
+            let dims: Vec<u64> = std::iter::once(t.k as u64).chain(std::iter::repeat_n(1, spatial)).collect();
             let tensor = match elem {
                 DataType::Float => Tensor::from_f32(&dims, &scaling.inverse_scales).map_err(ir)?,
                 DataType::Float16 => {
@@ -751,10 +833,15 @@ fn effective_weight(q: &QuantizedWeight, scaling: Option<&Scaling>) -> Vec<f32> 
     w_hat
 }
 
-fn layer_report(t: &Target, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>, scaling: Option<&Scaling>) -> LayerReport {
+fn layer_report(t: &Target, method: Method, q: &QuantizedWeight, gptq_loss: Option<f64>, w: &[f32], hessian: Option<&Hessian>, scaling: Option<&Scaling>) -> LayerReport {
     let mut report = LayerReport {
         name: t.label.clone(),
         op: t.op,
+        method: match (method, gptq_loss) {
+            (_, Some(_)) => "gptq",
+            (Method::Mse, None) => "mse",
+            _ => "rtn",
+        },
         k: t.k,
         n: t.n,
         bits: q.config.bits,
@@ -865,8 +952,8 @@ impl Pass for Quantize {
             let frozen: &Graph = graph;
             let finish = |i: usize, (q, loss, w, scaling): &LayerResult| -> Result<(Packed, LayerReport), PassError> {
                 let t = &targets[i];
-                let hessian = t.input.and_then(|input| hessians.get(&input));
-                Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, q, *loss, w, hessian, scaling.as_ref())))
+                let hessian = t.hessian(hessians);
+                Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, self.method, q, *loss, w, hessian, scaling.as_ref())))
             };
             let fused = self.budget_bits == 0.0;
             let (mut results, finished): (Vec<LayerResult>, Vec<Option<(Packed, LayerReport)>>) = stage
@@ -874,8 +961,8 @@ impl Pass for Quantize {
                 .map(|&i| {
                     let t = &targets[i];
                     let w = t.matrix()?;
-                    let hessian = t.input.and_then(|i| hessians.get(&i));
-                    let mean_abs = t.input.filter(|_| matches!(t.op, "MatMul" | "Gemm")).and_then(|i| calibration.mean_abs.get(&i));
+                    let hessian = t.hessian(hessians);
+                    let mean_abs = t.rows.as_ref().and(t.input).and_then(|i| calibration.mean_abs.get(&i));
                     let result = match (hessian, mean_abs) {
                         (Some(h), Some(m)) => {
                             let (q, loss, scaling) = self.quantize_scaled(t, &w, h, m)?;
@@ -950,12 +1037,12 @@ impl Quantize {
         for (i, t) in targets.iter().enumerate() {
             let (low, _, w, scaling) = &results[i];
             // 8 bits needs no AWQ scaling: the promoted layer is the plain 8-bit weight.
-            let (high, loss) = self.quantize_weight(t, w, 8, t.input.and_then(|x| hessians.get(&x)))?;
+            let (high, loss) = self.quantize_weight(t, w, 8, t.hessian(hessians))?;
             ctx.progress.advance(1);
             // Error weighted by the activations when there are any, by the weights otherwise.
             let error = |q: &QuantizedWeight, scaling: Option<&Scaling>| {
                 let w_hat = effective_weight(q, scaling);
-                match t.input.and_then(|x| hessians.get(&x)) {
+                match t.hessian(hessians) {
                     Some(h) => output_error(w, &w_hat, t.n, h),
                     None => relative_error(w, &w_hat).powi(2),
                 }
@@ -983,7 +1070,7 @@ mod tests {
     use super::*;
 
     fn target(tensor: Tensor, layout: QdqLayout, k: usize, n: usize) -> Target {
-        Target { node: NodeId(0), op: "MatMul", label: "w".into(), weight: ValueId(0), chain: vec![], tensor, input: None, layout, k, n }
+        Target { node: NodeId(0), op: "MatMul", label: "w".into(), weight: ValueId(0), chain: vec![], tensor, input: None, rows: None, layout, k, n }
     }
 
     /// The zero-copy view and the converting copy give the same matrix, whatever the
@@ -1012,5 +1099,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A 1x1 convolution with strides (2, 3) over x [2, 3, 5, 7] reads positions (h, w) with
+    /// h in {0, 2, 4} and w in {0, 3, 6}: 2 x 3 x 3 = 18 rows of the 3 channels.
+    #[test]
+    fn channel_rows_are_the_positions_a_strided_pointwise_conv_reads() {
+        let shape = [2, 3, 5, 7];
+        let x: Vec<f32> = (0..2 * 3 * 5 * 7).map(|i| i as f32).collect();
+        let rows = ActivationRows::Channels { strides: vec![2, 3] }.rows(&shape, &x, 3).unwrap();
+        let mut expected = Vec::new();
+        for b in 0..2 {
+            for h in (0..5).step_by(2) {
+                for w in (0..7).step_by(3) {
+                    expected.extend((0..3).map(|c| x[((b * 3 + c) * 5 + h) * 7 + w]));
+                }
+            }
+        }
+        assert_eq!(rows.as_ref(), expected.as_slice());
+        // The last axis is the rows as they are; wrong shapes are errors, not panics.
+        assert_eq!(ActivationRows::LastAxis.rows(&[35, 6], &x, 6).unwrap().len(), x.len());
+        assert!(ActivationRows::LastAxis.rows(&shape, &x, 3).is_err());
+        assert!(ActivationRows::Channels { strides: vec![1, 1] }.rows(&shape, &x, 4).is_err());
+        assert!(ActivationRows::Channels { strides: vec![1] }.rows(&shape, &x, 3).is_err());
     }
 }

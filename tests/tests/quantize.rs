@@ -708,6 +708,10 @@ fn gptq_and_awq_on_pointwise_convolutions() {
     let rtn = dir.path().join("rtn.onnx");
     quantize(&rec, "quantize(bits=4,ops=[Conv],min_elements=0)", &rtn);
     let rtn_cosine = held_out_cosine(&rtn);
+    let int8 = dir.path().join("int8.onnx");
+    quantize(&rec, "quantize(bits=8,ops=[Conv],min_elements=0)", &int8);
+    let int8_cosine = held_out_cosine(&int8);
+    eprintln!("PP-OCRv4 rec, int8 convolutions, held out: cosine {:.4} top-1 {:.4}", int8_cosine.0, int8_cosine.1);
     let inputs = model_inputs(&rec);
     for (i, spec) in ["quantize(bits=4,ops=[Conv],min_elements=0,method=gptq)", "quantize(bits=4,ops=[Conv],min_elements=0,awq=true)", "quantize(bits=4,ops=[Conv],min_elements=0,awq=true,method=gptq)"].iter().enumerate() {
         let out = dir.path().join(format!("{i}.onnx"));
@@ -734,5 +738,6 @@ fn gptq_and_awq_on_pointwise_convolutions() {
         // (int4 on every convolution, depthwise ones included, costs this model a lot; GPTQ
         // moves the top-1 agreement least: 0.578 -> 0.581.)
         assert!(cosine > rtn_cosine.0 && top1 >= rtn_cosine.1, "{spec}: held-out cosine {cosine}, top-1 {top1}; RTN {rtn_cosine:?}");
+        assert!(int8_cosine.0 > cosine, "{spec}: held-out cosine {cosine} above int8's {int8_cosine:?}");
     }
 }

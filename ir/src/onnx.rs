@@ -14,7 +14,7 @@ use crate::tensor::{ExternalFile, ExternalSource, Tensor, parse_external_entries
 use crate::types::{Dim, Shape, TypeKind, ValueType};
 use bytes::Bytes;
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,7 +29,9 @@ pub struct LoadOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum ExternalDataPolicy {
     /// Tensors read from external files go back to files of the same `location` (next to the
-    /// output) at the same offsets; every other tensor is written inline.
+    /// output) at the same offsets; every other tensor is written inline. A file that would
+    /// replace one the model reads from (an output next to its input) is named after the
+    /// output instead (`<output>.data`), as it is with `Threshold`.
     #[default]
     Preserve,
     /// Every tensor inline.
@@ -103,15 +105,20 @@ impl Model {
         let path = path.as_ref();
         let write_err = |error| IrError::Write { path: path.to_path_buf(), error };
         let mut writer = Writer::new(options.external_data.clone());
-        let proto = writer.model(self)?;
-        let len = proto.encoded_len() as u64;
-        if len > PROTOBUF_LIMIT {
-            return Err(IrError::TooLargeForProtobuf { path: path.to_path_buf(), bytes: len });
-        }
+        let mut proto = writer.model(self)?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let relocated = relocations(&writer, &dir, path);
+        if !relocated.is_empty() {
+            writer = Writer { relocated, ..Writer::new(options.external_data.clone()) };
+            proto = writer.model(self)?;
+        }
+        let len = proto.encoded_len() as u64;
+        if len > PROTOBUF_LIMIT {
+            return Err(IrError::TooLargeForProtobuf { path: path.to_path_buf(), bytes: len });
+        }
         let mut report = SaveReport { model_bytes: len, external_files: Vec::new() };
         let mut pending = Vec::new();
         for (location, file) in &writer.external_files {
@@ -147,6 +154,31 @@ impl Model {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         Ok(self.to_proto()?.encode_to_vec())
     }
+}
+
+/// External data files that would replace a file the model's own tensors are read from (an
+/// output written next to its input, keeping the input's data file name) get a name of their
+/// own: `<output file>.data`, else `<output file>.<n>.data`. Replacing the input's data file
+/// would leave the input model pointing at the output's data. The old file stays where it was.
+fn relocations(writer: &Writer, dir: &Path, output: &Path) -> BTreeMap<String, String> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let sources: BTreeSet<PathBuf> = writer.sources.iter().filter_map(|p| canonical(p)).collect();
+    let is_source = |p: &Path| canonical(p).is_some_and(|c| sources.contains(&c));
+    let mut relocated = BTreeMap::new();
+    let mut taken: BTreeSet<String> = writer.external_files.keys().cloned().collect();
+    let stem = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    for location in writer.external_files.keys() {
+        if !is_source(&dir.join(location)) {
+            continue;
+        }
+        let fresh = (0..)
+            .map(|n| if n == 0 { format!("{stem}.data") } else { format!("{stem}.{n}.data") })
+            .find(|name| !taken.contains(name) && !is_source(&dir.join(name)))
+            .expect("some name is free");
+        taken.insert(fresh.clone());
+        relocated.insert(location.clone(), fresh);
+    }
+    relocated
 }
 
 /// Encodes a message straight into a file: small fields gather in a 1 MiB buffer, large
@@ -716,11 +748,19 @@ use std::io::Read as _;
 struct Writer {
     policy: ExternalDataPolicy,
     external_files: BTreeMap<String, ExternalFileBuilder>,
+    /// The files external tensors are read from.
+    sources: BTreeSet<PathBuf>,
+    /// External data locations written under another name (see [`relocations`]).
+    relocated: BTreeMap<String, String>,
 }
 
 impl Writer {
     fn new(policy: ExternalDataPolicy) -> Self {
-        Writer { policy, external_files: BTreeMap::new() }
+        Writer { policy, external_files: BTreeMap::new(), sources: BTreeSet::new(), relocated: BTreeMap::new() }
+    }
+
+    fn location<'a>(&'a self, location: &'a str) -> &'a str {
+        self.relocated.get(location).map_or(location, String::as_str)
     }
 
     fn model(&mut self, model: &Model) -> Result<proto::ModelProto> {
@@ -753,17 +793,27 @@ impl Writer {
             }
             Ok(())
         };
+        if let Some(ext) = tensor.external() {
+            self.sources.insert(ext.path().to_path_buf());
+        }
         match self.policy.clone() {
             ExternalDataPolicy::Inline => inline(&mut p)?,
             ExternalDataPolicy::Preserve => {
                 if let Some(ext) = tensor.external() {
                     let data = tensor.raw_data()?;
-                    let file = self.external_files.entry(ext.location.clone()).or_default();
+                    let location = self.location(&ext.location).to_string();
+                    if location != ext.location {
+                        for entry in p.external_data.iter_mut().filter(|e| e.key.as_deref() == Some("location")) {
+                            entry.value = Some(location.clone());
+                        }
+                    }
+                    let file = self.external_files.entry(location).or_default();
                     file.len = file.len.max(ext.offset + ext.length);
                     file.chunks.insert(ext.offset, data);
                 }
             }
             ExternalDataPolicy::Threshold { min_bytes, location } => {
+                let location = self.location(&location).to_string();
                 if tensor.dtype() != DataType::String && tensor.data_bytes() >= min_bytes {
                     let data = tensor.raw_data()?;
                     let file = self.external_files.entry(location.clone()).or_default();

@@ -197,3 +197,38 @@ fn models_over_two_gigabytes_keep_their_data_external() {
     assert_eq!(f32::from_le_bytes(w0[w0.len() - 4..].try_into().unwrap()), 2.5);
     assert_eq!(std::fs::metadata(out.path().join("big.bin")).unwrap().len(), 2 * TENSOR);
 }
+
+/// Saving next to the input must not replace the input's data file: with `Preserve` the output
+/// would keep the input's `weights.bin` name, and with a threshold a caller may name it; either
+/// way the output's data goes to a file of its own and the input model still loads, intact.
+#[test]
+fn saving_next_to_the_input_keeps_the_inputs_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("tiny_bert.onnx");
+    let input = onnx_external_copy(&src, dir.path());
+    let weights_before = std::fs::read(dir.path().join("weights.bin")).unwrap();
+    let model = Model::load(&input).unwrap();
+    for (out, policy, expected) in [
+        ("kept.onnx", ExternalDataPolicy::Preserve, "kept.onnx.data"),
+        ("split.onnx", ExternalDataPolicy::Threshold { min_bytes: 1024, location: "weights.bin".into() }, "split.onnx.data"),
+    ] {
+        let out = dir.path().join(out);
+        let report = save(&model, &out, policy);
+        assert_eq!(report.external_files.iter().map(|(p, _)| p.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(), [expected]);
+        assert_eq!(std::fs::read(dir.path().join("weights.bin")).unwrap(), weights_before, "{}", out.display());
+        // Both models load and hold the original weights.
+        let original = Model::load(&src).unwrap();
+        for path in [&input, &out] {
+            let reloaded = Model::load(path).unwrap();
+            let (a, b) = (compactor_ir::summary::weights(&reloaded.graph), compactor_ir::summary::weights(&original.graph));
+            assert_eq!(a.len(), b.len());
+            for ((name, t), (_, u)) in a.iter().zip(&b) {
+                assert!(t.content_eq(u).unwrap(), "{}: {name}", path.display());
+            }
+        }
+    }
+    // The output saved again in another directory keeps its own data file's name.
+    let other = tempfile::tempdir().unwrap();
+    let report = save(&Model::load(dir.path().join("kept.onnx")).unwrap(), &other.path().join("again.onnx"), ExternalDataPolicy::Preserve);
+    assert_eq!(report.external_files[0].0.file_name().unwrap(), "kept.onnx.data");
+}

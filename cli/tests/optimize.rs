@@ -39,6 +39,13 @@ fn optimize_writes_the_model_and_a_report() {
     assert_eq!(json["output"]["bytes"].as_u64().unwrap(), std::fs::metadata(&out).unwrap().len());
     assert!(json["input"]["bytes"].as_u64().unwrap() > json["output"]["bytes"].as_u64().unwrap());
     compactor_ir::Model::load(&out).unwrap();
+    // The report is written like the model (it was left owner-only by its temporary file).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&report), mode(&out));
+    }
 }
 
 #[test]
@@ -76,6 +83,11 @@ fn stop_after_and_dump_after() {
     // Stopped before fold-shapes: the Shape node is still there.
     let text = compactor_ir::model_to_text(&compactor_ir::Model::load(&out).unwrap());
     assert!(text.contains("= Shape(%r)") && !text.contains("Identity("), "{text}");
+    // A --dump-dir that does not exist yet is made.
+    let dumps = dir.path().join("dumps/nested");
+    let o = compactor(&["optimize", s(&fixture("cleanup_zoo.onnx")), "-o", s(&out), "--passes", CLEANUP_NO_FOLD, "--dump-after", "lift-constants", "--dump-dir", s(&dumps)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dumps.join("m.01-lift-constants.txt").exists());
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub use error::{IrError, Origin, Result};
 pub use infer::{InferError, InferOptions, InferReport, infer_graph_shapes, infer_shapes, record_value_info};
 pub use graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, Use, UseMap, Value, ValueDef, ValueId};
 pub use model::Model;
-pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport};
+pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport, write_atomically};
 pub use tensor::Tensor;
 pub use types::{Dim, Shape, TypeKind, ValueType};
 pub use verify::{Problem, Problems, verify};

@@ -255,6 +255,13 @@ unsafe impl bytes::BufMut for StreamBuf<'_> {
     }
 }
 
+/// Writes a file the way models are written: into a temporary file beside `path` (mode 0644
+/// before the umask), renamed into place only once `fill` has written all of it, so `path`
+/// never holds half a file.
+pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<()> {
+    write_temp(path, false, fill)?.persist(path).map(|_| ()).map_err(|e| e.error)
+}
+
 fn write_temp(target: &Path, sync: bool, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -53,10 +53,14 @@ fn read_npy_bytes(bytes: &[u8]) -> Result<TensorValue, String> {
     TensorValue::from_tract(tensor).map_err(|e| e.to_string())
 }
 
-/// Writes a value as `.npy` (C order), in its carrier type.
+/// Writes a value as `.npy` (C order), in its carrier type; atomically, like models.
 pub fn write_npy(path: &Path, value: &TensorValue) -> Result<(), RuntimeError> {
-    let file = std::fs::File::create(path).map_err(|e| RuntimeError::Io { path: path.to_path_buf(), source: e })?;
-    let mut out = std::io::BufWriter::new(file);
+    let mut bytes = Vec::new();
+    encode_npy(path, value, &mut bytes)?;
+    compactor_ir::write_atomically(path, |f| std::io::Write::write_all(f, &bytes)).map_err(|e| RuntimeError::Io { path: path.to_path_buf(), source: e })
+}
+
+fn encode_npy(path: &Path, value: &TensorValue, mut out: &mut Vec<u8>) -> Result<(), RuntimeError> {
     let t = value.tract();
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
     let io = |e: std::io::Error| RuntimeError::Io { path: path.to_path_buf(), source: e };
@@ -83,7 +87,7 @@ pub fn write_npy(path: &Path, value: &TensorValue) -> Result<(), RuntimeError> {
         DatumType::Bool => write_as!(bool),
         other => return Err(file_err(path, format!("cannot write {other:?} values as .npy"))),
     }
-    std::io::Write::flush(&mut out).map_err(io)
+    Ok(())
 }
 
 #[cfg(test)]

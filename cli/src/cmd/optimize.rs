@@ -90,10 +90,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut on_pass_start = |i: usize, n: usize, name: &str| eprintln!("[{}/{n}] {name}", i + 1);
     let dump_dir = args.dump_dir.clone().unwrap_or_else(|| args.output.parent().map(Path::to_path_buf).unwrap_or_default());
     let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    // Before any pass runs: a missing directory is made, an unusable one stops the run now.
+    if !args.dump_after.is_empty() && !dump_dir.as_os_str().is_empty() {
+        std::fs::create_dir_all(&dump_dir).with_context(|| format!("cannot create the dump directory {}", dump_dir.display()))?;
+    }
     let mut dump_error = None;
     let mut on_dump = |pass: &str, index: usize, text: &str| {
         let path = dump_dir.join(format!("{stem}.{:02}-{pass}.txt", index + 1));
-        match std::fs::write(&path, text) {
+        match compactor_ir::write_atomically(&path, |f| std::io::Write::write_all(f, text.as_bytes())) {
             Ok(()) => eprintln!("      wrote {}", path.display()),
             Err(e) => dump_error = Some(format!("{}: {e}", path.display())),
         }
@@ -171,11 +175,7 @@ fn external_bytes(model: &Path) -> anyhow::Result<u64> {
 }
 
 fn write_atomically(path: &Path, data: Vec<u8>) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot write", path.display()))?;
-    std::io::Write::write_all(&mut tmp, &data)?;
-    tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    compactor_ir::write_atomically(path, |f| std::io::Write::write_all(f, &data)).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 struct Check {

@@ -6,8 +6,9 @@
 //! statistics through the runtime (GPTQ, mixed precision, AWQ), and rewrites the graph (AWQ
 //! puts a `Mul` by `1/s` in front of each scaled layer). Embedding
 //! tables and Conv weights always use the `DequantizeLinear` form (MatMulNBits is a matmul);
-//! Conv weights are blocked along their input channels, or, with fewer input channels than a
-//! block (depthwise convolutions) or `block=0`, have one scale per output channel.
+//! Conv weights are blocked along their input channels, or, when that would put far fewer
+//! weights than a block under each scale (depthwise convolutions) or with `block=0`, have one
+//! scale per output channel.
 
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
@@ -55,7 +56,7 @@ pub struct Quantize {
     /// Bits per weight: 2, 4 or 8.
     pub bits: u8,
     /// Weights per scale along the reduction axis: a power of two from 16 to 256, or 0 for one scale per output channel.
-    /// Conv weights are blocked along their input channels; with fewer input channels than a block (depthwise) they get one scale per output channel.
+    /// Conv weights are blocked along their input channels; with far fewer input channels than a block (depthwise) they get one scale per output channel.
     pub block: usize,
     /// Symmetric (no zero points) or asymmetric (a zero point per block).
     pub symmetric: bool,
@@ -527,6 +528,16 @@ fn output_error(w: &[f32], w_hat: &[f32], n: usize, h: &Hessian) -> f64 {
     if signal > 0.0 { h.quadratic_form(&delta, n) / signal } else { 0.0 }
 }
 
+/// Whether a Conv weight `[O, C, spatial...]` gets one scale per output channel rather than
+/// blocks along C. Blocks along C hold min(C, block) weights; a scale per output channel holds
+/// the whole C·S reduction. With fewer channels than a block, take whichever is nearer a
+/// block's worth (by ratio): per output channel for depthwise weights (C = 1), which would
+/// otherwise get a scale per weight, and for a first layer over 3 channels.
+fn conv_per_output_channel(dims: &[usize], block: usize) -> bool {
+    let (c, whole) = (dims[1], dims[1..].iter().product::<usize>());
+    block == 0 || (c < block && (whole <= block || whole * c < block * block))
+}
+
 /// `block` is the pass's block size (0: per channel), which decides a Conv weight's layout.
 fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Target> {
     if layer.weight.is_quantized() {
@@ -537,9 +548,7 @@ fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Tar
         LinearOp::Gemm => ("Gemm", if layer.weight.transposed { QdqLayout::NK } else { QdqLayout::KN }),
         LinearOp::Conv => {
             let dims: Vec<usize> = layer.weight.tensor.dims().iter().map(|&d| d as usize).collect();
-            if block == 0 || dims[1] < block {
-                // Per output channel: what per-channel means for a Conv, and what keeps a depthwise
-                // weight (one input channel per group) from getting a scale per weight.
+            if conv_per_output_channel(&dims, block) {
                 ("Conv", QdqLayout::ConvPerChannel { dims })
             } else {
                 ("Conv", QdqLayout::Conv { out_channels: dims[0], spatial: dims[2..].to_vec() })
@@ -1122,5 +1131,21 @@ mod tests {
         assert!(ActivationRows::LastAxis.rows(&shape, &x, 3).is_err());
         assert!(ActivationRows::Channels { strides: vec![1, 1] }.rows(&shape, &x, 4).is_err());
         assert!(ActivationRows::Channels { strides: vec![1] }.rows(&shape, &x, 3).is_err());
+    }
+
+    #[test]
+    fn conv_weights_take_the_scale_layout_nearer_a_block() {
+        // (dims, block, per output channel?)
+        for (dims, block, expected) in [
+            (&[64, 1, 3, 3][..], 32, true),  // depthwise: 9 per scale, not 1
+            (&[16, 3, 3, 3][..], 32, true),  // first layer: 27 per scale, not 3
+            (&[64, 8, 3, 3][..], 32, true),  // 72 per scale is nearer 32 than 8 is
+            (&[64, 16, 3, 3][..], 32, false), // 16 per scale is nearer 32 than 144 is
+            (&[64, 8, 1, 1][..], 32, true),  // 1x1 over 8 channels: the same 8 either way
+            (&[64, 64, 3, 3][..], 32, false), // whole blocks along C
+            (&[64, 64, 3, 3][..], 0, true),  // block=0: per channel
+        ] {
+            assert_eq!(conv_per_output_channel(dims, block), expected, "{dims:?} block {block}");
+        }
     }
 }

@@ -255,22 +255,25 @@ impl BlockQuantWeight {
         let tile_width = if direct { COLUMN_TILE } else { GEMM_COLUMN_TILE };
         let tiles = self.n.div_ceil(tile_width);
         let direct_rows: Vec<DirectRow> = if direct { a.chunks_exact(self.k).map(|row| DirectRow::new(row, self)).collect() } else { Vec::new() };
-        let run_tile = |tile: usize, w: &mut Vec<f32>, out: &mut Vec<f32>| {
-            let cols = tile * tile_width..((tile + 1) * tile_width).min(self.n);
+        let n = self.n;
+        let y_out = OutputColumns(y.as_mut_ptr());
+        // Each tile writes its own columns of `y` (row stride n): no per-tile buffer to copy.
+        let run_tile = |tile: usize, w: &mut Vec<f32>| {
+            let cols = tile * tile_width..((tile + 1) * tile_width).min(n);
+            // SAFETY: tiles cover disjoint column ranges of `y`, which outlives every task, so
+            // no two tasks write the same element and nothing reads `y` meanwhile.
+            let dst = unsafe { y_out.at(cols.start) };
             if direct {
-                out.clear();
-                out.resize(m * cols.len(), 0.0);
                 for (j, col) in cols.clone().enumerate() {
-                    for row in 0..m {
-                        out[row * cols.len() + j] = self.packed_dot(col, &direct_rows[row]);
+                    for (row, a_row) in direct_rows.iter().enumerate() {
+                        // SAFETY: row < m and cols.start + j < n: inside `y`.
+                        unsafe { *dst.add(row * n + j) = self.packed_dot(col, a_row) };
                     }
                 }
                 return;
             }
             // Band by band along K: the dequantized band of the tile stays in cache, and each
             // product is as wide as the tile.
-            out.clear();
-            out.resize(m * cols.len(), 0.0);
             let band_blocks = (GEMM_BAND / self.block_size).max(1);
             for first in (0..self.k_blocks()).step_by(band_blocks) {
                 let blocks = first..(first + band_blocks).min(self.k_blocks());
@@ -280,14 +283,8 @@ impl BlockQuantWeight {
                 for (j, col) in cols.clone().enumerate() {
                     self.dequantized_segment_fast(col, blocks.clone(), &mut w[j * len..(j + 1) * len]);
                 }
-                multiply_tile(&a[k0..], self.k, m, len, w, cols.len(), out);
-            }
-        };
-        let scatter = |tile: usize, out: &[f32], y: &mut [f32]| {
-            let first = tile * tile_width;
-            let width = out.len() / m;
-            for row in 0..m {
-                y[row * self.n + first..row * self.n + first + width].copy_from_slice(&out[row * width..(row + 1) * width]);
+                // SAFETY: `dst` addresses rows 0..m, columns cols of `y` with row stride n.
+                unsafe { multiply_tile(&a[k0..], self.k, m, len, w, cols.len(), TileOutput { ptr: dst, row_stride: n, accumulate: first > 0 }) };
             }
         };
         let work = m * self.n * self.k;
@@ -299,29 +296,19 @@ impl BlockQuantWeight {
             Some(pool) => {
                 use rayon::prelude::*;
                 let per_task = tiles.div_ceil(pool.current_num_threads() * 4).max(1);
-                let results: Vec<(usize, Vec<f32>)> = pool.install(|| {
-                    (0..tiles.div_ceil(per_task))
-                        .into_par_iter()
-                        .flat_map_iter(|task| {
-                            let (mut w, mut outs) = (Vec::new(), Vec::new());
-                            for tile in task * per_task..((task + 1) * per_task).min(tiles) {
-                                let mut out = Vec::new();
-                                run_tile(tile, &mut w, &mut out);
-                                outs.push((tile, out));
-                            }
-                            outs
-                        })
-                        .collect()
+                pool.install(|| {
+                    (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
+                        let mut w = Vec::new();
+                        for tile in task * per_task..((task + 1) * per_task).min(tiles) {
+                            run_tile(tile, &mut w);
+                        }
+                    })
                 });
-                for (tile, out) in results {
-                    scatter(tile, &out, y);
-                }
             }
             None => {
-                let (mut w, mut out) = (Vec::new(), Vec::new());
+                let mut w = Vec::new();
                 for tile in 0..tiles {
-                    run_tile(tile, &mut w, &mut out);
-                    scatter(tile, &out, y);
+                    run_tile(tile, &mut w);
                 }
             }
         }
@@ -343,32 +330,47 @@ const GEMM_MIN_ROWS: usize = 4;
 const GEMM_COLUMN_TILE: usize = 64;
 const GEMM_BAND: usize = 256;
 
-/// `out[m, j] += Σ_k a[m, k] · w[j, k]` for a band of `k` inputs of a tile of `width`
+/// Where a tile's product goes: row `r` at `ptr + r * row_stride`; with `accumulate` it is
+/// added to what is there, else it replaces it.
+struct TileOutput {
+    ptr: *mut f32,
+    row_stride: usize,
+    accumulate: bool,
+}
+
+/// `out[r, j] (+)= Σ_k a[r, k] · w[j, k]` for a band of `k` inputs of a tile of `width`
 /// dequantized weight rows; row `r` of `a` starts at `a[r * a_stride]`.
-fn multiply_tile(a: &[f32], a_stride: usize, m: usize, k: usize, w: &[f32], width: usize, out: &mut [f32]) {
+///
+/// # Safety
+/// `out` must address `m` rows of `width` writable f32 at its row stride, not overlapping `a`
+/// or `w`, and not accessed by anyone else during the call.
+unsafe fn multiply_tile(a: &[f32], a_stride: usize, m: usize, k: usize, w: &[f32], width: usize, out: TileOutput) {
+    let TileOutput { ptr: out, row_stride: out_stride, accumulate } = out;
     assert!(m == 0 || a.len() >= (m - 1) * a_stride + k, "activation band out of range");
-    assert!(w.len() >= width * k && out.len() >= m * width, "tile buffers too short");
+    assert!(w.len() >= width * k && out_stride >= width, "tile buffers too short");
     if m < GEMM_MIN_ROWS {
-        for (r, out_row) in out.chunks_exact_mut(width).take(m).enumerate() {
+        for r in 0..m {
             let row = &a[r * a_stride..r * a_stride + k];
-            for (o, w_row) in out_row.iter_mut().zip(w.chunks_exact(k)) {
-                *o += dot(row, w_row);
+            for (j, w_row) in w.chunks_exact(k).take(width).enumerate() {
+                // SAFETY: r < m and j < width: inside the caller's rows (see # Safety).
+                let o = unsafe { &mut *out.add(r * out_stride + j) };
+                *o = if accumulate { *o + dot(row, w_row) } else { dot(row, w_row) };
             }
         }
         return;
     }
     // SAFETY: the strides describe `a` as m×k with row stride `a_stride`, `w` as the k×width
-    // matrix whose column j is w[j*k..(j+1)*k], and `out` as m×width row-major; the asserts
-    // above check the slices are that long, and `out` does not alias the inputs.
+    // matrix whose column j is w[j*k..(j+1)*k] (the asserts check both are that long), and
+    // `out` as m×width with row stride `out_stride`, which the caller vouches for.
     unsafe {
         gemm::gemm(
             m,
             width,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
-            width as isize,
-            true,
+            out_stride as isize,
+            accumulate,
             a.as_ptr(),
             1,
             a_stride as isize,
@@ -382,6 +384,22 @@ fn multiply_tile(a: &[f32], a_stride: usize, m: usize, k: usize, w: &[f32], widt
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// `y`'s base pointer, shared by the tasks that each write their own columns of it.
+#[derive(Clone, Copy)]
+struct OutputColumns(*mut f32);
+// SAFETY: the tasks holding it write disjoint elements (see `matmul`).
+unsafe impl Send for OutputColumns {}
+unsafe impl Sync for OutputColumns {}
+
+impl OutputColumns {
+    /// # Safety
+    /// `offset` must lie inside `y`.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `offset` inside `y`.
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -550,7 +568,8 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| (rng(&mut seed) % 2000) as f32 / 1000.0 - 1.0).collect();
             let w = BlockQuantWeight { n, k, bits, block_size: block, packed: pack(&codes, bits, n, k, block), scales: scales.clone(), zeros: zeros.clone(), g_idx: None, bias: Some((0..n).map(|i| i as f32).collect()) };
             w.validate().unwrap();
-            let mut y = vec![0f32; m * n];
+            // Whatever `y` held is overwritten, not accumulated onto.
+            let mut y = vec![f32::NAN; m * n];
             w.matmul(&a, m, &mut y);
             for row in 0..m {
                 for col in 0..n {

@@ -741,3 +741,24 @@ fn gptq_and_awq_on_pointwise_convolutions() {
         assert!(int8_cosine.0 > cosine, "{spec}: held-out cosine {cosine} above int8's {int8_cosine:?}");
     }
 }
+
+/// With format=matmulnbits, a Gemm that is not a plain product (here alpha = 0.5, beta = 2)
+/// takes the DequantizeLinear form instead of failing the pass; the plain MatMul still becomes
+/// MatMulNBits, and the result matches the f32 model in onnxruntime.
+#[test]
+fn gemm_with_alpha_and_beta_falls_back_to_dequantize_linear() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::load(fixture("tiny_mlp.onnx")).unwrap();
+    let gemm = model.graph.all_nodes().into_iter().find(|&n| model.graph.node(n).is("Gemm")).unwrap();
+    model.graph.node_mut(gemm).set_attr("alpha", compactor_ir::AttrValue::Float(0.5));
+    model.graph.node_mut(gemm).set_attr("beta", compactor_ir::AttrValue::Float(2.0));
+    let scaled = dir.path().join("scaled.onnx");
+    model.save(&scaled).unwrap();
+    let out = dir.path().join("nbits.onnx");
+    let report = quantize(&scaled, "quantize(format=matmulnbits,min_elements=0)", &out);
+    assert_eq!(report.passes[0].details["layers"].as_array().unwrap().len(), 2, "{}", report.passes[0].summary);
+    let quantized = Model::load(&out).unwrap();
+    let count = |op: &str| quantized.graph.all_nodes().into_iter().filter(|&n| quantized.graph.node(n).op_type == op).count();
+    assert_eq!((count("MatMulNBits"), count("DequantizeLinear"), count("Gemm")), (1, 1, 1));
+    compactor_tests::compare_ort(&scaled, &out, 0.5, 0.0, "basic", &[]);
+}

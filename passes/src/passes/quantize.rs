@@ -5,7 +5,8 @@
 //! The numerics live in [`crate::quant`]; this pass picks the weights, gathers calibration
 //! statistics through the runtime (GPTQ, mixed precision, AWQ), and rewrites the graph (AWQ
 //! puts a `Mul` by `1/s` in front of each scaled layer). Embedding
-//! tables and Conv weights always use the `DequantizeLinear` form (MatMulNBits is a matmul);
+//! tables, Conv weights and Gemms with alpha, beta or transA always use the `DequantizeLinear`
+//! form (MatMulNBits is a plain matmul);
 //! Conv weights are blocked along their input channels, or, when that would put far fewer
 //! weights than a block under each scale (depthwise convolutions) or with `block=0`, have one
 //! scale per output channel.
@@ -901,25 +902,26 @@ impl Pass for Quantize {
         if targets.is_empty() {
             return Ok(PassOutcome::unchanged("no weights selected").with_details(serde_json::json!({ "skipped": skipped })));
         }
-        // Which form each target takes: MatMulNBits needs a plain product of f32/f16 activations.
-        let wants_nbits = |t: &Target| -> bool {
-            if self.format != Format::Matmulnbits || !matches!(t.op, "MatMul" | "Gemm") {
-                return false;
-            }
+        // Which form each target takes. MatMulNBits is a plain product `x · W (+ b)`: a Gemm
+        // with alpha, beta or transA takes the DequantizeLinear form (like Conv and Gather), and
+        // the scales must have the activation's type (an error: the user chose both).
+        let plain = |t: &Target| -> bool {
             let n = graph.node(t.node);
-            let plain_gemm = t.op != "Gemm" || (n.attr_float("alpha").unwrap_or(1.0) == 1.0 && n.attr_float("beta").unwrap_or(1.0) == 1.0 && n.attr_int("transA").unwrap_or(0) == 0);
+            t.op == "MatMul" || (t.op == "Gemm" && n.attr_float("alpha").unwrap_or(1.0) == 1.0 && n.attr_float("beta").unwrap_or(1.0) == 1.0 && n.attr_int("transA").unwrap_or(0) == 0)
+        };
+        let scale_matches = |t: &Target| -> bool {
             let activation = t.input.and_then(|x| graph.value(x).elem());
-            let scale_matches = match self.scale_dtype {
+            match self.scale_dtype {
                 ScaleType::F32 => activation == Some(DataType::Float),
                 ScaleType::F16 => activation == Some(DataType::Float16),
-            };
-            plain_gemm && scale_matches
+            }
         };
+        let wants_nbits = |t: &Target| self.format == Format::Matmulnbits && plain(t) && scale_matches(t);
         if self.format == Format::Matmulnbits
-            && let Some(t) = targets.iter().find(|t| matches!(t.op, "MatMul" | "Gemm") && !wants_nbits(t))
+            && let Some(t) = targets.iter().find(|t| plain(t) && !scale_matches(t))
         {
             let activation = t.input.and_then(|x| graph.value(x).elem()).map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
-            return Err(PassError::failed(Self::NAME, t.label.clone(), format!("MatMulNBits needs a plain product whose activation type ({activation}) matches the scales ({:?}); use format=qdq or scale_dtype to match", self.scale_dtype)));
+            return Err(PassError::failed(Self::NAME, t.label.clone(), format!("MatMulNBits needs scales of the activation's type ({activation}), not {:?}; use scale_dtype to match, or format=qdq", self.scale_dtype)));
         }
         let nbits: Vec<bool> = targets.iter().map(wants_nbits).collect();
         let needs_qdq = nbits.iter().any(|&n| !n);

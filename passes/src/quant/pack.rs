@@ -77,20 +77,6 @@ fn pack_bits(bits: u8, values: Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// `pack_bits` of `codes - offset` (wrapping), without a shifted copy of the codes.
-fn pack_shifted(bits: u8, offset: u8, codes: &[u8]) -> Vec<u8> {
-    let shift = |c: u8| c.wrapping_sub(offset);
-    match bits {
-        2 => codes.chunks(4).map(|c| c.iter().enumerate().fold(0u8, |byte, (i, &v)| byte | (shift(v) & 3) << (2 * i))).collect(),
-        4 => {
-            let pairs = codes.chunks_exact(2);
-            let last = pairs.remainder().first().map(|&v| shift(v) & 0x0F);
-            pairs.map(|c| (shift(c[0]) & 0x0F) | (shift(c[1]) & 0x0F) << 4).chain(last).collect()
-        }
-        _ => codes.iter().map(|&c| shift(c)).collect(),
-    }
-}
-
 fn check_packable(q: &QuantizedWeight, format: &'static str) -> Result<(), QuantError> {
     if !matches!(q.config.bits, 2 | 4 | 8) {
         return Err(QuantError::UnsupportedFormat { format, reason: format!("bits = {} (only 2, 4 and 8 have a container type)", q.config.bits) });
@@ -112,8 +98,9 @@ pub enum QdqLayout {
     Conv { out_channels: usize, spatial: Vec<usize> },
     /// A Conv weight `[O, C, spatial...]` with one scale per output channel (per-axis, axis 0,
     /// scale `[O]`): K = C·prod(spatial), the whole reduction of an output, N = O; stored like
-    /// `NK`. For weights with fewer input channels than a block (depthwise convolutions), where
-    /// blocks along C would hold a scale for every few weights.
+    /// `NK`. For weights whose input channels fill a block far less than their whole reduction
+    /// does (depthwise convolutions), where blocks along C would hold a scale for every few
+    /// weights.
     ConvPerChannel { dims: Vec<usize> },
 }
 
@@ -184,13 +171,14 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
         QdqLayout::ConvPerChannel { .. } => vec![q.n],
         _ => layout.shape_and_axis(k_blocks, q.n).0,
     };
-    // Signed values in two's complement; the packers keep the low `bits` bits. The `[K, N]`
-    // layout packs the codes where they are (a MatMul weight: no copy of the codes).
-    let quantized = match layout {
-        QdqLayout::KN => pack_shifted(bits, offset, &q.codes),
-        QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => pack_shifted(bits, offset, &super::transpose(&q.codes, q.k, q.n)),
-        QdqLayout::Conv { .. } => pack_shifted(bits, offset, &layout.source_indices(q.k, q.n).map(|i| q.codes[i]).collect::<Vec<u8>>()),
+    // Signed values in two's complement; the packers keep the low `bits` bits.
+    let mut codes: Vec<u8> = match layout {
+        QdqLayout::KN => q.codes.clone(),
+        QdqLayout::NK | QdqLayout::ConvPerChannel { .. } => super::transpose(&q.codes, q.k, q.n),
+        QdqLayout::Conv { .. } => layout.source_indices(q.k, q.n).map(|i| q.codes[i]).collect(),
     };
+    codes.iter_mut().for_each(|c| *c = c.wrapping_sub(offset));
+    let quantized = pack_bits(bits, codes);
     // Scales and zero points are [N, k_blocks] (column-major blocks): index [b, c] is c * k_blocks + b.
     let block_index = |i: usize| (i % q.n) * k_blocks + i / q.n;
     let block_order: Vec<usize> = layout.source_indices(k_blocks, q.n).map(block_index).collect();
@@ -351,17 +339,6 @@ mod tests {
         let q = quantize_rtn(&weight(32, 2), 32, 2, &cfg).unwrap();
         assert!(pack_qdq(&q).unwrap_err().to_string().contains("bits = 3"));
         assert!(pack_matmul_nbits(&q).unwrap_err().to_string().contains("bits = 3"));
-    }
-
-    #[test]
-    fn packing_shifted_codes_in_place_equals_packing_a_shifted_copy() {
-        for (bits, offset) in [(2u8, 2u8), (2, 0), (4, 8), (4, 0), (8, 128), (8, 0)] {
-            for len in [0usize, 1, 2, 3, 5, 8, 33] {
-                let codes: Vec<u8> = (0..len).map(|i| ((i * 37 + 11) % (1 << bits)) as u8).collect();
-                let shifted: Vec<u8> = codes.iter().map(|c| c.wrapping_sub(offset)).collect();
-                assert_eq!(pack_shifted(bits, offset, &codes), pack_bits(bits, shifted), "bits {bits} offset {offset} len {len}");
-            }
-        }
     }
 
     #[test]

@@ -293,23 +293,16 @@ fn awq_on_minilm_against_rtn_and_gptq() {
 /// The largest difference between onnxruntime's and the bundled runtime's outputs of a
 /// tiny_bert-shaped model on fixed inputs.
 fn runtimes_differ_by(model_path: &Path) -> f64 {
-    use compactor_runtime::{Session, SessionOptions, TensorValue};
+    use compactor_runtime::TensorValue;
     let dir = tempfile::tempdir().unwrap();
     let ids = TensorValue::from_i64(&[2, 7], &[1, 5, 9, 13, 2, 7, 3, 4, 8, 8, 1, 0, 6, 2]).unwrap();
     let mask = TensorValue::from_i64(&[2, 7], &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).unwrap();
     let (ids_path, mask_path) = (dir.path().join("ids.npy"), dir.path().join("mask.npy"));
     compactor_runtime::npy::write_npy(&ids_path, &ids).unwrap();
     compactor_runtime::npy::write_npy(&mask_path, &mask).unwrap();
-    let out_dir = dir.path().join("ort");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let ids_arg = format!("input_ids={}", ids_path.display());
-    let mask_arg = format!("attention_mask={}", mask_path.display());
-    // onnxruntime's extended fusions change numerics (int8 activations); compare semantics.
-    run_python("run_ort.py", &[model_path.as_os_str(), out_dir.as_os_str(), "--input".as_ref(), ids_arg.as_ref(), "--input".as_ref(), mask_arg.as_ref(), "--opt".as_ref(), "basic".as_ref()]);
-    let theirs = compactor_runtime::npy::read_npy(&out_dir.join("output_0.npy")).unwrap();
-    let session = Session::new(&Model::load(model_path).unwrap(), &SessionOptions::default()).unwrap();
-    let ours = session.run(&[("input_ids", ids), ("attention_mask", mask)]).unwrap();
-    compactor_runtime::metrics::compare("last_hidden_state", &theirs, &ours[0].1).unwrap().max_abs_error
+    let inputs = [format!("input_ids={}", ids_path.display()), format!("attention_mask={}", mask_path.display())];
+    let (theirs, ours) = outputs_in_both_runtimes(model_path, &inputs);
+    compactor_runtime::metrics::compare("last_hidden_state", &theirs[0], &ours[0]).unwrap().max_abs_error
 }
 
 #[test]
@@ -471,9 +464,8 @@ fn text_like_page(path: &Path) -> String {
 /// The quantize pass on every PyPI model (OCR detection, recognition and classification,
 /// file-type and voice-activity detection; weights in initializers, in Constant nodes and
 /// inside If branches), Conv weights and linear layers / embedding tables, int8 and int4, both
-/// forms. Conv weights are blocked along the input channels where there are at least a block
-/// of them and have one scale per output channel where not (depthwise convolutions); no
-/// weight gets larger. Every result runs in onnxruntime and in the bundled runtime, which
+/// forms. Conv weights are blocked along the input channels, or have one scale per output
+/// channel (depthwise convolutions); no weight gets larger. Every result runs in onnxruntime and in the bundled runtime, which
 /// agree, and stays close to the f32 model.
 #[test]
 fn real_models_quantize_and_run_in_both_runtimes() {

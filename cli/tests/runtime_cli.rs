@@ -89,6 +89,11 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("dimension -1 (dynamic") && String::from_utf8_lossy(&out.stderr).contains("--input x=FILE.npy"), "{}", text(&out));
 
+    // Every unset symbolic dimension is named at once.
+    let out = compactor(&["run", s(&fixture("tiny_bert.onnx"))]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(--dim batch=N --dim seq=N)"), "{}", text(&out));
+
     let out = compactor(&["run", s(&tmp.path().join("nope.onnx"))]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.onnx"), "{}", text(&out));

@@ -5,7 +5,7 @@
 //! The numerics live in [`crate::quant`]; this pass picks the weights, gathers calibration
 //! statistics through the runtime (GPTQ, mixed precision, AWQ), and rewrites the graph (AWQ
 //! puts a `Mul` by `1/s` in front of each scaled layer). Embedding
-//! tables, Conv weights and Gemms with alpha, beta or transA always use the `DequantizeLinear`
+//! tables, Conv weights and Gemms with alpha or beta other than 1 always use the `DequantizeLinear`
 //! form (MatMulNBits is a plain matmul);
 //! Conv weights are blocked along their input channels, or, when that would put far fewer
 //! weights than a block under each scale (depthwise convolutions) or with `block=0`, have one
@@ -200,7 +200,7 @@ struct Target {
     /// The activation the weight multiplies; none for Gather.
     input: Option<ValueId>,
     /// How calibration reads that activation as rows of K inputs; none where the weight is not
-    /// a plain product of them (embedding tables, kxk and grouped convolutions, Gemm transA).
+    /// a plain product of them (embedding tables, kxk and grouped convolutions).
     rows: Option<ActivationRows>,
     /// How the stored weight maps to `[K, N]`.
     layout: QdqLayout,
@@ -563,9 +563,8 @@ fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Tar
     };
     let node = graph.node(layer.node);
     let rows = match layer.op {
-        LinearOp::MatMul => Some(ActivationRows::LastAxis),
-        LinearOp::Gemm if node.attr_int("transA").unwrap_or(0) == 0 => Some(ActivationRows::LastAxis),
-        LinearOp::Gemm => None,
+        // (`linear_layers` takes Gemms without transA only: their activation is [M, K].)
+        LinearOp::MatMul | LinearOp::Gemm => Some(ActivationRows::LastAxis),
         LinearOp::Conv => {
             // A 1x1 convolution over all channels, without padding, is a product over the channels
             // at the positions it reads; others mix positions (or groups) into the reduction.
@@ -903,7 +902,7 @@ impl Pass for Quantize {
             return Ok(PassOutcome::unchanged("no weights selected").with_details(serde_json::json!({ "skipped": skipped })));
         }
         // Which form each target takes. MatMulNBits is a plain product `x · W (+ b)`: a Gemm
-        // with alpha, beta or transA takes the DequantizeLinear form (like Conv and Gather), and
+        // with alpha or beta takes the DequantizeLinear form (like Conv and Gather), and
         // the scales must have the activation's type (an error: the user chose both).
         let plain = |t: &Target| -> bool {
             let n = graph.node(t.node);

@@ -354,20 +354,19 @@ fn minilm_gptq_with_mixed_precision_is_five_times_smaller_at_099_cosine() {
     // GPTQ with f16 scales and a 6-bit budget for 8-bit layers gets both targets.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mixed.onnx");
-    let mut model = Model::load(minilm()).unwrap();
-    let options = compactor_runtime::SessionOptions { dims: vec![("batch".into(), 1), ("seq".into(), 128)], ..Default::default() };
-    let calibration = compactor::RuntimeCalibrator::random(&model, 16, 0, options).unwrap();
-    compactor::Pipeline::parse("quantize(bits=4,block=32,ops=[MatMul,Gather],method=gptq,scale_dtype=f16,budget_bits=6),eliminate-dead-code")
-        .unwrap()
-        .with_calibration(calibration)
-        .run(&mut model)
-        .unwrap();
-    model.save(&out).unwrap();
-    let ratio = minilm_size_ratio(&out);
-    let (held_out, sentences) = minilm_accuracy(&out);
-    eprintln!("MiniLM GPTQ int4/int8 mixed (6 bits/weight budget, f16 scales): {ratio:.2}x smaller, sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
-    assert!(ratio >= 5.0, "{ratio}");
-    assert!(sentences >= 0.99, "{sentences}");
+    let spec = "quantize(bits=4,block=32,ops=[MatMul,Gather],method=gptq,scale_dtype=f16,budget_bits=6),eliminate-dead-code";
+    quantize_calibrated(&minilm(), spec, &out, &[("batch", 1), ("seq", 128)], 16);
+    assert_minilm_five_times_smaller_at_099(&out, "GPTQ int4/int8 mixed (6 bits/weight budget, f16 scales)");
+}
+
+/// The MiniLM targets for a quantized file: >= 5x smaller than f32 (embedding table
+/// included) and sentence-embedding cosine >= 0.99 on the reference inputs.
+fn assert_minilm_five_times_smaller_at_099(out: &Path, what: &str) {
+    let ratio = minilm_size_ratio(out);
+    let (held_out, sentences) = minilm_accuracy(out);
+    eprintln!("MiniLM {what}: {ratio:.2}x smaller, sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
+    assert!(ratio >= 5.0, "{what}: {ratio}");
+    assert!(sentences >= 0.99, "{what}: {sentences}");
 }
 
 #[test]
@@ -378,16 +377,12 @@ fn minilm_rtn_with_awq_and_mixed_precision_is_five_times_smaller_at_099_cosine()
     let out = dir.path().join("rtn_awq_mixed.onnx");
     let spec = "quantize(bits=4,block=32,method=rtn,awq=true,scale_dtype=f16,budget_bits=6,ops=[MatMul,Gather]),eliminate-dead-code";
     let layers = quantize_calibrated(&minilm(), spec, &out, &[("batch", 4), ("seq", 128)], 8);
-    let ratio = minilm_size_ratio(&out);
     let (promoted, scaled) = (layers.iter().filter(|l| l["bits"] == 8).count(), layers.iter().filter(|l| l.get("awq_alpha").is_some()).count());
     // Promoted layers are plain int8; every int4 linear layer keeps its scaling.
     assert!(layers.iter().filter(|l| l["bits"] == 8).all(|l| l.get("awq_alpha").is_none()));
     assert_eq!(scaled, layers.iter().filter(|l| l["bits"] == 4 && l["op"] != "Gather").count());
     assert_eq!(awq_scalers(&out), scaled);
-    let (held_out, sentences) = minilm_accuracy(&out);
-    eprintln!("MiniLM RTN + AWQ, int4/int8 mixed (6 bits/weight, f16 scales): {ratio:.2}x smaller, {promoted} layers int8, {scaled} scaled; sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
-    assert!(ratio >= 5.0, "{ratio}");
-    assert!(sentences >= 0.99, "{sentences}");
+    assert_minilm_five_times_smaller_at_099(&out, &format!("RTN + AWQ, int4/int8 mixed (6 bits/weight, f16 scales; {promoted} layers int8, {scaled} scaled)"));
 }
 
 #[test]
@@ -400,12 +395,8 @@ fn minilm_int8_linear_int4_embeddings_preset_is_five_times_smaller_at_099_cosine
     let bits: Vec<(String, u64)> = report.passes.iter().filter(|p| p.pass == "quantize").flat_map(|p| p.details["layers"].as_array().unwrap().iter().map(|l| (l["op"].as_str().unwrap().to_string(), l["bits"].as_u64().unwrap())).collect::<Vec<_>>()).collect();
     assert_eq!(bits.iter().filter(|(op, b)| op == "MatMul" && *b == 8).count(), 36, "{bits:?}");
     assert!(bits.iter().any(|(op, b)| op == "Gather" && *b == 4), "{bits:?}");
-    let ratio = minilm_size_ratio(&out);
     ort_check(&out);
-    let (held_out, sentences) = minilm_accuracy(&out);
-    eprintln!("MiniLM int8-linear-int4-embeddings: {ratio:.2}x smaller, sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
-    assert!(ratio >= 5.0, "{ratio}");
-    assert!(sentences >= 0.99, "{sentences}");
+    assert_minilm_five_times_smaller_at_099(&out, "int8-linear-int4-embeddings");
 }
 
 /// Runs `model` on `inputs` (`name=path.npy`) in onnxruntime (basic optimizations: the

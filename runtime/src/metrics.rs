@@ -80,13 +80,26 @@ fn argmax(row: &[f64]) -> usize {
 /// numpy's `allclose(actual, expected, rtol, atol)` with `equal_nan`, element by element.
 /// Returns the first offending index and values.
 pub fn allclose(expected: &[f64], actual: &[f64], rtol: f64, atol: f64) -> Result<(), (usize, f64, f64)> {
-    for (i, (&e, &a)) in expected.iter().zip(actual).enumerate() {
-        let ok = if e.is_nan() || a.is_nan() { e.is_nan() && a.is_nan() } else if e.is_infinite() || a.is_infinite() { e == a } else { (a - e).abs() <= atol + rtol * e.abs() };
-        if !ok {
-            return Err((i, e, a));
-        }
+    match expected.iter().zip(actual).position(|(&e, &a)| !is_close(e, a, rtol, atol)) {
+        Some(i) => Err((i, expected[i], actual[i])),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// How many elements `allclose` would reject (a NaN against a number counts).
+pub fn count_not_close(expected: &[f64], actual: &[f64], rtol: f64, atol: f64) -> usize {
+    expected.iter().zip(actual).filter(|(e, a)| !is_close(**e, **a, rtol, atol)).count()
+}
+
+/// One element of numpy's `isclose` with `equal_nan`.
+fn is_close(e: f64, a: f64, rtol: f64, atol: f64) -> bool {
+    if e.is_nan() || a.is_nan() {
+        e.is_nan() && a.is_nan()
+    } else if e.is_infinite() || a.is_infinite() {
+        e == a
+    } else {
+        (a - e).abs() <= atol + rtol * e.abs()
+    }
 }
 
 #[cfg(test)]
@@ -111,5 +124,15 @@ mod tests {
     fn allclose_follows_numpy() {
         assert!(allclose(&[1.0, f64::NAN, f64::INFINITY], &[1.0005, f64::NAN, f64::INFINITY], 1e-3, 0.0).is_ok());
         assert_eq!(allclose(&[1.0, 2.0], &[1.0, 2.1], 1e-3, 1e-7), Err((1, 2.0, 2.1)));
+        assert_eq!(count_not_close(&[1.0, 2.0, 3.0], &[f64::NAN, 2.0, 3.5], 1e-3, 1e-7), 2);
+    }
+
+    #[test]
+    fn a_nan_against_a_number_is_an_infinite_error() {
+        let a = TensorValue::from_f32(&[2], &[1.0, 2.0]).unwrap();
+        let b = TensorValue::from_f32(&[2], &[1.0, f32::NAN]).unwrap();
+        assert_eq!(compare("y", &a, &b).unwrap().max_abs_error, f64::INFINITY);
+        let all_nan = TensorValue::from_f32(&[2], &[f32::NAN; 2]).unwrap();
+        assert_eq!(compare("y", &a, &all_nan).unwrap().max_abs_error, f64::INFINITY);
     }
 }

@@ -1,22 +1,28 @@
 //! Raises the default-domain opset, rewriting the ops whose meaning or signature changed on
 //! the way so the model computes the same thing (most newer op versions only add types).
 //!
-//! Handled, by the version that changed them: Dropout ratio to an input (12); Split,
+//! Handled, by the version that changed them: Upsample's scales to an input and
+//! BatchNormalization's `spatial` dropped (9); Slice's starts/ends/axes and TopK's k to
+//! inputs, Upsample to Resize with the same (asymmetric) sampling (10); Clip's min/max and
+//! Pad's pads/value to inputs, Resize-10 to Resize-11 with its sampling spelled out, Scatter
+//! renamed ScatterElements (11); Dropout ratio to an input (12); Split,
 //! Squeeze/Unsqueeze and ReduceSum axes to inputs, and Softmax/LogSoftmax/Hardmax from
 //! "flatten at axis" to "along axis" (13); RoiAlign's new default coordinate mode (16); the
 //! other Reduce* axes to inputs and Split's `num_outputs` for equal parts (18); GridSample mode names and DFT's axis input (20);
 //! GroupNormalization scale/bias from per-group to per-channel (21). Opsets 22 to 25 only add
-//! types (bfloat16, 4- and 2-bit, fp8/fp4) and new ops. Deprecated ops without an
-//! equivalent (Upsample, Scatter) are refused with a clear error.
+//! types (bfloat16, 4- and 2-bit, fp8/fp4) and new ops. What has no equivalent is refused
+//! with a clear error: Scan-8's batch axis, BatchNormalization with `spatial=0`, a Dropout
+//! mask whose type changes while something reads it, and Upsample/Scatter in a model already
+//! past the opset that deprecated them.
 
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use compactor_ir::{Anchor, AttrValue, Graph, NodeId, PValue, Patch, Tensor, ValueId};
+use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpgradeOpset {
-    /// The default-domain opset to upgrade to (from 11 or newer, up to 25; models already at or above it are left alone).
+    /// The default-domain opset to upgrade to (from 7 or newer, up to 25; models already at or above it are left alone).
     pub version: i64,
 }
 
@@ -27,7 +33,7 @@ impl Default for UpgradeOpset {
 }
 
 /// Lowest opset this pass upgrades from.
-const OLDEST: i64 = 11;
+const OLDEST: i64 = 7;
 /// Newest opset whose changes this pass knows (22 to 25 only add types and new ops).
 const NEWEST: i64 = 25;
 
@@ -66,6 +72,9 @@ enum AttrEdit {
 
 struct Upgrade<'g> {
     graph: &'g Graph,
+    /// A copy of the graph with inferred types, for rewrites that need an element type the
+    /// model does not annotate (Clip and Pad bounds at 11); the ids are the graph's.
+    typed: Option<Graph>,
     patch: Patch,
     edits: Vec<AttrEdit>,
     from: i64,
@@ -159,14 +168,204 @@ impl Upgrade<'_> {
         Ok(())
     }
 
+    /// Replaces `node` by a node of another op type (or version) that reads `inputs` and
+    /// writes the same outputs; `attrs` are its attributes.
+    fn replace_node(&mut self, node: NodeId, op: &str, inputs: Vec<Option<PValue>>, attrs: Vec<(&'static str, AttrValue)>) {
+        let n = self.graph.node(node);
+        let mut b = self.patch.node(op, Anchor::Before(node));
+        for input in inputs {
+            b = match input {
+                Some(v) => b.input(v),
+                None => b.no_input(),
+            };
+        }
+        // The ops replaced this way have one output.
+        for out in n.outputs.iter().flatten() {
+            b = b.output(PValue::Existing(*out));
+        }
+        for (name, value) in attrs {
+            b = b.attr(name, value);
+        }
+        if let Some(name) = &n.name {
+            b = b.name(name.clone());
+        }
+        b.add();
+        self.patch.remove_node(node);
+        self.rewritten += 1;
+    }
+
+    fn inputs_of(&self, node: NodeId) -> Vec<Option<PValue>> {
+        self.graph.node(node).inputs.iter().map(|i| i.map(PValue::Existing)).collect()
+    }
+
+    fn hint(&self, node: NodeId, what: &str) -> String {
+        let n = self.graph.node(node);
+        format!("{}_{what}", n.name.clone().unwrap_or_else(|| n.op_type.to_lowercase()))
+    }
+
+    /// A scalar of the floating-point element type of `node`'s first input (Clip and Pad
+    /// bounds are attributes of type float before 11, inputs of the data's type from 11).
+    fn float_scalar_like_input(&self, node: NodeId, value: f32) -> Result<Tensor, PassError> {
+        let x = self.graph.node(node).input(0);
+        let elem = x.and_then(|x| self.graph.value(x).elem()).or_else(|| self.typed.as_ref().and_then(|g| g.value(x?).elem()));
+        let bytes: Vec<u8> = match elem {
+            Some(DataType::Float) => value.to_le_bytes().to_vec(),
+            Some(DataType::Double) => (value as f64).to_le_bytes().to_vec(),
+            Some(DataType::Float16) => half::f16::from_f32(value).to_le_bytes().to_vec(),
+            other => return Err(self.fail(node, format!("cannot move a float attribute to an input: the data's element type is {}", other.map_or("unknown".to_string(), |t| format!("{t:?}"))))),
+        };
+        Tensor::from_raw(elem.expect("matched above"), &[], bytes.into()).map_err(|e| PassError::ir(UpgradeOpset::NAME, e))
+    }
+
+    /// Upsample (7: scales attribute; 9: scales input) as Resize: nearest sampling takes
+    /// the floor of `out / scale`, linear interpolates at `out / scale`, which Resize-10
+    /// means by default and Resize-11 spells `asymmetric` (+ `floor` for nearest).
+    fn upsample(&mut self, node: NodeId) -> Result<(), PassError> {
+        let n = self.graph.node(node);
+        let mode = match n.attr_string("mode").unwrap_or("nearest") {
+            "nearest" => "nearest",
+            "linear" | "bilinear" => "linear",
+            other => return Err(self.fail(node, format!("Upsample mode '{other}' has no Resize equivalent"))),
+        };
+        let x = n.input(0).ok_or_else(|| self.fail(node, "Upsample without an input"))?;
+        let scales_attr = n.attr("scales").and_then(|a| match a {
+            AttrValue::Floats(f) => Some(f.clone()),
+            _ => None,
+        });
+        let scales = match (n.input(1), scales_attr) {
+            (Some(s), _) => PValue::Existing(s),
+            (None, Some(values)) => {
+                let t = Tensor::from_f32(&[values.len() as u64], &values).map_err(|e| PassError::ir(UpgradeOpset::NAME, e))?;
+                let hint = self.hint(node, "scales");
+                self.patch.new_initializer(n.region, &hint, t)
+            }
+            (None, None) => return Err(self.fail(node, "Upsample without scales")),
+        };
+        self.resize(node, x, scales, mode)
+    }
+
+    /// Writes a Resize for the target opset reading `x` and `scales`, with Upsample's and
+    /// Resize-10's asymmetric sampling.
+    fn resize(&mut self, node: NodeId, x: ValueId, scales: PValue, mode: &str) -> Result<(), PassError> {
+        let mut attrs: Vec<(&'static str, AttrValue)> = vec![("mode", AttrValue::String(mode.to_string().into()))];
+        let inputs = if self.to >= 11 {
+            attrs.push(("coordinate_transformation_mode", AttrValue::String("asymmetric".into())));
+            if mode == "nearest" {
+                attrs.push(("nearest_mode", AttrValue::String("floor".into())));
+            }
+            // Resize-11 requires the roi input (unused unless tf_crop_and_resize); 13 makes it optional.
+            let roi = if self.to >= 13 {
+                None
+            } else {
+                let region = self.graph.node(node).region;
+                let hint = self.hint(node, "roi");
+                Some(self.patch.new_initializer(region, &hint, Tensor::from_f32(&[0], &[]).expect("empty")))
+            };
+            vec![Some(PValue::Existing(x)), roi, Some(scales)]
+        } else {
+            vec![Some(PValue::Existing(x)), Some(scales)]
+        };
+        self.replace_node(node, "Resize", inputs, attrs);
+        Ok(())
+    }
+
+    /// Upgrades before 11 that are not expressible as the newer ops' defaults.
+    fn before_11(&mut self, node: NodeId) -> Result<bool, PassError> {
+        let n = self.graph.node(node);
+        match n.op_type.as_str() {
+            "Scan" if self.crosses(9) => Err(self.fail(node, "Scan-8 has a batch axis that Scan-9 and later do not; upgrading it is not supported")),
+            "BatchNormalization" if self.crosses(9) && n.attr("spatial").is_some() => {
+                if n.attr_int("spatial") == Some(0) {
+                    return Err(self.fail(node, "BatchNormalization with spatial=0 (per-element statistics) has no equivalent from opset 9"));
+                }
+                self.edits.push(AttrEdit::Remove(node, "spatial"));
+                self.rewritten += 1;
+                Ok(true)
+            }
+            "Upsample" if self.crosses(10) => {
+                self.upsample(node)?;
+                Ok(true)
+            }
+            "Dropout" if self.crosses(10) => {
+                // Dropout-10's mask is bool; before, it had the data's type.
+                if let Some(mask) = n.output(1)
+                    && self.graph.uses().is_used(mask)
+                {
+                    return Err(self.fail(node, "Dropout's mask output is read, and its type changes at opset 10"));
+                }
+                Ok(false)
+            }
+            "Slice" if self.crosses(10) => {
+                if n.attr_ints("starts").is_none() || n.attr_ints("ends").is_none() {
+                    return Err(self.fail(node, "Slice without starts or ends"));
+                }
+                self.ints_attr_to_input(node, "starts", 1)?;
+                self.ints_attr_to_input(node, "ends", 2)?;
+                self.ints_attr_to_input(node, "axes", 3)?;
+                Ok(true)
+            }
+            "TopK" if self.crosses(10) => {
+                let k = n.attr_int("k").ok_or_else(|| self.fail(node, "TopK without k"))?;
+                let hint = self.hint(node, "k");
+                self.scalar_input(node, 1, &hint, Tensor::from_i64(&[1], &[k]).expect("one value"));
+                self.edits.push(AttrEdit::Remove(node, "k"));
+                Ok(true)
+            }
+            "Resize" if self.crosses(11) => {
+                let mode = n.attr_string("mode").unwrap_or("nearest").to_string();
+                let (Some(x), Some(scales)) = (n.input(0), n.input(1)) else { return Err(self.fail(node, "Resize-10 without its two inputs")) };
+                self.resize(node, x, PValue::Existing(scales), &mode)?;
+                Ok(true)
+            }
+            "Clip" if self.crosses(11) => {
+                for (attr, index) in [("min", 1), ("max", 2)] {
+                    if let Some(v) = n.attr_float(attr) {
+                        let t = self.float_scalar_like_input(node, v)?;
+                        let hint = self.hint(node, attr);
+                        self.scalar_input(node, index, &hint, t);
+                        self.edits.push(AttrEdit::Remove(node, attr));
+                    }
+                }
+                Ok(true)
+            }
+            "Pad" if self.crosses(11) => {
+                let pads = n.attr_ints("pads").ok_or_else(|| self.fail(node, "Pad without pads"))?.to_vec();
+                let hint = self.hint(node, "pads");
+                self.scalar_input(node, 1, &hint, Tensor::from_i64(&[pads.len() as u64], &pads).map_err(|e| PassError::ir(UpgradeOpset::NAME, e))?);
+                self.edits.push(AttrEdit::Remove(node, "pads"));
+                if let Some(v) = n.attr_float("value") {
+                    self.edits.push(AttrEdit::Remove(node, "value"));
+                    if v != 0.0 {
+                        let t = self.float_scalar_like_input(node, v)?;
+                        let hint = self.hint(node, "value");
+                        self.scalar_input(node, 2, &hint, t);
+                    }
+                }
+                Ok(true)
+            }
+            "Scatter" if self.crosses(11) => {
+                // ScatterElements-11 is Scatter-9 under its new name.
+                let inputs = self.inputs_of(node);
+                let attrs = n.attr_int("axis").map(|axis| ("axis", AttrValue::Int(axis))).into_iter().collect();
+                self.replace_node(node, "ScatterElements", inputs, attrs);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn node(&mut self, node: NodeId) -> Result<(), PassError> {
         let n = self.graph.node(node);
         if !n.domain().is_empty() {
             return Ok(());
         }
+        if self.before_11(node)? {
+            return Ok(());
+        }
         let op = n.op_type.clone();
         match op.as_str() {
-            "Upsample" | "Scatter" => return Err(self.fail(node, format!("{op} is deprecated and has no equivalent this pass can write; replace it (Resize / ScatterElements) first"))),
+            // Deprecated at 10 and 11: valid until then, rewritten when crossing (above).
+            "Upsample" | "Scatter" if self.from >= if op == "Upsample" { 10 } else { 11 } => return Err(self.fail(node, format!("{op} is deprecated and the model is already past the opset that deprecated it; replace it (Resize / ScatterElements) first"))),
             "Dropout" if self.crosses(12) => {
                 if let Some(ratio) = n.attr_float("ratio") {
                     self.scalar_input(node, 1, "dropout_ratio", Tensor::from_f32(&[], &[ratio]).expect("scalar"));
@@ -224,7 +423,12 @@ impl Pass for UpgradeOpset {
         if from < OLDEST {
             return Err(PassError::failed(Self::NAME, "model", format!("upgrading from opset {from} is not supported (opset {OLDEST} or newer)")));
         }
-        let mut up = Upgrade { graph, patch: Patch::new(), edits: Vec::new(), from, to: self.version, rewritten: 0 };
+        let typed = (from < 11 && self.version >= 11).then(|| {
+            let mut copy = graph.clone();
+            ctx.infer_shapes(&mut copy);
+            copy
+        });
+        let mut up = Upgrade { graph, typed, patch: Patch::new(), edits: Vec::new(), from, to: self.version, rewritten: 0 };
         for node in graph.all_nodes() {
             up.node(node)?;
         }

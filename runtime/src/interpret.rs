@@ -129,9 +129,11 @@ impl Interpreter {
         let node = g.node(id);
         let mut tensors: Vec<(String, TensorValue)> = Vec::new();
         let mut key = String::new();
+        let mut seen = std::collections::HashSet::new();
         for (slot, (v, value)) in node.inputs.iter().zip(inputs).enumerate() {
             let (Some(v), Some(value)) = (v, value) else { continue };
-            if g.constant(*v).is_some() {
+            // A value used twice is one input of the one-node model, named for its first slot.
+            if g.constant(*v).is_some() || !seen.insert(*v) {
                 continue;
             }
             let t = value.as_tensor().ok_or_else(|| self.fail(id, format!("input {slot} is {}, not a tensor", value.kind())))?;
@@ -161,6 +163,9 @@ impl Interpreter {
     /// `in<slot>` of the types and shapes of this run, its outputs as graph outputs.
     fn node_model(&self, id: NodeId, inputs: &[Option<RuntimeValue>]) -> Result<Model, RuntimeError> {
         let src = self.graph();
+        if src.node(id).subgraphs().next().is_some() {
+            return Err(self.fail(id, "the interpreter runs If, Loop, Scan and SequenceMap bodies, not this op's subgraphs"));
+        }
         let mut node: Node = src.node(id).clone();
         let mut g = Graph::new(node.name.clone().unwrap_or_else(|| node.op_type.clone()));
         let mut added: HashMap<ValueId, ValueId> = HashMap::new();

@@ -19,6 +19,7 @@
 //!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type).
 
 mod empty_reductions;
+mod tract_quirks;
 mod wrap_pad;
 
 pub(crate) use wrap_pad::expand_wrap_pads;
@@ -255,6 +256,7 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.expand_losses()?;
     lowering.fill_empty_reductions();
     lowering.expand_wrap_pads();
+    lowering.meet_tract_strictness();
     lowering.report.swapped_operands = constants_second(&mut lowering.model.graph);
     lowering.fuse_dequantize_matmul()?;
     lowering.fold_and_expand_quantization()?;

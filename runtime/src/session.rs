@@ -283,6 +283,9 @@ pub struct Session {
     interpreter: Option<Interpreter>,
     /// The graph handles sequences, optionals or loops: every run is interpreted.
     interpret_only: bool,
+    /// The least specialized [`PlanKind`] (as a number) whose plans ran: plans tract made
+    /// but could not run are not made again.
+    least_runnable_kind: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for Session {
@@ -326,7 +329,7 @@ impl Session {
             Err(RuntimeError::Prepare { reason, .. }) => Err(reason),
             Err(e) => Err(e.to_string()),
         };
-        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()), interpreter, interpret_only })
+        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()), interpreter, interpret_only, least_runnable_kind: Default::default() })
     }
 
     /// Loads a model file and prepares it.
@@ -448,9 +451,23 @@ impl Session {
     /// Runs with `extra` values as additional outputs; returns the graph outputs and the extras.
     fn run_planned(&self, inputs: &[(&str, TensorValue)], extra: &[ValueId]) -> Result<(NamedValues, Vec<Tensor>), RuntimeError> {
         let ordered = self.order_inputs(inputs)?;
-        let spec = self.plan_for(&ordered, extra)?;
-        let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
-        let mut results = self.execute(&spec.plan, free)?.into_iter();
+        let results = loop {
+            let spec = self.plan_for(&ordered, extra)?;
+            let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
+            match self.execute(&spec.plan, free) {
+                // A plan tract made but cannot run (a Slice whose bounds are inputs loses its
+                // symbols' scope): from now on, runs are planned with more of their inputs fixed.
+                Err(e) if spec.kind < PlanKind::Values => {
+                    let next = spec.kind as u8 + 1;
+                    self.least_runnable_kind.fetch_max(next, std::sync::atomic::Ordering::Relaxed);
+                    if self.plan_for(&ordered, extra).is_err() {
+                        return Err(e);
+                    }
+                }
+                other => break other?,
+            }
+        };
+        let mut results = results.into_iter();
         let outputs = self.wrap_outputs(results.by_ref().take(self.outputs.len()))?;
         Ok((outputs, results.map(TValue::into_tensor).collect()))
     }
@@ -458,7 +475,10 @@ impl Session {
     /// The least specialized plan tract accepts for these inputs and extra outputs.
     fn plan_for(&self, ordered: &[TValue], extra: &[ValueId]) -> Result<Specialization, RuntimeError> {
         let all: Vec<usize> = (0..self.inputs.len()).collect();
+        let least = self.least_runnable_kind.load(std::sync::atomic::Ordering::Relaxed);
+        let generic_runs = least <= PlanKind::Generic as u8;
         if extra.is_empty()
+            && generic_runs
             && let Ok(plan) = &self.generic
         {
             return Ok(Specialization { plan: plan.clone(), kind: PlanKind::Generic, free: all });
@@ -467,7 +487,7 @@ impl Session {
         let uses = g.uses();
         let parameters: Vec<usize> = all.iter().copied().filter(|&i| feeds_parameter(g, &uses, self.inputs[i].id, 4)).collect();
         let mut kinds = Vec::new();
-        if self.generic.is_ok() {
+        if self.generic.is_ok() && generic_runs {
             kinds.push(PlanKind::Generic);
         }
         kinds.push(PlanKind::Shapes);
@@ -475,6 +495,7 @@ impl Session {
             kinds.push(PlanKind::Parameters);
         }
         kinds.push(PlanKind::Values);
+        kinds.retain(|&k| k as u8 >= least);
         let mut last_error = self.generic.as_ref().err().cloned().unwrap_or_default();
         for kind in kinds {
             let baked: &[usize] = match kind {

@@ -21,6 +21,10 @@ pub enum RuntimeError {
     #[error("{model}: running failed: {reason}")]
     Execution { model: String, reason: String },
 
+    /// A node run by the interpreter (graphs with sequences, optionals or loops) failed.
+    #[error("{model}: node {node}: {reason}")]
+    Node { model: String, node: String, reason: String },
+
     #[error("{model}: no input named '{name}' (inputs: {known})")]
     UnknownInput { model: String, name: String, known: String },
 

@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod error;
 pub mod inputs;
+mod interpret;
 pub mod kernels;
 pub mod lower;
 pub mod metrics;
@@ -23,4 +24,4 @@ pub use capture::{CaptureSink, CapturedValue, ChannelAbsMean, GramAccumulator, V
 pub use error::RuntimeError;
 pub use lower::{Lowered, LoweringReport, lower};
 pub use session::{IoSpec, NamedValues, PlanKind, Session, SessionOptions, default_threads, keep_freed_memory, tune_tract_threading};
-pub use value::TensorValue;
+pub use value::{RuntimeValue, TensorValue};

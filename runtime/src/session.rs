@@ -3,8 +3,9 @@
 
 use crate::capture::{CaptureSink, CapturedValue, ValueRef};
 use crate::error::{RuntimeError, tract_reason};
-use crate::lower::{LoweringReport, lower, model_name};
-use crate::value::{TensorValue, carrier_type};
+use crate::interpret::{Interpreter, needs_interpreter};
+use crate::lower::{Lowered, LoweringReport, lower, model_name};
+use crate::value::{RuntimeValue, TensorValue, carrier_type};
 use compactor_ir::{DataType, Dim, Graph, Model, NodeId, Shape, TypeKind, ValueId};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -99,6 +100,9 @@ pub enum PlanKind {
     Parameters,
     /// Every input baked in: tract plans (and largely folds) the graph for these values.
     Values,
+    /// Run node by node by the runtime's interpreter (sequences, optionals, loops, or a graph
+    /// tract cannot plan as a whole), each ordinary node a one-node tract plan.
+    Interpreted,
 }
 
 #[derive(Clone)]
@@ -123,6 +127,7 @@ fn is_parameter_slot(op: &str, input: u32) -> bool {
         "ConstantOfShape" | "Range" | "MelWeightMatrix" => true,
         "Col2Im" => input >= 1,
         "AffineGrid" => input == 1,
+        "MaxUnpool" => input == 2,
         "LSTM" | "GRU" | "RNN" => input >= 1,
         // A constant condition lets lowering inline the branch taken (see `lower::inline_constant_ifs`).
         "If" => input == 0,
@@ -193,6 +198,7 @@ fn sets_shape(op: &str, input: usize) -> bool {
         "Reshape" | "Expand" | "Tile" | "Split" | "Squeeze" | "Unsqueeze" | "TopK" | "Upsample" | "OneHot" | "ReduceSum" | "ReduceMean" | "ReduceMax"
         | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => input == 1,
         "Slice" | "Pad" | "Resize" | "CenterCropPad" | "MelWeightMatrix" | "STFT" => input >= 1,
+        "MaxUnpool" => input == 2,
         "ConstantOfShape" | "Range" | "EyeLike" => true,
         _ => false,
     }
@@ -272,6 +278,14 @@ pub struct Session {
     generic: Result<Plan, String>,
     /// Specialized plans and plans with captured values as extra outputs.
     plans: Mutex<HashMap<Vec<u8>, Specialization>>,
+    /// Runs the graph node by node when tract cannot plan it (none for the one-node sessions
+    /// the interpreter itself makes).
+    interpreter: Option<Interpreter>,
+    /// The graph handles sequences, optionals or loops: every run is interpreted.
+    interpret_only: bool,
+    /// The least specialized [`PlanKind`] (as a number) whose plans ran: plans tract made
+    /// but could not run are not made again.
+    least_runnable_kind: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for Session {
@@ -283,10 +297,21 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Lowers `model` and prepares it with tract.
     pub fn new(model: &Model, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        Self::build(model, options, true)
+    }
+
+    /// A session for one node of a graph the interpreter runs: no interpreter of its own.
+    pub(crate) fn for_one_node(model: &Model, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        Self::build(model, options, false)
+    }
+
+    fn build(model: &Model, options: &SessionOptions, may_interpret: bool) -> Result<Session, RuntimeError> {
         keep_freed_memory();
         tune_tract_threading();
         let name = model_name(model);
-        let lowered = lower(model)?;
+        let interpret_only = may_interpret && needs_interpreter(model);
+        let interpreter = may_interpret.then(|| Interpreter::new(model, &name, options));
+        let lowered = if interpret_only { Lowered { model: model.clone(), report: LoweringReport::default() } } else { lower(model)? };
         let mut lowered_model = lowered.model;
         fix_dims(&mut lowered_model.graph, &options.dims);
         let g = &model.graph;
@@ -297,14 +322,14 @@ impl Session {
         let inputs: Vec<IoSpec> = g.main().inputs.iter().copied().filter(|&v| g.value(v).initializer.is_none()).map(spec).collect();
         let outputs: Vec<IoSpec> = g.main().outputs.iter().copied().map(spec).collect();
         let executor = if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
-        let generic = match prepare(&name, &lowered_model, options, &executor) {
+        let generic = match if interpret_only { Err(RuntimeError::Prepare { model: name.clone(), reason: "the graph handles sequences, optionals or loops".into() }) } else { prepare(&name, &lowered_model, options, &executor) } {
             Ok(plan) => Ok(plan),
             // Without inputs there is nothing to specialize on: the error is final.
-            Err(e) if inputs.is_empty() => return Err(e),
+            Err(e) if inputs.is_empty() && interpreter.is_none() => return Err(e),
             Err(RuntimeError::Prepare { reason, .. }) => Err(reason),
             Err(e) => Err(e.to_string()),
         };
-        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()) })
+        Ok(Session { name, lowered: lowered_model, report: lowered.report, inputs, outputs, options: options.clone(), executor, generic, plans: Mutex::new(HashMap::new()), interpreter, interpret_only, least_runnable_kind: Default::default() })
     }
 
     /// Loads a model file and prepares it.
@@ -345,21 +370,104 @@ impl Session {
     ///
     /// Inputs are matched by name; one of another numeric type than declared is converted.
     pub fn run(&self, inputs: &[(&str, TensorValue)]) -> Result<NamedValues, RuntimeError> {
-        Ok(self.run_planned(inputs, &[])?.0)
+        if !self.interpret_only {
+            match self.run_planned(inputs, &[]) {
+                Err(RuntimeError::Prepare { .. }) if self.interpreter.is_some() => {}
+                other => return Ok(other?.0),
+            }
+        }
+        let values: Vec<(&str, RuntimeValue)> = inputs.iter().map(|(n, t)| (*n, RuntimeValue::Tensor(t.clone()))).collect();
+        self.interpret(&values)?
+            .into_iter()
+            .map(|(name, value)| match value {
+                RuntimeValue::Tensor(t) => Ok((name, t)),
+                other => Err(RuntimeError::Execution { model: self.name.clone(), reason: format!("output '{name}' is {}: run it with run_values", other.kind()) }),
+            })
+            .collect()
+    }
+
+    /// Runs the model on inputs that may be sequences or optionals; returns every graph output
+    /// in graph order with its name.
+    pub fn run_values(&self, inputs: &[(&str, RuntimeValue)]) -> Result<Vec<(String, RuntimeValue)>, RuntimeError> {
+        let tensors: Option<Vec<(&str, TensorValue)>> = inputs.iter().map(|(n, v)| match v {
+            RuntimeValue::Tensor(t) => Some((*n, t.clone())),
+            _ => None,
+        }).collect();
+        match tensors {
+            Some(tensors) if !self.interpret_only => Ok(self.run(&tensors)?.into_iter().map(|(n, t)| (n, RuntimeValue::Tensor(t))).collect()),
+            _ => self.interpret(inputs),
+        }
     }
 
     /// How [`Session::run`] plans for these inputs (building the plan if needed).
     pub fn plan_kind(&self, inputs: &[(&str, TensorValue)]) -> Result<PlanKind, RuntimeError> {
+        if self.interpret_only {
+            return Ok(PlanKind::Interpreted);
+        }
         let ordered = self.order_inputs(inputs)?;
-        Ok(self.plan_for(&ordered, &[])?.kind)
+        match self.plan_for(&ordered, &[]) {
+            Ok(spec) => Ok(spec.kind),
+            Err(RuntimeError::Prepare { .. }) if self.interpreter.is_some() => Ok(PlanKind::Interpreted),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Session::plan_kind`] for inputs that may be sequences or optionals.
+    pub fn plan_kind_of_values(&self, inputs: &[(&str, RuntimeValue)]) -> Result<PlanKind, RuntimeError> {
+        let tensors: Option<Vec<(&str, TensorValue)>> = inputs.iter().map(|(n, v)| match v {
+            RuntimeValue::Tensor(t) => Some((*n, t.clone())),
+            _ => None,
+        }).collect();
+        match tensors {
+            Some(tensors) => self.plan_kind(&tensors),
+            None => Ok(PlanKind::Interpreted),
+        }
+    }
+
+    /// Runs the graph on the interpreter; tensor inputs are checked and converted as for a plan.
+    fn interpret(&self, inputs: &[(&str, RuntimeValue)]) -> Result<Vec<(String, RuntimeValue)>, RuntimeError> {
+        let interpreter = self.interpreter.as_ref().ok_or_else(|| RuntimeError::Execution { model: self.name.clone(), reason: "tract cannot plan this graph".into() })?;
+        for (name, _) in inputs {
+            if !self.inputs.iter().any(|s| s.name == *name) {
+                let known = self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(RuntimeError::UnknownInput { model: self.name.clone(), name: name.to_string(), known });
+            }
+        }
+        let mut bound = Vec::new();
+        for spec in &self.inputs {
+            let Some((_, value)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+                return Err(RuntimeError::MissingInput { model: self.name.clone(), name: spec.name.clone() });
+            };
+            let value = match value {
+                RuntimeValue::Tensor(t) => RuntimeValue::Tensor(self.wrap(spec.id, self.check_input(spec, t)?)?),
+                other => other.clone(),
+            };
+            bound.push((spec.id, value));
+        }
+        let outputs = interpreter.run(bound)?;
+        Ok(self.outputs.iter().map(|s| s.name.clone()).zip(outputs).collect())
     }
 
     /// Runs with `extra` values as additional outputs; returns the graph outputs and the extras.
     fn run_planned(&self, inputs: &[(&str, TensorValue)], extra: &[ValueId]) -> Result<(NamedValues, Vec<Tensor>), RuntimeError> {
         let ordered = self.order_inputs(inputs)?;
-        let spec = self.plan_for(&ordered, extra)?;
-        let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
-        let mut results = self.execute(&spec.plan, free)?.into_iter();
+        let results = loop {
+            let spec = self.plan_for(&ordered, extra)?;
+            let free: TVec<TValue> = spec.free.iter().map(|&i| ordered[i].clone()).collect();
+            match self.execute(&spec.plan, free) {
+                // A plan tract made but cannot run (a Slice whose bounds are inputs loses its
+                // symbols' scope): from now on, runs are planned with more of their inputs fixed.
+                Err(e) if spec.kind < PlanKind::Values => {
+                    let next = spec.kind as u8 + 1;
+                    self.least_runnable_kind.fetch_max(next, std::sync::atomic::Ordering::Relaxed);
+                    if self.plan_for(&ordered, extra).is_err() {
+                        return Err(e);
+                    }
+                }
+                other => break other?,
+            }
+        };
+        let mut results = results.into_iter();
         let outputs = self.wrap_outputs(results.by_ref().take(self.outputs.len()))?;
         Ok((outputs, results.map(TValue::into_tensor).collect()))
     }
@@ -367,7 +475,10 @@ impl Session {
     /// The least specialized plan tract accepts for these inputs and extra outputs.
     fn plan_for(&self, ordered: &[TValue], extra: &[ValueId]) -> Result<Specialization, RuntimeError> {
         let all: Vec<usize> = (0..self.inputs.len()).collect();
+        let least = self.least_runnable_kind.load(std::sync::atomic::Ordering::Relaxed);
+        let generic_runs = least <= PlanKind::Generic as u8;
         if extra.is_empty()
+            && generic_runs
             && let Ok(plan) = &self.generic
         {
             return Ok(Specialization { plan: plan.clone(), kind: PlanKind::Generic, free: all });
@@ -376,7 +487,7 @@ impl Session {
         let uses = g.uses();
         let parameters: Vec<usize> = all.iter().copied().filter(|&i| feeds_parameter(g, &uses, self.inputs[i].id, 4)).collect();
         let mut kinds = Vec::new();
-        if self.generic.is_ok() {
+        if self.generic.is_ok() && generic_runs {
             kinds.push(PlanKind::Generic);
         }
         kinds.push(PlanKind::Shapes);
@@ -384,12 +495,13 @@ impl Session {
             kinds.push(PlanKind::Parameters);
         }
         kinds.push(PlanKind::Values);
+        kinds.retain(|&k| k as u8 >= least);
         let mut last_error = self.generic.as_ref().err().cloned().unwrap_or_default();
         for kind in kinds {
             let baked: &[usize] = match kind {
                 PlanKind::Generic | PlanKind::Shapes => &[],
                 PlanKind::Parameters => &parameters,
-                PlanKind::Values => &all,
+                PlanKind::Values | PlanKind::Interpreted => &all,
             };
             let mut key = format!("{kind:?}{extra:?}{baked:?}").into_bytes();
             if kind != PlanKind::Generic {
@@ -447,6 +559,7 @@ impl Session {
         }
         if !baked.is_empty() {
             crate::lower::inline_constant_ifs(&mut model);
+            crate::lower::expand_wrap_pads(&mut model);
         }
         if kind >= PlanKind::Shapes {
             self.fold_shape_conditions(&mut model, ordered, baked);
@@ -693,7 +806,8 @@ fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 
 /// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
 /// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder,
-/// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid and StringNormalizer.
+/// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid, StringNormalizer,
+/// TfIdfVectorizer, DeformConv, TreeEnsemble, MaxUnpool and Upsample (as Resize).
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
@@ -711,6 +825,11 @@ fn framework() -> tract_onnx::Onnx {
     onnx.op_register.insert("StringSplit", crate::kernels::extra_ops::build_string_split);
     onnx.op_register.insert("AffineGrid", crate::kernels::extra_ops::build_affine_grid);
     onnx.op_register.insert("StringNormalizer", crate::kernels::extra_ops::build_string_normalizer);
+    onnx.op_register.insert("TfIdfVectorizer", crate::kernels::tfidf_vectorizer::build_tfidf_vectorizer);
+    onnx.op_register.insert("DeformConv", crate::kernels::deform_conv::build_deform_conv);
+    onnx.op_register.insert("TreeEnsemble", crate::kernels::tree_ensemble::build_tree_ensemble);
+    onnx.op_register.insert("MaxUnpool", crate::kernels::max_unpool::build_max_unpool);
+    onnx.op_register.insert("Upsample", crate::kernels::upsample::build_upsample);
     onnx
 }
 

@@ -262,3 +262,39 @@ pub fn tract_native(dtype: DataType) -> bool {
     use DataType::*;
     matches!(dtype, Float | Double | Float16 | Int8 | Uint8 | Int16 | Uint16 | Int32 | Uint32 | Int64 | Uint64 | Bool | String)
 }
+
+/// A value at the session boundary or between the interpreter's nodes: a tensor, a sequence of
+/// tensors, or an optional (present or empty).
+#[derive(Clone, Debug)]
+pub enum RuntimeValue {
+    Tensor(TensorValue),
+    Sequence(Vec<TensorValue>),
+    Optional(Option<Box<RuntimeValue>>),
+}
+
+impl RuntimeValue {
+    /// The tensor, when the value is one (or an optional holding one).
+    pub fn as_tensor(&self) -> Option<&TensorValue> {
+        match self {
+            RuntimeValue::Tensor(t) => Some(t),
+            RuntimeValue::Optional(Some(inner)) => inner.as_tensor(),
+            _ => None,
+        }
+    }
+
+    /// What kind of value this is, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeValue::Tensor(_) => "a tensor",
+            RuntimeValue::Sequence(_) => "a sequence",
+            RuntimeValue::Optional(Some(_)) => "an optional with a value",
+            RuntimeValue::Optional(None) => "an empty optional",
+        }
+    }
+}
+
+impl From<TensorValue> for RuntimeValue {
+    fn from(t: TensorValue) -> Self {
+        RuntimeValue::Tensor(t)
+    }
+}

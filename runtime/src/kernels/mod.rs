@@ -2,10 +2,15 @@
 
 pub mod block_matmul;
 pub mod broadcast;
+pub mod deform_conv;
 pub mod extra_ops;
 pub mod linear_attention;
 pub mod matmul;
+pub mod max_unpool;
 pub mod nbits;
+pub mod tfidf_vectorizer;
+pub mod tree_ensemble;
+pub mod upsample;
 
 pub use block_matmul::BlockQuantWeight;
 

@@ -18,6 +18,12 @@
 //! 4. **Widen** every tensor and value type tract lacks: INT4/INT2 to INT8, UINT4/UINT2 to UINT8,
 //!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type).
 
+mod dynamic_quantize_lstm;
+mod fused_conv;
+mod nchwc;
+mod qgemm;
+mod qlinear;
+
 use crate::error::RuntimeError;
 use crate::value::{carrier_type, tract_native};
 use bytes::Bytes;
@@ -248,6 +254,12 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     type_loop_bodies(&mut lowering.model.graph);
     lowering.expand_losses()?;
+    // onnxruntime's own ops, as its quantizer and optimizer write them.
+    lowering.expand_qlinear_ops()?;
+    lowering.expand_qgemms()?;
+    lowering.expand_fused_convs()?;
+    lowering.expand_nchwc_ops()?;
+    lowering.expand_dynamic_quantize_lstms()?;
     lowering.report.swapped_operands = constants_second(&mut lowering.model.graph);
     lowering.fuse_dequantize_matmul()?;
     lowering.fold_and_expand_quantization()?;

@@ -14,8 +14,8 @@ enum Inner {
     /// `(op, attributes kept)`; its quantized operands come as (x, scale, zero point) triples
     /// at these input positions, and the output's scale and zero point at `output_at`.
     Elementwise { op: &'static str, operands: &'static [usize], output_at: usize, keep: &'static [&'static str] },
-    /// QLinearSoftmax: `opset` says which Softmax definition (before 13: on the input
-    /// flattened to 2-D at `axis`).
+    /// QLinearSoftmax: its `opset` attribute says which Softmax definition (before 13: on
+    /// the input flattened to 2-D at `axis`).
     Softmax,
     /// QLinearConcat: the output's scale and zero point first, then a triple per input.
     Concat,
@@ -39,6 +39,23 @@ fn inner(op_type: &str) -> Option<Inner> {
         "QLinearConcat" => Inner::Concat,
         _ => return None,
     })
+}
+
+impl Builder<'_> {
+    /// `exp(x - max) / sum(exp(x - max))` along `axis`. Written out rather than as `Softmax`:
+    /// tract 0.23.9 gives wrong values for a Softmax on a dequantized quantized tensor (it
+    /// saturates every output), which is where a QLinearSoftmax puts it.
+    fn softmax_expanded(&mut self, x: ValueId, axis: i64, opset: i64) -> ValueId {
+        let keep = Attribute::new("keepdims", AttrValue::Int(1));
+        let axes_attr = Attribute::new("axes", AttrValue::Ints(vec![axis]));
+        let axes = self.constant_i64("axes", &[1], &[axis]);
+        // Reduce ops take their axes as an input from opset 18 (ReduceSum from 13).
+        let max = if opset >= 18 { self.op("ReduceMax", &[x, axes], vec![keep.clone()]) } else { self.op("ReduceMax", &[x], vec![axes_attr.clone(), keep.clone()]) };
+        let shifted = self.op("Sub", &[x, max], vec![]);
+        let exp = self.op("Exp", &[shifted], vec![]);
+        let sum = if opset >= 13 { self.op("ReduceSum", &[exp, axes], vec![keep]) } else { self.op("ReduceSum", &[exp], vec![axes_attr, keep]) };
+        self.op("Div", &[exp, sum], vec![])
+    }
 }
 
 impl Lowering {
@@ -108,18 +125,15 @@ impl Lowering {
             }
             Inner::Concat => b.op("Concat", &floats, vec![Attribute::new("axis", AttrValue::Int(node.attr_int("axis").unwrap_or(0)))]),
             Inner::Softmax => {
-                let axis = node.attr_int("axis").unwrap_or(-1);
-                let defined_at = node.attr_int("opset").unwrap_or(opset);
-                if (defined_at >= 13) == (opset >= 13) {
-                    b.op("Softmax", &floats, vec![Attribute::new("axis", AttrValue::Int(axis))])
-                } else if defined_at < 13 {
-                    // The 2-D definition in a model whose Softmax is the per-axis one.
+                // Before opset 13 Softmax is defined on the input flattened to 2-D at `axis`.
+                let axis = node.attr_int("axis").unwrap_or(if node.attr_int("opset").unwrap_or(opset) >= 13 { -1 } else { 1 });
+                if node.attr_int("opset").unwrap_or(opset) >= 13 {
+                    b.softmax_expanded(floats[0], axis, opset)
+                } else {
                     let shape = b.op("Shape", &floats, vec![]);
                     let flat = b.op("Flatten", &floats, vec![Attribute::new("axis", AttrValue::Int(axis))]);
-                    let soft = b.op("Softmax", &[flat], vec![Attribute::new("axis", AttrValue::Int(1))]);
+                    let soft = b.softmax_expanded(flat, 1, opset);
                     b.op("Reshape", &[soft, shape], vec![])
-                } else {
-                    return Err(b.lowering.err(lbl, "a per-axis QLinearSoftmax (opset 13) in a model of opset < 13 is not supported"));
                 }
             }
         };

@@ -18,7 +18,12 @@
 //! 4. **Widen** every tensor and value type tract lacks: INT4/INT2 to INT8, UINT4/UINT2 to UINT8,
 //!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type).
 
+mod dynamic_quantize_lstm;
 mod empty_reductions;
+mod fused_conv;
+mod nchwc;
+mod qgemm;
+mod qlinear;
 mod tract_quirks;
 mod wrap_pad;
 
@@ -254,6 +259,12 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     type_loop_bodies(&mut lowering.model.graph);
     lowering.expand_losses()?;
+    // onnxruntime's own ops, as its quantizer and optimizer write them.
+    lowering.expand_qlinear_ops()?;
+    lowering.expand_qgemms()?;
+    lowering.expand_fused_convs()?;
+    lowering.expand_nchwc_ops()?;
+    lowering.expand_dynamic_quantize_lstms()?;
     lowering.fill_empty_reductions();
     lowering.expand_wrap_pads();
     lowering.meet_tract_strictness();

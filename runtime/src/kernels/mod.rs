@@ -1,6 +1,7 @@
 //! Kernels and ops tract lacks, and the ONNX op builders that register them with tract.
 
 pub mod block_matmul;
+pub mod bound_symbols;
 pub mod broadcast;
 pub mod deform_conv;
 pub mod extra_ops;

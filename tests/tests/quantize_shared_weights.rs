@@ -63,6 +63,14 @@ fn outputs_in_both_runtimes(model: &Path) -> (Vec<TensorValue>, Vec<TensorValue>
     (theirs, ours)
 }
 
+/// The largest difference between two models' outputs in onnxruntime (basic optimizations: the
+/// models' own semantics) on the reference sentences.
+fn outputs_differ_by(a: &Path, b: &Path) -> f64 {
+    let (a, _) = outputs_in_both_runtimes(a);
+    let (b, _) = outputs_in_both_runtimes(b);
+    a.iter().zip(&b).map(|(x, y)| metrics::compare("out", x, y).unwrap().max_abs_error).fold(0.0, f64::max)
+}
+
 /// The largest difference between the two runtimes on any output, relative to its largest value.
 fn runtimes_differ_by(model: &Path) -> f64 {
     let (theirs, ours) = outputs_in_both_runtimes(model);
@@ -156,17 +164,19 @@ fn albert_shared_layer_weights_are_quantized_once() {
         let reference_ratio = size_ratio(&unshared, &reference);
         let (cosine, _) = sentence_cosine(&albert, &out);
         let (reference_cosine, _) = sentence_cosine(&unshared, &reference);
-        let (_, hidden_diff) = sentence_cosine(&reference, &out);
+        let hidden_diff = outputs_differ_by(&reference, &out);
         let runtimes = runtimes_differ_by(&out);
         eprintln!(
-            "ALBERT MiniLM int{bits} {format}: {ratio:.2}x smaller (a copy per layer: {reference_ratio:.2}x of its 6x larger f32), min sentence cosine {cosine:.5} (a copy per layer: {reference_cosine:.5}), hidden states differ from the copy-per-layer result by {hidden_diff:.2e}; runtimes differ by {runtimes:.2e}"
+            "ALBERT MiniLM int{bits} {format}: {ratio:.2}x smaller (a copy per layer: {reference_ratio:.2}x), min sentence cosine {cosine:.5} (a copy per layer: {reference_cosine:.5}), hidden states differ from the copy-per-layer result by {hidden_diff:.2e}; runtimes differ by {runtimes:.2e}"
         );
         quantize_checks(&out);
         let expected_ratio = if bits == 4 { 5.0 } else { 3.0 };
         assert!(ratio >= expected_ratio, "{spec}: only {ratio:.2}x smaller");
-        // The same codes and scales as a copy per layer: the same function.
-        assert!(hidden_diff < 1e-3, "{spec}: differs from a copy per layer by {hidden_diff}");
-        assert!((cosine - reference_cosine).abs() < 1e-5, "{spec}: {cosine} vs {reference_cosine}");
+        // The same codes and scales as a copy per layer: the same function. (With all of
+        // onnxruntime's fusions on, the copies' single-reader DequantizeLinear+MatMul pairs
+        // become an int8-activation kernel, so the sentence cosines differ a little.)
+        assert!(hidden_diff < 1e-5, "{spec}: differs from a copy per layer by {hidden_diff}");
+        assert!(cosine >= reference_cosine - 0.005, "{spec}: {cosine} vs {reference_cosine}");
         assert!(cosine >= if bits == 4 { 0.95 } else { 0.999 }, "{spec}: {cosine}");
         assert!(runtimes < 1e-4, "{spec}: runtimes differ by {runtimes}");
     }
@@ -210,6 +220,7 @@ fn tied_embedding_and_lm_head_share_one_quantized_table() {
         let ratio = size_ratio(&tied, &out);
         let (top1, logit_cosine) = logits_agreement(&tied, &out);
         let (reference_top1, reference_logit_cosine) = logits_agreement(&unshared, &reference);
+        let copy_diff = outputs_differ_by(&reference, &out);
         let (cosine, _) = sentence_cosine(&tied, &out);
         let runtimes = runtimes_differ_by(&out);
         eprintln!(
@@ -217,6 +228,7 @@ fn tied_embedding_and_lm_head_share_one_quantized_table() {
         );
         quantize_checks(&out);
         assert!(ratio >= 5.0, "{spec}: only {ratio:.2}x smaller");
+        assert!(copy_diff < 1e-5, "{spec}: differs from a copy per reader by {copy_diff}");
         assert!((logit_cosine - reference_logit_cosine).abs() < 1e-5 && (top1 - reference_top1).abs() < 1e-9, "{spec}: not what a copy per reader gives");
         assert!(top1 >= 0.9, "{spec}: top-1 agreement {top1}");
         assert!(runtimes < 1e-4, "{spec}: runtimes differ by {runtimes}");

@@ -4,9 +4,11 @@
 //! `MatMul(x, W)`, `MatMul(x, Transpose(W))`, `MatMul(x, DequantizeLinear(Wq, s, z))`,
 //! `MatMul(x, Cast(W))`, `Gemm(x, W, b)` with `transB`, a `Conv`, and with the bias either inside
 //! (Gemm, Conv) or in a following `Add`. [`linear_layers`] finds them all and says where the
-//! weight really lives and how it maps to the effective `[K, N]` matrix.
+//! weight really lives and how it maps to the effective `[K, N]` matrix. [`weight_readers`]
+//! goes the other way: from a constant to every node that reads it (a weight shared by
+//! several layers, or tied between an embedding lookup and an output projection).
 
-use compactor_ir::{Graph, NodeId, Tensor, ValueId};
+use compactor_ir::{Graph, NodeId, Tensor, Use, UseMap, ValueId};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -179,4 +181,74 @@ pub fn linear_layers(graph: &Graph) -> Vec<LinearLayer> {
         layers.extend(layer);
     }
     layers
+}
+
+/// A node that reads a constant, directly or through the steps a weight chain may hold
+/// (2-D Transpose, Cast, Identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightReader {
+    pub node: NodeId,
+    /// Which input of `node` the weight arrives at.
+    pub input: usize,
+    /// Nodes between the constant and the reader, nearest the constant first.
+    pub chain: Vec<NodeId>,
+}
+
+/// Everything that reads a constant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeightReaders {
+    /// In node-id order along each chain, deduplicated: a node reading the weight at two
+    /// inputs is two readers.
+    pub readers: Vec<WeightReader>,
+    /// The constant, or a value of its chain, is also a graph (or subgraph) output.
+    pub is_output: bool,
+}
+
+impl WeightReaders {
+    /// Every chain node, each once, in the order first met.
+    pub fn chain_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for n in self.readers.iter().flat_map(|r| &r.chain) {
+            if !nodes.contains(n) {
+                nodes.push(*n);
+            }
+        }
+        nodes
+    }
+}
+
+/// The readers of the constant `weight`, following the chain steps [`linear_layers`] looks
+/// through, so a layer's weight and an embedding table tied to it (`Gather(E)` and
+/// `MatMul(x, Transpose(E))`) show up as readers of the same constant.
+pub fn weight_readers(graph: &Graph, uses: &UseMap, weight: ValueId) -> WeightReaders {
+    let mut out = WeightReaders::default();
+    let mut pending = vec![(weight, Vec::new())];
+    while let Some((v, chain)) = pending.pop() {
+        for u in uses.of(v) {
+            let Use::Node { node, input } = *u else {
+                out.is_output = true;
+                continue;
+            };
+            let n = graph.node(node);
+            let step = n.domain().is_empty()
+                && input == 0
+                && chain.len() < 8
+                && match n.op_type.as_str() {
+                    "Transpose" => n.attr_ints("perm").is_none_or(|p| p == [1, 0]),
+                    "Cast" | "Identity" => true,
+                    _ => false,
+                };
+            match n.output(0).filter(|_| step) {
+                Some(next) => {
+                    let mut longer = chain.clone();
+                    longer.push(node);
+                    pending.push((next, longer));
+                }
+                None => out.readers.push(WeightReader { node, input: input as usize, chain: chain.clone() }),
+            }
+        }
+    }
+    out.readers.sort_by_key(|r| (r.node, r.input));
+    out.readers.dedup();
+    out
 }

@@ -186,3 +186,24 @@ pub fn ort_conv_models() -> PathBuf {
     }
     dir
 }
+
+/// A model whose weights are read by several nodes, made from MiniLM by
+/// `tests/py/make_shared_weight_models.py` into `<cache>/regression/` on first use (under a
+/// lock, so parallel tests make it once): `minilm_albert.onnx` (every encoder layer reads
+/// layer 0's weights) or `minilm_albert_tied_head.onnx` (plus logits from a MatMul against
+/// the transposed word-embedding table the embedding Gather reads).
+pub fn shared_weight_model(name: &str) -> PathBuf {
+    let dir = test_data().join("regression");
+    let path = dir.join(name);
+    if path.exists() {
+        return path;
+    }
+    std::fs::create_dir_all(&dir).expect("create the regression model directory");
+    let lock = std::fs::File::create(dir.join(".shared-weight-models.lock")).expect("create the lock");
+    lock.lock().expect("lock the regression model directory");
+    if !path.exists() {
+        run_python("make_shared_weight_models.py", &[minilm().as_os_str(), dir.as_os_str()]);
+    }
+    assert!(path.exists(), "make_shared_weight_models.py wrote no {name}");
+    path
+}

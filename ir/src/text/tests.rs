@@ -57,6 +57,10 @@ graph main {
       %acc2 = Add(%acc, %small)
       output %c_in, %acc2
     }
+  %k = Custom(%y)
+    input: graph "" {
+      output %y
+    }
   = Print(%l2)
   output %r: f32[batch,4], %l1, %big
 }
@@ -73,6 +77,7 @@ fn every_construct_reads_back_and_prints_the_same() {
     assert!(printed.contains("}  # name with \"quotes\"\n"), "{printed}");
     assert!(printed.contains("  # spaced\n"), "{printed}");
     assert!(printed.contains("  = Print(%l2)\n"), "{printed}");
+    assert!(printed.contains("  %k = Custom(%y)\n    input: graph \"\" {\n"), "{printed}");
     let model = parse(EVERYTHING).unwrap();
     let g = &model.graph;
     assert_eq!(model.opset_version(""), Some(21));
@@ -180,4 +185,5 @@ fn truncated_and_garbled_text_gives_errors_not_panics() {
         let _ = parse(&garbled);
     }
 }
+
 

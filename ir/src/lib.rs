@@ -33,6 +33,6 @@ pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport, write_a
 pub use tensor::Tensor;
 pub use types::{Dim, Shape, TypeKind, ValueType};
 pub use verify::{Problem, Problems, verify};
-pub use text::{model_to_text, graph_to_text};
+pub use text::{TextError, graph_to_text, model_to_text};
 pub use patch::{Anchor, PValue, Patch, PatchError, PatchSummary};
 pub use bytes;

@@ -1,12 +1,11 @@
-//! The stable text form of a model, for snapshots, `--dump-after` and debugging.
-//!
-//! One line per node, values written as `%name` (quoted when the name is not a plain
-//! identifier), subgraphs nested in braces. The form depends only on the graph, never on
-//! hash-map order or addresses, so the same graph always prints the same text.
+//! The printer: one line per node, `%values`, subgraphs nested in braces.
 
+use super::scalar::{format_elements, format_f32, is_plain, name, quote, quote_bytes};
+use crate::dtype::DataType;
 use crate::graph::{AttrValue, Graph, NodeId, RegionId, SparseTensor, ValueDef, ValueId};
 use crate::model::Model;
 use crate::tensor::Tensor;
+use crate::types::{Dim, Shape, TypeKind, ValueType};
 use std::fmt::Write;
 
 /// What to include beyond the structure.
@@ -16,11 +15,25 @@ pub struct TextOptions {
     pub tensor_digests: bool,
 }
 
+/// Tensors with at most this many elements are written with their values; larger ones as
+/// dtype and shape only (read back as zeros).
+pub const INLINE_ELEMENTS: u64 = 8;
+
 pub fn model_to_text(model: &Model) -> String {
     model_to_text_with(model, &TextOptions::default())
 }
 
 pub fn model_to_text_with(model: &Model, options: &TextOptions) -> String {
+    print_model(model, options, INLINE_ELEMENTS)
+}
+
+/// The text form with every tensor's values written out, so parsing it gives back the same
+/// weights (for converting small models to text and back).
+pub fn model_to_text_with_data(model: &Model) -> String {
+    print_model(model, &TextOptions::default(), u64::MAX)
+}
+
+fn print_model(model: &Model, options: &TextOptions, inline_limit: u64) -> String {
     let mut out = String::new();
     let opsets: Vec<String> = model
         .opset_import
@@ -34,7 +47,7 @@ pub fn model_to_text_with(model: &Model, options: &TextOptions) -> String {
     for f in &model.functions {
         let _ = writeln!(out, "function {}::{} ({} nodes)", f.domain.as_deref().unwrap_or(""), f.name.as_deref().unwrap_or(""), f.node.len());
     }
-    let printer = Printer { graph: &model.graph, options };
+    let printer = Printer { graph: &model.graph, options, inline_limit };
     printer.region(&mut out, Graph::MAIN, 0, "graph");
     out
 }
@@ -42,42 +55,61 @@ pub fn model_to_text_with(model: &Model, options: &TextOptions) -> String {
 /// The text of one graph (the main region and its subgraphs).
 pub fn graph_to_text(graph: &Graph) -> String {
     let mut out = String::new();
-    Printer { graph, options: &TextOptions::default() }.region(&mut out, Graph::MAIN, 0, "graph");
+    Printer { graph, options: &TextOptions::default(), inline_limit: INLINE_ELEMENTS }.region(&mut out, Graph::MAIN, 0, "graph");
     out
 }
 
 struct Printer<'a> {
     graph: &'a Graph,
     options: &'a TextOptions,
+    inline_limit: u64,
 }
 
-fn is_plain(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_./:-".contains(c))
-}
-
-fn quote(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            '\n' => q.push_str("\\n"),
-            c if c.is_control() => {
-                let _ = write!(q, "\\u{{{:x}}}", c as u32);
-            }
-            c => q.push(c),
-        }
+/// A value type as written: like its `Display`, but with symbolic dimensions quoted when
+/// they could be read as something else.
+pub(crate) fn type_text(t: &ValueType) -> String {
+    fn elem(e: &Option<DataType>) -> &'static str {
+        e.map(|t| t.short_name()).unwrap_or("?")
     }
-    q.push('"');
-    q
+    fn inner(t: &Option<Box<ValueType>>) -> String {
+        t.as_deref().map(type_text).unwrap_or_else(|| "?".into())
+    }
+    fn shape(s: &Option<Shape>) -> String {
+        let Some(s) = s else { return "[..]".into() };
+        let dims: Vec<String> = s
+            .dims
+            .iter()
+            .map(|d| match d {
+                Dim::Known(n) => n.to_string(),
+                Dim::Unknown => "?".into(),
+                // A symbol that looks like a number or `..` is quoted.
+                Dim::Sym(s) if is_plain(s) && !s.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') => s.clone(),
+                Dim::Sym(s) => quote(s),
+            })
+            .collect();
+        format!("[{}]", dims.join(","))
+    }
+    match &t.kind {
+        TypeKind::Tensor { elem: e, shape: s } => format!("{}{}", elem(e), shape(s)),
+        TypeKind::SparseTensor { elem: e, shape: s } => format!("sparse {}{}", elem(e), shape(s)),
+        TypeKind::Sequence(t) => format!("seq<{}>", inner(t)),
+        TypeKind::Map { key, value } => format!("map<{},{}>", elem(key), inner(value)),
+        TypeKind::Optional(t) => format!("opt<{}>", inner(t)),
+        TypeKind::Opaque { domain, name } => format!("opaque<{}, {}>", quote(domain.as_deref().unwrap_or("")), quote(name.as_deref().unwrap_or(""))),
+        TypeKind::Unset => "?".into(),
+    }
+}
+
+/// A node name after `#`: as is, unless reading it to the end of the line would change it.
+fn node_name(n: &str) -> String {
+    let raw_ok = !n.starts_with(['"', ' ']) && !n.ends_with(' ') && !n.chars().any(char::is_control);
+    if raw_ok { n.to_string() } else { quote(n) }
 }
 
 impl Printer<'_> {
     fn value_ref(&self, v: ValueId) -> String {
         match self.graph.try_value(v) {
-            Some(value) if is_plain(&value.name) => format!("%{}", value.name),
-            Some(value) if !value.name.is_empty() => format!("%{}", quote(&value.name)),
+            Some(value) if !value.name.is_empty() => format!("%{}", name(&value.name)),
             _ => format!("%{v}"),
         }
     }
@@ -85,7 +117,7 @@ impl Printer<'_> {
     fn typed(&self, v: ValueId) -> String {
         let r = self.value_ref(v);
         match self.graph.try_value(v).and_then(|v| v.ty.as_ref()) {
-            Some(t) => format!("{r}: {t}"),
+            Some(t) => format!("{r}: {}", type_text(t)),
             None => r,
         }
     }
@@ -93,11 +125,13 @@ impl Printer<'_> {
     fn region(&self, out: &mut String, r: RegionId, depth: usize, keyword: &str) {
         let pad = "  ".repeat(depth);
         let region = self.graph.region(r);
-        let name = region.name.as_deref().unwrap_or("");
-        let _ = writeln!(out, "{keyword} {} {{", if is_plain(name) { name.to_string() } else { quote(name) });
+        let _ = writeln!(out, "{keyword} {} {{", name(region.name.as_deref().unwrap_or("")));
         for &v in &region.inputs {
-            let init = if self.graph.value(v).initializer.is_some() { " (with default initializer)" } else { "" };
-            let _ = writeln!(out, "{pad}  input {}{init}", self.typed(v));
+            let default = match &self.graph.value(v).initializer {
+                Some(t) => format!(" = {}", self.tensor(t)),
+                None => String::new(),
+            };
+            let _ = writeln!(out, "{pad}  input {}{default}", self.typed(v));
         }
         for &v in &region.initializers {
             let value = self.graph.value(v);
@@ -125,8 +159,8 @@ impl Printer<'_> {
         let outputs: Vec<String> = node.outputs.iter().map(|o| o.map(|v| self.typed(v)).unwrap_or_else(|| "_".into())).collect();
         let inputs: Vec<String> = node.inputs.iter().map(|i| i.map(|v| self.value_ref(v)).unwrap_or_else(|| "_".into())).collect();
         let op = match node.domain() {
-            "" => node.op_type.clone(),
-            d => format!("{d}::{}", node.op_type),
+            "" => name(&node.op_type),
+            d => format!("{}::{}", name(d), name(&node.op_type)),
         };
         let _ = write!(out, "{pad}{} = {op}({})", outputs.join(", "), inputs.join(", "));
         let mut subgraphs = Vec::new();
@@ -144,47 +178,51 @@ impl Printer<'_> {
                         return None;
                     }
                     AttrValue::Undefined => match &a.ref_attr_name {
-                        Some(r) => format!("@{r}"),
+                        Some(r) => format!("@{}", name(r)),
                         None => "undefined".into(),
                     },
                     other => self.attr_value(other),
                 };
-                Some(format!("{}={text}", a.name))
+                Some(format!("{}={text}", name(&a.name)))
             })
             .collect();
         if !scalar_attrs.is_empty() {
             let _ = write!(out, " {{{}}}", scalar_attrs.join(", "));
         }
-        if let Some(name) = node.name.as_deref().filter(|n| !n.is_empty()) {
-            let _ = write!(out, "  # {name}");
+        if let Some(n) = node.name.as_deref().filter(|n| !n.is_empty()) {
+            let _ = write!(out, "  # {}", node_name(n));
         }
         out.push('\n');
         for (attr, regions) in subgraphs {
             for r in regions {
-                let _ = write!(out, "{pad}  {attr}: ");
+                let _ = write!(out, "{pad}  {}: ", name(&attr));
                 self.region(out, r, depth + 1, "graph");
             }
         }
     }
 
     fn attr_value(&self, v: &AttrValue) -> String {
-        fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
+        /// A list; an empty one says its kind, since `[]` alone would not.
+        fn list<T>(kind: &str, items: &[T], f: impl Fn(&T) -> String) -> String {
+            if items.is_empty() {
+                return format!("{kind}[]");
+            }
             format!("[{}]", items.iter().map(f).collect::<Vec<_>>().join(", "))
         }
-        let string = |s: &bytes::Bytes| quote(&String::from_utf8_lossy(s));
+        let string = |s: &bytes::Bytes| quote_bytes(s);
         match v {
-            AttrValue::Float(f) => format!("{f:?}"),
+            AttrValue::Float(f) => format_f32(*f),
             AttrValue::Int(i) => i.to_string(),
             AttrValue::String(s) => string(s),
             AttrValue::Tensor(t) => self.tensor(t),
             AttrValue::SparseTensor(s) => self.sparse(s),
-            AttrValue::Type(t) => format!("type {t}"),
-            AttrValue::Floats(v) => list(v, |f| format!("{f:?}")),
-            AttrValue::Ints(v) => list(v, i64::to_string),
-            AttrValue::Strings(v) => list(v, string),
-            AttrValue::Tensors(v) => list(v, |t| self.tensor(t)),
-            AttrValue::SparseTensors(v) => list(v, |s| self.sparse(s)),
-            AttrValue::Types(v) => list(v, |t| format!("type {t}")),
+            AttrValue::Type(t) => format!("type {}", type_text(t)),
+            AttrValue::Floats(v) => list("floats", v, |f| format_f32(*f)),
+            AttrValue::Ints(v) => list("ints", v, i64::to_string),
+            AttrValue::Strings(v) => list("strings", v, string),
+            AttrValue::Tensors(v) => list("tensors", v, |t| self.tensor(t)),
+            AttrValue::SparseTensors(v) => list("sparse_tensors", v, |s| self.sparse(s)),
+            AttrValue::Types(v) => list("types", v, |t| format!("type {}", type_text(t))),
             AttrValue::Graph(_) | AttrValue::Graphs(_) | AttrValue::Undefined => String::new(),
         }
     }
@@ -194,14 +232,10 @@ impl Printer<'_> {
         let mut s = format!("tensor<{}[{}]>", t.dtype(), dims.join(","));
         if let Some(ext) = t.external() {
             let _ = write!(s, " external({}@{}+{})", quote(&ext.location), ext.offset, ext.length);
-        } else if t.len() <= 8 {
-            if let Ok(v) = t.to_i64() {
-                let _ = write!(s, "{v:?}");
-            } else if let Ok(v) = t.to_f32() {
-                let _ = write!(s, "{v:?}");
-            } else if let Ok(v) = t.strings() {
-                let _ = write!(s, "[{}]", v.iter().map(|b| quote(&String::from_utf8_lossy(b))).collect::<Vec<_>>().join(", "));
-            }
+        } else if t.len() <= self.inline_limit
+            && let Some(values) = format_elements(t)
+        {
+            let _ = write!(s, "[{}]", values.join(", "));
         }
         if self.options.tensor_digests
             && let Ok(raw) = t.raw_data()

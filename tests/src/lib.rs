@@ -111,6 +111,24 @@ pub fn short(path: &Path) -> String {
     parts.iter().rev().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
+/// A model made by onnxruntime's own tools from public material (MiniLM through its offline
+/// and transformer optimizers and its dynamic and static quantizers, a small ConvInteger
+/// model), written once into `<cache>/regression/` by tests/py/make_regression_models.py.
+pub fn regression_model(name: &str) -> PathBuf {
+    let dir = test_data().join("regression");
+    if !dir.join("done").exists() {
+        std::fs::create_dir_all(&dir).expect("create the regression models directory");
+        let lock = std::fs::File::create(dir.join(".make.lock")).expect("create the regression models lock");
+        lock.lock().expect("lock the regression models directory");
+        if !dir.join("done").exists() {
+            run_python("make_regression_models.py", &[minilm().as_os_str(), dir.as_os_str()]);
+        }
+    }
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not among the regression models (see {})", name, dir.join("manifest.txt").display());
+    path
+}
+
 /// Inputs to run a real model on, as `name=path.npy` for the Python scripts: MiniLM's
 /// reference inputs; for the PyPI models, values their inputs accept (written once into the cache).
 pub fn model_inputs(model: &Path) -> Vec<String> {

@@ -14,6 +14,8 @@
 //! output projection) is quantized once, and every reader uses the compressed form: see
 //! [`shared`].
 
+mod already_quantized;
+
 use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
 use crate::patterns::{LinearLayer, LinearOp, linear_layers, weight_readers};
@@ -446,6 +448,7 @@ impl Quantize {
                 None => candidates.push(target),
             }
         }
+        skipped.extend(already_quantized::weights_left_to_their_op(graph).into_iter().map(|(name, reason)| Skipped { name, reason }));
         if self.skip_last
             && let Some(t) = candidates.pop()
         {

@@ -13,7 +13,10 @@
 //! types (bfloat16, 4- and 2-bit, fp8/fp4) and new ops. What has no equivalent is refused
 //! with a clear error: Scan-8's batch axis, BatchNormalization with `spatial=0`, a Dropout
 //! mask whose type changes while something reads it, and Upsample/Scatter in a model already
-//! past the opset that deprecated them.
+//! past the opset that deprecated them. Reaching 21, int8 activation Q/DQ pairs become uint8
+//! ones (`upgrade_opset/unsigned_qdq.rs` says why).
+
+mod unsigned_qdq;
 
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
@@ -432,8 +435,13 @@ impl Pass for UpgradeOpset {
         for node in graph.all_nodes() {
             up.node(node)?;
         }
-        let Upgrade { patch, edits, rewritten, .. } = up;
+        let unsigned = up.crosses(21).then(|| unsigned_qdq::unsigned_activation_qdq(graph, &graph.uses(), &mut up.patch));
+        let Upgrade { patch, edits, mut rewritten, .. } = up;
         graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
+        if let Some(unsigned) = unsigned {
+            unsigned_qdq::apply_unsigned_edits(graph, &unsigned);
+            rewritten += unsigned.pairs;
+        }
         for edit in edits {
             match edit {
                 AttrEdit::Remove(n, name) => graph.node_mut(n).attributes.retain(|a| a.name != name),

@@ -4,6 +4,7 @@
 //! bounds broken); 2 bad input or a failed operation (unreadable model, bad option, I/O).
 
 mod cmd;
+mod model_file;
 mod output;
 mod progress;
 
@@ -31,6 +32,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Run two models on the same inputs; report output errors, sizes and latencies.
     Compare(cmd::compare::Args),
+    /// Convert between ONNX and Compactor's text form (*.ctir), by file extension.
+    Convert(cmd::convert::Args),
 }
 
 /// What a command reports back to `main`.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Compare(args) => cmd::compare::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

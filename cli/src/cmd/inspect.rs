@@ -2,13 +2,12 @@ use crate::Outcome;
 use crate::output::{bytes, count};
 use anyhow::Context;
 use compactor_ir::summary::{Summary, summarize};
-use compactor_ir::{LoadOptions, Model};
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The .onnx file.
+    /// The .onnx file (or a model in the text form, *.ctir).
     model: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -25,7 +24,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let mut model = Model::load_with(&args.model, &LoadOptions::default())?;
+    let mut model = crate::model_file::load(&args.model)?;
     let inference = args.infer_shapes.then(|| compactor_ir::infer_shapes(&mut model, &Default::default()));
     let file_bytes = std::fs::metadata(&args.model).with_context(|| format!("{}: cannot stat", args.model.display()))?.len();
     let summary = summarize(&model, args.largest);

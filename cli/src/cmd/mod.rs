@@ -2,6 +2,7 @@ pub mod bench;
 pub mod bench_quantize;
 pub mod bench_runtime;
 pub mod compare;
+pub mod convert;
 pub mod inspect;
 pub mod optimize;
 pub mod passes;

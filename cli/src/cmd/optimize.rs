@@ -4,7 +4,8 @@ use crate::progress::Bars;
 use anyhow::{Context, bail};
 use super::run::{InputArgs, named};
 use compactor::{Pipeline, RuntimeCalibrator};
-use compactor_ir::{ExternalDataPolicy, LoadOptions, Model, SaveOptions};
+use crate::model_file;
+use compactor_ir::{ExternalDataPolicy, Model, SaveOptions};
 use compactor_passes::{PassError, RunOptions};
 use compactor_runtime::Session;
 use compactor_runtime::metrics::compare;
@@ -12,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model to optimize.
+    /// The model to optimize (ONNX, or the text form when named *.ctir).
     input: PathBuf,
-    /// Where to write the result.
+    /// Where to write the result (the text form when named *.ctir).
     #[arg(short, long)]
     output: PathBuf,
     /// The passes, e.g. 'cleanup,fold-constants(max_bytes=4096)' (see `compactor passes`).
@@ -73,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if args.output == args.input {
         bail!("the output would overwrite the input {}; write to another file", args.input.display());
     }
-    let mut model = Model::load_with(&args.input, &LoadOptions::default())?;
+    let mut model = model_file::load(&args.input)?;
     let original = args.check.then(|| model.clone());
     let session_options = args.inputs.session_options()?;
     if let Some(spec) = &args.calibration {
@@ -142,7 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(min_bytes) => ExternalDataPolicy::Threshold { min_bytes, location: format!("{}.data", args.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()) },
         None => ExternalDataPolicy::Preserve,
     };
-    let saved = model.save_with(&args.output, &SaveOptions { external_data, sync: false })?;
+    let saved = model_file::save(&model, &args.output, &SaveOptions { external_data, sync: false })?;
     let input_bytes = std::fs::metadata(&args.input)?.len() + external_bytes(&args.input)?;
     let output_bytes = saved.model_bytes + saved.external_files.iter().map(|(_, n)| n).sum::<u64>();
     eprintln!(
@@ -168,8 +169,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Bytes of the external data files a model refers to.
+/// Bytes of the external data files a model refers to (none for the text form).
 fn external_bytes(model: &Path) -> anyhow::Result<u64> {
+    if model_file::is_text(model) {
+        return Ok(0);
+    }
     let m = Model::load(model)?;
     Ok(compactor_ir::summary::summarize(&m, 0).external_files.iter().map(|f| f.bytes).sum())
 }

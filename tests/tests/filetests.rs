@@ -37,7 +37,7 @@ fn ctir_files(dir: &Path) -> Vec<PathBuf> {
 
 /// One directive of a file test's header.
 #[derive(Debug, PartialEq)]
-enum Check {
+enum Directive {
     /// The pattern is on a line at or after the current one.
     Check(String),
     /// The pattern is on the line right after the last match.
@@ -50,7 +50,7 @@ enum Check {
 struct FileTest {
     spec: String,
     calibration_batches: Option<usize>,
-    checks: Vec<Check>,
+    checks: Vec<Directive>,
     /// The input graph: the text before the `; expected:` line (header comments included).
     input: String,
     expected: Option<String>,
@@ -76,9 +76,9 @@ fn split(text: &str) -> Result<FileTest, String> {
                 let n = rest.strip_prefix("random(").and_then(|r| r.strip_suffix(')')).and_then(|n| n.parse().ok());
                 calibration_batches = Some(n.ok_or_else(|| format!("line {}: expected '; calibration: random(N)'", i + 1))?);
             }
-            "check" => checks.push(Check::Check(rest)),
-            "nextln" => checks.push(Check::Next(rest)),
-            "not" => checks.push(Check::Not(rest)),
+            "check" => checks.push(Directive::Check(rest)),
+            "nextln" => checks.push(Directive::Next(rest)),
+            "not" => checks.push(Directive::Not(rest)),
             _ => {}
         }
     }
@@ -104,7 +104,7 @@ fn pattern(p: &str) -> Result<regex::Regex, String> {
 }
 
 /// Matches the checks against the output, FileCheck style; the error names the failing check.
-fn run_checks(checks: &[Check], output: &str) -> Result<(), String> {
+fn run_checks(checks: &[Directive], output: &str) -> Result<(), String> {
     let lines: Vec<&str> = output.lines().collect();
     // The next line a `check` may match, and the lines `not` patterns are held against.
     let mut next = 0usize;
@@ -119,15 +119,15 @@ fn run_checks(checks: &[Check], output: &str) -> Result<(), String> {
     }
     for check in checks {
         match check {
-            Check::Not(p) => pending_not.push((p.as_str(), pattern(p)?)),
-            Check::Check(p) => {
+            Directive::Not(p) => pending_not.push((p.as_str(), pattern(p)?)),
+            Directive::Check(p) => {
                 let re = pattern(p)?;
                 let found = (next..lines.len()).find(|&i| re.is_match(lines[i])).ok_or_else(|| format!("'; check: {p}' not found at or after output line {}", next + 1))?;
                 not_in(&pending_not, &lines[next..found])?;
                 pending_not.clear();
                 next = found + 1;
             }
-            Check::Next(p) => {
+            Directive::Next(p) => {
                 let re = pattern(p)?;
                 if !pending_not.is_empty() {
                     return Err(format!("'; nextln: {p}' right after a '; not:' line"));
@@ -218,15 +218,15 @@ fn every_pass_has_a_file_test() {
 #[test]
 fn checks_match_in_order_and_fail_when_they_should() {
     let output = "a = Relu(x)\nb = Gemm(a, w)\nc = Add(b, b)\n";
-    let ok = |checks: Vec<Check>| run_checks(&checks, output);
-    assert_eq!(ok(vec![Check::Check("Relu".into()), Check::Next("Gemm(a, {{[a-z]}})".into()), Check::Next("Add".into())]), Ok(()));
-    assert_eq!(ok(vec![Check::Check("Relu".into()), Check::Not("MatMul".into()), Check::Check("Add".into())]), Ok(()));
-    assert!(ok(vec![Check::Check("Gemm".into()), Check::Check("Relu".into())]).unwrap_err().contains("not found"));
-    assert!(ok(vec![Check::Check("Relu".into()), Check::Next("Add".into())]).unwrap_err().contains("does not match output line 2"));
-    assert!(ok(vec![Check::Check("Relu".into()), Check::Not("Gemm".into()), Check::Check("Add".into())]).unwrap_err().contains("matched"));
-    assert!(ok(vec![Check::Check("Gemm".into()), Check::Not("Add".into())]).unwrap_err().contains("matched"));
+    let ok = |checks: Vec<Directive>| run_checks(&checks, output);
+    assert_eq!(ok(vec![Directive::Check("Relu".into()), Directive::Next("Gemm(a, {{[a-z]}})".into()), Directive::Next("Add".into())]), Ok(()));
+    assert_eq!(ok(vec![Directive::Check("Relu".into()), Directive::Not("MatMul".into()), Directive::Check("Add".into())]), Ok(()));
+    assert!(ok(vec![Directive::Check("Gemm".into()), Directive::Check("Relu".into())]).unwrap_err().contains("not found"));
+    assert!(ok(vec![Directive::Check("Relu".into()), Directive::Next("Add".into())]).unwrap_err().contains("does not match output line 2"));
+    assert!(ok(vec![Directive::Check("Relu".into()), Directive::Not("Gemm".into()), Directive::Check("Add".into())]).unwrap_err().contains("matched"));
+    assert!(ok(vec![Directive::Check("Gemm".into()), Directive::Not("Add".into())]).unwrap_err().contains("matched"));
     // `{{...}}` is a regex, the rest literal.
-    assert!(ok(vec![Check::Check("Gemm(a, .)".into())]).is_err());
+    assert!(ok(vec![Directive::Check("Gemm(a, .)".into())]).is_err());
     assert!(split("; run: cleanup\nmodel ir_version=8 opset=[]\n").err().unwrap().contains("could not fail"));
     let t = split("; run: cleanup\n; check: x\nmodel\n; expected:\nout\n").unwrap();
     assert_eq!((t.spec.as_str(), t.input.as_str(), t.expected.as_deref()), ("cleanup", "; run: cleanup\n; check: x\nmodel\n", Some("out\n")));

@@ -179,13 +179,18 @@ impl Parser<'_> {
         match self.cur.word() {
             Some("tensor") => {
                 let mut value = self.new_value(&def, ValueDef::Initializer, r);
-                value.initializer = Some(self.tensor_after_keyword()?);
+                let tensor = self.tensor_after_keyword()?;
+                // Typed from its tensor, as the ONNX loader types initializers.
+                value.ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
+                value.initializer = Some(tensor);
                 let id = self.define(&def, value)?;
                 self.graph.region_mut(r).initializers.push(id);
             }
             Some("sparse") => {
                 let mut value = self.new_value(&def, ValueDef::SparseInitializer, r);
-                value.sparse_initializer = Some(self.sparse_after_keyword()?);
+                let sparse = self.sparse_after_keyword()?;
+                value.ty = sparse.values.as_ref().map(|v| ValueType::tensor(v.dtype(), Some(Shape::known(&sparse.dims))));
+                value.sparse_initializer = Some(sparse);
                 let id = self.define(&def, value)?;
                 self.graph.region_mut(r).sparse_initializers.push(id);
             }

@@ -90,6 +90,7 @@ fn every_construct_reads_back_and_prints_the_same() {
     assert_eq!(q.initializer.as_ref().unwrap().to_i64().unwrap(), vec![-8, 7, 0, -1, 3]);
     let h = g.main().initializers.iter().map(|&v| g.value(v)).find(|v| v.name == "h").unwrap();
     assert_eq!(h.initializer.as_ref().unwrap().raw_data().unwrap().as_ref(), &[0x66, 0x2e, 0xff, 0x7b, 0x01, 0x7e]);
+    assert_eq!(q.ty, Some(crate::ValueType::tensor(crate::DataType::Int4, Some(crate::Shape::known(&[5])))), "initializers are typed from their tensors");
     let big = g.main().initializers.iter().map(|&v| g.value(v)).find(|v| v.name == "big").unwrap();
     assert!(big.initializer.as_ref().unwrap().to_f32().unwrap().iter().all(|&v| v == 0.0));
     // The If's branches are regions owned by it, reading %y and %z from the main graph.

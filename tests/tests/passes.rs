@@ -273,3 +273,17 @@ fn cleanup_output_is_deterministic() {
     }
     assert!(files[0] == files[1]);
 }
+
+/// Cleanup after quantization keeps the quantized weights: folding a weight's
+/// DequantizeLinear would store it in f32 again (and onnxruntime matches `DequantizeLinear ->
+/// MatMul` to run its quantized kernels).
+#[test]
+fn cleanup_after_quantize_keeps_weights_quantized() {
+    let mut model = load(&fixture("tiny_bert.onnx"));
+    run("quantize(bits=4)", &mut model);
+    let count = |m: &Model| model_to_text(m).matches("= DequantizeLinear(").count();
+    let quantized = count(&model);
+    assert!(quantized > 0, "the fixture has quantized weights");
+    run("cleanup", &mut model);
+    assert_eq!(count(&model), quantized, "cleanup folded DequantizeLinear nodes");
+}

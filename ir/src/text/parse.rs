@@ -105,6 +105,7 @@ impl Parser<'_> {
                         self.cur.word();
                         self.outputs(r)?;
                         self.cur.expect(b'}')?;
+                        self.record_value_info(r);
                         self.scopes.pop();
                         return Ok(());
                     }
@@ -113,6 +114,19 @@ impl Parser<'_> {
                 },
             }
         }
+    }
+
+    /// Node outputs declared with a type (other than the region's outputs, whose entries carry
+    /// theirs) get a `value_info` entry, so the type is kept when the model is saved as ONNX.
+    fn record_value_info(&mut self, r: RegionId) {
+        let region = self.graph.region(r);
+        let typed: Vec<ValueId> = region
+            .nodes
+            .iter()
+            .flat_map(|&n| self.graph.node(n).outputs.iter().flatten().copied())
+            .filter(|&v| self.graph.value(v).ty.is_some() && !region.outputs.contains(&v))
+            .collect();
+        self.graph.region_mut(r).value_info = typed;
     }
 
     fn define(&mut self, def: &Def, value: Value) -> Result<ValueId, TextError> {

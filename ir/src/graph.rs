@@ -9,7 +9,7 @@ use crate::dtype::DataType;
 use crate::proto;
 use crate::tensor::Tensor;
 use crate::types::{Shape, ValueType};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 macro_rules! id_type {
@@ -300,6 +300,11 @@ pub struct Region {
     pub sparse_initializers: Vec<ValueId>,
     /// Values with a `value_info` entry, in file order.
     pub value_info: Vec<ValueId>,
+    /// `value_info` entries of graph inputs and outputs that state another type than the input
+    /// or output declaration (onnxruntime's optimizer writes an output's `value_info` without
+    /// its shape): kept as read and written back unchanged, while the value's type is the
+    /// declaration's.
+    pub value_info_as_read: BTreeMap<ValueId, proto::ValueInfoProto>,
     pub quantization_annotation: Vec<proto::TensorAnnotation>,
     pub metadata_props: Vec<MetadataProp>,
     /// The node whose attribute holds this region; `None` for the main graph.
@@ -451,6 +456,7 @@ impl Graph {
             for list in [&mut region.inputs, &mut region.initializers, &mut region.sparse_initializers, &mut region.value_info] {
                 list.retain(|&v| v != id);
             }
+            region.value_info_as_read.remove(&id);
         }
         value
     }

@@ -110,7 +110,7 @@ impl Model {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let relocated = relocations(&writer, &dir, path);
+        let relocated = relocations(&writer, &dir, path, &self.origin);
         if !relocated.is_empty() {
             writer = Writer { relocated, ..Writer::new(options.external_data.clone()) };
             proto = writer.model(self)?;
@@ -156,24 +156,36 @@ impl Model {
     }
 }
 
-/// External data files that would replace a file the model's own tensors are read from (an
-/// output written next to its input, keeping the input's data file name) get a name of their
-/// own: `<output file>.data`, else `<output file>.<n>.data`. Replacing the input's data file
-/// would leave the input model pointing at the output's data. The old file stays where it was.
-fn relocations(writer: &Writer, dir: &Path, output: &Path) -> BTreeMap<String, String> {
+/// External data locations the output gets under a name of its own: `<output file>.data`,
+/// else `<output file>.<n>.data`. Two cases need one:
+/// - the output's file name differs from the model it was read from: keeping the source's data
+///   file name (`model.onnx.data`) would let several outputs written into one directory
+///   (`int8.onnx`, `int4.onnx`) replace each other's data;
+/// - a data file would replace a file the model's own tensors are read from (an output written
+///   next to its input): the input model would then point at the output's data.
+///
+/// A copy under the same file name into another directory keeps its data file names, so a
+/// round trip stays byte-identical. The old files stay where they were.
+fn relocations(writer: &Writer, dir: &Path, output: &Path, origin: &Origin) -> BTreeMap<String, String> {
     let canonical = |p: &Path| std::fs::canonicalize(p).ok();
     let sources: BTreeSet<PathBuf> = writer.sources.iter().filter_map(|p| canonical(p)).collect();
     let is_source = |p: &Path| canonical(p).is_some_and(|c| sources.contains(&c));
+    let renamed = match origin {
+        Origin::File(source) => source.file_name() != output.file_name(),
+        Origin::Memory => false,
+    };
     let mut relocated = BTreeMap::new();
     let mut taken: BTreeSet<String> = writer.external_files.keys().cloned().collect();
     let stem = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     for location in writer.external_files.keys() {
-        if !is_source(&dir.join(location)) {
+        // Under `Threshold` the caller named the file; only a clash with a source renames it.
+        let kept_from_source = matches!(writer.policy, ExternalDataPolicy::Preserve);
+        if !is_source(&dir.join(location)) && !(renamed && kept_from_source) {
             continue;
         }
         let fresh = (0..)
             .map(|n| if n == 0 { format!("{stem}.data") } else { format!("{stem}.{n}.data") })
-            .find(|name| !taken.contains(name) && !is_source(&dir.join(name)))
+            .find(|name| (!taken.contains(name) || name == location) && !is_source(&dir.join(name)))
             .expect("some name is free");
         taken.insert(fresh.clone());
         relocated.insert(location.clone(), fresh);
@@ -548,11 +560,21 @@ impl Reader<'_> {
         }
         for vi in value_info {
             let name = vi.name.unwrap_or_default();
+            let type_as_read = vi.r#type.clone();
             let ty = self.value_type(vi.r#type, &name)?;
             let id = match resolve(scopes, &name) {
                 Some(id) => id,
                 None => self.new_value(name, ValueDef::Annotation, rid),
             };
+            let region = self.graph.region(rid);
+            let declared = region.inputs.contains(&id) || region.outputs.contains(&id);
+            if declared && self.graph.value(id).ty != ty {
+                let entry = proto::ValueInfoProto { name: Some(self.graph.value(id).name.clone()), r#type: type_as_read, doc_string: vi.doc_string, metadata_props: vi.metadata_props };
+                let region = self.graph.region_mut(rid);
+                region.value_info_as_read.insert(id, entry);
+                region.value_info.push(id);
+                continue;
+            }
             let v = self.graph.value_mut(id);
             (v.ty, v.doc_string, v.metadata_props) = (ty, vi.doc_string, vi.metadata_props);
             self.graph.region_mut(rid).value_info.push(id);
@@ -906,7 +928,7 @@ impl Writer {
             doc_string: region.doc_string.clone(),
             input: region.inputs.iter().map(|&v| self.value_info(graph, v)).collect(),
             output: region.outputs.iter().map(|&v| self.value_info(graph, v)).collect(),
-            value_info: region.value_info.iter().map(|&v| self.value_info(graph, v)).collect(),
+            value_info: region.value_info.iter().map(|&v| region.value_info_as_read.get(&v).cloned().unwrap_or_else(|| self.value_info(graph, v))).collect(),
             quantization_annotation: region.quantization_annotation.clone(),
             metadata_props: region.metadata_props.clone(),
         })

@@ -183,7 +183,7 @@ fn models_over_two_gigabytes_keep_their_data_external() {
     assert!(err.to_string().contains("external data"), "{err}");
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing may be left behind");
 
-    // Preserved external data: same offsets, values intact past the 2 GiB mark.
+    // Preserved external data (named after the output): same offsets, values intact past 2 GiB.
     let kept = out.path().join("kept.onnx");
     save(&model, &kept, ExternalDataPolicy::Preserve);
     let reloaded = Model::load(&kept).unwrap();
@@ -195,7 +195,7 @@ fn models_over_two_gigabytes_keep_their_data_external() {
     let w0 = reloaded.graph.value(reloaded.graph.main().initializers[0]).initializer.clone().unwrap().raw_data().unwrap();
     assert_eq!(f32::from_le_bytes(w0[..4].try_into().unwrap()), 1.5);
     assert_eq!(f32::from_le_bytes(w0[w0.len() - 4..].try_into().unwrap()), 2.5);
-    assert_eq!(std::fs::metadata(out.path().join("big.bin")).unwrap().len(), 2 * TENSOR);
+    assert_eq!(std::fs::metadata(out.path().join("kept.onnx.data")).unwrap().len(), 2 * TENSOR);
 }
 
 /// Saving next to the input must not replace the input's data file: with `Preserve` the output
@@ -227,8 +227,45 @@ fn saving_next_to_the_input_keeps_the_inputs_data_file() {
             }
         }
     }
-    // The output saved again in another directory keeps its own data file's name.
+    // Copied under the same file name into another directory, the output keeps its data file's
+    // name; under another file name, its data is named after it.
     let other = tempfile::tempdir().unwrap();
-    let report = save(&Model::load(dir.path().join("kept.onnx")).unwrap(), &other.path().join("again.onnx"), ExternalDataPolicy::Preserve);
+    let kept = Model::load(dir.path().join("kept.onnx")).unwrap();
+    let report = save(&kept, &other.path().join("kept.onnx"), ExternalDataPolicy::Preserve);
     assert_eq!(report.external_files[0].0.file_name().unwrap(), "kept.onnx.data");
+    let report = save(&kept, &other.path().join("again.onnx"), ExternalDataPolicy::Preserve);
+    assert_eq!(report.external_files[0].0.file_name().unwrap(), "again.onnx.data");
+}
+
+/// Several outputs of one model written into one directory (`a.onnx`, `b.onnx`) must not share
+/// the input's data file name: the later save would replace the earlier output's data.
+#[test]
+fn outputs_written_into_one_directory_keep_their_own_data() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let input = onnx_external_copy(&fixture("tiny_bert.onnx"), src_dir.path());
+    let original = Model::load(&input).unwrap();
+    // The second output holds different weights, so a shared data file would show.
+    let mut changed = Model::load(&input).unwrap();
+    let first = changed.graph.main().initializers.iter().copied().find(|&v| {
+        changed.graph.value(v).initializer.as_ref().is_some_and(|t| t.external().is_some() && t.dtype() == compactor_ir::DataType::Float)
+    });
+    let first = first.expect("an external f32 weight");
+    let tensor = changed.graph.value(first).initializer.clone().unwrap();
+    let values: Vec<f32> = tensor.to_f32().unwrap().iter().map(|v| v + 1.0).collect();
+    let name = changed.graph.value(first).name.clone();
+    changed.graph.value_mut(first).initializer = Some(compactor_ir::Tensor::from_f32(tensor.dims(), &values).unwrap().with_name(Some(name)));
+    let out = tempfile::tempdir().unwrap();
+    let (a, b) = (out.path().join("a.onnx"), out.path().join("b.onnx"));
+    let report_a = save(&original, &a, ExternalDataPolicy::Preserve);
+    let report_b = save(&changed, &b, ExternalDataPolicy::Preserve);
+    assert_eq!(report_a.external_files[0].0.file_name().unwrap(), "a.onnx.data");
+    assert_eq!(report_b.external_files[0].0.file_name().unwrap(), "b.onnx.data");
+    let (ra, rb) = (Model::load(&a).unwrap(), Model::load(&b).unwrap());
+    for (reloaded, expected) in [(&ra, &original), (&rb, &changed)] {
+        let (x, y) = (compactor_ir::summary::weights(&reloaded.graph), compactor_ir::summary::weights(&expected.graph));
+        assert_eq!(x.len(), y.len());
+        for ((name, t), (_, u)) in x.iter().zip(&y) {
+            assert!(t.content_eq(u).unwrap(), "{name}");
+        }
+    }
 }

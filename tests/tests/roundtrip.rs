@@ -91,3 +91,42 @@ fn lifting_constants_keeps_values_and_removes_constant_nodes() {
         assert!(before.content_eq(&after).unwrap(), "{}", plain.graph.value(v).name);
     }
 }
+
+/// A graph output that also has a `value_info` entry stating another type (onnxruntime's
+/// optimizer writes one without the shape) keeps both as read: the output's declared shape is
+/// what onnx.checker requires, and the entry is written back unchanged.
+#[test]
+fn an_output_repeated_in_value_info_with_another_type_round_trips() {
+    use compactor_ir::proto;
+    use prost::Message;
+    let dim = |d: proto::tensor_shape_proto::dimension::Value| proto::tensor_shape_proto::Dimension { value: Some(d), ..Default::default() };
+    let tensor_type = |shape: Option<proto::TensorShapeProto>| {
+        Some(proto::TypeProto { value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor { elem_type: Some(1), shape })), ..Default::default() })
+    };
+    let shaped = tensor_type(Some(proto::TensorShapeProto {
+        dim: vec![dim(proto::tensor_shape_proto::dimension::Value::DimValue(1)), dim(proto::tensor_shape_proto::dimension::Value::DimParam("n".into()))],
+    }));
+    let info = |name: &str, ty: Option<proto::TypeProto>| proto::ValueInfoProto { name: Some(name.into()), r#type: ty, ..Default::default() };
+    let graph = proto::GraphProto {
+        name: Some("g".into()),
+        node: vec![proto::NodeProto { op_type: Some("Relu".into()), input: vec!["x".into()], output: vec!["y".into()], ..Default::default() }],
+        input: vec![info("x", shaped.clone())],
+        output: vec![info("y", shaped)],
+        value_info: vec![info("y", tensor_type(None))],
+        ..Default::default()
+    };
+    let model = proto::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (original, written) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    std::fs::write(&original, model.encode_to_vec()).unwrap();
+    let loaded = Model::load(&original).unwrap();
+    let y = loaded.graph.main().outputs[0];
+    assert_eq!(loaded.graph.value(y).ty.as_ref().and_then(|t| t.shape()).map(|s| s.rank()), Some(2), "the output keeps its declared shape");
+    loaded.save(&written).unwrap();
+    assert_eq!(std::fs::read(&original).unwrap(), std::fs::read(&written).unwrap());
+}

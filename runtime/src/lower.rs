@@ -688,7 +688,13 @@ impl Lowering {
     fn quantize_needs_lowering(&self, id: NodeId) -> bool {
         let node = self.graph().node(id);
         let out_type = self.quantize_output_type(id);
-        node.attr_int("block_size").unwrap_or(0) > 0
+        // tract 0.23.9 turns `DequantizeLinear -> Softmax -> QuantizeLinear` with one quantized
+        // type on both sides into a quantized softmax that saturates (every output 1.0 where
+        // onnxruntime and the ONNX reference give probabilities); a plain-arithmetic quantize
+        // keeps the softmax in f32.
+        let reads_softmax = node.input(0).and_then(|v| self.graph().producer(v)).is_some_and(|(p, _)| self.graph().node(p).is("Softmax"));
+        reads_softmax
+            || node.attr_int("block_size").unwrap_or(0) > 0
             || out_type.is_none_or(|t| !matches!(t, DataType::Int8 | DataType::Uint8))
             || self.input_type(id, 1).is_some_and(|t| t != DataType::Float)
             || self.input_type(id, 0).is_some_and(|t| t != DataType::Float)

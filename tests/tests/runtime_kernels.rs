@@ -69,3 +69,34 @@ fn quantized_matmuls_match_onnxruntime() {
     assert!(count >= 240, "only {count} cases ran");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// `DequantizeLinear -> Softmax -> QuantizeLinear -> DequantizeLinear`, as onnxruntime's static
+/// quantizer writes a classifier's head, for each pairing of 8-bit types: the outputs are the
+/// ONNX definition's (softmax of the dequantized input, quantized with round-half-even), not a
+/// saturated 1.0 (tract's quantized softmax gave 1.0 everywhere when both sides had one type).
+#[test]
+fn quantized_softmax_gives_the_defined_probabilities() {
+    let x = [0.44f32, -1.07, 1.99, -1.37];
+    let (s1, s2) = (0.0158f32, 1.0f32 / 255.0);
+    let pairs = [(("i8", -37i64), ("i8", -128i64)), (("i8", 0), ("u8", 0)), (("u8", 128), ("i8", -128)), (("u8", 128), ("u8", 0))];
+    for ((t1, z1), (t2, z2)) in pairs {
+        let text = format!(
+            "model ir_version=8 opset=[ai.onnx=15]\ngraph g {{\n  input %x: f32[1,4]\n  init %s1 = tensor<f32[]>[{s1}]\n  init %z1 = tensor<{t1}[]>[{z1}]\n  init %s2 = tensor<f32[]>[{s2}]\n  init %z2 = tensor<{t2}[]>[{z2}]\n  %q1 = QuantizeLinear(%x, %s1, %z1)\n  %d1 = DequantizeLinear(%q1, %s1, %z1)\n  %p = Softmax(%d1) {{axis=-1}}\n  %q2 = QuantizeLinear(%p, %s2, %z2)\n  %y: f32[1,4] = DequantizeLinear(%q2, %s2, %z2)\n  output %y: f32[1,4]\n}}\n"
+        );
+        let model = compactor_ir::text::parse(&text).unwrap();
+        let (lo1, hi1) = if t1 == "i8" { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let (lo2, hi2) = if t2 == "i8" { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let quantize = |v: f32, s: f32, z: i64, lo: f32, hi: f32| ((v / s).round_ties_even() + z as f32).clamp(lo, hi);
+        let d1: Vec<f32> = x.iter().map(|&v| (quantize(v, s1, z1, lo1, hi1) - z1 as f32) * s1).collect();
+        let max = d1.iter().fold(f32::MIN, |m, &v| m.max(v));
+        let sum: f32 = d1.iter().map(|v| (v - max).exp()).sum();
+        let expected: Vec<f32> = d1.iter().map(|v| (quantize((v - max).exp() / sum, s2, z2, lo2, hi2) - z2 as f32) * s2).collect();
+        let session = Session::new(&model, &SessionOptions::default()).unwrap();
+        let input = compactor_runtime::TensorValue::from_f32(&[1, 4], &x).unwrap();
+        let out = session.run(&[("x", input)]).unwrap();
+        let got = out[0].1.to_f64_vec().unwrap();
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((g - *e as f64).abs() < 1e-6, "{t1}/{t2} element {i}: {got:?}, expected {expected:?}");
+        }
+    }
+}

@@ -14,8 +14,9 @@ use std::fmt;
 
 macro_rules! id_type {
     ($name:ident, $prefix:literal) => {
+        /// An arena index. Only the graph makes them (ids of one graph mean nothing in another).
         #[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-        pub struct $name(pub u32);
+        pub struct $name(pub(crate) u32);
         impl $name {
             pub fn index(self) -> usize {
                 self.0 as usize
@@ -325,6 +326,9 @@ pub struct Graph {
     nodes: Vec<Option<Node>>,
     values: Vec<Option<Value>>,
     regions: Vec<Option<Region>>,
+    /// Renewed by every method that can change the graph, so analyses computed from it know
+    /// when they are stale (see [`Graph::generation`]).
+    generation: u64,
 }
 
 impl Graph {
@@ -335,7 +339,21 @@ impl Graph {
     pub fn new(name: impl Into<String>) -> Self {
         let mut g = Graph::default();
         g.regions.push(Some(Region { name: Some(name.into()), ..Default::default() }));
+        g.touch();
         g
+    }
+
+    /// A number that changes whenever the graph may have changed: every `&mut` access
+    /// (including [`Graph::apply`]) draws a fresh one from a process-wide counter. Two graphs
+    /// with one generation are equal (the same graph, or a clone neither has changed since),
+    /// so an analysis computed at a generation stays valid while the generation does.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn touch(&mut self) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        self.generation = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn main(&self) -> &Region {
@@ -351,6 +369,7 @@ impl Graph {
     }
 
     pub fn region_mut(&mut self, id: RegionId) -> &mut Region {
+        self.touch();
         self.regions[id.index()].as_mut().unwrap_or_else(|| panic!("region {id} was removed"))
     }
 
@@ -359,6 +378,7 @@ impl Graph {
     }
 
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.touch();
         self.nodes[id.index()].as_mut().unwrap_or_else(|| panic!("node {id} was removed"))
     }
 
@@ -367,6 +387,7 @@ impl Graph {
     }
 
     pub fn value_mut(&mut self, id: ValueId) -> &mut Value {
+        self.touch();
         self.values[id.index()].as_mut().unwrap_or_else(|| panic!("value {id} was removed"))
     }
 
@@ -424,24 +445,28 @@ impl Graph {
 
     /// Adds a region (for a subgraph); attach it to a node with a graph attribute.
     pub fn add_region(&mut self, region: Region) -> RegionId {
+        self.touch();
         self.regions.push(Some(region));
         RegionId(self.regions.len() as u32 - 1)
     }
 
     /// Adds a value to the arena (it is not listed in any region list).
     pub fn add_value(&mut self, value: Value) -> ValueId {
+        self.touch();
         self.values.push(Some(value));
         ValueId(self.values.len() as u32 - 1)
     }
 
     /// Adds a node to the arena without placing it in its region's order.
     pub fn add_node_detached(&mut self, node: Node) -> NodeId {
+        self.touch();
         self.nodes.push(Some(node));
         NodeId(self.nodes.len() as u32 - 1)
     }
 
     /// Removes a node from the arena and from its region's order. Its outputs stay (dangling) until removed.
     pub fn remove_node(&mut self, id: NodeId) -> Node {
+        self.touch();
         let node = self.nodes[id.index()].take().unwrap_or_else(|| panic!("node {id} was removed"));
         if let Some(Some(region)) = self.regions.get_mut(node.region.index()) {
             region.nodes.retain(|&n| n != id);
@@ -451,6 +476,7 @@ impl Graph {
 
     /// Removes a value from the arena and from its region's lists.
     pub fn remove_value(&mut self, id: ValueId) -> Value {
+        self.touch();
         let value = self.values[id.index()].take().unwrap_or_else(|| panic!("value {id} was removed"));
         for region in self.regions.iter_mut().flatten() {
             for list in [&mut region.inputs, &mut region.initializers, &mut region.sparse_initializers, &mut region.value_info] {
@@ -463,6 +489,7 @@ impl Graph {
 
     /// Removes a region and, recursively, its nodes, values and nested regions.
     pub fn remove_region(&mut self, id: RegionId) {
+        self.touch();
         let Some(region) = self.regions[id.index()].take() else { return };
         for n in region.nodes {
             let node = self.nodes[n.index()].take().expect("region nodes are live");
@@ -521,6 +548,7 @@ impl Graph {
 
     /// Replaces every use of `from` (node inputs and region outputs) with `to`.
     pub fn replace_uses(&mut self, from: ValueId, to: ValueId) {
+        self.touch();
         for node in self.nodes.iter_mut().flatten() {
             for input in node.inputs.iter_mut() {
                 if *input == Some(from) {

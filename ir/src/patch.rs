@@ -96,6 +96,15 @@ pub struct Patch {
     rewires: Vec<(ValueId, PValue)>,
     input_changes: Vec<(NodeId, usize, Option<PValue>)>,
     renames: Vec<(PValue, String)>,
+    /// Attribute edits of existing nodes, in order: `Some` sets (replacing one of that name),
+    /// `None` removes.
+    attribute_edits: Vec<(NodeId, String, Option<AttrValue>)>,
+    /// New declared types of existing values.
+    type_changes: Vec<(ValueId, Option<ValueType>)>,
+    /// New doc strings of existing values.
+    doc_changes: Vec<(ValueId, Option<String>)>,
+    /// New tensors of existing initializers (same name and uses).
+    initializer_changes: Vec<(ValueId, Tensor)>,
 }
 
 /// Builder for a new node; finish with [`NodeBuilder::add`].
@@ -149,7 +158,17 @@ impl Patch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.nodes.is_empty() && self.removed_nodes.is_empty() && self.removed_values.is_empty() && self.rewires.is_empty() && self.input_changes.is_empty() && self.renames.is_empty()
+        self.values.is_empty()
+            && self.nodes.is_empty()
+            && self.removed_nodes.is_empty()
+            && self.removed_values.is_empty()
+            && self.rewires.is_empty()
+            && self.input_changes.is_empty()
+            && self.renames.is_empty()
+            && self.attribute_edits.is_empty()
+            && self.type_changes.is_empty()
+            && self.doc_changes.is_empty()
+            && self.initializer_changes.is_empty()
     }
 
     /// A new value, to be produced by a new node. Its name is `name_hint`, made unique.
@@ -204,6 +223,32 @@ impl Patch {
     /// new value can take the name of one the patch removes.
     pub fn rename(&mut self, value: impl Into<PValue>, name: impl Into<String>) {
         self.renames.push((value.into(), name.into()));
+    }
+
+    /// Sets an attribute of an existing node (replacing one of the same name, else appended).
+    pub fn set_attr(&mut self, node: NodeId, name: &str, value: AttrValue) {
+        self.attribute_edits.push((node, name.to_string(), Some(value)));
+    }
+
+    /// Removes an attribute of an existing node (nothing if it has none of that name).
+    pub fn remove_attr(&mut self, node: NodeId, name: &str) {
+        self.attribute_edits.push((node, name.to_string(), None));
+    }
+
+    /// Sets the declared type of an existing value (`None`: unknown).
+    pub fn set_type(&mut self, value: ValueId, ty: Option<ValueType>) {
+        self.type_changes.push((value, ty));
+    }
+
+    /// Sets the doc string of an existing value.
+    pub fn set_doc_string(&mut self, value: ValueId, doc: Option<String>) {
+        self.doc_changes.push((value, doc));
+    }
+
+    /// Replaces the tensor of an existing initializer; its name, uses and place stay, its type
+    /// becomes the new tensor's.
+    pub fn set_initializer(&mut self, value: ValueId, tensor: Tensor) {
+        self.initializer_changes.push((value, tensor));
     }
 }
 
@@ -287,6 +332,24 @@ impl Graph {
         }
         for (v, _) in &patch.renames {
             new_index(*v)?;
+        }
+        for (n, _, _) in &patch.attribute_edits {
+            live_node(*n, "node whose attribute changes")?;
+        }
+        for (v, _) in &patch.type_changes {
+            live_value(*v, "value whose type changes")?;
+        }
+        for (v, _) in &patch.doc_changes {
+            live_value(*v, "value whose doc string changes")?;
+        }
+        for (v, _) in &patch.initializer_changes {
+            live_value(*v, "initializer")?;
+            if self.value(*v).initializer.is_none() {
+                return Err(err(format!("'{}' gets a new tensor but is not an initializer", self.value(*v).name)));
+            }
+            if patch.removed_values.contains(v) {
+                return Err(err(format!("initializer '{}' gets a new tensor and is removed", self.value(*v).name)));
+            }
         }
 
         // What disappears: removed values and the outputs of removed nodes no new node takes over.
@@ -460,6 +523,31 @@ impl Graph {
             let v = resolve(v, &summary.new_values);
             self.value_mut(v).name = name;
         }
+        // 5. Edits of what stays (a node or value the patch removed takes no edits).
+        for (n, name, value) in patch.attribute_edits {
+            if self.try_node(n).is_none() {
+                continue;
+            }
+            match value {
+                Some(value) => self.node_mut(n).set_attr(&name, value),
+                None => self.node_mut(n).attributes.retain(|a| a.name != name),
+            }
+        }
+        for (v, ty) in patch.type_changes {
+            if self.try_value(v).is_some() {
+                self.value_mut(v).ty = ty;
+            }
+        }
+        for (v, doc) in patch.doc_changes {
+            if self.try_value(v).is_some() {
+                self.value_mut(v).doc_string = doc;
+            }
+        }
+        for (v, tensor) in patch.initializer_changes {
+            let value = self.value_mut(v);
+            value.ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
+            value.initializer = Some(tensor.with_name(Some(value.name.clone())));
+        }
         summary
     }
 }
@@ -589,5 +677,35 @@ mod tests {
         verify_graph(&g).unwrap();
         let names: Vec<&str> = [a, b, ra, rb].iter().map(|&v| g.value(s.value(v)).name.as_str()).collect();
         assert_eq!(names, ["w_1", "w_2", "_1", "_2"]);
+    }
+
+    #[test]
+    fn attributes_types_and_initializers_change_through_a_patch() {
+        let (mut g, [_, r, _, w], [relu, neg]) = chain();
+        let generation = g.generation();
+        let mut p = Patch::new();
+        p.set_attr(relu, "alpha", AttrValue::Float(0.5));
+        p.set_attr(relu, "alpha", AttrValue::Float(0.25));
+        p.set_attr(neg, "gone", AttrValue::Int(1));
+        p.remove_attr(neg, "gone");
+        p.set_type(r, Some(ValueType::tensor(DataType::Float, Some(crate::types::Shape::known(&[2, 3])))));
+        p.set_initializer(w, Tensor::from_f32(&[2], &[4.0, 5.0]).unwrap());
+        g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        assert!(g.generation() > generation, "an applied patch bumps the generation");
+        assert_eq!(g.node(relu).attributes.len(), 1);
+        assert_eq!(g.node(relu).attr_float("alpha"), Some(0.25));
+        assert!(g.node(neg).attributes.is_empty());
+        assert_eq!(g.value(r).shape().map(|s| s.rank()), Some(2));
+        let t = g.value(w).initializer.clone().unwrap();
+        assert_eq!((t.to_f32().unwrap(), t.proto_name()), (vec![4.0, 5.0], Some("w")));
+        assert_eq!(g.value(w).shape().map(|s| s.rank()), Some(1));
+        // Edits of what does not exist, or of a value that is no initializer, are refused whole.
+        let before = crate::text::graph_to_text(&g);
+        let mut p = Patch::new();
+        p.set_attr(relu, "alpha", AttrValue::Float(9.0));
+        p.set_initializer(r, Tensor::from_f32(&[1], &[1.0]).unwrap());
+        assert!(g.apply(p).unwrap_err().to_string().contains("'r' gets a new tensor but is not an initializer"));
+        assert_eq!(crate::text::graph_to_text(&g), before);
     }
 }

@@ -3,17 +3,19 @@
 //! - [`Pass`] / [`PassDef`]: a pass is a small struct whose serde fields are its options.
 //! - [`registry`]: the one list of passes and presets (what `compactor passes` prints).
 //! - [`Pipeline`]: parse `fold-constants,quantize(bits=4)` (or a TOML file) and run it.
-//! - [`patterns`], [`transformer`]: find linear layers and transformer blocks however they were exported.
+//! - [`analysis`]: facts several passes need (linear layers, transformer blocks, uses),
+//!   computed once and cached in [`PassCtx::analyses`] until the graph changes.
+//! - [`calib`]: the calibration driver: statistics of the activations a pass asks for.
 //! - [`quant`]: the numerics of blockwise weight quantization (RTN, MSE/HQQ, GPTQ) and packing.
 
+pub mod analysis;
+pub mod calib;
 pub mod pass;
 pub mod passes;
-pub mod patterns;
 pub mod pipeline;
 pub mod quant;
 pub mod registry;
 pub mod spec;
-pub mod transformer;
 
 pub use pass::{Activation, Calibrator, ConstantEvaluator, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome, Progress, Silent};
 pub use pipeline::{GraphStats, PassReport, Pipeline, PipelineReport, RunOptions};

@@ -113,6 +113,11 @@ pub enum PassError {
 
     #[error("pass '{pass}' needs {what}, which this pipeline was not given")]
     Missing { pass: String, what: String },
+
+    /// The pass measures activations (see [`crate::calib`]) and the pipeline has no
+    /// calibration data.
+    #[error("pass '{pass}' needs calibration data ({why}), which this pipeline was not given")]
+    NeedsCalibration { pass: String, why: String },
 }
 
 impl PassError {
@@ -179,6 +184,9 @@ pub struct PassCtx<'a, 'env> {
     pub progress: &'a dyn Progress,
     pub evaluator: Option<&'a dyn ConstantEvaluator>,
     pub calibrator: Option<&'a mut (dyn Calibrator + 'env)>,
+    /// Analyses of the graph, shared by the pipeline's passes and recomputed only after the
+    /// graph changes.
+    pub analyses: &'a mut crate::analysis::Analyses,
 }
 
 impl PassCtx<'_, '_> {
@@ -198,10 +206,17 @@ impl PassCtx<'_, '_> {
     }
 
     /// Infers the types and shapes of every value it can (declared types are kept), so a pass
-    /// can rely on `Value::ty` where the graph determines it.
-    pub fn infer_shapes(&self, graph: &mut Graph) -> compactor_ir::InferReport {
+    /// can rely on `Value::ty` where the graph determines it. Skipped when the graph has not
+    /// changed since the last inference at this opset (inference is idempotent); the report is
+    /// then that inference's.
+    pub fn infer_shapes(&mut self, graph: &mut Graph) -> compactor_ir::InferReport {
         let opset = self.opset("").unwrap_or(compactor_ir::infer::LATEST_OPSET);
-        compactor_ir::infer_graph_shapes(graph, opset, &compactor_ir::InferOptions::default())
+        if let Some(report) = self.analyses.inferred_shapes(graph, opset) {
+            return report;
+        }
+        let report = compactor_ir::infer_graph_shapes(graph, opset, &compactor_ir::InferOptions::default());
+        self.analyses.record_inferred_shapes(graph, opset, report.clone());
+        report
     }
 
     /// Raises the IR version to at least `min`.

@@ -138,19 +138,29 @@ impl Pipeline {
         let initial = GraphStats::of(&model.graph);
         let mut reports = Vec::with_capacity(self.steps.len());
         let mut stopped_after = None;
+        let mut analyses = crate::analysis::Analyses::new();
         for (i, step) in self.steps.iter().enumerate() {
             if let Some(f) = options.on_pass_start.as_mut() {
                 f(i, self.steps.len(), step.name);
             }
             let before = reports.last().map(|r: &PassReport| r.after).unwrap_or(initial);
             let t = Instant::now();
+            let generation = model.graph.generation();
             let outcome = {
-                let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: options.progress, evaluator: options.evaluator, calibrator: options.calibrator.as_deref_mut() };
+                let mut ctx = PassCtx {
+                    opsets: &mut model.opset_import,
+                    ir_version: &mut model.ir_version,
+                    progress: options.progress,
+                    evaluator: options.evaluator,
+                    calibrator: options.calibrator.as_deref_mut(),
+                    analyses: &mut analyses,
+                };
                 step.pass.run(&mut model.graph, &mut ctx)?
             };
             let seconds = t.elapsed().as_secs_f64();
-            if step.kind == PassKind::Analysis && outcome.changed {
-                return Err(PassError::failed(step.name, "graph", "an analysis pass reported a change"));
+            // An analysis pass must leave the graph as it was: not even a `&mut` access.
+            if step.kind == PassKind::Analysis && (outcome.changed || model.graph.generation() != generation) {
+                return Err(PassError::failed(step.name, "graph", "an analysis pass changed the graph"));
             }
             let last = i + 1 == self.steps.len() || options.stop_after.as_deref() == Some(step.name);
             if options.verify_each || last {

@@ -142,7 +142,10 @@ mod tests {
     fn streaming_statistics_equal_the_batch_formulas() {
         let x = TensorValue::from_f32(&[2, 2, 3], &[1.0, -2.0, 0.0, 3.0, 1.0, -1.0, 0.5, 0.5, 2.0, -1.0, 0.0, 1.0]).unwrap();
         let r = ValueRef::Name("x".into());
-        let captured = CapturedValue { name: "x", id: ValueId(0), requested: &r, value: &x };
+        // Value ids of a real graph: the statistics read only the values.
+        let model = compactor_ir::text::parse("model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[1]\n  %y = Relu(%x)\n  output %y\n}\n").unwrap();
+        let (x_id, y_id) = (model.graph.main().inputs[0], model.graph.main().outputs[0]);
+        let captured = CapturedValue { name: "x", id: x_id, requested: &r, value: &x };
         let mut gram = GramAccumulator::default();
         let mut abs = ChannelAbsMean::default();
         gram.observe(&captured).unwrap();
@@ -157,7 +160,7 @@ mod tests {
         assert_eq!(gram.rows, 4);
         assert_eq!(abs.means(), vec![5.5 / 4.0, 3.5 / 4.0, 4.0 / 4.0]);
         let y = TensorValue::from_f32(&[1, 2], &[1.0, 2.0]).unwrap();
-        let bad = CapturedValue { name: "y", id: ValueId(1), requested: &r, value: &y };
+        let bad = CapturedValue { name: "y", id: y_id, requested: &r, value: &y };
         assert!(gram.observe(&bad).unwrap_err().to_string().contains("2 channels"));
     }
 }

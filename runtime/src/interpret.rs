@@ -202,19 +202,24 @@ impl Interpreter {
             added.insert(v, new);
             *input = Some(new);
         }
-        let node_id = compactor_ir::NodeId(0);
-        for (k, output) in node.outputs.iter_mut().enumerate() {
-            let Some(v) = *output else { continue };
+        // The node first (its outputs are set once they exist, as they name it).
+        let outputs = std::mem::take(&mut node.outputs);
+        node.region = Graph::MAIN;
+        let node_id = g.add_node_detached(node);
+        let mut new_outputs = Vec::with_capacity(outputs.len());
+        for (k, output) in outputs.into_iter().enumerate() {
+            let Some(v) = output else {
+                new_outputs.push(None);
+                continue;
+            };
             // The declared element type names what a widened result stands for (INT4 as i8).
             let ty = src.value(v).elem().map(|dt| ValueType::tensor(dt, None));
             let new = g.add_value(blank(format!("out{k}"), ty, ValueDef::Node { node: node_id, output: k as u32 }));
             g.main_mut().outputs.push(new);
-            *output = Some(new);
+            new_outputs.push(Some(new));
         }
-        node.region = Graph::MAIN;
-        let added_id = g.add_node_detached(node);
-        debug_assert_eq!(added_id, node_id, "the one node of a fresh graph");
-        g.main_mut().nodes.push(added_id);
+        g.node_mut(node_id).outputs = new_outputs;
+        g.main_mut().nodes.push(node_id);
         let mut model = Model::new(g, self.model.opset_version("").unwrap_or(21));
         model.opset_import = self.model.opset_import.clone();
         model.ir_version = self.model.ir_version;

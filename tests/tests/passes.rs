@@ -2,9 +2,10 @@
 //! snapshots, pattern helpers, and numeric checks of the cleanup passes in onnxruntime.
 
 use compactor_ir::{Model, model_to_text};
-use compactor_passes::patterns::{LinearOp, linear_layers};
+use compactor_passes::analysis::linear::linear_layers;
+use compactor_passes::analysis::transformer::transformer_blocks;
+use compactor_passes::analysis::{LayerId, LinearOp};
 use compactor_passes::registry::{PRESETS, passes};
-use compactor_passes::transformer::transformer_blocks;
 use compactor_passes::{PassError, Pipeline, RunOptions};
 use compactor_tests::{minilm, repo_root};
 use std::path::{Path, PathBuf};
@@ -221,6 +222,7 @@ fn pipeline_stops_dumps_and_reports() {
 fn linear_layers_are_found_however_they_were_exported() {
     let mlp = load(&fixture("tiny_mlp.onnx"));
     let layers = linear_layers(&mlp.graph);
+    let layers = layers.as_slice();
     assert_eq!(layers.len(), 2);
     assert_eq!((layers[0].op, layers[0].in_features, layers[0].out_features, layers[0].weight.transposed), (LinearOp::MatMul, 64, 128, false));
     assert!(layers[0].bias.as_ref().unwrap().add.is_some());
@@ -229,6 +231,7 @@ fn linear_layers_are_found_however_they_were_exported() {
 
     let m = load(&minilm());
     let layers = linear_layers(&m.graph);
+    let layers = layers.as_slice();
     assert_eq!(layers.len(), 36, "6 layers x (q, k, v, o, up, down)");
     assert!(layers.iter().all(|l| l.bias.is_some() && l.op == LinearOp::MatMul));
     assert_eq!(layers.iter().filter(|l| (l.in_features, l.out_features) == (384, 1536)).count(), 6);
@@ -239,10 +242,10 @@ fn transformer_blocks_of_minilm_and_tiny_bert() {
     for (path, blocks_expected, hidden, ffn) in [(minilm(), 6, 384, 1536), (fixture("tiny_bert.onnx"), 2, 64, 128)] {
         let model = load(&path);
         let layers = linear_layers(&model.graph);
-        let blocks = transformer_blocks(&model.graph, &layers);
+        let blocks = transformer_blocks(&model.graph);
         assert_eq!(blocks.len(), blocks_expected, "{}", path.display());
         for (i, b) in blocks.iter().enumerate() {
-            let name = |l: usize| layers[l].label(&model.graph);
+            let name = |l: LayerId| layers[l].label(&model.graph);
             let a = &b.attention;
             for (l, role) in [(a.q, "query"), (a.k, "key"), (a.v, "value")] {
                 assert_eq!((layers[l].in_features, layers[l].out_features), (hidden, hidden));

@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let no_calibration = args.calibration.is_none();
     let report = pipeline.run_with(&mut model, options).map_err(|e| match e {
-        PassError::Missing { .. } if no_calibration && e.to_string().contains("calibration data") => {
+        PassError::NeedsCalibration { .. } if no_calibration => {
             anyhow::anyhow!("{e}; give it activations with --calibration DIR (one <input>.npy per model input, or a subdirectory of them per batch) or --calibration random:N")
         }
         e => e.into(),

@@ -103,16 +103,13 @@ impl Pass for EliminateIdentity {
             let (name, ty, doc) = { let v = graph.value(out); (v.name.clone(), v.ty.clone(), v.doc_string.clone()) };
             if takes_name {
                 patch.rename(input, name);
+                // The graph output's declared type and doc string go with its name.
+                if ty.is_some() {
+                    patch.set_type(input, ty);
+                }
+                patch.set_doc_string(input, doc);
             }
             graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
-            if takes_name {
-                // The graph output's declared type goes with its name.
-                let v = graph.value_mut(input);
-                if ty.is_some() {
-                    v.ty = ty;
-                }
-                v.doc_string = doc;
-            }
             removed += 1;
         }
         Ok(PassOutcome::counted(removed, format!("removed {removed} no-op nodes")))

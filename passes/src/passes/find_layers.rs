@@ -1,9 +1,8 @@
-//! Reports the linear layers and transformer blocks the pattern helpers find (for checking
-//! what a compression pass will see).
+//! Reports the linear layers and transformer blocks the analyses find (for checking what a
+//! compression pass will see).
 
 use crate::pass::{Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use crate::patterns::linear_layers;
-use crate::transformer::transformer_blocks;
+use crate::analysis::{LayerId, LinearLayers, LinearOp, TransformerBlocks};
 use compactor_ir::Graph;
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +19,7 @@ impl PassDef for FindLayers {
 #[derive(Serialize)]
 struct LayerReport {
     name: String,
-    op: crate::patterns::LinearOp,
+    op: LinearOp,
     weight: String,
     in_features: u64,
     out_features: u64,
@@ -43,12 +42,12 @@ struct BlockReport {
 }
 
 impl Pass for FindLayers {
-    fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
-        let layers = linear_layers(graph);
-        let blocks = transformer_blocks(graph, &layers);
-        let name = |i: usize| layers[i].label(graph);
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        let layers = ctx.analyses.get::<LinearLayers>(graph);
+        let blocks = ctx.analyses.get::<TransformerBlocks>(graph);
+        let name = |i: LayerId| layers[i].label(graph);
         let details = serde_json::json!({
-            "layers": layers.iter().map(|l| LayerReport {
+            "layers": layers.iter().map(|(_, l)| LayerReport {
                 name: l.label(graph),
                 op: l.op,
                 weight: graph.value(l.weight.value).name.clone(),

@@ -18,6 +18,7 @@
 
 mod unsigned_qdq;
 
+use crate::analysis::Uses;
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
 use serde::{Deserialize, Serialize};
@@ -67,19 +68,12 @@ pub fn min_ir_version(opset: i64) -> i64 {
 
 const REDUCE_18: &[&str] = &["ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSumSquare"];
 
-/// Attribute edits applied after the patch (attributes are not structure).
-enum AttrEdit {
-    Remove(NodeId, &'static str),
-    Set(NodeId, &'static str, AttrValue),
-}
-
 struct Upgrade<'g> {
     graph: &'g Graph,
     /// A copy of the graph with inferred types, for rewrites that need an element type the
     /// model does not annotate (Clip and Pad bounds at 11); the ids are the graph's.
     typed: Option<Graph>,
     patch: Patch,
-    edits: Vec<AttrEdit>,
     from: i64,
     to: i64,
     rewritten: usize,
@@ -102,7 +96,7 @@ impl Upgrade<'_> {
             let hint = format!("{}_{attr}", n.name.clone().unwrap_or_else(|| n.op_type.to_lowercase()));
             let c = self.patch.new_initializer(n.region, &hint, tensor);
             self.patch.set_input(node, index, Some(c));
-            self.edits.push(AttrEdit::Remove(node, attr));
+            self.patch.remove_attr(node, attr);
             self.rewritten += 1;
         }
         Ok(())
@@ -124,7 +118,7 @@ impl Upgrade<'_> {
         if let Some(rank) = rank {
             let a = if axis < 0 { axis + rank } else { axis };
             if a == rank - 1 {
-                self.edits.push(AttrEdit::Set(node, "axis", AttrValue::Int(-1)));
+                self.patch.set_attr(node, "axis", AttrValue::Int(-1));
                 self.rewritten += 1;
                 return Ok(());
             }
@@ -281,7 +275,7 @@ impl Upgrade<'_> {
                 if n.attr_int("spatial") == Some(0) {
                     return Err(self.fail(node, "BatchNormalization with spatial=0 (per-element statistics) has no equivalent from opset 9"));
                 }
-                self.edits.push(AttrEdit::Remove(node, "spatial"));
+                self.patch.remove_attr(node, "spatial");
                 self.rewritten += 1;
                 Ok(true)
             }
@@ -311,7 +305,7 @@ impl Upgrade<'_> {
                 let k = n.attr_int("k").ok_or_else(|| self.fail(node, "TopK without k"))?;
                 let hint = self.hint(node, "k");
                 self.scalar_input(node, 1, &hint, Tensor::from_i64(&[1], &[k]).expect("one value"));
-                self.edits.push(AttrEdit::Remove(node, "k"));
+                self.patch.remove_attr(node, "k");
                 Ok(true)
             }
             "Resize" if self.crosses(11) => {
@@ -326,7 +320,7 @@ impl Upgrade<'_> {
                         let t = self.float_scalar_like_input(node, v)?;
                         let hint = self.hint(node, attr);
                         self.scalar_input(node, index, &hint, t);
-                        self.edits.push(AttrEdit::Remove(node, attr));
+                        self.patch.remove_attr(node, attr);
                     }
                 }
                 Ok(true)
@@ -335,9 +329,9 @@ impl Upgrade<'_> {
                 let pads = n.attr_ints("pads").ok_or_else(|| self.fail(node, "Pad without pads"))?.to_vec();
                 let hint = self.hint(node, "pads");
                 self.scalar_input(node, 1, &hint, Tensor::from_i64(&[pads.len() as u64], &pads).map_err(|e| PassError::ir(UpgradeOpset::NAME, e))?);
-                self.edits.push(AttrEdit::Remove(node, "pads"));
+                self.patch.remove_attr(node, "pads");
                 if let Some(v) = n.attr_float("value") {
-                    self.edits.push(AttrEdit::Remove(node, "value"));
+                    self.patch.remove_attr(node, "value");
                     if v != 0.0 {
                         let t = self.float_scalar_like_input(node, v)?;
                         let hint = self.hint(node, "value");
@@ -372,7 +366,7 @@ impl Upgrade<'_> {
             "Dropout" if self.crosses(12) => {
                 if let Some(ratio) = n.attr_float("ratio") {
                     self.scalar_input(node, 1, "dropout_ratio", Tensor::from_f32(&[], &[ratio]).expect("scalar"));
-                    self.edits.push(AttrEdit::Remove(node, "ratio"));
+                    self.patch.remove_attr(node, "ratio");
                 }
             }
             "Split" if self.crosses(13) || self.crosses(18) => {
@@ -382,14 +376,14 @@ impl Upgrade<'_> {
                 // Split-18 needs `split` or `num_outputs`; before, neither meant equal parts, one per output.
                 let n = self.graph.node(node);
                 if self.crosses(18) && n.input(1).is_none() && n.attr_ints("split").is_none() && n.attr("num_outputs").is_none() {
-                    self.edits.push(AttrEdit::Set(node, "num_outputs", AttrValue::Int(n.outputs.len() as i64)));
+                    self.patch.set_attr(node, "num_outputs", AttrValue::Int(n.outputs.len() as i64));
                     self.rewritten += 1;
                 }
             }
             "Squeeze" | "Unsqueeze" | "ReduceSum" if self.crosses(13) => self.ints_attr_to_input(node, "axes", 1)?,
             "Softmax" | "LogSoftmax" | "Hardmax" if self.crosses(13) => self.softmax(node)?,
             "RoiAlign" if self.crosses(16) && n.attr("coordinate_transformation_mode").is_none() => {
-                self.edits.push(AttrEdit::Set(node, "coordinate_transformation_mode", AttrValue::String("output_half_pixel".into())));
+                self.patch.set_attr(node, "coordinate_transformation_mode", AttrValue::String("output_half_pixel".into()));
                 self.rewritten += 1;
             }
             r if REDUCE_18.contains(&r) && self.crosses(18) => self.ints_attr_to_input(node, "axes", 1)?,
@@ -400,7 +394,7 @@ impl Upgrade<'_> {
                     _ => None,
                 };
                 if let Some(mode) = renamed {
-                    self.edits.push(AttrEdit::Set(node, "mode", AttrValue::String(mode.into())));
+                    self.patch.set_attr(node, "mode", AttrValue::String(mode.into()));
                     self.rewritten += 1;
                 }
             }
@@ -408,7 +402,7 @@ impl Upgrade<'_> {
                 // DFT-17's axis attribute defaulted to 1; DFT-20's axis input defaults to -2.
                 let axis = n.attr_int("axis").unwrap_or(1);
                 self.scalar_input(node, 2, "dft_axis", Tensor::scalar_i64(axis));
-                self.edits.push(AttrEdit::Remove(node, "axis"));
+                self.patch.remove_attr(node, "axis");
             }
             "GroupNormalization" if self.crosses(21) => self.group_norm(node)?,
             _ => {}
@@ -431,23 +425,16 @@ impl Pass for UpgradeOpset {
             ctx.infer_shapes(&mut copy);
             copy
         });
-        let mut up = Upgrade { graph, typed, patch: Patch::new(), edits: Vec::new(), from, to: self.version, rewritten: 0 };
+        let mut up = Upgrade { graph, typed, patch: Patch::new(), from, to: self.version, rewritten: 0 };
         for node in graph.all_nodes() {
             up.node(node)?;
         }
-        let unsigned = up.crosses(21).then(|| unsigned_qdq::unsigned_activation_qdq(graph, &graph.uses(), &mut up.patch));
-        let Upgrade { patch, edits, mut rewritten, .. } = up;
+        if up.crosses(21) {
+            let uses = ctx.analyses.get::<Uses>(graph);
+            up.rewritten += unsigned_qdq::unsigned_activation_qdq(graph, &uses, &mut up.patch);
+        }
+        let Upgrade { patch, rewritten, .. } = up;
         graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
-        if let Some(unsigned) = unsigned {
-            unsigned_qdq::apply_unsigned_edits(graph, &unsigned);
-            rewritten += unsigned.pairs;
-        }
-        for edit in edits {
-            match edit {
-                AttrEdit::Remove(n, name) => graph.node_mut(n).attributes.retain(|a| a.name != name),
-                AttrEdit::Set(n, name, value) => graph.node_mut(n).set_attr(name, value),
-            }
-        }
         ctx.set_opset("", self.version);
         ctx.require_ir_version(min_ir_version(self.version));
         Ok(PassOutcome::changed(format!("opset {from} -> {}: rewrote {rewritten} nodes", self.version)))

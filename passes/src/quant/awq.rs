@@ -28,6 +28,25 @@ pub struct AwqResult {
     pub unscaled_output_error: f64,
 }
 
+/// How an AWQ-scaled weight relates to the original: `W ≈ diag(inverse_scales) · dequantized`.
+pub struct Scaling {
+    pub inverse_scales: Vec<f32>,
+    pub alpha: f32,
+    /// `tr(ΔWᵀHΔW)` of plain quantization (α = 0), for the report.
+    pub unscaled_output_error: f64,
+}
+
+/// What a layer computes with: the dequantized weight, times `1/s` per input channel under AWQ.
+pub fn effective_weight(q: &QuantizedWeight, scaling: Option<&Scaling>) -> Vec<f32> {
+    let mut w_hat = q.dequantize();
+    if let Some(scaling) = scaling {
+        for (row, &inv) in w_hat.chunks_exact_mut(q.n.max(1)).zip(&scaling.inverse_scales) {
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+    w_hat
+}
+
 /// Per-channel scales for exponent `alpha`, with the same normalisation as the reference
 /// (`auto_scale.py`): the geometric mean of the extremes becomes 1. Channels that never fire
 /// get the smallest positive statistic so that every scale is finite and positive.

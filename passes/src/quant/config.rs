@@ -17,9 +17,10 @@ pub enum BlockSize {
 
 /// Element type the scales are stored in. With `F16` the scales are rounded to f16 *before*
 /// the weights are encoded, so the stored scale is the one the codes were computed against.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleDtype {
+    #[default]
     F32,
     F16,
 }

@@ -1,6 +1,6 @@
 //! Error and size metrics of a quantized weight.
 
-use super::QuantizedWeight;
+use super::{Hessian, QuantizedWeight};
 
 /// How close `W_hat` is to `W`, and what it costs.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -108,4 +108,19 @@ impl QuantMetrics {
         let total_bits = code_bits + scale_bits + zero_point_bits + outlier_bits;
         (total_bits as f64 / (quantized.k * quantized.n) as f64, code_bits.div_ceil(8) + scale_bits / 8 + zero_point_bits.div_ceil(8) + outlier_bits / 8)
     }
+}
+
+/// `tr(ΔWᵀ H ΔW) / tr(Wᵀ H W)`: the relative output error on the calibration data.
+pub fn relative_output_error(w: &[f32], w_hat: &[f32], n: usize, h: &Hessian) -> f64 {
+    let delta: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    let signal = h.quadratic_form(w, n);
+    if signal > 0.0 { h.quadratic_form(&delta, n) / signal } else { 0.0 }
+}
+
+/// `‖W − W_hat‖_F / ‖W‖_F` of two `[K, N]` matrices, with [`QuantMetrics`]' conventions: 0 for an exact reconstruction,
+/// infinite for any error on an all-zero W.
+pub fn relative_error(w: &[f32], w_hat: &[f32]) -> f64 {
+    let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
+    let noise: f64 = w.iter().zip(w_hat).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 }
 }

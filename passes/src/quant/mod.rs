@@ -16,9 +16,11 @@
 //! than RTN per block), [`quantize_gptq`] (Hessian error feedback from calibration data, with
 //! [`HessianAccumulator`]). Outliers: [`QuantizedWeight::add_top_outliers`] or GPTQ's SpQR
 //! threshold. AWQ's activation-aware scale search: [`search_awq_scales`]. Packing: [`pack_qdq`] (ONNX `DequantizeLinear` with `block_size`) and
-//! [`pack_matmul_nbits`] (`com.microsoft.MatMulNBits`). Metrics: [`QuantMetrics`].
+//! [`pack_matmul_nbits`] (`com.microsoft.MatMulNBits`). Metrics: [`QuantMetrics`]. Mixed
+//! precision: [`choose_promotions`].
 
 mod awq;
+mod budget;
 mod config;
 mod gptq;
 mod grid;
@@ -28,13 +30,14 @@ mod pack;
 mod rtn;
 mod weight;
 
-pub use awq::{AwqResult, search_awq_scales};
+pub use awq::{AwqResult, Scaling, effective_weight, search_awq_scales};
 pub use config::{BlockSize, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, QuantConfig, ScaleDtype};
 pub use gptq::{GptqOptions, GptqResult, Hessian, HessianAccumulator, quantize_gptq};
 pub use grid::BlockParams;
-pub use metrics::QuantMetrics;
+pub use metrics::{QuantMetrics, relative_error, relative_output_error};
 pub use mse::{MseOptions, quantize_mse};
-pub use pack::{MatMulNBitsTensors, QdqLayout, QdqTensors, QuantDtype, pack_matmul_nbits, pack_qdq, pack_qdq_as, scales_raw};
+pub use budget::{Promotion, choose_promotions};
+pub use pack::{MatMulNBitsTensors, QdqLayout, QdqTensors, QuantDtype, conv_per_output_channel, conv_weight_as_kn, pack_matmul_nbits, pack_qdq, pack_qdq_as, scales_raw};
 pub use rtn::quantize_rtn;
 pub use weight::{Outlier, QuantizedWeight};
 

@@ -244,6 +244,32 @@ pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, Quan
     })
 }
 
+/// Whether a Conv weight `[O, C, spatial...]` gets one scale per output channel rather than
+/// blocks along C. Blocks along C hold min(C, block) weights; a scale per output channel holds
+/// the whole C·S reduction. With fewer channels than a block, take whichever is nearer a
+/// block's worth (by ratio): per output channel for depthwise weights (C = 1), which would
+/// otherwise get a scale per weight, and for a first layer over 3 channels.
+pub fn conv_per_output_channel(dims: &[usize], block: usize) -> bool {
+    let (c, whole) = (dims[1], dims[1..].iter().product::<usize>());
+    block == 0 || (c < block && (whole <= block || whole * c < block * block))
+}
+
+/// A Conv weight `[O, C, spatial...]` (row-major, `S` = the spatial product) as the `[K, N]`
+/// matrix of the numerics for [`QdqLayout::Conv`]: K = C, N = O·S, element `(c, o·S + x)` is
+/// `w[o, c, x]`, so blocks run along the input channels.
+pub fn conv_weight_as_kn(data: &[f32], out_channels: usize, k: usize, spatial: usize) -> Vec<f32> {
+    let n = out_channels * spatial;
+    let mut m = vec![0.0; k * n];
+    for o in 0..out_channels {
+        for ch in 0..k {
+            for x in 0..spatial {
+                m[ch * n + o * spatial + x] = data[(o * k + ch) * spatial + x];
+            }
+        }
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +458,21 @@ mod layout_tests {
         assert_eq!(blocked.k_blocks(), 2);
         assert!(pack_qdq_as(&blocked, &QdqLayout::ConvPerChannel { dims: vec![6, 2, 3, 3] }).is_err());
         assert!(pack_qdq_as(&q, &QdqLayout::ConvPerChannel { dims: vec![3, 2, 3, 3] }).is_err());
+    }
+
+    #[test]
+    fn conv_weights_take_the_scale_layout_nearer_a_block() {
+        // (dims, block, per output channel?)
+        for (dims, block, expected) in [
+            (&[64, 1, 3, 3][..], 32, true),  // depthwise: 9 per scale, not 1
+            (&[16, 3, 3, 3][..], 32, true),  // first layer: 27 per scale, not 3
+            (&[64, 8, 3, 3][..], 32, true),  // 72 per scale is nearer 32 than 8 is
+            (&[64, 16, 3, 3][..], 32, false), // 16 per scale is nearer 32 than 144 is
+            (&[64, 8, 1, 1][..], 32, true),  // 1x1 over 8 channels: the same 8 either way
+            (&[64, 64, 3, 3][..], 32, false), // whole blocks along C
+            (&[64, 64, 3, 3][..], 0, true),  // block=0: per channel
+        ] {
+            assert_eq!(conv_per_output_channel(dims, block), expected, "{dims:?} block {block}");
+        }
     }
 }

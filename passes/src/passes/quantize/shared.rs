@@ -11,11 +11,12 @@
 //! get the sum of the readers' Hessians, AWQ the mean of their channel magnitudes and a `Mul`
 //! by `1/s` in front of every reader.
 
-use super::{Calibration, OPS, Packed, Scaling, Target, awq_inverse_scales, awq_scaled_input, emit_dequantize, emit_matmul_nbits, nbits_initializers, reads_layout, remove_weight};
+use super::emit::{awq_inverse_scales, awq_scaled_input, emit_dequantize, emit_matmul_nbits, nbits_initializers, reads_layout, remove_weight};
+use super::{Calibration, OPS, Packed, Scaling, Target};
 use crate::pass::PassError;
 use crate::passes::quantize::Quantize;
 use crate::pass::PassDef;
-use crate::patterns::WeightReaders;
+use crate::analysis::linear::WeightReaders;
 use crate::quant::{Hessian, QdqLayout, QuantizedWeight};
 use compactor_ir::{Anchor, AttrValue, Graph, Patch};
 

@@ -11,14 +11,7 @@
 //! A pair is rewritten only when every reader of the quantized value is a DequantizeLinear
 //! with the same scale and zero point as the QuantizeLinear, and both are constants.
 
-use compactor_ir::{AttrValue, DataType, Graph, NodeId, Patch, Tensor, UseMap, ValueId};
-
-/// What to change besides the patch: attributes and value types.
-pub(super) struct UnsignedEdits {
-    pub output_dtype: Vec<NodeId>,
-    pub retype: Vec<ValueId>,
-    pub pairs: usize,
-}
+use compactor_ir::{AttrValue, DataType, Graph, Patch, Tensor, UseMap, ValueId};
 
 fn same_constant(g: &Graph, a: Option<ValueId>, b: Option<ValueId>) -> bool {
     match (a, b) {
@@ -31,9 +24,9 @@ fn same_constant(g: &Graph, a: Option<ValueId>, b: Option<ValueId>) -> bool {
     }
 }
 
-/// Adds the rewrite of every eligible int8 Q -> DQ group to `patch`.
-pub(super) fn unsigned_activation_qdq(g: &Graph, uses: &UseMap, patch: &mut Patch) -> UnsignedEdits {
-    let mut edits = UnsignedEdits { output_dtype: Vec::new(), retype: Vec::new(), pairs: 0 };
+/// Adds the rewrite of every eligible int8 Q -> DQ group to `patch`; returns how many.
+pub(super) fn unsigned_activation_qdq(g: &Graph, uses: &UseMap, patch: &mut Patch) -> usize {
+    let mut pairs = 0;
     for id in g.all_nodes() {
         let q = g.node(id);
         if !q.is("QuantizeLinear") || q.attr_int("output_dtype").is_some_and(|t| t != 0 && t != DataType::Int8.code() as i64) {
@@ -65,24 +58,15 @@ pub(super) fn unsigned_activation_qdq(g: &Graph, uses: &UseMap, patch: &mut Patc
             }
         }
         if q.attr_int("output_dtype").is_some() {
-            edits.output_dtype.push(id);
+            patch.set_attr(id, "output_dtype", AttrValue::Int(DataType::Uint8.code() as i64));
         }
-        edits.retype.push(quantized);
-        edits.pairs += 1;
-    }
-    edits
-}
-
-/// Applies the non-structural part after the patch.
-pub(super) fn apply_unsigned_edits(g: &mut Graph, edits: &UnsignedEdits) {
-    for &node in &edits.output_dtype {
-        g.node_mut(node).set_attr("output_dtype", AttrValue::Int(DataType::Uint8.code() as i64));
-    }
-    for &v in &edits.retype {
-        if let Some(ty) = &mut g.value_mut(v).ty
+        if let Some(mut ty) = g.value(quantized).ty.clone()
             && let compactor_ir::TypeKind::Tensor { elem, .. } = &mut ty.kind
         {
             *elem = Some(DataType::Uint8);
+            patch.set_type(quantized, Some(ty));
         }
+        pairs += 1;
     }
+    pairs
 }

@@ -6,18 +6,20 @@
 //! width through activation arithmetic only (GELU as Erf arithmetic, Gelu, Relu, SiLU, and the
 //! gated `act(gate) * up` form).
 
-use crate::patterns::LinearLayer;
+use super::linear::{LayerId, LinearLayers};
+use super::{Analyses, Analysis, Uses};
 use compactor_ir::{Graph, NodeId, ValueId};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
-/// Indices into the layer list given to [`transformer_blocks`].
+/// An attention sub-block: its projections (layers of the graph's [`LinearLayers`]) and the
+/// nodes of `softmax(Q·Kᵀ)·V`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Attention {
-    pub q: usize,
-    pub k: usize,
-    pub v: usize,
-    pub o: usize,
+    pub q: LayerId,
+    pub k: LayerId,
+    pub v: LayerId,
+    pub o: LayerId,
     pub scores: NodeId,
     pub softmax: NodeId,
     pub context: NodeId,
@@ -25,10 +27,10 @@ pub struct Attention {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Ffn {
-    pub up: usize,
+    pub up: LayerId,
     /// The gate projection of a gated FFN (`act(gate) * up`).
-    pub gate: Option<usize>,
-    pub down: usize,
+    pub gate: Option<LayerId>,
+    pub down: LayerId,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -50,10 +52,10 @@ const ACTIVATION_OPS: &[&str] = &["Erf", "Div", "Mul", "Add", "Sub", "Pow", "Tan
 
 struct Finder<'a> {
     graph: &'a Graph,
-    layers: &'a [LinearLayer],
-    by_output: HashMap<ValueId, usize>,
-    by_input: HashMap<ValueId, Vec<usize>>,
-    uses: compactor_ir::UseMap,
+    layers: &'a LinearLayers,
+    by_output: HashMap<ValueId, LayerId>,
+    by_input: HashMap<ValueId, Vec<LayerId>>,
+    uses: &'a compactor_ir::UseMap,
     position: HashMap<NodeId, usize>,
 }
 
@@ -69,7 +71,7 @@ impl Finder<'_> {
     }
 
     /// The linear layer whose output `v` is, following `ops` backwards along non-constant inputs.
-    fn layer_behind(&self, v: ValueId, ops: &[&str]) -> Option<usize> {
+    fn layer_behind(&self, v: ValueId, ops: &[&str]) -> Option<LayerId> {
         let mut v = v;
         for _ in 0..8 {
             if let Some(&i) = self.by_output.get(&v) {
@@ -106,9 +108,9 @@ impl Finder<'_> {
         None
     }
 
-    /// Follows single-consumer chains of `ops` forward from `v`; returns the node reached first
-    /// whose op is `target` (with `v`'s chain as input `input`), or a linear layer taking it.
-    fn forward(&self, v: ValueId, ops: &[&str], target: Target) -> Option<usize> {
+    /// Follows chains of `ops` forward from `v`; returns the node reached first whose op is
+    /// `target` (reading the chain at input 0), or the first linear layer taking it.
+    fn forward(&self, v: ValueId, ops: &[&str], target: Target) -> Option<Reached> {
         let mut frontier = vec![v];
         for _ in 0..8 {
             let mut next = Vec::new();
@@ -117,7 +119,7 @@ impl Finder<'_> {
                     && let Some(layers) = self.by_input.get(&value)
                     && let Some(&i) = layers.first()
                 {
-                    return Some(i);
+                    return Some(Reached::Layer(i));
                 }
                 for n in self.uses.consumers(value) {
                     let node = self.graph.node(n);
@@ -125,7 +127,7 @@ impl Finder<'_> {
                         && node.op_type == op
                         && node.input(0) == Some(value)
                     {
-                        return Some(n.index());
+                        return Some(Reached::Node(n));
                     }
                     if ops.contains(&node.op_type.as_str()) {
                         next.extend(node.outputs.iter().flatten().copied());
@@ -146,15 +148,15 @@ impl Finder<'_> {
         let qk = self.graph.node(scores);
         let q = self.layer_behind(qk.input(0)?, HEAD_OPS)?;
         let k = self.layer_behind(qk.input(1)?, HEAD_OPS)?;
-        let context = NodeId(self.forward(s.output(0)?, &["Cast", "Dropout", "Identity", "Where"], Target::Node("MatMul"))? as u32);
+        let Reached::Node(context) = self.forward(s.output(0)?, &["Cast", "Dropout", "Identity", "Where"], Target::Node("MatMul"))? else { return None };
         let v = self.layer_behind(self.graph.node(context).input(1)?, HEAD_OPS)?;
-        let o = self.forward(self.graph.node(context).output(0)?, HEAD_OPS, Target::LayerInput)?;
-        let distinct: HashSet<usize> = [q, k, v, o].into_iter().collect();
+        let Reached::Layer(o) = self.forward(self.graph.node(context).output(0)?, HEAD_OPS, Target::LayerInput)? else { return None };
+        let distinct: HashSet<LayerId> = [q, k, v, o].into_iter().collect();
         (distinct.len() == 4).then_some(Attention { q, k, v, o, scores, softmax, context })
     }
 
     /// Linear layers reached from `up`'s output through activation arithmetic only.
-    fn ffn_down(&self, up: usize) -> Option<usize> {
+    fn ffn_down(&self, up: LayerId) -> Option<LayerId> {
         let width = self.layers[up].out_features;
         let mut frontier = vec![self.layers[up].output];
         let mut seen = HashSet::new();
@@ -184,7 +186,7 @@ impl Finder<'_> {
         None
     }
 
-    fn ffn(&self, first: usize, taken: &HashSet<usize>) -> Option<Ffn> {
+    fn ffn(&self, first: LayerId, taken: &HashSet<LayerId>) -> Option<Ffn> {
         let candidate = self.layers[first].clone();
         if taken.contains(&first) {
             return None;
@@ -194,7 +196,7 @@ impl Finder<'_> {
             return None;
         }
         // A gated FFN has a second projection of the same input and width feeding the same down.
-        let siblings: Vec<usize> = self.by_input.get(&candidate.input).into_iter().flatten().copied().filter(|&s| s != first && !taken.contains(&s) && self.layers[s].out_features == candidate.out_features).collect();
+        let siblings: Vec<LayerId> = self.by_input.get(&candidate.input).into_iter().flatten().copied().filter(|&s| s != first && !taken.contains(&s) && self.layers[s].out_features == candidate.out_features).collect();
         for s in siblings {
             if self.ffn_down(s) == Some(down) {
                 // The gate is the one that goes through a nonlinearity before the product;
@@ -207,7 +209,7 @@ impl Finder<'_> {
     }
 
     /// Whether the layer's output goes through a nonlinear op before anything else.
-    fn passes_activation(&self, layer: usize) -> bool {
+    fn passes_activation(&self, layer: LayerId) -> bool {
         self.uses.consumers(self.layers[layer].output).iter().any(|&n| ["Sigmoid", "Relu", "Gelu", "Erf", "Tanh", "Softplus", "HardSwish", "QuickGelu", "FastGelu"].contains(&self.graph.node(n).op_type.as_str()))
     }
 
@@ -235,33 +237,65 @@ enum Target {
     LayerInput,
 }
 
-/// The transformer blocks of a graph, given its linear layers (from [`crate::patterns::linear_layers`]).
-pub fn transformer_blocks(graph: &Graph, layers: &[LinearLayer]) -> Vec<TransformerBlock> {
+/// What [`Finder::forward`] reached.
+enum Reached {
+    Node(NodeId),
+    Layer(LayerId),
+}
+
+/// The transformer blocks of a graph, in execution order: an [`Analysis`] (built on
+/// [`LinearLayers`]).
+#[derive(Clone, Debug, Default)]
+pub struct TransformerBlocks(pub Vec<TransformerBlock>);
+
+impl Analysis for TransformerBlocks {
+    fn compute(graph: &Graph, analyses: &mut Analyses) -> Self {
+        let layers = analyses.get::<LinearLayers>(graph);
+        let uses = analyses.get::<Uses>(graph);
+        TransformerBlocks(find_blocks(graph, &layers, &uses))
+    }
+}
+
+impl std::ops::Deref for TransformerBlocks {
+    type Target = [TransformerBlock];
+    fn deref(&self) -> &[TransformerBlock] {
+        &self.0
+    }
+}
+
+/// The transformer blocks of `graph`, computed once (passes get them cached, from
+/// [`crate::PassCtx::analyses`]).
+pub fn transformer_blocks(graph: &Graph) -> TransformerBlocks {
+    TransformerBlocks::compute(graph, &mut Analyses::new())
+}
+
+fn find_blocks(graph: &Graph, layers: &LinearLayers, uses: &compactor_ir::UseMap) -> Vec<TransformerBlock> {
     let mut by_output = HashMap::new();
-    let mut by_input: HashMap<ValueId, Vec<usize>> = HashMap::new();
-    for (i, l) in layers.iter().enumerate() {
+    let mut by_input: HashMap<ValueId, Vec<LayerId>> = HashMap::new();
+    for (i, l) in layers.iter() {
         by_output.insert(l.output, i);
         by_input.entry(l.input).or_default().push(i);
     }
     let all = graph.all_nodes();
     let position: HashMap<NodeId, usize> = all.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    let finder = Finder { graph, layers, by_output, by_input, uses: graph.uses(), position };
+    let finder = Finder { graph, layers, by_output, by_input, uses, position };
 
     let mut attentions: Vec<Attention> = all.iter().filter(|&&n| graph.node(n).op_type == "Softmax").filter_map(|&n| finder.attention(n)).collect();
     attentions.sort_by_key(|a| finder.position[&a.softmax]);
-    let mut taken: HashSet<usize> = attentions.iter().flat_map(|a| [a.q, a.k, a.v, a.o]).collect();
+    let mut taken: HashSet<LayerId> = attentions.iter().flat_map(|a| [a.q, a.k, a.v, a.o]).collect();
 
     let mut blocks = Vec::with_capacity(attentions.len());
     for (i, attention) in attentions.iter().enumerate() {
         let o_pos = finder.position[&layers[attention.o].node];
         let next_q_pos = attentions.get(i + 1).map(|a| finder.position[&layers[a.q].node]).unwrap_or(usize::MAX);
         // The block's FFN starts after its attention output and before the next attention.
-        let ffn = (0..layers.len())
-            .filter(|&l| {
-                let p = finder.position[&layers[l].node];
+        let ffn = layers
+            .iter()
+            .filter(|(_, l)| {
+                let p = finder.position[&l.node];
                 p > o_pos && p < next_q_pos
             })
-            .find_map(|l| finder.ffn(l, &taken));
+            .find_map(|(l, _)| finder.ffn(l, &taken));
         if let Some(f) = &ffn {
             taken.extend([Some(f.up), f.gate, Some(f.down)].into_iter().flatten());
         }

@@ -8,8 +8,10 @@
 //! goes the other way: from a constant to every node that reads it (a weight shared by
 //! several layers, or tied between an embedding lookup and an output projection).
 
+use super::{Analyses, Analysis, Uses};
 use compactor_ir::{Graph, NodeId, Tensor, Use, UseMap, ValueId};
 use serde::Serialize;
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,9 +132,70 @@ fn trailing_bias(graph: &Graph, uses: &compactor_ir::UseMap, output: ValueId, n:
     is_bias.then(|| Bias { value: other, tensor, add: Some(add_id) })
 }
 
-/// Every linear layer of the graph (all regions), in execution order.
-pub fn linear_layers(graph: &Graph) -> Vec<LinearLayer> {
-    let uses = graph.uses();
+/// A linear layer's place in [`LinearLayers`] (execution order).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct LayerId(u32);
+
+impl LayerId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Every linear layer of a graph (all regions), in execution order: an [`Analysis`].
+#[derive(Clone, Debug, Default)]
+pub struct LinearLayers {
+    layers: Vec<LinearLayer>,
+    by_node: HashMap<NodeId, LayerId>,
+}
+
+impl LinearLayers {
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The layers in execution order, with their ids.
+    pub fn iter(&self) -> impl Iterator<Item = (LayerId, &LinearLayer)> {
+        self.layers.iter().enumerate().map(|(i, l)| (LayerId(i as u32), l))
+    }
+
+    pub fn as_slice(&self) -> &[LinearLayer] {
+        &self.layers
+    }
+
+    /// The layer whose op is `node`.
+    pub fn of_node(&self, node: NodeId) -> Option<LayerId> {
+        self.by_node.get(&node).copied()
+    }
+}
+
+impl std::ops::Index<LayerId> for LinearLayers {
+    type Output = LinearLayer;
+    fn index(&self, id: LayerId) -> &LinearLayer {
+        &self.layers[id.index()]
+    }
+}
+
+impl Analysis for LinearLayers {
+    fn compute(graph: &Graph, analyses: &mut Analyses) -> Self {
+        let uses = analyses.get::<Uses>(graph);
+        let layers = find_linear_layers(graph, &uses);
+        let by_node = layers.iter().enumerate().map(|(i, l)| (l.node, LayerId(i as u32))).collect();
+        LinearLayers { layers, by_node }
+    }
+}
+
+/// The linear layers of `graph`, computed once (passes get them cached, from
+/// [`crate::PassCtx::analyses`]).
+pub fn linear_layers(graph: &Graph) -> LinearLayers {
+    LinearLayers::compute(graph, &mut Analyses::new())
+}
+
+fn find_linear_layers(graph: &Graph, uses: &UseMap) -> Vec<LinearLayer> {
     let mut layers = Vec::new();
     for id in graph.all_nodes() {
         let node = graph.node(id);
@@ -145,7 +208,7 @@ pub fn linear_layers(graph: &Graph) -> Vec<LinearLayer> {
                 let weight = trace_weight(graph, w)?;
                 let &[a, b] = weight.tensor.dims() else { return None };
                 let (k, n) = if weight.transposed { (b, a) } else { (a, b) };
-                let bias = trailing_bias(graph, &uses, out, n);
+                let bias = trailing_bias(graph, uses, out, n);
                 let output = bias.as_ref().and_then(|b| b.add).and_then(|a| graph.node(a).output(0)).unwrap_or(out);
                 Some(LinearLayer { node: id, op: LinearOp::MatMul, input: x, weight, bias, output, in_features: k, out_features: n })
             })(),

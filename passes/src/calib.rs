@@ -1,0 +1,308 @@
+//! The calibration driver: a pass names the activations it needs statistics of, the driver runs
+//! the calibration batches once through the pipeline's [`Calibrator`] and accumulates the
+//! statistics batch by batch (no activation is kept), and hands them back per value.
+//!
+//! Statistics are over the *rows* of an activation: the vectors of `k` inputs a layer reads
+//! (the last axis of a MatMul input; the channels at each position a 1x1 convolution reads).
+//! Sums are accumulated in f64 in batch order, so results do not depend on thread counts.
+
+use crate::pass::{Activation, PassCtx, PassError};
+use crate::quant::{Hessian, HessianAccumulator};
+use compactor_ir::{Graph, ValueId};
+use std::collections::BTreeMap;
+
+/// How an activation holds the rows of `k` inputs its readers multiply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowLayout {
+    /// On the last axis (MatMul, Gemm).
+    LastAxis,
+    /// `[B, C, spatial...]` with C = k, one row per position a 1x1 convolution reads: every
+    /// `strides[i]`-th along each spatial axis.
+    Channels { strides: Vec<usize> },
+}
+
+impl RowLayout {
+    /// The rows (`[rows, k]`, row-major) of one captured activation.
+    pub fn rows<'a>(&self, shape: &[usize], data: &'a [f32], k: usize) -> Result<std::borrow::Cow<'a, [f32]>, String> {
+        match self {
+            RowLayout::LastAxis if shape.last() == Some(&k) => Ok(data.into()),
+            RowLayout::Channels { strides } if shape.len() == strides.len() + 2 && shape[1] == k => {
+                let spatial = &shape[2..];
+                let positions: usize = spatial.iter().product();
+                // Flat spatial indices of the positions read, in row-major order.
+                let mut read: Vec<usize> = vec![0];
+                for (&extent, &stride) in spatial.iter().zip(strides) {
+                    read = read.iter().flat_map(|&base| (0..extent).step_by(stride.max(1)).map(move |i| base * extent + i)).collect();
+                }
+                let mut rows = Vec::with_capacity(shape[0] * read.len() * k);
+                for image in data.chunks_exact(k * positions) {
+                    for &p in &read {
+                        rows.extend((0..k).map(|c| image[c * positions + p]));
+                    }
+                }
+                Ok(rows.into())
+            }
+            RowLayout::LastAxis => Err(format!("has shape {shape:?}, expected last dimension {k}")),
+            RowLayout::Channels { strides } => Err(format!("has shape {shape:?}, expected [batch, {k}] and {} spatial dimensions", strides.len())),
+        }
+    }
+}
+
+/// Which statistics of an activation's rows to accumulate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The Gram matrix `XᵀX` (as GPTQ's Hessian `(2/n) XᵀX`).
+    pub gram: bool,
+    /// Mean |x| per input (AWQ, ASVD).
+    pub mean_abs: bool,
+    /// Max |x| per input (outlier and range analyses).
+    pub max_abs: bool,
+    /// Mean x² per input (channel norms, saliency).
+    pub mean_square: bool,
+}
+
+impl Wanted {
+    fn any(self) -> bool {
+        self.gram || self.mean_abs || self.max_abs || self.mean_square
+    }
+
+    fn union(self, other: Wanted) -> Wanted {
+        Wanted { gram: self.gram || other.gram, mean_abs: self.mean_abs || other.mean_abs, max_abs: self.max_abs || other.max_abs, mean_square: self.mean_square || other.mean_square }
+    }
+}
+
+/// Statistics wanted of one activation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub value: ValueId,
+    pub layout: RowLayout,
+    /// Inputs per row.
+    pub k: usize,
+    pub wanted: Wanted,
+}
+
+/// The statistics of one activation's rows, as requested.
+#[derive(Default)]
+pub struct Stats {
+    pub rows: u64,
+    pub gram: Option<Hessian>,
+    pub mean_abs: Option<Vec<f32>>,
+    pub max_abs: Option<Vec<f32>>,
+    pub mean_square: Option<Vec<f32>>,
+}
+
+/// Per-input running sums of one activation.
+struct Accumulator {
+    k: usize,
+    layout: RowLayout,
+    gram: Option<HessianAccumulator>,
+    abs_sums: Option<Vec<f64>>,
+    max_abs: Option<Vec<f32>>,
+    square_sums: Option<Vec<f64>>,
+    rows: u64,
+}
+
+impl Accumulator {
+    fn new(k: usize, layout: RowLayout, wanted: Wanted) -> Self {
+        Accumulator {
+            k,
+            layout,
+            gram: wanted.gram.then(|| HessianAccumulator::new(k)),
+            abs_sums: wanted.mean_abs.then(|| vec![0.0; k]),
+            max_abs: wanted.max_abs.then(|| vec![0.0; k]),
+            square_sums: wanted.mean_square.then(|| vec![0.0; k]),
+            rows: 0,
+        }
+    }
+
+    fn add(&mut self, data: &[f32]) -> Result<(), String> {
+        let k = self.k;
+        let rows = data.len() / k;
+        if let Some(gram) = &mut self.gram {
+            gram.add_batch(data, rows).map_err(|e| e.to_string())?;
+        }
+        for row in data.chunks_exact(k) {
+            if let Some(sums) = &mut self.abs_sums {
+                for (s, &x) in sums.iter_mut().zip(row) {
+                    *s += x.abs() as f64;
+                }
+            }
+            if let Some(max) = &mut self.max_abs {
+                for (m, &x) in max.iter_mut().zip(row) {
+                    // NaN wins, so a NaN activation shows in the result.
+                    if x.abs() > *m || x.is_nan() {
+                        *m = x.abs();
+                    }
+                }
+            }
+            if let Some(sums) = &mut self.square_sums {
+                for (s, &x) in sums.iter_mut().zip(row) {
+                    *s += x as f64 * x as f64;
+                }
+            }
+        }
+        self.rows += rows as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Stats, String> {
+        let n = self.rows.max(1) as f64;
+        let mean = |sums: Vec<f64>| sums.iter().map(|&s| (s / n) as f32).collect();
+        Ok(Stats {
+            rows: self.rows,
+            gram: self.gram.map(|g| g.hessian()).transpose().map_err(|e| e.to_string())?,
+            mean_abs: self.abs_sums.map(mean),
+            max_abs: self.max_abs,
+            mean_square: self.square_sums.map(mean),
+        })
+    }
+}
+
+/// Runs the calibration batches once and returns the statistics of every requested activation.
+///
+/// Requests for one value are merged; a value asked for with two row layouts or widths (rare)
+/// gets no statistics, and its readers fall back to data-free methods. With nothing to
+/// measure, no calibration runs (and none is needed). `pass` and `needs` name who asks and
+/// why, for the error when the pipeline has no calibration data.
+pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str, requests: &[Request]) -> Result<BTreeMap<ValueId, Stats>, PassError> {
+    let mut accumulators: BTreeMap<ValueId, (usize, RowLayout, Wanted)> = BTreeMap::new();
+    let mut conflicting = Vec::new();
+    for r in requests.iter().filter(|r| r.wanted.any()) {
+        let entry = accumulators.entry(r.value).or_insert_with(|| (r.k, r.layout.clone(), r.wanted));
+        if entry.0 != r.k || entry.1 != r.layout {
+            conflicting.push(r.value);
+        }
+        entry.2 = entry.2.union(r.wanted);
+    }
+    for v in conflicting {
+        accumulators.remove(&v);
+    }
+    if accumulators.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut accumulators: BTreeMap<ValueId, Accumulator> = accumulators.into_iter().map(|(v, (k, layout, wanted))| (v, Accumulator::new(k, layout, wanted))).collect();
+    let model = ctx.snapshot(graph);
+    let Some(calibrator) = ctx.calibrator.as_deref_mut() else {
+        return Err(PassError::NeedsCalibration { pass: pass.into(), why: needs.into() });
+    };
+    let values: Vec<ValueId> = accumulators.keys().copied().collect();
+    let mut error = None;
+    let mut sink = |v: ValueId, a: Activation<'_>| {
+        let Some(acc) = accumulators.get_mut(&v) else { return };
+        let result = acc.layout.rows(a.shape, a.data, acc.k).and_then(|rows| acc.add(&rows));
+        if let Err(e) = result {
+            error.get_or_insert_with(|| format!("captured '{}' {e}", graph.value(v).name));
+        }
+    };
+    ctx.progress.begin("calibrating", calibrator.batches() as u64);
+    let result = calibrator.capture(&model, &values, ctx.progress, &mut sink);
+    ctx.progress.end();
+    result.map_err(|e| PassError::failed(pass, "calibration", e))?;
+    if let Some(e) = error {
+        return Err(PassError::failed(pass, "calibration", e));
+    }
+    accumulators.into_iter().map(|(v, acc)| acc.finish().map(|s| (v, s)).map_err(|e| PassError::failed(pass, format!("calibration of '{}'", graph.value(v).name), e))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::Analyses;
+    use crate::pass::{Calibrator, Progress, Silent};
+    use compactor_ir::Model;
+
+    /// Hands out fixed activations for every requested value, in two batches.
+    struct Fixed(Vec<(Vec<usize>, Vec<f32>)>);
+
+    impl Calibrator for Fixed {
+        fn batches(&self) -> usize {
+            self.0.len()
+        }
+
+        fn capture(&mut self, _: &Model, values: &[ValueId], _: &dyn Progress, sink: &mut dyn FnMut(ValueId, Activation<'_>)) -> Result<(), String> {
+            for (shape, data) in &self.0 {
+                for &v in values {
+                    sink(v, Activation { shape, data });
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn graph() -> (Model, ValueId) {
+        let model = compactor_ir::text::parse("model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[2,2]\n  %y = Relu(%x)\n  output %y\n}\n").unwrap();
+        let x = model.graph.main().inputs[0];
+        (model, x)
+    }
+
+    #[test]
+    fn statistics_are_accumulated_over_every_batch() {
+        let (mut model, x) = graph();
+        // Rows (1, -2), (3, 0) and (-5, 4).
+        let mut calibrator = Fixed(vec![(vec![2, 2], vec![1.0, -2.0, 3.0, 0.0]), (vec![1, 2], vec![-5.0, 4.0])]);
+        let mut analyses = Analyses::new();
+        let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
+        let all = Wanted { gram: true, mean_abs: true, max_abs: true, mean_square: true };
+        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted: all }]).unwrap();
+        let s = &stats[&x];
+        assert_eq!(s.rows, 3);
+        assert_eq!(s.mean_abs.as_deref(), Some(&[3.0, 2.0][..]));
+        assert_eq!(s.max_abs.as_deref(), Some(&[5.0, 4.0][..]));
+        assert_eq!(s.mean_square.as_deref(), Some(&[35.0 / 3.0, 20.0 / 3.0][..]));
+        // GPTQ's Hessian is (2/n) XᵀX: XᵀX = [[35, -22], [-22, 20]].
+        let h = s.gram.as_ref().unwrap();
+        let expected = [[35.0, -22.0], [-22.0, 20.0]];
+        for (r, row) in expected.iter().enumerate() {
+            for (c, &e) in row.iter().enumerate() {
+                assert!((h.get(r, c) - 2.0 * e / 3.0).abs() < 1e-9, "({r}, {c}): {}", h.get(r, c));
+            }
+        }
+    }
+
+    #[test]
+    fn without_calibration_data_the_error_names_the_pass_and_the_need() {
+        let (mut model, x) = graph();
+        let mut analyses = Analyses::new();
+        let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: None, analyses: &mut analyses };
+        let wanted = Wanted { mean_abs: true, ..Default::default() };
+        let e = collect(&model.graph, &mut ctx, "factorize", "method=asvd scales by activations", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted }]).err().unwrap();
+        assert!(matches!(&e, PassError::NeedsCalibration { pass, why } if pass == "factorize" && why == "method=asvd scales by activations"), "{e}");
+        assert_eq!(e.to_string(), "pass 'factorize' needs calibration data (method=asvd scales by activations), which this pipeline was not given");
+        // Nothing to measure: no calibration needed.
+        assert!(collect(&model.graph, &mut ctx, "factorize", "-", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_value_read_two_ways_gets_no_statistics() {
+        let (mut model, x) = graph();
+        let mut calibrator = Fixed(vec![(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])]);
+        let mut analyses = Analyses::new();
+        let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
+        let wanted = Wanted { mean_abs: true, ..Default::default() };
+        let requests = [Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted }, Request { value: x, layout: RowLayout::Channels { strides: vec![] }, k: 2, wanted }];
+        assert!(collect(&model.graph, &mut ctx, "test", "testing", &requests).unwrap().is_empty());
+    }
+
+    /// A 1x1 convolution with strides (2, 3) over x [2, 3, 5, 7] reads positions (h, w) with
+    /// h in {0, 2, 4} and w in {0, 3, 6}: 2 x 3 x 3 = 18 rows of the 3 channels.
+    #[test]
+    fn channel_rows_are_the_positions_a_strided_pointwise_conv_reads() {
+        let shape = [2, 3, 5, 7];
+        let x: Vec<f32> = (0..2 * 3 * 5 * 7).map(|i| i as f32).collect();
+        let rows = RowLayout::Channels { strides: vec![2, 3] }.rows(&shape, &x, 3).unwrap();
+        let mut expected = Vec::new();
+        for b in 0..2 {
+            for h in (0..5).step_by(2) {
+                for w in (0..7).step_by(3) {
+                    expected.extend((0..3).map(|c| x[((b * 3 + c) * 5 + h) * 7 + w]));
+                }
+            }
+        }
+        assert_eq!(rows.as_ref(), expected.as_slice());
+        // The last axis is the rows as they are; wrong shapes are errors, not panics.
+        assert_eq!(RowLayout::LastAxis.rows(&[35, 6], &x, 6).unwrap().len(), x.len());
+        assert!(RowLayout::LastAxis.rows(&shape, &x, 3).is_err());
+        assert!(RowLayout::Channels { strides: vec![1, 1] }.rows(&shape, &x, 4).is_err());
+        assert!(RowLayout::Channels { strides: vec![1] }.rows(&shape, &x, 3).is_err());
+    }
+}

@@ -761,8 +761,11 @@ impl Lowering {
         let Some(out) = node.output(0) else { return Ok(()) };
         let x_rank = self.value_rank(x);
         let scale_rank = self.value_rank(scale);
-        let (Some(x_rank), Some(scale_rank)) = (x_rank, scale_rank) else {
-            return Err(self.err(lbl, "input ranks are unknown; cannot expand a blocked or sub-byte (de)quantization"));
+        let (x_rank, scale_rank) = match (x_rank, scale_rank) {
+            (Some(x), Some(s)) => (x, s),
+            // A scalar scale broadcasts as it is: the input's rank does not matter.
+            (None, Some(0)) if node.attr_int("block_size").unwrap_or(0) == 0 => (0, 0),
+            _ => return Err(self.err(lbl, "input ranks are unknown; cannot expand a blocked or sub-byte (de)quantization")),
         };
         let layout = quant_layout(&node, x_rank, scale_rank).map_err(|e| self.err(lbl.clone(), e))?;
         let region = node.region;

@@ -52,13 +52,22 @@ mod small_ops;
 mod training_batch_norm;
 mod vector_dot_products;
 
+mod constant_ifs;
+mod constants_second;
+mod loop_bodies;
+mod sparse_initializers;
+
+pub use constant_ifs::inline_constant_ifs;
 pub(crate) use wrap_pad::expand_wrap_pads;
+
+use attention::attention_needs_expansion;
+use constants_second::constants_second;
+use loop_bodies::type_loop_bodies;
+use quant_params::QuantLayout;
 
 use crate::error::RuntimeError;
 use compactor_ir::graph::{AttrValue, Attribute, Node, Value};
 use compactor_ir::{DataType, Graph, Model, NodeId, RegionId, Tensor, ValueDef, ValueId, ValueType};
-use attention::attention_needs_expansion;
-use quant_params::QuantLayout;
 
 /// What lowering did, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -120,156 +129,6 @@ fn infer_elem(g: &Graph, v: ValueId, depth: u32) -> Option<DataType> {
     }
 }
 
-/// Gives the bodies of `Scan` and `Loop` nodes element types for their untyped inputs (the
-/// expanded function bodies of onnx 1.22 leave them untyped, and tract needs them): a Scan
-/// body input takes its outer input's type, a Loop body's are the iteration count (int64),
-/// the condition (bool) and the carried values' types.
-fn type_loop_bodies(g: &mut Graph) {
-    for id in g.all_nodes() {
-        let node = g.node(id);
-        let scan = node.is("Scan");
-        if !scan && !node.is("Loop") {
-            continue;
-        }
-        let Some(AttrValue::Graph(body)) = node.attr("body").cloned() else { continue };
-        let body_inputs = g.region(body).inputs.clone();
-        let types: Vec<Option<DataType>> = body_inputs
-            .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                if scan {
-                    g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 32))
-                } else {
-                    match i {
-                        0 => Some(DataType::Int64),
-                        1 => Some(DataType::Bool),
-                        _ => g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 32)),
-                    }
-                }
-            })
-            .collect();
-        for (v, dt) in body_inputs.into_iter().zip(types) {
-            let value = g.value_mut(v);
-            if let Some(dt) = dt
-                && value.elem().is_none()
-            {
-                value.ty = Some(ValueType::tensor(dt, None));
-            }
-        }
-    }
-}
-
-/// Puts the constant operand of `Add` and `Mul` second (both commute, broadcasting included).
-/// PyTorch exports a linear layer's bias as `Add(bias, MatMul(..))`; tract fuses a bias into
-/// its matmul only when it comes second, and otherwise runs a separate broadcasting add (a
-/// fifth of MiniLM's time at batch 8).
-fn constants_second(g: &mut Graph) -> usize {
-    let swaps: Vec<NodeId> = g
-        .all_nodes()
-        .into_iter()
-        .filter(|&id| {
-            let n = g.node(id);
-            (n.is("Add") || n.is("Mul")) && n.inputs.len() == 2 && {
-                let (a, b) = (n.input(0), n.input(1));
-                a.is_some_and(|a| g.constant(a).is_some()) && b.is_some_and(|b| g.constant(b).is_none())
-            }
-        })
-        .collect();
-    for &id in &swaps {
-        g.node_mut(id).inputs.swap(0, 1);
-    }
-    swaps.len()
-}
-
-/// The value of a one-element constant, or of a small expression (comparisons, logic, casts)
-/// over such constants: an If condition like `Equal(sr, 16000)` once `sr` is known.
-fn constant_scalar(g: &Graph, v: ValueId, depth: u32) -> Option<f64> {
-    if let Some(t) = g.constant(v) {
-        if t.len() != 1 {
-            return None;
-        }
-        return if t.dtype().is_float() { t.to_f32().ok()?.first().map(|&x| x as f64) } else { t.to_i64().ok()?.first().map(|&x| x as f64) };
-    }
-    let (node, _) = g.producer(v)?;
-    let node = g.node(node);
-    if depth == 0 || !node.domain().is_empty() {
-        return None;
-    }
-    let arg = |i: usize| node.input(i).and_then(|x| constant_scalar(g, x, depth - 1));
-    let truth = |b: bool| if b { 1.0 } else { 0.0 };
-    Some(match node.op_type.as_str() {
-        "Identity" => arg(0)?,
-        "Not" => truth(arg(0)? == 0.0),
-        "Cast" if node.attr_int("to") == Some(DataType::Bool.code() as i64) => truth(arg(0)? != 0.0),
-        "Equal" => truth(arg(0)? == arg(1)?),
-        "Greater" => truth(arg(0)? > arg(1)?),
-        "Less" => truth(arg(0)? < arg(1)?),
-        "GreaterOrEqual" => truth(arg(0)? >= arg(1)?),
-        "LessOrEqual" => truth(arg(0)? <= arg(1)?),
-        "And" => truth(arg(0)? != 0.0 && arg(1)? != 0.0),
-        "Or" => truth(arg(0)? != 0.0 || arg(1)? != 0.0),
-        _ => return None,
-    })
-}
-
-/// Replaces every `If` whose condition is a constant by the nodes of the branch it takes.
-///
-/// tract types both branches of an If against the actual shapes, and the branch not taken may
-/// not fit them (silero-vad's 8 kHz branch on 16 kHz input, say); the one taken always does.
-/// Returns how many were inlined.
-pub fn inline_constant_ifs(model: &mut Model) -> usize {
-    let mut inlined = 0;
-    loop {
-        let g = &model.graph;
-        let found = g.all_nodes().into_iter().find_map(|id| {
-            let node = g.node(id);
-            if !node.is("If") {
-                return None;
-            }
-            let taken = constant_scalar(g, node.input(0)?, 8)? != 0.0;
-            let branch = |name: &str| match node.attr(name) {
-                Some(AttrValue::Graph(r)) => Some(*r),
-                _ => None,
-            };
-            let (keep, drop) = if taken { (branch("then_branch")?, branch("else_branch")?) } else { (branch("else_branch")?, branch("then_branch")?) };
-            (g.region(keep).outputs.len() == node.outputs.len()).then_some((id, keep, drop))
-        });
-        let Some((id, keep, drop)) = found else { return inlined };
-        let g = &mut model.graph;
-        let parent = g.node(id).region;
-        let pos = g.region(parent).nodes.iter().position(|&n| n == id).expect("a node is in its region");
-        let body = g.region(keep).clone();
-        for &n in &body.nodes {
-            g.node_mut(n).region = parent;
-        }
-        let moved: Vec<ValueId> = g.value_ids().filter(|&v| g.value(v).region == keep).collect();
-        for v in moved {
-            g.value_mut(v).region = parent;
-        }
-        g.region_mut(parent).initializers.extend(&body.initializers);
-        let nodes = &mut g.region_mut(parent).nodes;
-        nodes.splice(pos..pos, body.nodes.iter().copied());
-        let outputs = g.node(id).outputs.clone();
-        for (out, branch_out) in outputs.iter().zip(&body.outputs) {
-            if let Some(out) = out {
-                g.replace_uses(*out, *branch_out);
-            }
-        }
-        // The body's nodes now belong to the parent: empty the region before dropping it.
-        g.region_mut(keep).nodes.clear();
-        g.region_mut(keep).initializers.clear();
-        g.remove_node(id);
-        g.remove_region(keep);
-        g.remove_region(drop);
-        for out in outputs.into_iter().flatten() {
-            if g.try_value(out).is_some() {
-                g.remove_value(out);
-            }
-        }
-        inlined += 1;
-    }
-}
-
 /// The lowered model and what was done to it.
 #[derive(Clone, Debug)]
 pub struct Lowered {
@@ -301,24 +160,6 @@ pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
     lowering.widen_value_types();
     annotations::drop_intermediate_shapes(&mut lowering.model.graph);
     Ok(Lowered { model: lowering.model, report: lowering.report })
-}
-
-impl Lowering {
-    /// tract has no sparse initializers: they become dense ones (as onnxruntime does at load).
-    fn densify_sparse_initializers(&mut self) -> Result<(), RuntimeError> {
-        let graph = &mut self.model.graph;
-        for r in graph.region_ids().collect::<Vec<_>>() {
-            for v in std::mem::take(&mut graph.region_mut(r).sparse_initializers) {
-                let sparse = graph.value_mut(v).sparse_initializer.take().expect("listed sparse initializers hold data");
-                let dense = sparse.to_dense().map_err(|e| RuntimeError::Lowering { model: self.name.clone(), node: graph.value(v).name.clone(), reason: format!("sparse initializer '{}': {e}", graph.value(v).name) })?;
-                let value = graph.value_mut(v);
-                value.def = compactor_ir::ValueDef::Initializer;
-                value.initializer = Some(dense);
-                graph.region_mut(r).initializers.push(v);
-            }
-        }
-        Ok(())
-    }
 }
 
 pub(crate) fn model_name(model: &Model) -> String {

@@ -3,20 +3,20 @@
 //! tract has no INT4/UINT4/INT2/UINT2, BF16, FP8 or FP4 tensors and no `block_size` on
 //! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
-//! 0. **Inline** `If` nodes whose condition is constant, and **expand** ops tract lacks
+//! 0. **Inline** `If` nodes whose condition is constant (`lower/constant_ifs.rs`), and **expand** ops tract lacks
 //!    (onnxruntime's `com.microsoft` contrib ops: `lower/contrib.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
 //!    CausalConvWithState, training-mode BatchNormalization, Attention
 //!    with softcap or qk output, bool ReduceMax/Min, vector·vector MatMul) into the ops
-//!    defining them.
+//!    defining them, one file per op under `lower/`.
 //! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
-//!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits`, which the runtime
+//!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits` (`lower/dequantize_matmul.rs`), which the runtime
 //!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,
 //!    uint8, int4, uint4, int2, uint2 weights; f32/f16/bf16 scales; optional zero points.
 //! 2. **Fold** any other `DequantizeLinear` whose inputs are all constant into an initializer.
 //! 3. **Expand** the remaining quantize/dequantize nodes tract cannot take (blocked, or of a
-//!    type tract lacks) into plain ONNX arithmetic.
+//!    type tract lacks) into plain ONNX arithmetic (`lower/quantize_dequantize.rs`).
 //! 4. **Widen** every tensor and value type tract lacks: INT4/INT2 to INT8, UINT4/UINT2 to UINT8,
-//!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type).
+//!    BF16/FP8/FP4 to FLOAT (the values are exact in the wider type: `lower/widen.rs`).
 //! 5. **Drop** the declared shapes of intermediate values (hints that tract would otherwise
 //!    take as facts: `lower/annotations.rs`).
 

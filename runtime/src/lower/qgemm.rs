@@ -3,7 +3,8 @@
 //! Gemm: written as a float `Gemm` on the dequantized operands. A constant B (a weight, per
 //! tensor or per output column) is dequantized here.
 
-use super::{Builder, Lowering, QuantLayout, dequantize_constant, label, lbl_name};
+use super::quant_params::{QuantLayout, dequantize_constant};
+use super::{Builder, Lowering, label, lbl_name};
 use crate::error::RuntimeError;
 use compactor_ir::graph::{AttrValue, Attribute};
 use compactor_ir::{DataType, NodeId, Tensor, ValueId};

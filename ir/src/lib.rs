@@ -13,6 +13,7 @@ pub mod infer;
 pub mod model;
 pub mod onnx;
 pub mod patch;
+pub mod pattern;
 pub mod summary;
 pub mod tensor;
 pub mod text;
@@ -24,15 +25,15 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+pub use bytes;
 pub use dtype::DataType;
 pub use error::{IrError, Origin, Result};
-pub use infer::{InferError, InferOptions, InferReport, infer_graph_shapes, infer_shapes, record_value_info};
 pub use graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, Use, UseMap, Value, ValueDef, ValueId};
+pub use infer::{InferError, InferOptions, InferReport, infer_graph_shapes, infer_shapes, record_value_info};
 pub use model::Model;
 pub use onnx::{ExternalDataPolicy, LoadOptions, SaveOptions, SaveReport, write_atomically};
+pub use patch::{Anchor, PValue, Patch, PatchError, PatchSummary};
 pub use tensor::Tensor;
+pub use text::{TextError, graph_to_text, model_to_text};
 pub use types::{Dim, Shape, TypeKind, ValueType};
 pub use verify::{Problem, Problems, verify};
-pub use text::{TextError, graph_to_text, model_to_text};
-pub use patch::{Anchor, PValue, Patch, PatchError, PatchSummary};
-pub use bytes;

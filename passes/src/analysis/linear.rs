@@ -9,7 +9,9 @@
 //! several layers, or tied between an embedding lookup and an output projection).
 
 use super::{Analyses, Analysis, Uses};
-use compactor_ir::{Graph, NodeId, Tensor, Use, UseMap, ValueId};
+use compactor_ir::pattern::{self, BiasAdd, bias_add};
+pub use compactor_ir::pattern::{WeightReader, WeightReaders, WeightStep};
+use compactor_ir::{Graph, NodeId, Tensor, UseMap, ValueId};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -19,16 +21,6 @@ pub enum LinearOp {
     MatMul,
     Gemm,
     Conv,
-}
-
-/// Something between the stored weight and the layer, in order from the weight outwards.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightStep {
-    Transpose,
-    Cast,
-    Dequantize,
-    Identity,
 }
 
 /// Where a layer's weight comes from.
@@ -90,46 +82,23 @@ fn trace_weight(graph: &Graph, mut v: ValueId) -> Option<WeightSource> {
             return Some(WeightSource { value: v, tensor, chain, transposed });
         }
         let (node_id, _) = graph.producer(v)?;
-        let node = graph.node(node_id);
-        if !node.domain().is_empty() {
-            return None;
+        let step = WeightStep::of(graph, node_id)?;
+        if step == WeightStep::Transpose {
+            transposed = !transposed;
         }
-        let step = match node.op_type.as_str() {
-            "Transpose" => {
-                // Only a 2-D swap keeps it a matrix weight.
-                if node.attr_ints("perm").is_some_and(|p| p != [1, 0]) {
-                    return None;
-                }
-                transposed = !transposed;
-                WeightStep::Transpose
-            }
-            "Cast" => WeightStep::Cast,
-            "DequantizeLinear" => WeightStep::Dequantize,
-            "Identity" => WeightStep::Identity,
-            _ => return None,
-        };
         chain.push((node_id, step));
-        v = node.input(0)?;
+        v = graph.node(node_id).input(0)?;
     }
     None
 }
 
 /// A constant bias `b` added to `output` by its only consumer, if the shapes make it a bias.
-fn trailing_bias(graph: &Graph, uses: &compactor_ir::UseMap, output: ValueId, n: u64) -> Option<Bias> {
-    if uses.of(output).len() != 1 {
-        return None;
-    }
-    let [add_id] = uses.consumers(output)[..] else { return None };
-    let add = graph.node(add_id);
-    if !add.is("Add") || add.inputs.len() != 2 {
-        return None;
-    }
-    let other = add.inputs.iter().flatten().copied().find(|&x| x != output)?;
-    let tensor = graph.constant(other)?;
+fn trailing_bias(graph: &Graph, uses: &UseMap, output: ValueId, n: u64) -> Option<Bias> {
+    let BiasAdd { add, bias, tensor } = bias_add(graph, uses, output)?;
     let dims = tensor.dims();
     // A bias holds one value per output feature, broadcast over everything else.
     let is_bias = dims.last() == Some(&n) && dims[..dims.len() - 1].iter().all(|&d| d == 1);
-    is_bias.then(|| Bias { value: other, tensor, add: Some(add_id) })
+    is_bias.then(|| Bias { value: bias, tensor, add: Some(add) })
 }
 
 /// A linear layer's place in [`LinearLayers`] (execution order).
@@ -246,72 +215,9 @@ fn find_linear_layers(graph: &Graph, uses: &UseMap) -> Vec<LinearLayer> {
     layers
 }
 
-/// A node that reads a constant, directly or through the steps a weight chain may hold
-/// (2-D Transpose, Cast, Identity).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WeightReader {
-    pub node: NodeId,
-    /// Which input of `node` the weight arrives at.
-    pub input: usize,
-    /// Nodes between the constant and the reader, nearest the constant first.
-    pub chain: Vec<NodeId>,
-}
-
-/// Everything that reads a constant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WeightReaders {
-    /// In node-id order along each chain, deduplicated: a node reading the weight at two
-    /// inputs is two readers.
-    pub readers: Vec<WeightReader>,
-    /// The constant, or a value of its chain, is also a graph (or subgraph) output.
-    pub is_output: bool,
-}
-
-impl WeightReaders {
-    /// Every chain node, each once, in the order first met.
-    pub fn chain_nodes(&self) -> Vec<NodeId> {
-        let mut nodes: Vec<NodeId> = Vec::new();
-        for n in self.readers.iter().flat_map(|r| &r.chain) {
-            if !nodes.contains(n) {
-                nodes.push(*n);
-            }
-        }
-        nodes
-    }
-}
-
-/// The readers of the constant `weight`, following the chain steps [`linear_layers`] looks
-/// through, so a layer's weight and an embedding table tied to it (`Gather(E)` and
-/// `MatMul(x, Transpose(E))`) show up as readers of the same constant.
+/// The readers of the constant `weight`, through the steps [`linear_layers`] looks through
+/// (2-D Transpose, Cast, Identity), so a layer's weight and an embedding table tied to it
+/// (`Gather(E)` and `MatMul(x, Transpose(E))`) show up as readers of the same constant.
 pub fn weight_readers(graph: &Graph, uses: &UseMap, weight: ValueId) -> WeightReaders {
-    let mut out = WeightReaders::default();
-    let mut pending = vec![(weight, Vec::new())];
-    while let Some((v, chain)) = pending.pop() {
-        for u in uses.of(v) {
-            let Use::Node { node, input } = *u else {
-                out.is_output = true;
-                continue;
-            };
-            let n = graph.node(node);
-            let step = n.domain().is_empty()
-                && input == 0
-                && chain.len() < 8
-                && match n.op_type.as_str() {
-                    "Transpose" => n.attr_ints("perm").is_none_or(|p| p == [1, 0]),
-                    "Cast" | "Identity" => true,
-                    _ => false,
-                };
-            match n.output(0).filter(|_| step) {
-                Some(next) => {
-                    let mut longer = chain.clone();
-                    longer.push(node);
-                    pending.push((next, longer));
-                }
-                None => out.readers.push(WeightReader { node, input: input as usize, chain: chain.clone() }),
-            }
-        }
-    }
-    out.readers.sort_by_key(|r| (r.node, r.input));
-    out.readers.dedup();
-    out
+    pattern::weight_readers(graph, uses, weight, &[WeightStep::Transpose, WeightStep::Cast, WeightStep::Identity])
 }

@@ -2,8 +2,10 @@
 //! A of rank 2, W a constant matrix, b a constant broadcastable to the [M, N] result, and the
 //! MatMul result read only by that Add.
 
+use crate::analysis::Uses;
 use crate::pass::{Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use compactor_ir::{Anchor, Graph, Patch, ValueId};
+use compactor_ir::pattern::{BiasAdd, bias_add};
+use compactor_ir::{Anchor, Graph, Patch};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -19,7 +21,7 @@ impl PassDef for FuseMatMulAdd {
 impl Pass for FuseMatMulAdd {
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         ctx.infer_shapes(graph);
-        let uses = graph.uses();
+        let uses = ctx.analyses.get::<Uses>(graph);
         let mut patch = Patch::new();
         let mut fused = 0;
         for id in graph.all_nodes() {
@@ -30,17 +32,11 @@ impl Pass for FuseMatMulAdd {
             let (Some(a), Some(w), Some(mm_out)) = (mm.input(0), mm.input(1), mm.output(0)) else { continue };
             let a_rank2 = graph.value(a).shape().is_some_and(|s| s.rank() == 2);
             let Some(weight) = graph.constant(w) else { continue };
-            if !a_rank2 || weight.dims().len() != 2 || uses.of(mm_out).len() != 1 {
+            if !a_rank2 || weight.dims().len() != 2 {
                 continue;
             }
-            let [add_id] = uses.consumers(mm_out)[..] else { continue };
+            let Some(BiasAdd { add: add_id, bias, tensor: b }) = bias_add(graph, &uses, mm_out) else { continue };
             let add = graph.node(add_id);
-            if !add.is("Add") || add.region != mm.region {
-                continue;
-            }
-            let bias: Option<ValueId> = add.inputs.iter().flatten().copied().find(|&v| v != mm_out);
-            let Some(bias) = bias else { continue };
-            let Some(b) = graph.constant(bias) else { continue };
             let n = weight.dims()[1];
             // Gemm broadcasts C to [M, N] one way only: [N], [1, N] or a scalar.
             let broadcastable = matches!(b.dims(), [] | [1]) || b.dims() == [n] || b.dims() == [1, n];

@@ -1,6 +1,7 @@
 //! The constant operand of `Add` and `Mul` put second, so that tract fuses a linear layer's bias
 //! into its matmul.
 
+use compactor_ir::pattern::constant_operand;
 use compactor_ir::{Graph, NodeId};
 
 /// Puts the constant operand of `Add` and `Mul` second (both commute, broadcasting included).
@@ -13,10 +14,7 @@ pub(super) fn constants_second(g: &mut Graph) -> usize {
         .into_iter()
         .filter(|&id| {
             let n = g.node(id);
-            (n.is("Add") || n.is("Mul")) && n.inputs.len() == 2 && {
-                let (a, b) = (n.input(0), n.input(1));
-                a.is_some_and(|a| g.constant(a).is_some()) && b.is_some_and(|b| g.constant(b).is_none())
-            }
+            (n.is("Add") || n.is("Mul")) && matches!(constant_operand(g, id), Some((0, _)))
         })
         .collect();
     for &id in &swaps {

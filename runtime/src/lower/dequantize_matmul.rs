@@ -7,6 +7,7 @@ use super::{Lowering, label};
 use crate::error::RuntimeError;
 use bytes::Bytes;
 use compactor_ir::graph::{AttrValue, Attribute, Use};
+use compactor_ir::pattern::{WeightStep, weight_readers};
 use compactor_ir::{DataType, NodeId, Tensor, ValueId};
 
 impl Lowering {
@@ -51,27 +52,19 @@ impl Lowering {
         }
         // Every use must be a MatMul's right operand, directly (W is [K, N]) or through a
         // 2-D Transpose (W is [N, K]); anything else keeps the plain dequantization.
+        let readers = weight_readers(g, uses, out, &[WeightStep::Transpose]);
+        if readers.is_output {
+            return None;
+        }
         let mut matmuls = Vec::new();
-        let mut transposes = Vec::new();
-        for u in uses.of(out) {
-            let Use::Node { node: user, input } = *u else { return None };
-            let user_node = g.node(user);
-            if user_node.is("MatMul") && input == 1 {
-                matmuls.push((user, false));
-            } else if user_node.is("Transpose") && user_node.attr_ints("perm").is_none_or(|p| p == [1, 0]) {
-                let t_out = user_node.output(0)?;
-                transposes.push(user);
-                for tu in uses.of(t_out) {
-                    let Use::Node { node: mm, input: 1 } = *tu else { return None };
-                    if !g.node(mm).is("MatMul") {
-                        return None;
-                    }
-                    matmuls.push((mm, true));
-                }
-            } else {
+        for r in &readers.readers {
+            if !g.node(r.node).is("MatMul") || r.input != 1 || r.chain.len() > 1 {
                 return None;
             }
+            matmuls.push((r.node, r.transposed(g)));
         }
+        // Every Transpose of the weight goes with it (one nothing reads, too).
+        let transposes: Vec<NodeId> = uses.of(out).iter().filter_map(|u| if let Use::Node { node, .. } = *u { Some(node) } else { None }).filter(|&n| g.node(n).is("Transpose")).collect();
         if matmuls.is_empty() {
             return None;
         }
@@ -151,9 +144,17 @@ impl Lowering {
             .map_err(|e| self.err(dq_label.clone(), e.to_string()))?;
             let region = self.graph().node(users[0]).region;
             let base = self.graph().value(self.graph().node(dq).output(0).expect("fusion_plan checked")).name.clone();
-            let b_value = self.add_initializer(region, &format!("{base}.packed"), Tensor::from_raw(DataType::Uint8, &[n as u64, k_blocks as u64, per_block as u64], Bytes::from(packed)).map_err(|e| self.err(dq_label.clone(), e.to_string()))?);
+            let b_value = self.add_initializer(
+                region,
+                &format!("{base}.packed"),
+                Tensor::from_raw(DataType::Uint8, &[n as u64, k_blocks as u64, per_block as u64], Bytes::from(packed)).map_err(|e| self.err(dq_label.clone(), e.to_string()))?,
+            );
             let s_value = self.add_initializer(region, &format!("{base}.block_scales"), scale_tensor);
-            let z_value = self.add_initializer(region, &format!("{base}.block_zeros"), Tensor::from_raw(DataType::Uint8, &[(n * zp_per_col) as u64], Bytes::from(zp_packed)).map_err(|e| self.err(dq_label.clone(), e.to_string()))?);
+            let z_value = self.add_initializer(
+                region,
+                &format!("{base}.block_zeros"),
+                Tensor::from_raw(DataType::Uint8, &[(n * zp_per_col) as u64], Bytes::from(zp_packed)).map_err(|e| self.err(dq_label.clone(), e.to_string()))?,
+            );
             for mm in users {
                 let node = self.model.graph.node_mut(mm);
                 let a = node.inputs[0];

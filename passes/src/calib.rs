@@ -19,6 +19,9 @@ pub enum RowLayout {
     /// `[B, C, spatial...]` with C = k, one row per position a 1x1 convolution reads: every
     /// `strides[i]`-th along each spatial axis.
     Channels { strides: Vec<usize> },
+    /// Attention probabilities `[..., queries, keys]` (a Softmax output): statistics per key
+    /// position, whose count follows the input's length (`k` is not used; give 0).
+    Attention,
 }
 
 impl RowLayout {
@@ -42,6 +45,7 @@ impl RowLayout {
                 }
                 Ok(rows.into())
             }
+            RowLayout::Attention => Err("holds attention probabilities, not rows of inputs".into()),
             RowLayout::LastAxis => Err(format!("has shape {shape:?}, expected last dimension {k}")),
             RowLayout::Channels { strides } => Err(format!("has shape {shape:?}, expected [batch, {k}] and {} spatial dimensions", strides.len())),
         }
@@ -59,15 +63,24 @@ pub struct Wanted {
     pub max_abs: bool,
     /// Mean x² per input (channel norms, saliency).
     pub mean_square: bool,
+    /// With [`RowLayout::Attention`]: the mean probability each key position receives, over
+    /// every query (and over the first query alone, a classification token's view).
+    pub attention: bool,
 }
 
 impl Wanted {
     fn any(self) -> bool {
-        self.gram || self.mean_abs || self.max_abs || self.mean_square
+        self.gram || self.mean_abs || self.max_abs || self.mean_square || self.attention
     }
 
     fn union(self, other: Wanted) -> Wanted {
-        Wanted { gram: self.gram || other.gram, mean_abs: self.mean_abs || other.mean_abs, max_abs: self.max_abs || other.max_abs, mean_square: self.mean_square || other.mean_square }
+        Wanted {
+            gram: self.gram || other.gram,
+            mean_abs: self.mean_abs || other.mean_abs,
+            max_abs: self.max_abs || other.max_abs,
+            mean_square: self.mean_square || other.mean_square,
+            attention: self.attention || other.attention,
+        }
     }
 }
 
@@ -89,6 +102,49 @@ pub struct Stats {
     pub mean_abs: Option<Vec<f32>>,
     pub max_abs: Option<Vec<f32>>,
     pub mean_square: Option<Vec<f32>>,
+    /// Attention: the mean probability each key position receives over every query, and from
+    /// the first query alone; as long as the longest input seen (a position only shorter
+    /// inputs lack is averaged over the inputs that have it).
+    pub attention_received: Option<Vec<f32>>,
+    pub attention_from_first: Option<Vec<f32>>,
+}
+
+/// Per-key-position sums of attention probabilities, and how many rows each sum holds.
+#[derive(Default)]
+struct AttentionSums {
+    received: Vec<(f64, u64)>,
+    from_first: Vec<(f64, u64)>,
+}
+
+impl AttentionSums {
+    fn add(&mut self, shape: &[usize], data: &[f32]) -> Result<(), String> {
+        let [.., queries, keys] = shape[..] else { return Err(format!("has shape {shape:?}, expected [..., queries, keys] attention probabilities")) };
+        if keys == 0 || queries == 0 {
+            return Ok(());
+        }
+        for sums in [&mut self.received, &mut self.from_first] {
+            if sums.len() < keys {
+                sums.resize(keys, (0.0, 0));
+            }
+        }
+        for matrix in data.chunks_exact(queries * keys) {
+            for (q, row) in matrix.chunks_exact(keys).enumerate() {
+                for (k, &p) in row.iter().enumerate() {
+                    self.received[k].0 += p as f64;
+                    self.received[k].1 += 1;
+                    if q == 0 {
+                        self.from_first[k].0 += p as f64;
+                        self.from_first[k].1 += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn means(sums: &[(f64, u64)]) -> Vec<f32> {
+        sums.iter().map(|&(s, n)| (s / n.max(1) as f64) as f32).collect()
+    }
 }
 
 /// Per-input running sums of one activation.
@@ -99,6 +155,7 @@ struct Accumulator {
     abs_sums: Option<Vec<f64>>,
     max_abs: Option<Vec<f32>>,
     square_sums: Option<Vec<f64>>,
+    attention: Option<AttentionSums>,
     rows: u64,
 }
 
@@ -111,8 +168,21 @@ impl Accumulator {
             abs_sums: wanted.mean_abs.then(|| vec![0.0; k]),
             max_abs: wanted.max_abs.then(|| vec![0.0; k]),
             square_sums: wanted.mean_square.then(|| vec![0.0; k]),
+            attention: wanted.attention.then(AttentionSums::default),
             rows: 0,
         }
+    }
+
+    /// Adds one captured value: rows of inputs, or attention probabilities.
+    fn add_captured(&mut self, shape: &[usize], data: &[f32]) -> Result<(), String> {
+        if self.layout == RowLayout::Attention {
+            return match &mut self.attention {
+                Some(sums) => sums.add(shape, data),
+                None => Ok(()),
+            };
+        }
+        let rows = self.layout.rows(shape, data, self.k)?;
+        self.add(&rows)
     }
 
     fn add(&mut self, data: &[f32]) -> Result<(), String> {
@@ -154,6 +224,8 @@ impl Accumulator {
             mean_abs: self.abs_sums.map(mean),
             max_abs: self.max_abs,
             mean_square: self.square_sums.map(mean),
+            attention_received: self.attention.as_ref().map(|a| AttentionSums::means(&a.received)),
+            attention_from_first: self.attention.as_ref().map(|a| AttentionSums::means(&a.from_first)),
         })
     }
 }
@@ -189,7 +261,7 @@ pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str
     let mut error = None;
     let mut sink = |v: ValueId, a: Activation<'_>| {
         let Some(acc) = accumulators.get_mut(&v) else { return };
-        let result = acc.layout.rows(a.shape, a.data, acc.k).and_then(|rows| acc.add(&rows));
+        let result = acc.add_captured(a.shape, a.data);
         if let Err(e) = result {
             error.get_or_insert_with(|| format!("captured '{}' {e}", graph.value(v).name));
         }
@@ -304,5 +376,28 @@ mod tests {
         assert!(RowLayout::LastAxis.rows(&shape, &x, 3).is_err());
         assert!(RowLayout::Channels { strides: vec![1, 1] }.rows(&shape, &x, 4).is_err());
         assert!(RowLayout::Channels { strides: vec![1] }.rows(&shape, &x, 3).is_err());
+    }
+
+    /// Two inputs of different lengths: each key position is averaged over the inputs that
+    /// have it, over every head and query (and over the first query alone).
+    #[test]
+    fn attention_probabilities_are_averaged_per_key_position() {
+        let (mut model, x) = graph();
+        // [1, 2 heads, 2 queries, 2 keys], then [1, 1 head, 1 query, 3 keys].
+        let first = vec![0.5, 0.5, 0.25, 0.75, 1.0, 0.0, 0.0, 1.0];
+        let second = vec![0.2, 0.3, 0.5];
+        let mut calibrator = Fixed(vec![(vec![1, 2, 2, 2], first), (vec![1, 1, 1, 3], second)]);
+        let mut analyses = Analyses::new();
+        let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
+        let wanted = Wanted { attention: true, ..Default::default() };
+        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::Attention, k: 0, wanted }]).unwrap();
+        let s = &stats[&x];
+        // Key 0: (0.5 + 0.25 + 1 + 0 + 0.2) / 5, key 1: (0.5 + 0.75 + 0 + 1 + 0.3) / 5, key 2: 0.5 / 1.
+        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        let received = s.attention_received.as_deref().unwrap();
+        assert!(close(received, &[0.39, 0.51, 0.5]), "{received:?}");
+        // First query: head 0 (0.5, 0.5), head 1 (1, 0), the second input (0.2, 0.3, 0.5).
+        let from_first = s.attention_from_first.as_deref().unwrap();
+        assert!(close(from_first, &[1.7 / 3.0, 0.8 / 3.0, 0.5]), "{from_first:?}");
     }
 }

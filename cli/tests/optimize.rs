@@ -169,6 +169,14 @@ fn calibration_from_a_directory_or_random() {
     }
     let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", "quantize(method=gptq)", "--calibration", s(&cal), "--report", s(&dir.path().join("r.json"))]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The batches reached GPTQ: every layer says it got it, with its loss and output error.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    let layers = report["pipeline"]["passes"][0]["details"]["layers"].as_array().unwrap_or_else(|| panic!("no layers in {report}"));
+    assert!(!layers.is_empty());
+    for l in layers {
+        assert_eq!(l["method"], "gptq", "{l}");
+        assert!(l["gptq_loss"].is_number() && l["output_error"].is_number(), "{l}");
+    }
     let o = compactor(&["optimize", s(&model), "-o", s(&out), "--passes", "quantize(method=gptq)", "--calibration", s(&dir.path().join("missing"))]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));

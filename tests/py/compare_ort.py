@@ -1,12 +1,14 @@
 """Runs two models in onnxruntime on the same deterministic inputs and compares every output.
 
-Usage: compare_ort.py A.onnx B.onnx [--atol X] [--rtol Y] [--input NAME=FILE.npy ...] [--opt none|basic|all]
+Usage: compare_ort.py A.onnx B.onnx [--atol X] [--rtol Y] [--min-cosine C] [--input NAME=FILE.npy ...] [--opt none|basic|all]
 --opt sets onnxruntime's graph optimization level (default all); its extended fusions change
 numerics (e.g. DequantizeLinear+MatMul becomes an int8-activation kernel), so comparisons of
 exact semantics use basic.
 Inputs not given are random (ints in [0, 10), symbolic dims 3). Prints the max abs difference
-per output; exits 1 if any output differs beyond the tolerance (default: exact equality) or
-the output names/shapes differ.
+and the cosine similarity per output; exits 1 if any output differs beyond the tolerance
+(default: exact equality), its cosine with A's is below --min-cosine (default: not checked;
+a zero or unrelated output has a cosine far from 1 whatever its magnitude), or the output
+names/shapes differ.
 """
 import argparse
 import sys
@@ -42,6 +44,7 @@ def main():
     parser.add_argument("b")
     parser.add_argument("--atol", type=float, default=0.0)
     parser.add_argument("--rtol", type=float, default=0.0)
+    parser.add_argument("--min-cosine", type=float, default=None)
     parser.add_argument("--input", action="append", default=[])
     parser.add_argument("--opt", choices=["none", "basic", "all"], default="all")
     args = parser.parse_args()
@@ -66,9 +69,12 @@ def main():
             print(f"{name}: shape {x.shape} vs {y.shape}")
             failed += 1
             continue
-        diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-        ok = np.allclose(x, y, atol=atol, rtol=rtol)
-        print(f"{name}: max abs diff {diff:.3g} {'ok' if ok else 'FAIL'}")
+        xf, yf = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+        diff = float(np.max(np.abs(xf - yf))) if x.size else 0.0
+        norms = float(np.linalg.norm(xf) * np.linalg.norm(yf))
+        cosine = float(np.dot(xf, yf) / norms) if norms > 0 else (1.0 if not xf.any() and not yf.any() else 0.0)
+        ok = np.allclose(x, y, atol=atol, rtol=rtol) and (args.min_cosine is None or cosine >= args.min_cosine)
+        print(f"{name}: max abs diff {diff:.3g} cosine {cosine:.6f} {'ok' if ok else 'FAIL'}")
         failed += not ok
     return 1 if failed else 0
 

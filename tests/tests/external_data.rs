@@ -143,12 +143,7 @@ fn write_external_model(dir: &Path, tensors: &[(&str, u64, u64)]) -> PathBuf {
         acc = format!("a{i}");
     }
     graph.output.push(f32_info(&acc, &[1]));
-    let model = proto::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(12) }],
-        graph: Some(graph),
-        ..Default::default()
-    };
+    let model = proto::ModelProto { ir_version: Some(8), opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(12) }], graph: Some(graph), ..Default::default() };
     let path = dir.join("model.onnx");
     std::fs::write(&path, model.encode_to_vec()).unwrap();
     path
@@ -208,10 +203,9 @@ fn saving_next_to_the_input_keeps_the_inputs_data_file() {
     let input = onnx_external_copy(&src, dir.path());
     let weights_before = std::fs::read(dir.path().join("weights.bin")).unwrap();
     let model = Model::load(&input).unwrap();
-    for (out, policy, expected) in [
-        ("kept.onnx", ExternalDataPolicy::Preserve, "kept.onnx.data"),
-        ("split.onnx", ExternalDataPolicy::Threshold { min_bytes: 1024, location: "weights.bin".into() }, "split.onnx.data"),
-    ] {
+    for (out, policy, expected) in
+        [("kept.onnx", ExternalDataPolicy::Preserve, "kept.onnx.data"), ("split.onnx", ExternalDataPolicy::Threshold { min_bytes: 1024, location: "weights.bin".into() }, "split.onnx.data")]
+    {
         let out = dir.path().join(out);
         let report = save(&model, &out, policy);
         assert_eq!(report.external_files.iter().map(|(p, _)| p.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(), [expected]);
@@ -246,9 +240,8 @@ fn outputs_written_into_one_directory_keep_their_own_data() {
     let original = Model::load(&input).unwrap();
     // The second output holds different weights, so a shared data file would show.
     let mut changed = Model::load(&input).unwrap();
-    let first = changed.graph.main().initializers.iter().copied().find(|&v| {
-        changed.graph.value(v).initializer.as_ref().is_some_and(|t| t.external().is_some() && t.dtype() == compactor_ir::DataType::Float)
-    });
+    let first =
+        changed.graph.main().initializers.iter().copied().find(|&v| changed.graph.value(v).initializer.as_ref().is_some_and(|t| t.external().is_some() && t.dtype() == compactor_ir::DataType::Float));
     let first = first.expect("an external f32 weight");
     let tensor = changed.graph.value(first).initializer.clone().unwrap();
     let values: Vec<f32> = tensor.to_f32().unwrap().iter().map(|v| v + 1.0).collect();

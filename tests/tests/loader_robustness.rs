@@ -75,7 +75,16 @@ fn exercise(data: Vec<u8>, lift_constants: bool) -> bool {
 fn mutated_models_load_or_fail_cleanly() {
     let mut seeds: Vec<Vec<u8>> = ["tiny_mlp.onnx", "tiny_bert.onnx", "if_subgraph.onnx"].iter().map(|f| std::fs::read(repo_root().join("fixtures").join(f)).unwrap()).collect();
     // A spread of node tests: subgraphs, sequences, optional types, typed-field tensors.
-    for case in ["test_if_seq", "test_loop11", "test_scan9_sum", "test_optional_has_element_empty_optional_input", "test_cast_FLOAT_to_INT4", "test_sequence_map_identity_1_sequence", "test_constant_pad", "test_gru_seq_length"] {
+    for case in [
+        "test_if_seq",
+        "test_loop11",
+        "test_scan9_sum",
+        "test_optional_has_element_empty_optional_input",
+        "test_cast_FLOAT_to_INT4",
+        "test_sequence_map_identity_1_sequence",
+        "test_constant_pad",
+        "test_gru_seq_length",
+    ] {
         let dir = node_test_dirs().into_iter().find(|d| d.ends_with(case)).unwrap_or_else(|| panic!("node test {case}"));
         seeds.push(std::fs::read(dir.join("model.onnx")).unwrap());
     }

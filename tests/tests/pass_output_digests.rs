@@ -37,12 +37,8 @@ const PIPELINES: &[&str] = &[
 ];
 
 /// Pipelines that need calibration data (run on MiniLM with 4 batches of random tokens).
-const CALIBRATED: &[&str] = &[
-    "quantize(bits=4,block=32,method=gptq)",
-    "quantize(bits=4,block=32,awq=true)",
-    "quantize(bits=4,block=32,method=gptq,awq=true,act_order=true)",
-    "quantize(bits=4,block=32,budget_bits=5)",
-];
+const CALIBRATED: &[&str] =
+    &["quantize(bits=4,block=32,method=gptq)", "quantize(bits=4,block=32,awq=true)", "quantize(bits=4,block=32,method=gptq,awq=true,act_order=true)", "quantize(bits=4,block=32,budget_bits=5)"];
 
 fn digests_file() -> PathBuf {
     repo_root().join("tests/pass_output_digests.txt")

@@ -49,9 +49,17 @@ fn every_form_is_valid_onnx_and_runs_in_onnxruntime() {
             } else {
                 assert!(opsets["ai.onnx"].as_i64().unwrap() >= if spec.contains("bits=2") { 25 } else { 21 }, "{spec}: {opsets}");
             }
-            // int2 is coarse; everything else stays close to the f32 model.
-            let bound = if spec.contains("bits=2") { 5.0 } else { 1.0 };
-            compactor_tests::compare_ort(&fixture(name), &out, bound, 0.0, "all", &[]);
+            // Bounds from what was measured (2026-12-03; outputs of magnitude 1-4): 8 bits max
+            // abs error 0.03, cosine 0.99995; 4 bits 0.29, 0.991; 2 bits 1.28, 0.877. A zero or
+            // unrelated output fails the cosine floor whatever its magnitude.
+            let (atol, min_cosine) = if spec.contains("bits=2") {
+                (2.0, 0.85)
+            } else if spec.contains("bits=8") {
+                (0.1, 0.9995)
+            } else {
+                (0.5, 0.985)
+            };
+            compactor_tests::compare_ort_cosine(&fixture(name), &out, atol, 0.0, Some(min_cosine), "all", &[]);
         }
     }
 }
@@ -158,7 +166,10 @@ fn minilm_int4_is_five_times_smaller_and_as_accurate_as_onnxruntimes_quantizer()
 
 /// Cosine of MiniLM's last hidden state against the f32 model on held-out random token batches
 /// (our runtime), and the reference sentences' embedding cosine (onnxruntime).
-fn minilm_accuracy(candidate: &Path) -> (f64, f64) {
+/// How close a quantized MiniLM stays to the original: `(held-out cosine in the bundled runtime,
+/// the same in onnxruntime, the smallest sentence-embedding cosine in onnxruntime)`. Held out:
+/// random token batches of a seed no calibration uses.
+fn minilm_accuracy(candidate: &Path) -> (f64, f64, f64) {
     use compactor_runtime::{Session, SessionOptions};
     let reference = Model::load(minilm()).unwrap();
     let options = SessionOptions { dims: vec![("batch".into(), 4), ("seq".into(), 64)], ..Default::default() };
@@ -168,13 +179,23 @@ fn minilm_accuracy(candidate: &Path) -> (f64, f64) {
     let a = Session::new(&reference, &options).unwrap().run(&named).unwrap();
     let b = Session::new(&Model::load(candidate).unwrap(), &options).unwrap().run(&named).unwrap();
     let held_out = compactor_runtime::metrics::compare("h", &a[0].1, &b[0].1).unwrap().cosine_similarity;
+    let dir = tempfile::tempdir().unwrap();
+    let held_out_inputs: Vec<String> = inputs
+        .iter()
+        .map(|(n, v)| {
+            let path = dir.path().join(format!("{n}.npy"));
+            compactor_runtime::npy::write_npy(&path, v).unwrap();
+            format!("{n}={}", path.display())
+        })
+        .collect();
+    let held_out_ort = compactor_tests::ort_min_cosine(&minilm(), candidate, "all", &held_out_inputs);
     let mut args: Vec<&std::ffi::OsStr> = vec![minilm().into_os_string().leak(), candidate.as_os_str()];
     let specs = model_inputs(&minilm());
     for i in &specs {
         args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
     }
     let json: serde_json::Value = serde_json::from_str(&run_python("sentence_embeddings.py", &args)).unwrap();
-    (held_out, json["min_cosine"].as_f64().unwrap())
+    (held_out, held_out_ort, json["min_cosine"].as_f64().unwrap())
 }
 
 #[test]
@@ -191,10 +212,13 @@ fn gptq_on_minilm_is_no_worse_than_rtn() {
     let layers = report.passes[0].details["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 36);
     assert!(layers.iter().all(|l| l["gptq_loss"].is_number() && l["output_error"].is_number()));
-    let (rtn_held_out, rtn_sentences) = minilm_accuracy(&rtn);
-    let (gptq_held_out, gptq_sentences) = minilm_accuracy(&gptq);
-    eprintln!("MiniLM int4/32: held-out cosine RTN {rtn_held_out:.5} GPTQ {gptq_held_out:.5}; sentence cosine RTN {rtn_sentences:.4} GPTQ {gptq_sentences:.4}");
+    let (rtn_held_out, rtn_ort, rtn_sentences) = minilm_accuracy(&rtn);
+    let (gptq_held_out, gptq_ort, gptq_sentences) = minilm_accuracy(&gptq);
+    eprintln!(
+        "MiniLM int4/32: held-out cosine RTN {rtn_held_out:.5} GPTQ {gptq_held_out:.5} (onnxruntime {rtn_ort:.5}, {gptq_ort:.5}); sentence cosine RTN {rtn_sentences:.4} GPTQ {gptq_sentences:.4}"
+    );
     assert!(gptq_held_out >= rtn_held_out, "held-out: GPTQ {gptq_held_out} < RTN {rtn_held_out}");
+    assert!(gptq_ort >= rtn_ort, "held-out in onnxruntime: GPTQ {gptq_ort} < RTN {rtn_ort}");
     assert!(gptq_sentences >= rtn_sentences, "sentences: GPTQ {gptq_sentences} < RTN {rtn_sentences}");
 }
 
@@ -231,7 +255,15 @@ fn quantize_calibrated(src: &Path, spec: &str, out: &Path, dims: &[(&str, i64)],
 #[test]
 fn awq_scales_each_layers_activation_and_runs_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    for (i, spec) in ["quantize(awq=true)", "quantize(awq=true,format=matmulnbits,method=mse,symmetric=false)", "quantize(awq=true,outliers=0.01,ops=[MatMul,Gemm,Gather])", "quantize(awq=true,method=gptq,format=matmulnbits)"].iter().enumerate() {
+    for (i, spec) in [
+        "quantize(awq=true)",
+        "quantize(awq=true,format=matmulnbits,method=mse,symmetric=false)",
+        "quantize(awq=true,outliers=0.01,ops=[MatMul,Gemm,Gather])",
+        "quantize(awq=true,method=gptq,format=matmulnbits)",
+    ]
+    .iter()
+    .enumerate()
+    {
         let out = dir.path().join(format!("{i}.onnx"));
         let layers = quantize_calibrated(&fixture("tiny_bert.onnx"), &format!("{spec},eliminate-dead-code"), &out, &[("batch", 2), ("seq", 16)], 4);
         let linear: Vec<&serde_json::Value> = layers.iter().filter(|l| l["op"] != "Gather").collect();
@@ -254,7 +286,9 @@ fn awq_scales_each_layers_activation_and_runs_in_onnxruntime() {
             assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap(), "{spec}: not deterministic");
         }
         ort_check(&out);
-        compactor_tests::compare_ort(&fixture("tiny_bert.onnx"), &out, 1.0, 0.0, "all", &[]);
+        // 4-bit bounds from what was measured on these forms (max abs error up to 0.57, cosine
+        // 0.991 or more, on outputs of magnitude 1-4): a zero or unrelated output fails.
+        compactor_tests::compare_ort_cosine(&fixture("tiny_bert.onnx"), &out, 0.75, 0.0, Some(0.985), "all", &[]);
         let diff = runtimes_differ_by(&out);
         assert!(diff < 1e-4, "{spec}: runtimes differ by {diff}");
     }
@@ -268,26 +302,30 @@ fn awq_on_minilm_against_rtn_and_gptq() {
     let layers = quantize_calibrated(&minilm(), "quantize(bits=4,block=32,method=rtn,awq=true,ops=[MatMul,Gather]),eliminate-dead-code", &awq, &[("batch", 4), ("seq", 128)], 8);
     let ratio = minilm_size_ratio(&awq);
     let scaled = layers.iter().filter(|l| l["awq_alpha"].as_f64().is_some_and(|a| a > 0.0)).count();
-    let (rtn_held_out, rtn_sentences) = minilm_accuracy(&rtn);
-    let (awq_held_out, awq_sentences) = minilm_accuracy(&awq);
-    eprintln!("MiniLM int4/32 sym with the embedding table: {ratio:.2}x smaller; {scaled} of 36 layers scaled; sentence cosine RTN {rtn_sentences:.4} AWQ {awq_sentences:.4}; held-out cosine RTN {rtn_held_out:.5} AWQ {awq_held_out:.5}");
+    let (rtn_held_out, rtn_ort, rtn_sentences) = minilm_accuracy(&rtn);
+    let (awq_held_out, awq_ort, awq_sentences) = minilm_accuracy(&awq);
+    eprintln!(
+        "MiniLM int4/32 sym with the embedding table: {ratio:.2}x smaller; {scaled} of 36 layers scaled; sentence cosine RTN {rtn_sentences:.4} AWQ {awq_sentences:.4}; held-out cosine RTN {rtn_held_out:.5} AWQ {awq_held_out:.5}"
+    );
     assert!(ratio >= 5.0, "{ratio}");
     assert!(scaled >= 30, "only {scaled} layers scaled");
     // Measured: sentences 0.9649 -> 0.9735, held out on random tokens as well.
     assert!(awq_sentences >= rtn_sentences + 0.005, "sentences: AWQ {awq_sentences} vs RTN {rtn_sentences}");
     assert!(awq_held_out > rtn_held_out, "held-out: AWQ {awq_held_out} vs RTN {rtn_held_out}");
+    assert!(awq_ort > rtn_ort, "held-out in onnxruntime: AWQ {awq_ort} vs RTN {rtn_ort}");
 
     // GPTQ on the scaled weights (with the scaled Hessian) against GPTQ alone, same calibration.
     let (gptq, gptq_awq) = (dir.path().join("gptq.onnx"), dir.path().join("gptq_awq.onnx"));
     quantize_calibrated(&minilm(), "quantize(bits=4,block=32,method=gptq)", &gptq, &[("batch", 4), ("seq", 128)], 8);
     quantize_calibrated(&minilm(), "quantize(bits=4,block=32,method=gptq,awq=true)", &gptq_awq, &[("batch", 4), ("seq", 128)], 8);
-    let (gptq_held_out, gptq_sentences) = minilm_accuracy(&gptq);
-    let (both_held_out, both_sentences) = minilm_accuracy(&gptq_awq);
+    let (gptq_held_out, gptq_ort, gptq_sentences) = minilm_accuracy(&gptq);
+    let (both_held_out, both_ort, both_sentences) = minilm_accuracy(&gptq_awq);
     eprintln!("MiniLM int4/32 sym linear layers: sentence cosine GPTQ {gptq_sentences:.4} GPTQ+AWQ {both_sentences:.4}; held-out GPTQ {gptq_held_out:.5} GPTQ+AWQ {both_held_out:.5}");
     // Better on held-out batches from the calibration's distribution (random tokens). On the two
     // reference sentences it goes either way (measured 0.9793 -> 0.9766 here, 0.9775 -> 0.9799
     // with 16 batches): random tokens are not text, and GPTQ already took most of the error.
     assert!(both_held_out > gptq_held_out, "held-out: GPTQ+AWQ {both_held_out} vs GPTQ {gptq_held_out}");
+    assert!(both_ort > gptq_ort, "held-out in onnxruntime: GPTQ+AWQ {both_ort} vs GPTQ {gptq_ort}");
 }
 
 /// The largest difference between onnxruntime's and the bundled runtime's outputs of a
@@ -363,7 +401,7 @@ fn minilm_gptq_with_mixed_precision_is_five_times_smaller_at_099_cosine() {
 /// included) and sentence-embedding cosine >= 0.99 on the reference inputs.
 fn assert_minilm_five_times_smaller_at_099(out: &Path, what: &str) {
     let ratio = minilm_size_ratio(out);
-    let (held_out, sentences) = minilm_accuracy(out);
+    let (held_out, _, sentences) = minilm_accuracy(out);
     eprintln!("MiniLM {what}: {ratio:.2}x smaller, sentence cosine {sentences:.4}, held-out cosine {held_out:.5}");
     assert!(ratio >= 5.0, "{what}: {ratio}");
     assert!(sentences >= 0.99, "{what}: {sentences}");
@@ -392,7 +430,12 @@ fn minilm_int8_linear_int4_embeddings_preset_is_five_times_smaller_at_099_cosine
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("preset.onnx");
     let report = quantize(&minilm(), "int8-linear-int4-embeddings", &out);
-    let bits: Vec<(String, u64)> = report.passes.iter().filter(|p| p.pass == "quantize").flat_map(|p| p.details["layers"].as_array().unwrap().iter().map(|l| (l["op"].as_str().unwrap().to_string(), l["bits"].as_u64().unwrap())).collect::<Vec<_>>()).collect();
+    let bits: Vec<(String, u64)> = report
+        .passes
+        .iter()
+        .filter(|p| p.pass == "quantize")
+        .flat_map(|p| p.details["layers"].as_array().unwrap().iter().map(|l| (l["op"].as_str().unwrap().to_string(), l["bits"].as_u64().unwrap())).collect::<Vec<_>>())
+        .collect();
     assert_eq!(bits.iter().filter(|(op, b)| op == "MatMul" && *b == 8).count(), 36, "{bits:?}");
     assert!(bits.iter().any(|(op, b)| op == "Gather" && *b == 4), "{bits:?}");
     ort_check(&out);
@@ -704,7 +747,11 @@ fn gptq_and_awq_on_pointwise_convolutions() {
     let int8_cosine = held_out_cosine(&int8);
     eprintln!("PP-OCRv4 rec, int8 convolutions, held out: cosine {:.4} top-1 {:.4}", int8_cosine.0, int8_cosine.1);
     let inputs = model_inputs(&rec);
-    for (i, spec) in ["quantize(bits=4,ops=[Conv],min_elements=0,method=gptq)", "quantize(bits=4,ops=[Conv],min_elements=0,awq=true)", "quantize(bits=4,ops=[Conv],min_elements=0,awq=true,method=gptq)"].iter().enumerate() {
+    for (i, spec) in
+        ["quantize(bits=4,ops=[Conv],min_elements=0,method=gptq)", "quantize(bits=4,ops=[Conv],min_elements=0,awq=true)", "quantize(bits=4,ops=[Conv],min_elements=0,awq=true,method=gptq)"]
+            .iter()
+            .enumerate()
+    {
         let out = dir.path().join(format!("{i}.onnx"));
         let mut model = Model::load(&rec).unwrap();
         let calibration = compactor::RuntimeCalibrator::from_dir(&dir.path().join("calibration"), options.clone()).unwrap();
@@ -751,5 +798,7 @@ fn gemm_with_alpha_and_beta_falls_back_to_dequantize_linear() {
     let quantized = Model::load(&out).unwrap();
     let count = |op: &str| quantized.graph.all_nodes().into_iter().filter(|&n| quantized.graph.node(n).op_type == op).count();
     assert_eq!((count("MatMulNBits"), count("DequantizeLinear"), count("Gemm")), (1, 1, 1));
-    compactor_tests::compare_ort(&scaled, &out, 0.5, 0.0, "basic", &[]);
+    // Measured: max abs error 0.099, cosine 0.9946. Ignoring beta (beta = 1) would give 0.247
+    // and 0.957, so these bounds tell a wrong beta apart.
+    compactor_tests::compare_ort_cosine(&scaled, &out, 0.15, 0.0, Some(0.985), "basic", &[]);
 }

@@ -273,7 +273,11 @@ fn calibrated_methods_see_every_reader_of_a_shared_weight() {
         let mut model = Model::load(&albert).unwrap();
         let options = SessionOptions { dims: vec![("batch".into(), 1), ("seq".into(), 64)], ..Default::default() };
         let calibration = compactor::RuntimeCalibrator::random(&model, 8, 0, options).unwrap();
-        let report = compactor::Pipeline::parse(&format!("{spec},eliminate-dead-code")).unwrap().with_calibration(calibration).run_with(&mut model, RunOptions { verify_each: true, ..Default::default() }).unwrap();
+        let report = compactor::Pipeline::parse(&format!("{spec},eliminate-dead-code"))
+            .unwrap()
+            .with_calibration(calibration)
+            .run_with(&mut model, RunOptions { verify_each: true, ..Default::default() })
+            .unwrap();
         model.save(&out).unwrap();
         let layers = report.passes[0].details["layers"].as_array().unwrap().clone();
         assert_eq!(layers.len(), 6, "{spec}: {layers:?}");

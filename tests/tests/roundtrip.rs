@@ -103,9 +103,8 @@ fn an_output_repeated_in_value_info_with_another_type_round_trips() {
     let tensor_type = |shape: Option<proto::TensorShapeProto>| {
         Some(proto::TypeProto { value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor { elem_type: Some(1), shape })), ..Default::default() })
     };
-    let shaped = tensor_type(Some(proto::TensorShapeProto {
-        dim: vec![dim(proto::tensor_shape_proto::dimension::Value::DimValue(1)), dim(proto::tensor_shape_proto::dimension::Value::DimParam("n".into()))],
-    }));
+    let shaped =
+        tensor_type(Some(proto::TensorShapeProto { dim: vec![dim(proto::tensor_shape_proto::dimension::Value::DimValue(1)), dim(proto::tensor_shape_proto::dimension::Value::DimParam("n".into()))] }));
     let info = |name: &str, ty: Option<proto::TypeProto>| proto::ValueInfoProto { name: Some(name.into()), r#type: ty, ..Default::default() };
     let graph = proto::GraphProto {
         name: Some("g".into()),
@@ -115,12 +114,7 @@ fn an_output_repeated_in_value_info_with_another_type_round_trips() {
         value_info: vec![info("y", tensor_type(None))],
         ..Default::default()
     };
-    let model = proto::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
-        graph: Some(graph),
-        ..Default::default()
-    };
+    let model = proto::ModelProto { ir_version: Some(8), opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }], graph: Some(graph), ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
     let (original, written) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
     std::fs::write(&original, model.encode_to_vec()).unwrap();

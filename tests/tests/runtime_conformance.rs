@@ -11,7 +11,9 @@
 //!   docs/conformance.md was recorded) fails now;
 //! - the runtime passes at least 99% of the cases onnxruntime passes.
 //!
-//! `COMPACTOR_UPDATE_CONFORMANCE=1` rewrites the passing list from this run.
+//! `COMPACTOR_UPDATE_CONFORMANCE=1` rewrites the passing list from this run; the regression
+//! check still compares the run with the list as it was before (so a case that stopped
+//! passing fails the run that drops it from the list).
 
 use compactor_ir::proto::TensorProto;
 use compactor_ir::{Model, Tensor, TypeKind, ValueType};
@@ -114,8 +116,16 @@ fn compare_tensors(name: &str, expected: &TensorValue, actual: &TensorValue) -> 
         return if actual.strings() == Some(want) { Ok(()) } else { Err(format!("output '{name}': strings differ")) };
     }
     let (e, a) = (expected.to_f64_vec().map_err(|e| e.to_string())?, actual.to_f64_vec().map_err(|e| e.to_string())?);
-    let (rtol, atol) = if expected.dtype().is_float() { (RTOL, ATOL) } else { (0.0, 0.0) };
-    allclose(&e, &a, rtol, atol).map_err(|(i, want, got)| format!("output '{name}': element {i} is {got}, expected {want}"))
+    if !expected.dtype().is_float() {
+        // Integers and bools exactly, bit for bit (an int64 beyond 2^53 would round through f64).
+        let bytes = |t: &TensorValue| t.to_ir().and_then(|t| t.raw_data().map_err(Into::into)).map_err(|e| e.to_string());
+        if bytes(expected)? == bytes(actual)? {
+            return Ok(());
+        }
+        let i = e.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(0);
+        return Err(format!("output '{name}': element {i} is {}, expected {} (or an int64 that differs beyond 2^53)", a.get(i).copied().unwrap_or(f64::NAN), e.get(i).copied().unwrap_or(f64::NAN)));
+    }
+    allclose(&e, &a, RTOL, ATOL).map_err(|(i, want, got)| format!("output '{name}': element {i} is {got}, expected {want}"))
 }
 
 /// Runs one case; `Ok` says how the run was planned, `Err` why the case fails.
@@ -139,6 +149,9 @@ fn run_case(dir: &Path) -> Result<PlanKind, String> {
         return Err(format!("{} outputs, expected {}", outputs.len(), g.main().outputs.len()));
     }
     for (k, ((name, actual), &v)) in outputs.iter().zip(&g.main().outputs).enumerate() {
+        if *name != g.value(v).name {
+            return Err(format!("output {k} is '{name}', the model declares '{}'", g.value(v).name));
+        }
         let expected = read_value(&data.join(format!("output_{k}.pb")), g.value(v).ty.as_ref())?;
         compare_values(name, &expected, actual)?;
     }
@@ -187,6 +200,8 @@ fn passing_list() -> PathBuf {
 
 /// Both runs' outcomes, computed once per test process.
 struct Conformance {
+    /// `runtime/conformance/passing.txt` as it was before this run (which may rewrite it).
+    recorded: Vec<String>,
     ours: BTreeMap<String, Result<PlanKind, String>>,
     our_pass: BTreeSet<String>,
     ort_pass: BTreeSet<String>,
@@ -199,6 +214,7 @@ fn conformance() -> &'static Conformance {
     RESULT.get_or_init(|| {
         let dirs = node_test_dirs();
         assert_eq!(dirs.len(), 1765, "the onnx 1.22.0 wheel ships 1765 node tests");
+        let recorded: Vec<String> = std::fs::read_to_string(passing_list()).unwrap_or_default().lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
         let start = Instant::now();
         let ours = run_all(&dirs);
         let our_time = start.elapsed();
@@ -242,7 +258,7 @@ fn conformance() -> &'static Conformance {
             let list: String = our_pass.iter().map(|n| format!("{n}\n")).collect();
             std::fs::write(passing_list(), list).unwrap();
         }
-        Conformance { ours, our_pass, ort_pass, both }
+        Conformance { recorded, ours, our_pass, ort_pass, both }
     })
 }
 
@@ -250,13 +266,10 @@ fn conformance() -> &'static Conformance {
 #[test]
 fn recorded_passing_node_tests_still_pass() {
     let c = conformance();
-    let recorded: Vec<String> = std::fs::read_to_string(passing_list()).unwrap_or_default().lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+    let recorded = &c.recorded;
     assert!(!recorded.is_empty(), "runtime/conformance/passing.txt is empty; record it with COMPACTOR_UPDATE_CONFORMANCE=1");
-    let regressions: Vec<String> = recorded
-        .iter()
-        .filter(|n| !c.our_pass.contains(*n))
-        .map(|n| format!("{n}: {}", c.ours.get(n).and_then(|r| r.as_ref().err()).cloned().unwrap_or_else(|| "not run".into())))
-        .collect();
+    let regressions: Vec<String> =
+        recorded.iter().filter(|n| !c.our_pass.contains(*n)).map(|n| format!("{n}: {}", c.ours.get(n).and_then(|r| r.as_ref().err()).cloned().unwrap_or_else(|| "not run".into()))).collect();
     assert!(regressions.is_empty(), "{} recorded passing cases now fail:\n{}", regressions.len(), regressions.join("\n"));
 }
 

@@ -47,10 +47,7 @@ fn collect_keys(graph: &Graph, region: RegionId, scope: &str, keys: &mut HashMap
 /// Removes the types of node outputs that are not region outputs, in every region; returns them.
 fn clear_intermediate_types(graph: &mut Graph) -> BTreeSet<ValueId> {
     let region_outputs: BTreeSet<ValueId> = graph.region_ids().flat_map(|r| graph.region(r).outputs.clone()).collect();
-    let cleared: BTreeSet<ValueId> = graph
-        .value_ids()
-        .filter(|&v| matches!(graph.value(v).def, ValueDef::Node { .. }) && !region_outputs.contains(&v))
-        .collect();
+    let cleared: BTreeSet<ValueId> = graph.value_ids().filter(|&v| matches!(graph.value(v).def, ValueDef::Node { .. }) && !region_outputs.contains(&v)).collect();
     for &v in &cleared {
         graph.value_mut(v).ty = None;
     }
@@ -70,11 +67,7 @@ fn parse_reference(json: &serde_json::Value) -> (Vec<OnnxValue>, BTreeSet<String
         .as_array()
         .expect("values")
         .iter()
-        .map(|v| OnnxValue {
-            key: v["key"].as_str().expect("key").to_string(),
-            elem: v["elem"].as_i64().map(|e| e as i32),
-            dims: v["dims"].as_array().cloned(),
-        })
+        .map(|v| OnnxValue { key: v["key"].as_str().expect("key").to_string(), elem: v["elem"].as_i64().map(|e| e as i32), dims: v["dims"].as_array().cloned() })
         .collect();
     let symbols = json["input_symbols"].as_array().expect("input_symbols").iter().map(|s| s.as_str().expect("symbol").to_string()).collect();
     (values, symbols)
@@ -288,20 +281,22 @@ fn minilm_output_is_inferred_from_the_inputs_alone() {
 #[test]
 fn pypi_models_agree_with_onnx() {
     let mut lines = Vec::new();
+    let mut low = Vec::new();
     for path in pypi_models() {
         let coverage = check_against_onnx(&path);
         lines.push(format!("{:>6.1}%  {}", 100.0 * coverage, short(&path)));
+        // Every PyPI model measured 100% (2026-12-03).
+        if coverage < 0.99 {
+            low.push(format!("{}: {:.1}%", short(&path), 100.0 * coverage));
+        }
     }
     println!("coverage of onnx-ranked intermediate values:\n{}", lines.join("\n"));
+    assert!(low.is_empty(), "coverage below 99% of what onnx ranks: {}", low.join(", "));
 }
 
 #[test]
 fn fixtures_agree_with_onnx() {
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(repo_root().join("fixtures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .collect();
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(repo_root().join("fixtures")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
     fixtures.sort();
     assert!(!fixtures.is_empty());
     for path in fixtures {
@@ -347,12 +342,8 @@ fn inferred_shapes_hold_when_real_models_run() {
         infer_shapes(&mut model, &InferOptions::default());
         // Bindings of symbols, as opposed to `INPUT.K` / `INPUT.value` ones.
         let inputs: BTreeSet<&str> = model.graph.main().inputs.iter().map(|&v| model.graph.value(v).name.as_str()).collect();
-        let symbols: HashMap<&str, i64> = bindings
-            .iter()
-            .filter_map(|b| b.split_once('='))
-            .filter(|(k, _)| !k.rsplit_once('.').is_some_and(|(input, _)| inputs.contains(input)))
-            .map(|(k, v)| (k, v.parse().unwrap()))
-            .collect();
+        let symbols: HashMap<&str, i64> =
+            bindings.iter().filter_map(|b| b.split_once('=')).filter(|(k, _)| !k.rsplit_once('.').is_some_and(|(input, _)| inputs.contains(input))).map(|(k, v)| (k, v.parse().unwrap())).collect();
         let mut args = vec![path.as_os_str().to_owned(), "--run".into()];
         args.extend(bindings.iter().map(std::ffi::OsString::from));
         let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
@@ -443,14 +434,8 @@ fn onnx_node_tests_outputs_match_their_declared_types() {
         let mut model = Model::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
         // Declared output types are the reference; only node outputs are cleared (an output
         // that is a graph input keeps its type).
-        let outputs: Vec<(ValueId, ValueType)> = model
-            .graph
-            .main()
-            .outputs
-            .iter()
-            .filter(|&&v| matches!(model.graph.value(v).def, ValueDef::Node { .. }))
-            .filter_map(|&v| model.graph.value(v).ty.clone().map(|ty| (v, ty)))
-            .collect();
+        let outputs: Vec<(ValueId, ValueType)> =
+            model.graph.main().outputs.iter().filter(|&&v| matches!(model.graph.value(v).def, ValueDef::Node { .. })).filter_map(|&v| model.graph.value(v).ty.clone().map(|ty| (v, ty))).collect();
         for (v, _) in &outputs {
             model.graph.value_mut(*v).ty = None;
         }
@@ -498,6 +483,9 @@ fn onnx_node_tests_outputs_match_their_declared_types() {
     println!("  all outputs exactly as declared: {} ({:.1}%)", t.exact, pct(t.exact));
     println!("  all outputs typed:               {} ({:.1}%)", t.all_typed, pct(t.all_typed));
     println!("  some output typed:               {} ({:.1}%)", t.some_typed, pct(t.some_typed));
+    // Measured 2026-12-03: 1465 exact, 1764 typed; the floors catch a rule that stops working.
+    assert!(t.exact >= 1450, "only {} of {} node tests have every output exactly as declared (floor 1450)", t.exact, t.cases);
+    assert!(t.all_typed >= 1760, "only {} of {} node tests have every output typed (floor 1760)", t.all_typed, t.cases);
     println!("  mismatches: {}, panics: {}, rule failures: {}, conflicts in subgraphs: {}", t.mismatches.len(), t.panics.len(), t.failures.len(), t.conflicts.len());
     let unsupported: Vec<String> = t.unsupported.iter().map(|(op, n)| format!("{op} x{n}")).collect();
     println!("  ops without a rule: {}", unsupported.join(", "));
@@ -510,11 +498,8 @@ fn onnx_node_tests_outputs_match_their_declared_types() {
 
 #[test]
 fn no_panic_on_any_node_test_model_in_any_mode() {
-    let variants = [
-        InferOptions::default(),
-        InferOptions { data_propagation: false, ..InferOptions::default() },
-        InferOptions { max_tracked_elements: 0, subgraphs: false, ..InferOptions::default() },
-    ];
+    let variants =
+        [InferOptions::default(), InferOptions { data_propagation: false, ..InferOptions::default() }, InferOptions { max_tracked_elements: 0, subgraphs: false, ..InferOptions::default() }];
     let mut panics = Vec::new();
     for dir in node_test_dirs() {
         let model = Model::load(dir.join("model.onnx")).unwrap();
@@ -631,6 +616,8 @@ fn onnx_node_tests_intermediates_agree_with_onnx_and_onnxruntime() {
         }
     }
     println!("node tests: we rank {covered} of the {reference_ranked} values onnx ranks ({:.1}%)", 100.0 * covered as f64 / reference_ranked.max(1) as f64);
+    // Measured 2026-12-03: 12049 of 12077 (99.8%).
+    assert!(covered as f64 >= 0.995 * reference_ranked as f64, "we rank {covered} of the {reference_ranked} values onnx ranks, below 99.5%");
     println!("values onnx ranks and we do not:\n  {}", uncovered.join("\n  "));
     println!("node tests: {ran} models ran in onnxruntime; {values_run} inferred values and {dims_run} dims checked against the run");
     assert!(ran > 1000 && dims_run > 5000, "too little was checked");

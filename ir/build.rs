@@ -10,7 +10,5 @@ fn main() {
     // Every `bytes` field (raw_data above all) becomes `bytes::Bytes`, so decoding from a
     // memory-mapped `Bytes` slices the map instead of copying tensor data.
     config.bytes(["."]);
-    config
-        .compile_fds(descriptors)
-        .expect("prost-build must generate the ONNX types");
+    config.compile_fds(descriptors).expect("prost-build must generate the ONNX types");
 }

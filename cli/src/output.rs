@@ -4,10 +4,7 @@
 /// the reader is gone and there is nothing left to report.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     let broken = Some(std::io::ErrorKind::BrokenPipe);
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().map(|io| io.kind()) == broken
-            || c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind()) == broken
-    })
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().map(|io| io.kind()) == broken || c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind()) == broken)
 }
 
 /// `1.5 KiB`, `86.2 MiB`.

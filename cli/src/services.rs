@@ -35,12 +35,8 @@ impl ConstantEvaluator for RuntimeEvaluator {
             }));
         }
         let id = graph.add_node_detached(Node { inputs: input_ids, outputs: Vec::new(), region: Graph::MAIN, ..node.clone() });
-        let outputs: Vec<Option<ValueId>> = node
-            .outputs
-            .iter()
-            .enumerate()
-            .map(|(k, out)| out.map(|_| graph.add_value(value(format!("output_{k}"), ValueDef::Node { node: id, output: k as u32 }))))
-            .collect();
+        let outputs: Vec<Option<ValueId>> =
+            node.outputs.iter().enumerate().map(|(k, out)| out.map(|_| graph.add_value(value(format!("output_{k}"), ValueDef::Node { node: id, output: k as u32 })))).collect();
         graph.node_mut(id).outputs = outputs.clone();
         graph.main_mut().nodes.push(id);
         graph.main_mut().outputs = outputs.iter().flatten().copied().collect();
@@ -75,7 +71,8 @@ impl RuntimeCalibrator {
     pub fn from_dir(dir: &Path, options: SessionOptions) -> Result<Self, CalibrationError> {
         let err = |reason: String| CalibrationError::Dir { dir: dir.to_path_buf(), reason };
         let read_batch = |d: &Path| -> Result<Vec<(String, TensorValue)>, CalibrationError> {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(d).map_err(|e| err(e.to_string()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "npy")).collect();
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(d).map_err(|e| err(e.to_string()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "npy")).collect();
             files.sort();
             files.iter().map(|f| Ok((f.file_stem().unwrap_or_default().to_string_lossy().into_owned(), compactor_runtime::npy::read_npy(f)?))).collect()
         };

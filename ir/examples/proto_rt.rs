@@ -9,19 +9,30 @@ fn main() {
         let t = std::time::Instant::now();
         let model = match compactor_ir::Model::load(&path) {
             Ok(m) => m,
-            Err(e) => { println!("LOAD FAIL {e}"); continue; }
+            Err(e) => {
+                println!("LOAD FAIL {e}");
+                continue;
+            }
         };
         let t1 = t.elapsed();
         let out = out_dir.join("out.onnx");
-        let opts = compactor_ir::SaveOptions { sync: std::env::var("NOSYNC").is_err(), ..Default::default() }; if let Err(e) = model.save_with(&out, &opts) { println!("SAVE FAIL {path}: {e}"); continue; }
+        let opts = compactor_ir::SaveOptions { sync: std::env::var("NOSYNC").is_err(), ..Default::default() };
+        if let Err(e) = model.save_with(&out, &opts) {
+            println!("SAVE FAIL {path}: {e}");
+            continue;
+        }
         let t2 = t.elapsed();
         let a = std::fs::read(&path).unwrap();
         let b = std::fs::read(&out).unwrap();
-        if a == b { same += 1 } else {
+        if a == b {
+            same += 1
+        } else {
             let i = a.iter().zip(b.iter()).position(|(x, y)| x != y);
             println!("DIFF {path}: len {} vs {}, first diff {:?}", a.len(), b.len(), i);
         }
-        if total == 1 { println!("{path}: load {t1:?} save {:?}", t2 - t1); }
+        if total == 1 {
+            println!("{path}: load {t1:?} save {:?}", t2 - t1);
+        }
     }
     println!("{same}/{total} byte-identical");
 }

@@ -95,8 +95,7 @@ impl DataType {
             String => Layout::Variable,
             Uint2 | Int2 => Layout::Bits(2),
             Uint4 | Int4 | Float4E2M1 => Layout::Bits(4),
-            Uint8 | Int8 | Bool | Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ
-            | Float8E8M0 => Layout::Bits(8),
+            Uint8 | Int8 | Bool | Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ | Float8E8M0 => Layout::Bits(8),
             Uint16 | Int16 | Float16 | Bfloat16 => Layout::Bits(16),
             Float | Int32 | Uint32 => Layout::Bits(32),
             Double | Int64 | Uint64 | Complex64 => Layout::Bits(64),
@@ -119,27 +118,12 @@ impl DataType {
 
     pub fn is_float(self) -> bool {
         use DataType::*;
-        matches!(
-            self,
-            Float
-                | Double
-                | Float16
-                | Bfloat16
-                | Float8E4M3FN
-                | Float8E4M3FNUZ
-                | Float8E5M2
-                | Float8E5M2FNUZ
-                | Float8E8M0
-                | Float4E2M1
-        )
+        matches!(self, Float | Double | Float16 | Bfloat16 | Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ | Float8E8M0 | Float4E2M1)
     }
 
     pub fn is_integer(self) -> bool {
         use DataType::*;
-        matches!(
-            self,
-            Uint8 | Int8 | Uint16 | Int16 | Int32 | Int64 | Uint32 | Uint64 | Uint4 | Int4 | Uint2 | Int2
-        )
+        matches!(self, Uint8 | Int8 | Uint16 | Int16 | Int32 | Int64 | Uint32 | Uint64 | Uint4 | Int4 | Uint2 | Int2)
     }
 
     /// The short name used in the text form and in reports (`f32`, `i4`, `f8e4m3fn`, ...).
@@ -212,9 +196,7 @@ impl DataType {
 
     /// Parses a short name (`f32`) or an ONNX name (`FLOAT`, any case).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.short_name() == name || t.onnx_name().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().find(|t| t.short_name() == name || t.onnx_name().eq_ignore_ascii_case(name))
     }
 }
 

@@ -48,7 +48,10 @@ pub enum ValueDef {
     Initializer,
     SparseInitializer,
     /// Output number `output` of `node`.
-    Node { node: NodeId, output: u32 },
+    Node {
+        node: NodeId,
+        output: u32,
+    },
     /// Named only by a `value_info` entry; nothing defines it. Kept so a round trip loses nothing.
     Annotation,
 }
@@ -102,10 +105,9 @@ impl SparseTensor {
                 let flat = idx.to_i64()?;
                 match idx.dims() {
                     [n] if *n as usize == nnz => flat,
-                    [n, r] if *n as usize == nnz && *r as usize == dims.len() => flat
-                        .chunks(dims.len().max(1))
-                        .map(|coord| coord.iter().zip(&dims).fold(0i64, |acc, (&c, &d)| acc * d as i64 + c))
-                        .collect(),
+                    [n, r] if *n as usize == nnz && *r as usize == dims.len() => {
+                        flat.chunks(dims.len().max(1)).map(|coord| coord.iter().zip(&dims).fold(0i64, |acc, (&c, &d)| acc * d as i64 + c)).collect()
+                    }
                     other => return Err(err(format!("indices of shape {other:?} do not fit {nnz} values of rank {}", dims.len()))),
                 }
             }

@@ -9,7 +9,7 @@ use crate::dtype::DataType;
 use crate::error::{IrError, Origin, Result};
 use crate::graph::{AttrValue, Attribute, Graph, Node, NodeId, Region, RegionId, SparseTensor, Value, ValueDef, ValueId, constant_node_tensor};
 use crate::model::Model;
-use crate::proto::{self, type_proto, tensor_shape_proto};
+use crate::proto::{self, tensor_shape_proto, type_proto};
 use crate::tensor::{ExternalFile, ExternalSource, Tensor, parse_external_entries};
 use crate::types::{Dim, Shape, TypeKind, ValueType};
 use bytes::Bytes;
@@ -126,8 +126,7 @@ impl Model {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|error| IrError::Write { path: target.clone(), error })?;
             }
-            let tmp = write_temp(&target, options.sync, |out| file.write_to(out))
-                .map_err(|error| IrError::Write { path: target.clone(), error })?;
+            let tmp = write_temp(&target, options.sync, |out| file.write_to(out)).map_err(|error| IrError::Write { path: target.clone(), error })?;
             report.external_files.push((target.clone(), file.len));
             pending.push((tmp, target));
         }
@@ -180,7 +179,8 @@ fn relocations(writer: &Writer, dir: &Path, output: &Path, origin: &Origin) -> B
     for location in writer.external_files.keys() {
         // Under `Threshold` the caller named the file; only a clash with a source renames it.
         let kept_from_source = matches!(writer.policy, ExternalDataPolicy::Preserve);
-        if !is_source(&dir.join(location)) && !(renamed && kept_from_source) {
+        let needs_own_name = is_source(&dir.join(location)) || (renamed && kept_from_source);
+        if !needs_own_name {
             continue;
         }
         let fresh = (0..)
@@ -303,10 +303,8 @@ fn decode(bytes: Bytes, origin: Origin, base_dir: Option<&Path>, options: &LoadO
     if bytes.is_empty() {
         return Err(IrError::NotOnnx { origin, reason: "the file is empty".into() });
     }
-    let proto = proto::ModelProto::decode(bytes).map_err(|e| IrError::NotOnnx {
-        origin: origin.clone(),
-        reason: format!("protobuf decoding failed ({e}); the file is truncated or is not an ONNX model"),
-    })?;
+    let proto =
+        proto::ModelProto::decode(bytes).map_err(|e| IrError::NotOnnx { origin: origin.clone(), reason: format!("protobuf decoding failed ({e}); the file is truncated or is not an ONNX model") })?;
     let Some(graph) = proto.graph else {
         return Err(IrError::NotOnnx { origin, reason: "it has no graph (a protobuf message, but not an ONNX ModelProto)".into() });
     };
@@ -360,11 +358,7 @@ impl Reader<'_> {
 
     fn tensor(&mut self, proto: proto::TensorProto) -> Result<Tensor> {
         let name = proto.name.clone().unwrap_or_default();
-        let external = if proto.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
-            Some(self.external_source(&proto, &name)?)
-        } else {
-            None
-        };
+        let external = if proto.data_location == Some(proto::tensor_proto::DataLocation::External as i32) { Some(self.external_source(&proto, &name)?) } else { None };
         Tensor::from_proto(proto, external).map_err(|e| match e {
             IrError::TensorData { tensor, reason } => IrError::Tensor { origin: self.origin.clone(), tensor, reason },
             other => other,
@@ -409,11 +403,7 @@ impl Reader<'_> {
     }
 
     fn sparse(&mut self, proto: proto::SparseTensorProto) -> Result<SparseTensor> {
-        Ok(SparseTensor {
-            values: proto.values.map(|t| self.tensor(t)).transpose()?,
-            indices: proto.indices.map(|t| self.tensor(t)).transpose()?,
-            dims: proto.dims,
-        })
+        Ok(SparseTensor { values: proto.values.map(|t| self.tensor(t)).transpose()?, indices: proto.indices.map(|t| self.tensor(t)).transpose()?, dims: proto.dims })
     }
 
     fn value_type(&self, ty: Option<proto::TypeProto>, name: &str) -> Result<Option<ValueType>> {
@@ -618,9 +608,7 @@ impl Reader<'_> {
             T::Tensors => AttrValue::Tensors(ap.tensors.into_iter().map(|t| self.tensor(t)).collect::<Result<_>>()?),
             T::Graphs => AttrValue::Graphs(ap.graphs.into_iter().map(|g| self.region(g, Some(node), scopes)).collect::<Result<_>>()?),
             T::SparseTensors => AttrValue::SparseTensors(ap.sparse_tensors.into_iter().map(|s| self.sparse(s)).collect::<Result<_>>()?),
-            T::TypeProtos => AttrValue::Types(
-                ap.type_protos.into_iter().map(|tp| Ok(self.value_type(Some(tp), &name)?.expect("given Some"))).collect::<Result<_>>()?,
-            ),
+            T::TypeProtos => AttrValue::Types(ap.type_protos.into_iter().map(|tp| Ok(self.value_type(Some(tp), &name)?.expect("given Some"))).collect::<Result<_>>()?),
             T::Undefined => AttrValue::Undefined,
         };
         Ok(Attribute { name, value, ref_attr_name: ap.ref_attr_name, doc_string: ap.doc_string, proto_type: ap.r#type })
@@ -873,12 +861,7 @@ impl Writer {
 
     fn value_info(&self, graph: &Graph, id: ValueId) -> proto::ValueInfoProto {
         let v = graph.value(id);
-        proto::ValueInfoProto {
-            name: Some(v.name.clone()),
-            r#type: v.ty.as_ref().map(type_to_proto),
-            doc_string: v.doc_string.clone(),
-            metadata_props: v.metadata_props.clone(),
-        }
+        proto::ValueInfoProto { name: Some(v.name.clone()), r#type: v.ty.as_ref().map(type_to_proto), doc_string: v.doc_string.clone(), metadata_props: v.metadata_props.clone() }
     }
 
     fn region(&mut self, graph: &Graph, rid: RegionId) -> Result<proto::GraphProto> {
@@ -935,13 +918,7 @@ impl Writer {
     }
 
     fn attribute(&mut self, graph: &Graph, a: &Attribute) -> Result<proto::AttributeProto> {
-        let mut p = proto::AttributeProto {
-            name: Some(a.name.clone()),
-            ref_attr_name: a.ref_attr_name.clone(),
-            doc_string: a.doc_string.clone(),
-            r#type: a.proto_type,
-            ..Default::default()
-        };
+        let mut p = proto::AttributeProto { name: Some(a.name.clone()), ref_attr_name: a.ref_attr_name.clone(), doc_string: a.doc_string.clone(), r#type: a.proto_type, ..Default::default() };
         match &a.value {
             AttrValue::Float(f) => p.f = Some(*f),
             AttrValue::Int(i) => p.i = Some(*i),

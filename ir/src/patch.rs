@@ -9,7 +9,7 @@
 //! on a value — `y = Cast(x)`, then every old use of `x` reads `y` — needs no special care: the
 //! new Cast still reads `x`.
 
-use crate::graph::{Attribute, AttrValue, Graph, Node, NodeId, RegionId, SparseTensor, Use, Value, ValueDef, ValueId};
+use crate::graph::{AttrValue, Attribute, Graph, Node, NodeId, RegionId, SparseTensor, Use, Value, ValueDef, ValueId};
 use crate::tensor::Tensor;
 use crate::types::ValueType;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -194,10 +194,7 @@ impl Patch {
 
     /// Starts a new node of the default domain placed at `anchor`.
     pub fn node(&mut self, op_type: &str, anchor: Anchor) -> NodeBuilder<'_> {
-        NodeBuilder {
-            patch: self,
-            node: NewNode { op_type: op_type.to_string(), domain: None, name: None, inputs: Vec::new(), outputs: Vec::new(), attributes: Vec::new(), anchor },
-        }
+        NodeBuilder { patch: self, node: NewNode { op_type: op_type.to_string(), domain: None, name: None, inputs: Vec::new(), outputs: Vec::new(), attributes: Vec::new(), anchor } }
     }
 
     pub fn remove_node(&mut self, node: NodeId) {
@@ -294,7 +291,14 @@ impl Graph {
                 Anchor::End(_) => {}
             }
             if matches!(node.anchor, Anchor::After(n) if patch.removed_nodes.contains(&n)) {
-                return Err(err(format!("new {} is placed after {}, which the patch removes", node.op_type, match node.anchor { Anchor::After(n) => n, _ => unreachable!() })));
+                return Err(err(format!(
+                    "new {} is placed after {}, which the patch removes",
+                    node.op_type,
+                    match node.anchor {
+                        Anchor::After(n) => n,
+                        _ => unreachable!(),
+                    }
+                )));
             }
             for v in node.inputs.iter().flatten() {
                 new_index(*v)?;
@@ -420,7 +424,16 @@ impl Graph {
                 (None, Some(_)) => ValueDef::SparseInitializer,
                 (None, None) => ValueDef::Annotation,
             };
-            let id = self.add_value(Value { name, ty: v.ty.clone(), doc_string: None, metadata_props: Vec::new(), def, region: v.region, initializer: v.initializer.clone(), sparse_initializer: v.sparse.clone() });
+            let id = self.add_value(Value {
+                name,
+                ty: v.ty.clone(),
+                doc_string: None,
+                metadata_props: Vec::new(),
+                def,
+                region: v.region,
+                initializer: v.initializer.clone(),
+                sparse_initializer: v.sparse.clone(),
+            });
             if v.initializer.is_some() {
                 self.region_mut(v.region).initializers.push(id);
             } else if v.sparse.is_some() {
@@ -483,7 +496,8 @@ impl Graph {
             summary.new_nodes.push(id);
         }
         summary.nodes_added = summary.new_nodes.len();
-        let touched: BTreeSet<RegionId> = before.keys().chain(after.keys()).map(|&n| self.node(n).region).chain(at_end.keys().copied()).chain(patch.removed_nodes.iter().map(|&n| self.node(n).region)).collect();
+        let touched: BTreeSet<RegionId> =
+            before.keys().chain(after.keys()).map(|&n| self.node(n).region).chain(at_end.keys().copied()).chain(patch.removed_nodes.iter().map(|&n| self.node(n).region)).collect();
         for r in touched {
             let old = std::mem::take(&mut self.region_mut(r).nodes);
             let mut order = Vec::with_capacity(old.len());
@@ -573,7 +587,19 @@ mod tests {
         let value = |name: &str, def| Value { name: name.into(), ty: f32(), doc_string: None, metadata_props: vec![], def, region: Graph::MAIN, initializer: None, sparse_initializer: None };
         let x = g.add_value(value("x", ValueDef::Input));
         g.main_mut().inputs.push(x);
-        let relu = g.add_node_detached(Node { op_type: "Relu".into(), domain: None, name: Some("relu".into()), overload: None, inputs: vec![Some(x)], outputs: vec![], attributes: vec![], doc_string: None, metadata_props: vec![], device_configurations: vec![], region: Graph::MAIN });
+        let relu = g.add_node_detached(Node {
+            op_type: "Relu".into(),
+            domain: None,
+            name: Some("relu".into()),
+            overload: None,
+            inputs: vec![Some(x)],
+            outputs: vec![],
+            attributes: vec![],
+            doc_string: None,
+            metadata_props: vec![],
+            device_configurations: vec![],
+            region: Graph::MAIN,
+        });
         let r = g.add_value(value("r", ValueDef::Node { node: relu, output: 0 }));
         g.node_mut(relu).outputs = vec![Some(r)];
         let neg = g.add_node_detached(Node { op_type: "Neg".into(), name: Some("neg".into()), inputs: vec![Some(r)], ..g.node(relu).clone() });
@@ -635,12 +661,57 @@ mod tests {
         let (mut g, [_, _, _, w], [relu, neg]) = chain();
         let before = crate::text::graph_to_text(&g);
         let cases: Vec<(Patch, &str)> = vec![
-            ({ let mut p = Patch::new(); p.remove_node(relu); p }, "value 'r' is removed but still used by node 'neg' (Neg)"),
-            ({ let mut p = Patch::new(); p.remove_node(neg); p }, "value 'y' is removed but still used by output 0"),
-            ({ let mut p = Patch::new(); p.new_value(Graph::MAIN, "orphan", None); p }, "new value 'orphan' is defined 0 times"),
-            ({ let mut p = Patch::new(); p.remove_node(NodeId(99)); p }, "removed node n99 does not exist"),
-            ({ let mut p = Patch::new(); let v = p.new_value(Graph::MAIN, "t", None); p.node("Neg", Anchor::After(relu)).input(w).output(v).add(); p.remove_value(w); p }, "reads value 'w', which the patch removes"),
-            ({ let mut p = Patch::new(); let y = g.main().outputs[0]; p.node("Abs", Anchor::Before(neg)).input(w).output(y.into()).add(); p }, "its producer is not removed"),
+            (
+                {
+                    let mut p = Patch::new();
+                    p.remove_node(relu);
+                    p
+                },
+                "value 'r' is removed but still used by node 'neg' (Neg)",
+            ),
+            (
+                {
+                    let mut p = Patch::new();
+                    p.remove_node(neg);
+                    p
+                },
+                "value 'y' is removed but still used by output 0",
+            ),
+            (
+                {
+                    let mut p = Patch::new();
+                    p.new_value(Graph::MAIN, "orphan", None);
+                    p
+                },
+                "new value 'orphan' is defined 0 times",
+            ),
+            (
+                {
+                    let mut p = Patch::new();
+                    p.remove_node(NodeId(99));
+                    p
+                },
+                "removed node n99 does not exist",
+            ),
+            (
+                {
+                    let mut p = Patch::new();
+                    let v = p.new_value(Graph::MAIN, "t", None);
+                    p.node("Neg", Anchor::After(relu)).input(w).output(v).add();
+                    p.remove_value(w);
+                    p
+                },
+                "reads value 'w', which the patch removes",
+            ),
+            (
+                {
+                    let mut p = Patch::new();
+                    let y = g.main().outputs[0];
+                    p.node("Abs", Anchor::Before(neg)).input(w).output(y.into()).add();
+                    p
+                },
+                "its producer is not removed",
+            ),
         ];
         for (patch, expected) in cases {
             let e = g.apply(patch).unwrap_err().to_string();

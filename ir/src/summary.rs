@@ -127,12 +127,7 @@ fn io(graph: &Graph, v: ValueId) -> Io {
             })
             .collect()
     });
-    Io {
-        name: value.name.clone(),
-        ty: value.ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
-        dtype: value.elem(),
-        shape,
-    }
+    Io { name: value.name.clone(), ty: value.ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into()), dtype: value.elem(), shape }
 }
 
 pub fn summarize(model: &Model, largest: usize) -> Summary {

@@ -90,13 +90,8 @@ impl Tensor {
     pub fn from_proto(proto: TensorProto, external: Option<ExternalSource>) -> Result<Self, IrError> {
         let name = proto.name.clone().unwrap_or_default();
         let code = proto.data_type.unwrap_or(0);
-        let dtype = DataType::from_code(code)
-            .ok_or_else(|| tensor_err(&name, format!("unknown data type {code}")))?;
-        let dims = proto
-            .dims
-            .iter()
-            .map(|&d| u64::try_from(d).map_err(|_| tensor_err(&name, format!("negative dimension {d} in {:?}", proto.dims))))
-            .collect::<Result<Vec<u64>, _>>()?;
+        let dtype = DataType::from_code(code).ok_or_else(|| tensor_err(&name, format!("unknown data type {code}")))?;
+        let dims = proto.dims.iter().map(|&d| u64::try_from(d).map_err(|_| tensor_err(&name, format!("negative dimension {d} in {:?}", proto.dims)))).collect::<Result<Vec<u64>, _>>()?;
         let tensor = Tensor(Arc::new(Inner { dtype, dims, proto, external }));
         tensor.check_data()?;
         Ok(tensor)
@@ -104,12 +99,7 @@ impl Tensor {
 
     /// A new tensor from little-endian bytes in ONNX `raw_data` layout.
     pub fn from_raw(dtype: DataType, dims: &[u64], data: Bytes) -> Result<Self, IrError> {
-        let proto = TensorProto {
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: Some(dtype.code()),
-            raw_data: Some(data),
-            ..Default::default()
-        };
+        let proto = TensorProto { dims: dims.iter().map(|&d| d as i64).collect(), data_type: Some(dtype.code()), raw_data: Some(data), ..Default::default() };
         Self::from_proto(proto, None)
     }
 
@@ -215,11 +205,7 @@ impl Tensor {
             TypedField::Int32 { per_entry } => ("int32_data", p.int32_data.len() as u64, count.div_ceil(per_entry)),
             TypedField::None => return if count == 0 { Ok(()) } else { Err(tensor_err(name, "undefined data type")) },
         };
-        if have == want {
-            Ok(())
-        } else {
-            Err(tensor_err(name, format!("{field} has {have} entries, {dtype} {:?} needs {want}", p.dims)))
-        }
+        if have == want { Ok(()) } else { Err(tensor_err(name, format!("{field} has {have} entries, {dtype} {:?} needs {want}", p.dims))) }
     }
 
     /// The data in `raw_data` layout (little-endian, sub-byte types packed low bits first).
@@ -280,9 +266,7 @@ impl Tensor {
             Double => le_chunks::<8>(&raw).map(|b| f64::from_le_bytes(b) as f32).collect(),
             Float16 => le_chunks::<2>(&raw).map(|b| half::f16::from_le_bytes(b).to_f32()).collect(),
             Bfloat16 => le_chunks::<2>(&raw).map(|b| half::bf16::from_le_bytes(b).to_f32()).collect(),
-            Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ | Float8E8M0 => {
-                raw.iter().map(|&b| minifloat::decode(self.0.dtype, b)).collect()
-            }
+            Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ | Float8E8M0 => raw.iter().map(|&b| minifloat::decode(self.0.dtype, b)).collect(),
             Float4E2M1 => unpack_nibbles(&raw, n).map(|b| minifloat::decode(Float4E2M1, b)).collect(),
             Complex64 | Complex128 | String | Undefined => {
                 return Err(tensor_err(self.name_for_errors(), format!("{} cannot be read as f32", self.0.dtype)));
@@ -347,7 +331,9 @@ enum TypedField {
     Uint64,
     String,
     /// `int32_data`, with this many elements per entry.
-    Int32 { per_entry: u64 },
+    Int32 {
+        per_entry: u64,
+    },
     None,
 }
 
@@ -456,29 +442,37 @@ pub mod minifloat {
         use DataType::*;
         match dtype {
             Float8E8M0 => {
-                if code == 0xFF { f32::NAN } else { (2.0f32).powi(code as i32 - 127) }
+                if code == 0xFF {
+                    f32::NAN
+                } else {
+                    (2.0f32).powi(code as i32 - 127)
+                }
             }
             Float8E4M3FN => {
-                if code & 0x7F == 0x7F { f32::NAN } else { generic(code, 4, 3, 7) }
+                if code & 0x7F == 0x7F {
+                    f32::NAN
+                } else {
+                    generic(code, 4, 3, 7)
+                }
             }
             Float8E4M3FNUZ => {
-                if code == 0x80 { f32::NAN } else { generic(code, 4, 3, 8) }
+                if code == 0x80 {
+                    f32::NAN
+                } else {
+                    generic(code, 4, 3, 8)
+                }
             }
             Float8E5M2 => {
                 let exp = (code >> 2) & 0x1F;
                 let mant = code & 3;
-                if exp == 0x1F {
-                    if mant == 0 {
-                        if code & 0x80 != 0 { f32::NEG_INFINITY } else { f32::INFINITY }
-                    } else {
-                        f32::NAN
-                    }
-                } else {
-                    generic(code, 5, 2, 15)
-                }
+                if exp == 0x1F { if mant == 0 { if code & 0x80 != 0 { f32::NEG_INFINITY } else { f32::INFINITY } } else { f32::NAN } } else { generic(code, 5, 2, 15) }
             }
             Float8E5M2FNUZ => {
-                if code == 0x80 { f32::NAN } else { generic(code, 5, 2, 16) }
+                if code == 0x80 {
+                    f32::NAN
+                } else {
+                    generic(code, 5, 2, 16)
+                }
             }
             Float4E2M1 => generic(code & 0x0F, 2, 1, 1),
             _ => f32::NAN,

@@ -86,12 +86,24 @@ impl fmt::Display for Shape {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TypeKind {
     /// `elem: None` means the proto left `elem_type` unset; `shape: None` means unknown rank.
-    Tensor { elem: Option<DataType>, shape: Option<Shape> },
-    SparseTensor { elem: Option<DataType>, shape: Option<Shape> },
+    Tensor {
+        elem: Option<DataType>,
+        shape: Option<Shape>,
+    },
+    SparseTensor {
+        elem: Option<DataType>,
+        shape: Option<Shape>,
+    },
     Sequence(Option<Box<ValueType>>),
-    Map { key: Option<DataType>, value: Option<Box<ValueType>> },
+    Map {
+        key: Option<DataType>,
+        value: Option<Box<ValueType>>,
+    },
     Optional(Option<Box<ValueType>>),
-    Opaque { domain: Option<String>, name: Option<String> },
+    Opaque {
+        domain: Option<String>,
+        name: Option<String>,
+    },
     /// A `TypeProto` with no kind set.
     Unset,
 }
@@ -150,12 +162,7 @@ impl fmt::Display for ValueType {
             TypeKind::Sequence(t) => write!(f, "seq<{}>", inner(t)),
             TypeKind::Map { key, value } => write!(f, "map<{},{}>", elem(key), inner(value)),
             TypeKind::Optional(t) => write!(f, "opt<{}>", inner(t)),
-            TypeKind::Opaque { domain, name } => write!(
-                f,
-                "opaque<{}:{}>",
-                domain.as_deref().unwrap_or(""),
-                name.as_deref().unwrap_or("")
-            ),
+            TypeKind::Opaque { domain, name } => write!(f, "opaque<{}:{}>", domain.as_deref().unwrap_or(""), name.as_deref().unwrap_or("")),
             TypeKind::Unset => f.write_str("?"),
         }
     }

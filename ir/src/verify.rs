@@ -141,9 +141,7 @@ impl Verifier<'_> {
             match value.def {
                 ValueDef::Node { node, output } => match g.try_node(node) {
                     None => self.report(self.value_label(v), format!("is produced by removed node {node}")),
-                    Some(n) if n.output(output as usize) != Some(v) => {
-                        self.report(self.value_label(v), format!("claims to be output {output} of {}, which does not list it", n.label(node)))
-                    }
+                    Some(n) if n.output(output as usize) != Some(v) => self.report(self.value_label(v), format!("claims to be output {output} of {}, which does not list it", n.label(node))),
                     Some(n) if n.region != value.region => self.report(self.value_label(v), format!("is in {} but its producer is in {}", value.region, n.region)),
                     _ => {}
                 },
@@ -305,11 +303,7 @@ impl Verifier<'_> {
             return;
         }
         if let Some(indices) = same_type_inputs(&node.op_type) {
-            let types: Vec<(usize, DataType)> = indices
-                .iter()
-                .filter_map(|&i| node.input(i).map(|v| (i, v)))
-                .filter_map(|(i, v)| g.try_value(v).and_then(|v| v.elem()).map(|t| (i, t)))
-                .collect();
+            let types: Vec<(usize, DataType)> = indices.iter().filter_map(|&i| node.input(i).map(|v| (i, v))).filter_map(|(i, v)| g.try_value(v).and_then(|v| v.elem()).map(|t| (i, t))).collect();
             if let Some(&(_, first)) = types.first()
                 && let Some(&(i, other)) = types.iter().find(|(_, t)| *t != first)
             {
@@ -336,16 +330,7 @@ mod tests {
     use crate::types::ValueType;
 
     fn value(name: &str, def: ValueDef) -> Value {
-        Value {
-            name: name.into(),
-            ty: Some(ValueType::tensor(DataType::Float, None)),
-            doc_string: None,
-            metadata_props: vec![],
-            def,
-            region: Graph::MAIN,
-            initializer: None,
-            sparse_initializer: None,
-        }
+        Value { name: name.into(), ty: Some(ValueType::tensor(DataType::Float, None)), doc_string: None, metadata_props: vec![], def, region: Graph::MAIN, initializer: None, sparse_initializer: None }
     }
 
     fn node(op: &str, inputs: Vec<Option<ValueId>>) -> Node {

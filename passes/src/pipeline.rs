@@ -172,7 +172,17 @@ impl Pipeline {
             {
                 f(step.name, i, &compactor_ir::model_to_text(model));
             }
-            reports.push(PassReport { pass: step.name.into(), kind: step.kind, options: step.options.clone(), changed: outcome.changed, summary: outcome.summary, details: outcome.details, before, after, seconds });
+            reports.push(PassReport {
+                pass: step.name.into(),
+                kind: step.kind,
+                options: step.options.clone(),
+                changed: outcome.changed,
+                summary: outcome.summary,
+                details: outcome.details,
+                before,
+                after,
+                seconds,
+            });
             if options.stop_after.as_deref() == Some(step.name) {
                 stopped_after = Some(step.name.to_string());
                 break;

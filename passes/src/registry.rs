@@ -75,11 +75,7 @@ impl PassInfo {
         let valid = self.options();
         if let Some(unknown) = options.keys().find(|k| !valid.iter().any(|o| &o.name == *k)) {
             let names: Vec<&str> = valid.iter().map(|o| o.name.as_str()).collect();
-            return Err(PassError::UnknownOption {
-                pass: self.name.into(),
-                option: unknown.clone(),
-                valid: if names.is_empty() { "(none)".into() } else { names.join(", ") },
-            });
+            return Err(PassError::UnknownOption { pass: self.name.into(), option: unknown.clone(), valid: if names.is_empty() { "(none)".into() } else { names.join(", ") } });
         }
         (self.build)(options)
     }

@@ -416,12 +416,7 @@ fn results_do_not_depend_on_the_thread_count() {
             acc.add_batch(&x, 300).unwrap();
             let h = acc.hessian().unwrap();
             let opts = GptqOptions { act_order: true, outlier_relative_threshold: Some(0.2), ..Default::default() };
-            (
-                quantize_rtn(&w, k, n, &cfg).unwrap(),
-                quantize_mse(&w, k, n, &cfg, &MseOptions::default()).unwrap(),
-                h.clone(),
-                quantize_gptq(&w, k, n, &cfg, &h, &opts).unwrap(),
-            )
+            (quantize_rtn(&w, k, n, &cfg).unwrap(), quantize_mse(&w, k, n, &cfg, &MseOptions::default()).unwrap(), h.clone(), quantize_gptq(&w, k, n, &cfg, &h, &opts).unwrap())
         })
     };
     let (one, three) = (run(1), run(3));

@@ -41,7 +41,8 @@ fn main() -> TractResult<()> {
             let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
             // Round 0 warms up.
             if round > 0 {
-                *times.entry(if std::env::var_os("BY_SHAPE").is_some() { format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape) } else { node.op().name().to_string() }).or_default() += start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+                *times.entry(if std::env::var_os("BY_SHAPE").is_some() { format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape) } else { node.op().name().to_string() }).or_default() +=
+                    start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
             }
             result
         })?;

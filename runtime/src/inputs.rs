@@ -78,7 +78,8 @@ pub fn random_inputs_except(model: &Model, dims: &[(String, i64)], seed: u64, gi
                     Some((_, n)) => *n,
                     None => {
                         // Name every unset one at once, not one per attempt.
-                        let unset: Vec<&str> = shape.dims.iter().filter_map(|d| if let Dim::Sym(s) = d { Some(s.as_str()) } else { None }).filter(|s| !dims.iter().any(|(name, _)| name == s)).collect();
+                        let unset: Vec<&str> =
+                            shape.dims.iter().filter_map(|d| if let Dim::Sym(s) = d { Some(s.as_str()) } else { None }).filter(|s| !dims.iter().any(|(name, _)| name == s)).collect();
                         let flags: Vec<String> = unset.iter().map(|s| format!("--dim {s}=N")).collect();
                         let (what, it) = if unset.len() == 1 { ("dimension", "it") } else { ("dimensions", "them") };
                         return Err(bad(format!("has symbolic {what} {} in {shape}; set {it} ({})", unset.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", "), flags.join(" "))));

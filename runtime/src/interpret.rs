@@ -20,19 +20,8 @@ use std::sync::{Arc, Mutex};
 
 /// Ops only the interpreter runs: a graph with one of them (or with a sequence or optional
 /// input or output) is interpreted from the start.
-const INTERPRETED_OPS: &[&str] = &[
-    "SequenceConstruct",
-    "SequenceEmpty",
-    "SequenceInsert",
-    "SequenceErase",
-    "SequenceAt",
-    "SequenceLength",
-    "SplitToSequence",
-    "ConcatFromSequence",
-    "SequenceMap",
-    "Optional",
-    "Loop",
-];
+const INTERPRETED_OPS: &[&str] =
+    &["SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional", "Loop"];
 
 /// True when `model` cannot run as one tract plan because of the values it handles: sequence
 /// or optional inputs or outputs, sequence ops, or loops.

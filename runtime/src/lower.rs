@@ -222,11 +222,21 @@ impl Lowering {
     /// small one- or two-node rewrites.
     fn expand_missing_ops(&mut self) -> Result<(), RuntimeError> {
         let opset = self.model.opset_version("").unwrap_or(13);
-        let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| {
-            let n = self.graph().node(id);
-            n.is("NegativeLogLikelihoodLoss") || n.is("SoftmaxCrossEntropyLoss") || n.is("LpPool") || n.is("CenterCropPad") || (n.is("Attention") && attention_needs_expansion(n)) || n.is("CausalConvWithState")
-                || (n.is("BatchNormalization") && n.attr_int("training_mode") == Some(1))
-        }).collect();
+        let nodes: Vec<NodeId> = self
+            .graph()
+            .all_nodes()
+            .into_iter()
+            .filter(|&id| {
+                let n = self.graph().node(id);
+                n.is("NegativeLogLikelihoodLoss")
+                    || n.is("SoftmaxCrossEntropyLoss")
+                    || n.is("LpPool")
+                    || n.is("CenterCropPad")
+                    || (n.is("Attention") && attention_needs_expansion(n))
+                    || n.is("CausalConvWithState")
+                    || (n.is("BatchNormalization") && n.attr_int("training_mode") == Some(1))
+            })
+            .collect();
         for id in nodes {
             if self.graph().node(id).is("BatchNormalization") {
                 self.expand_training_batch_norm(id, opset)?;

@@ -64,7 +64,13 @@ pub fn compare(name: &str, reference: &TensorValue, candidate: &TensorValue) -> 
 
 /// `|x - y|`, with equal non-finite values (NaN and NaN, +inf and +inf) counting as equal.
 fn abs_diff(x: f64, y: f64) -> f64 {
-    if x == y || (x.is_nan() && y.is_nan()) { 0.0 } else if x.is_finite() && y.is_finite() { (x - y).abs() } else { f64::INFINITY }
+    if x == y || (x.is_nan() && y.is_nan()) {
+        0.0
+    } else if x.is_finite() && y.is_finite() {
+        (x - y).abs()
+    } else {
+        f64::INFINITY
+    }
 }
 
 fn argmax(row: &[f64]) -> usize {

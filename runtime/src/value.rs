@@ -18,10 +18,8 @@ pub struct TensorValue {
 impl TensorValue {
     /// Wraps a tract tensor; its ONNX type is the natural one for its datum type.
     pub fn from_tract(tensor: Tensor) -> Result<Self, RuntimeError> {
-        let onnx_type = onnx_type_of(tensor.datum_type()).ok_or_else(|| RuntimeError::Tensor {
-            name: String::new(),
-            reason: format!("tract type {:?} has no ONNX equivalent", tensor.datum_type()),
-        })?;
+        let onnx_type =
+            onnx_type_of(tensor.datum_type()).ok_or_else(|| RuntimeError::Tensor { name: String::new(), reason: format!("tract type {:?} has no ONNX equivalent", tensor.datum_type()) })?;
         Ok(TensorValue { tensor, onnx_type })
     }
 
@@ -30,10 +28,7 @@ impl TensorValue {
     pub fn with_onnx_type(tensor: Tensor, onnx_type: DataType) -> Result<Self, RuntimeError> {
         let want = carrier_type(onnx_type).ok_or_else(|| unsupported("", onnx_type))?;
         if tensor.datum_type() != want {
-            return Err(RuntimeError::Tensor {
-                name: String::new(),
-                reason: format!("{onnx_type} travels as {want:?}, got {:?}", tensor.datum_type()),
-            });
+            return Err(RuntimeError::Tensor { name: String::new(), reason: format!("{onnx_type} travels as {want:?}, got {:?}", tensor.datum_type()) });
         }
         Ok(TensorValue { tensor, onnx_type })
     }
@@ -47,8 +42,7 @@ impl TensorValue {
     }
 
     pub fn from_slice<T: Datum + Copy>(shape: &[usize], data: &[T]) -> Result<Self, RuntimeError> {
-        let tensor = Tensor::from_shape(shape, data)
-            .map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("{e}") })?;
+        let tensor = Tensor::from_shape(shape, data).map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("{e}") })?;
         Self::from_tract(tensor)
     }
 
@@ -73,8 +67,15 @@ impl TensorValue {
                 let values: Vec<half::f16> = raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect();
                 Tensor::from_shape(&shape, &values).map_err(|e| fail(e.to_string()))?
             }
-            DataType::Float | DataType::Double | DataType::Bfloat16 | DataType::Float8E4M3FN | DataType::Float8E4M3FNUZ
-            | DataType::Float8E5M2 | DataType::Float8E5M2FNUZ | DataType::Float8E8M0 | DataType::Float4E2M1 => {
+            DataType::Float
+            | DataType::Double
+            | DataType::Bfloat16
+            | DataType::Float8E4M3FN
+            | DataType::Float8E4M3FNUZ
+            | DataType::Float8E5M2
+            | DataType::Float8E5M2FNUZ
+            | DataType::Float8E8M0
+            | DataType::Float4E2M1 => {
                 if dtype == DataType::Double {
                     let raw = t.raw_data()?;
                     let values: Vec<f64> = raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
@@ -170,21 +171,13 @@ impl TensorValue {
         if let Some(view) = self.as_f32() {
             return Ok(view.to_owned());
         }
-        let cast = self
-            .tensor
-            .cast_to_dt(DatumType::F32)
-            .map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("{} cannot be read as f32: {e}", self.onnx_type) })?;
-        cast.to_plain_array_view::<f32>()
-            .map(|v| v.to_owned())
-            .map_err(|e| RuntimeError::Tensor { name: String::new(), reason: e.to_string() })
+        let cast = self.tensor.cast_to_dt(DatumType::F32).map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("{} cannot be read as f32: {e}", self.onnx_type) })?;
+        cast.to_plain_array_view::<f32>().map(|v| v.to_owned()).map_err(|e| RuntimeError::Tensor { name: String::new(), reason: e.to_string() })
     }
 
     /// The values as f64, flattened in row-major order (for comparisons).
     pub fn to_f64_vec(&self) -> Result<Vec<f64>, RuntimeError> {
-        let cast = self
-            .tensor
-            .cast_to_dt(DatumType::F64)
-            .map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("{} cannot be read as numbers: {e}", self.onnx_type) })?;
+        let cast = self.tensor.cast_to_dt(DatumType::F64).map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("{} cannot be read as numbers: {e}", self.onnx_type) })?;
         let view = cast.to_plain_array_view::<f64>().map_err(|e| RuntimeError::Tensor { name: String::new(), reason: e.to_string() })?;
         Ok(view.iter().copied().collect())
     }
@@ -197,11 +190,7 @@ impl TensorValue {
     /// A copy with the same values stored as `dtype`'s carrier (numeric casts only).
     pub fn cast_to(&self, dtype: DataType) -> Result<TensorValue, RuntimeError> {
         let carrier = carrier_type(dtype).ok_or_else(|| unsupported("", dtype))?;
-        let tensor = self
-            .tensor
-            .cast_to_dt(carrier)
-            .map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("cannot cast {} to {dtype}: {e}", self.onnx_type) })?
-            .into_owned();
+        let tensor = self.tensor.cast_to_dt(carrier).map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("cannot cast {} to {dtype}: {e}", self.onnx_type) })?.into_owned();
         Ok(TensorValue { tensor, onnx_type: dtype })
     }
 }

@@ -96,13 +96,7 @@ fn bench_io(args: IoArgs) -> anyhow::Result<Outcome> {
 }
 
 fn python_io_seconds(python: &Path, model: &Path, out: &Path, runs: usize) -> anyhow::Result<f64> {
-    let output = std::process::Command::new(python)
-        .args(["-c", PYTHON_IO])
-        .arg(model)
-        .arg(out)
-        .arg(runs.to_string())
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
+    let output = std::process::Command::new(python).args(["-c", PYTHON_IO]).arg(model).arg(out).arg(runs.to_string()).output().with_context(|| format!("cannot run {}", python.display()))?;
     if !output.status.success() {
         bail!("{} failed: {}", python.display(), String::from_utf8_lossy(&output.stderr));
     }

@@ -8,8 +8,8 @@ use crate::Outcome;
 use anyhow::{Context, bail};
 use compactor::{Pipeline, RuntimeCalibrator};
 use compactor_ir::Model;
-use compactor_runtime::metrics::compare;
 use compactor_runtime::Session;
+use compactor_runtime::metrics::compare;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -171,7 +171,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let expected = Session::new(&reference, &options)?.run(&named(&inputs))?;
     let mut out = std::io::stdout().lock();
     let f32_bytes = std::fs::metadata(&args.model)?.len();
-    writeln!(out, "{} ({:.1} MiB f32), {} bits, block {}, {}; accuracy vs f32 on Compactor's runtime ({} thread(s))", args.model.display(), f32_bytes as f64 / 1048576.0, args.bits, args.block, if args.symmetric { "symmetric" } else { "asymmetric" }, options.threads)?;
+    writeln!(
+        out,
+        "{} ({:.1} MiB f32), {} bits, block {}, {}; accuracy vs f32 on Compactor's runtime ({} thread(s))",
+        args.model.display(),
+        f32_bytes as f64 / 1048576.0,
+        args.bits,
+        args.block,
+        if args.symmetric { "symmetric" } else { "asymmetric" },
+        options.threads
+    )?;
     if args.new_output {
         writeln!(out, "every timed run writes a new file (--new-output)")?;
     }

@@ -1,10 +1,10 @@
+use super::run::{InputArgs, named};
 use crate::Outcome;
+use crate::model_file;
 use crate::output::{bytes, duration};
 use crate::progress::Bars;
 use anyhow::{Context, bail};
-use super::run::{InputArgs, named};
 use compactor::{Pipeline, RuntimeCalibrator};
-use crate::model_file;
 use compactor_ir::{ExternalDataPolicy, Model, SaveOptions};
 use compactor_passes::{PassError, RunOptions};
 use compactor_runtime::Session;

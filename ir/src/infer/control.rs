@@ -145,12 +145,7 @@ fn if_rule(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     };
     let (Some(then_b), Some(else_b)) = (graph.try_region(then_r), graph.try_region(else_r)) else { return Ok(()) };
     if then_b.outputs.len() != else_b.outputs.len() || then_b.outputs.len() != ctx.output_count() {
-        return Err(InferError::Invalid(format!(
-            "the branches have {} and {} outputs, the node {}",
-            then_b.outputs.len(),
-            else_b.outputs.len(),
-            ctx.output_count()
-        )));
+        return Err(InferError::Invalid(format!("the branches have {} and {} outputs, the node {}", then_b.outputs.len(), else_b.outputs.len(), ctx.output_count())));
     }
     for k in 0..ctx.output_count() {
         let (Some(t), Some(e)) = (value_type(graph, then_b.outputs[k]), value_type(graph, else_b.outputs[k])) else { continue };
@@ -201,16 +196,10 @@ fn scan_rule(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     let Some(body) = region_attr(ctx.node, "body").and_then(|r| graph.try_region(r)) else {
         return Err(InferError::Attribute { name: "body", reason: "missing".into() });
     };
-    let scan_inputs = ctx
-        .attr_int("num_scan_inputs")
-        .and_then(|m| usize::try_from(m).ok())
-        .ok_or(InferError::Attribute { name: "num_scan_inputs", reason: "missing or negative".into() })?;
+    let scan_inputs = ctx.attr_int("num_scan_inputs").and_then(|m| usize::try_from(m).ok()).ok_or(InferError::Attribute { name: "num_scan_inputs", reason: "missing or negative".into() })?;
     let batched = ctx.opset < 9;
     let first = usize::from(batched);
-    let states = ctx
-        .input_count()
-        .checked_sub(first + scan_inputs)
-        .ok_or_else(|| InferError::Invalid(format!("{} inputs for {scan_inputs} scan inputs", ctx.input_count())))?;
+    let states = ctx.input_count().checked_sub(first + scan_inputs).ok_or_else(|| InferError::Invalid(format!("{} inputs for {scan_inputs} scan inputs", ctx.input_count())))?;
     if body.outputs.len() < states {
         return Err(InferError::Invalid(format!("the body has {} outputs for {states} states", body.outputs.len())));
     }

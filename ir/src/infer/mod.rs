@@ -34,9 +34,9 @@ mod reduce;
 mod sequence;
 mod shape_ops;
 mod signal;
-mod text;
 #[cfg(test)]
 mod tests;
+mod text;
 
 use crate::dtype::DataType;
 use crate::graph::{Graph, Node, NodeId, RegionId, ValueDef, ValueId};

@@ -36,7 +36,7 @@ pub(super) fn rule(op: &str) -> Option<Rule> {
         "AffineGrid" => affine_grid,
         "NonMaxSuppression" => non_max_suppression,
         "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => loss,
-                "Det" => det,
+        "Det" => det,
         "Attention" => attention,
         "LinearAttention" => linear_attention,
         "CausalConvWithState" => causal_conv_with_state,
@@ -176,7 +176,8 @@ impl Window {
         let effective = (k - 1).saturating_mul(d).saturating_add(1);
         let Dim::Known(size) = input else {
             // A symbolic size survives windows that keep the size.
-            let keeps = s == 1 && (self.auto_pad == AutoPad::Same || (self.auto_pad == AutoPad::NotSet && pb.saturating_add(pe) == effective - 1) || (self.auto_pad == AutoPad::Valid && effective == 1));
+            let keeps =
+                s == 1 && (self.auto_pad == AutoPad::Same || (self.auto_pad == AutoPad::NotSet && pb.saturating_add(pe) == effective - 1) || (self.auto_pad == AutoPad::Valid && effective == 1));
             return Ok(if keeps { input.clone() } else { Dim::Unknown });
         };
         let size = *size;
@@ -666,9 +667,8 @@ fn einsum_dims(equation: &str, shapes: &[&[Dim]]) -> Result<Option<Vec<Dim>>, In
                 Some((b, a)) => (b, Some(a)),
                 None => (rhs, None),
             };
-            let lookup = |s: &str| -> Result<Vec<Dim>, InferError> {
-                s.chars().map(|c| letters.get(&c).map(|e| e.0.clone()).ok_or_else(|| bad(format!("output letter '{c}' is in no input")))).collect()
-            };
+            let lookup =
+                |s: &str| -> Result<Vec<Dim>, InferError> { s.chars().map(|c| letters.get(&c).map(|e| e.0.clone()).ok_or_else(|| bad(format!("output letter '{c}' is in no input")))).collect() };
             out.extend(lookup(before)?);
             if let Some(after) = after {
                 out.extend(ellipsis_dims);

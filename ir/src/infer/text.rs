@@ -31,10 +31,14 @@ fn string_normalizer(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
 fn string_split(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     ctx.require(0)?;
     let input = ctx.dims(0).map(<[Dim]>::to_vec);
-    ctx.set(0, Some(DataType::String), input.clone().map(|mut d| {
-        d.push(Dim::Unknown);
-        d
-    }));
+    ctx.set(
+        0,
+        Some(DataType::String),
+        input.clone().map(|mut d| {
+            d.push(Dim::Unknown);
+            d
+        }),
+    );
     ctx.set(1, Some(DataType::Int64), input);
     Ok(())
 }

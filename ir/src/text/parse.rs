@@ -120,12 +120,8 @@ impl Parser<'_> {
     /// theirs) get a `value_info` entry, so the type is kept when the model is saved as ONNX.
     fn record_value_info(&mut self, r: RegionId) {
         let region = self.graph.region(r);
-        let typed: Vec<ValueId> = region
-            .nodes
-            .iter()
-            .flat_map(|&n| self.graph.node(n).outputs.iter().flatten().copied())
-            .filter(|&v| self.graph.value(v).ty.is_some() && !region.outputs.contains(&v))
-            .collect();
+        let typed: Vec<ValueId> =
+            region.nodes.iter().flat_map(|&n| self.graph.node(n).outputs.iter().flatten().copied()).filter(|&v| self.graph.value(v).ty.is_some() && !region.outputs.contains(&v)).collect();
         self.graph.region_mut(r).value_info = typed;
     }
 
@@ -278,27 +274,11 @@ impl Parser<'_> {
         self.cur.skip_inline_ws();
         let name = if self.cur.eat_str("#") {
             self.cur.skip_inline_ws();
-            if self.cur.src[self.cur.pos..].starts_with('"') {
-                Some(self.cur.name("a node name")?)
-            } else {
-                Some(self.cur.rest_of_line().to_string())
-            }
+            if self.cur.src[self.cur.pos..].starts_with('"') { Some(self.cur.name("a node name")?) } else { Some(self.cur.rest_of_line().to_string()) }
         } else {
             None
         };
-        let node = Node {
-            op_type,
-            domain,
-            name,
-            overload: None,
-            inputs,
-            outputs: Vec::new(),
-            attributes,
-            doc_string: None,
-            metadata_props: Vec::new(),
-            device_configurations: Vec::new(),
-            region: r,
-        };
+        let node = Node { op_type, domain, name, overload: None, inputs, outputs: Vec::new(), attributes, doc_string: None, metadata_props: Vec::new(), device_configurations: Vec::new(), region: r };
         let id = self.graph.add_node_detached(node);
         self.graph.region_mut(r).nodes.push(id);
         let mut outputs = Vec::with_capacity(outs.len());
@@ -665,11 +645,7 @@ impl Parser<'_> {
             }
             _ => {
                 let elem = self.elem_type()?;
-                if elem.is_none() && self.cur.peek() != Some(b'[') {
-                    TypeKind::Unset
-                } else {
-                    TypeKind::Tensor { elem, shape: self.shape()? }
-                }
+                if elem.is_none() && self.cur.peek() != Some(b'[') { TypeKind::Unset } else { TypeKind::Tensor { elem, shape: self.shape()? } }
             }
         };
         Ok(ValueType { kind, denotation: None })

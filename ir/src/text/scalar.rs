@@ -14,7 +14,10 @@ pub(crate) enum Scalar {
     BF16,
     /// The 8- and 4-bit float formats, written as the value of their code.
     Mini(DataType),
-    Int { bits: u32, signed: bool },
+    Int {
+        bits: u32,
+        signed: bool,
+    },
     Bool,
     Str,
     /// `Undefined`: no elements.
@@ -229,11 +232,7 @@ fn minifloat_code(dtype: DataType, v: f32) -> Result<u8, String> {
     if !v.is_finite() {
         return Err(format!("{dtype} has no {v}"));
     }
-    decoded
-        .filter(|(_, d)| d.is_finite())
-        .min_by(|a, b| (a.1 - v).abs().total_cmp(&(b.1 - v).abs()))
-        .map(|(c, _)| c)
-        .ok_or_else(|| format!("{dtype} has no finite values"))
+    decoded.filter(|(_, d)| d.is_finite()).min_by(|a, b| (a.1 - v).abs().total_cmp(&(b.1 - v).abs())).map(|(c, _)| c).ok_or_else(|| format!("{dtype} has no finite values"))
 }
 
 /// Packs element bits into `raw_data` layout.

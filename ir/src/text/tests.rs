@@ -186,5 +186,3 @@ fn truncated_and_garbled_text_gives_errors_not_panics() {
         let _ = parse(&garbled);
     }
 }
-
-

@@ -48,7 +48,8 @@ const NORM_OPS: &[&str] = &["LayerNormalization", "RMSNormalization", "Simplifie
 const SCORE_OPS: &[&str] = &["Add", "Sub", "Div", "Mul", "Where", "Cast"];
 /// Ops between a projection and the attention matmuls (head split/merge, scaling).
 const HEAD_OPS: &[&str] = &["Transpose", "Reshape", "Mul", "Div", "Cast", "Identity", "Squeeze", "Unsqueeze"];
-const ACTIVATION_OPS: &[&str] = &["Erf", "Div", "Mul", "Add", "Sub", "Pow", "Tanh", "Sigmoid", "Relu", "Gelu", "FastGelu", "QuickGelu", "Softplus", "HardSigmoid", "HardSwish", "Clip", "Cast", "BiasGelu"];
+const ACTIVATION_OPS: &[&str] =
+    &["Erf", "Div", "Mul", "Add", "Sub", "Pow", "Tanh", "Sigmoid", "Relu", "Gelu", "FastGelu", "QuickGelu", "Softplus", "HardSigmoid", "HardSwish", "Clip", "Cast", "BiasGelu"];
 
 struct Finder<'a> {
     graph: &'a Graph,
@@ -196,7 +197,8 @@ impl Finder<'_> {
             return None;
         }
         // A gated FFN has a second projection of the same input and width feeding the same down.
-        let siblings: Vec<LayerId> = self.by_input.get(&candidate.input).into_iter().flatten().copied().filter(|&s| s != first && !taken.contains(&s) && self.layers[s].out_features == candidate.out_features).collect();
+        let siblings: Vec<LayerId> =
+            self.by_input.get(&candidate.input).into_iter().flatten().copied().filter(|&s| s != first && !taken.contains(&s) && self.layers[s].out_features == candidate.out_features).collect();
         for s in siblings {
             if self.ffn_down(s) == Some(down) {
                 // The gate is the one that goes through a nonlinearity before the product;
@@ -210,7 +212,10 @@ impl Finder<'_> {
 
     /// Whether the layer's output goes through a nonlinear op before anything else.
     fn passes_activation(&self, layer: LayerId) -> bool {
-        self.uses.consumers(self.layers[layer].output).iter().any(|&n| ["Sigmoid", "Relu", "Gelu", "Erf", "Tanh", "Softplus", "HardSwish", "QuickGelu", "FastGelu"].contains(&self.graph.node(n).op_type.as_str()))
+        self.uses
+            .consumers(self.layers[layer].output)
+            .iter()
+            .any(|&n| ["Sigmoid", "Relu", "Gelu", "Erf", "Tanh", "Softplus", "HardSwish", "QuickGelu", "FastGelu"].contains(&self.graph.node(n).op_type.as_str()))
     }
 
     /// The Add closing a residual: it reads `v` and a computed value, not a constant.

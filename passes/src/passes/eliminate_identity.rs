@@ -100,7 +100,10 @@ impl Pass for EliminateIdentity {
             patch.replace_uses(out, input);
             patch.remove_node(id);
             let takes_name = outputs.contains(&out);
-            let (name, ty, doc) = { let v = graph.value(out); (v.name.clone(), v.ty.clone(), v.doc_string.clone()) };
+            let (name, ty, doc) = {
+                let v = graph.value(out);
+                (v.name.clone(), v.ty.clone(), v.doc_string.clone())
+            };
             if takes_name {
                 patch.rename(input, name);
                 // The graph output's declared type and doc string go with its name.

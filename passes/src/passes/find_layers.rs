@@ -1,8 +1,8 @@
 //! Reports the linear layers and transformer blocks the analyses find (for checking what a
 //! compression pass will see).
 
-use crate::pass::{Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::analysis::{LayerId, LinearLayers, LinearOp, TransformerBlocks};
+use crate::pass::{Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use compactor_ir::Graph;
 use serde::{Deserialize, Serialize};
 

@@ -38,7 +38,8 @@ impl PassDef for FoldConstants {
 /// Ops that must not be folded: their result is not a function of their inputs, or (for
 /// DequantizeLinear) folding would store a quantized weight in full precision, undoing the
 /// compression and the runtimes' quantized kernels that match `DequantizeLinear -> op`.
-const NOT_FOLDABLE: &[&str] = &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "Constant", "If", "Loop", "Scan", "SequenceMap", "DequantizeLinear"];
+const NOT_FOLDABLE: &[&str] =
+    &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "Constant", "If", "Loop", "Scan", "SequenceMap", "DequantizeLinear"];
 
 impl Pass for FoldConstants {
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {

@@ -18,7 +18,6 @@
 //! does mixed precision, [`report`] the per-layer numbers, [`already_quantized`] lists the
 //! weights other ops already hold quantized.
 
-
 mod already_quantized;
 mod budget;
 mod emit;
@@ -192,12 +191,7 @@ struct Skipped {
 impl Quantize {
     fn config(&self, t: &Target, bits: u8) -> QuantConfig {
         let per_channel = self.block == 0 || matches!(t.layout, QdqLayout::ConvPerChannel { .. });
-        QuantConfig {
-            bits,
-            block_size: if per_channel { BlockSize::PerChannel } else { BlockSize::Blocked(self.block) },
-            symmetric: self.symmetric,
-            scale_dtype: self.scale_dtype,
-        }
+        QuantConfig { bits, block_size: if per_channel { BlockSize::PerChannel } else { BlockSize::Blocked(self.block) }, symmetric: self.symmetric, scale_dtype: self.scale_dtype }
     }
 
     fn matches(patterns: &[String], names: &[&str]) -> bool {
@@ -208,8 +202,7 @@ impl Quantize {
     /// and (for AWQ) the mean absolute value of each input channel.
     fn calibrate(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[&Target]) -> Result<Calibration, PassError> {
         let wanted = calib::Wanted { gram: true, mean_abs: self.awq, ..Default::default() };
-        let requests: Vec<calib::Request> =
-            targets.iter().flat_map(|t| t.readers()).filter_map(|t| Some(calib::Request { value: t.input?, layout: t.rows.clone()?, k: t.k, wanted })).collect();
+        let requests: Vec<calib::Request> = targets.iter().flat_map(|t| t.readers()).filter_map(|t| Some(calib::Request { value: t.input?, layout: t.rows.clone()?, k: t.k, wanted })).collect();
         let stats = calib::collect(graph, ctx, Self::NAME, "method=gptq, budget_bits and awq need activations", &requests)?;
         let mut calibration = Calibration::default();
         for (v, s) in stats {
@@ -310,7 +303,11 @@ impl Pass for Quantize {
             && let Some(t) = targets.iter().find(|t| plain(t) && !scale_matches(t))
         {
             let activation = t.input.and_then(|x| graph.value(x).elem()).map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
-            return Err(PassError::failed(Self::NAME, t.label.clone(), format!("MatMulNBits needs scales of the activation's type ({activation}), not {:?}; use scale_dtype to match, or format=qdq", self.scale_dtype)));
+            return Err(PassError::failed(
+                Self::NAME,
+                t.label.clone(),
+                format!("MatMulNBits needs scales of the activation's type ({activation}), not {:?}; use scale_dtype to match, or format=qdq", self.scale_dtype),
+            ));
         }
         let nbits: Vec<bool> = targets.iter().map(wants_nbits).collect();
         let needs_qdq = nbits.iter().any(|&n| !n);

@@ -362,7 +362,9 @@ impl Upgrade<'_> {
         let op = n.op_type.clone();
         match op.as_str() {
             // Deprecated at 10 and 11: valid until then, rewritten when crossing (above).
-            "Upsample" | "Scatter" if self.from >= if op == "Upsample" { 10 } else { 11 } => return Err(self.fail(node, format!("{op} is deprecated and the model is already past the opset that deprecated it; replace it (Resize / ScatterElements) first"))),
+            "Upsample" | "Scatter" if self.from >= if op == "Upsample" { 10 } else { 11 } => {
+                return Err(self.fail(node, format!("{op} is deprecated and the model is already past the opset that deprecated it; replace it (Resize / ScatterElements) first")));
+            }
             "Dropout" if self.crosses(12) => {
                 if let Some(ratio) = n.attr_float("ratio") {
                     self.scalar_input(node, 1, "dropout_ratio", Tensor::from_f32(&[], &[ratio]).expect("scalar"));

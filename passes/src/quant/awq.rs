@@ -61,14 +61,7 @@ fn scales_for(mean_abs: &[f32], alpha: f32) -> Vec<f32> {
 
 /// Searches AWQ's scale exponent for `W [K, N]` (row-major) and returns the best scaled
 /// weight. `quantize` quantizes a `[K, N]` matrix (RTN or MSE with the pass's settings).
-pub fn search_awq_scales(
-    weight: &[f32],
-    k: usize,
-    n: usize,
-    mean_abs: &[f32],
-    hessian: &Hessian,
-    quantize: impl Fn(&[f32]) -> Result<QuantizedWeight, QuantError>,
-) -> Result<AwqResult, QuantError> {
+pub fn search_awq_scales(weight: &[f32], k: usize, n: usize, mean_abs: &[f32], hessian: &Hessian, quantize: impl Fn(&[f32]) -> Result<QuantizedWeight, QuantError>) -> Result<AwqResult, QuantError> {
     super::check_weight(weight, k, n)?;
     if mean_abs.len() != k || hessian.k() != k {
         return Err(QuantError::ShapeMismatch { tensor: "activation statistics", shape: format!("[{k}]"), len: mean_abs.len().min(hessian.k()), expected: k });

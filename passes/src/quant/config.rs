@@ -71,11 +71,7 @@ impl QuantConfig {
         if let BlockSize::Blocked(b) = self.block_size
             && (!b.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&b))
         {
-            return Err(QuantError::InvalidOption {
-                option: "block_size",
-                value: b.to_string(),
-                expected: "a power of two in 16..=256, or per-channel",
-            });
+            return Err(QuantError::InvalidOption { option: "block_size", value: b.to_string(), expected: "a power of two in 16..=256, or per-channel" });
         }
         Ok(())
     }

@@ -272,16 +272,7 @@ pub fn quantize_gptq(weight: &[f32], k: usize, n: usize, config: &QuantConfig, h
         outliers.extend(result.outliers);
         loss += result.loss;
     }
-    let mut quantized = QuantizedWeight {
-        k,
-        n,
-        config: *config,
-        block_size,
-        codes,
-        scales,
-        zero_points: (!config.symmetric).then_some(zero_points),
-        outliers,
-    };
+    let mut quantized = QuantizedWeight { k, n, config: *config, block_size, codes, scales, zero_points: (!config.symmetric).then_some(zero_points), outliers };
     quantized.sort_outliers();
     Ok(GptqResult { weight: quantized, loss })
 }

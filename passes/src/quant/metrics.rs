@@ -84,16 +84,16 @@ impl QuantMetrics {
             }
         }
         let (signal, noise): (f64, f64) = (signal.iter().sum(), noise.iter().sum());
-        let relative_frobenius_error = if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
+        let relative_frobenius_error = if signal > 0.0 {
+            (noise / signal).sqrt()
+        } else if noise > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
         let sqnr_db = 10.0 * (signal / noise).log10();
         let (bits_per_weight, bytes_after) = Self::storage(quantized);
-        QuantMetrics {
-            relative_frobenius_error,
-            sqnr_db: if sqnr_db.is_nan() { f64::INFINITY } else { sqnr_db },
-            bits_per_weight,
-            bytes_before: weight.len() as u64 * 4,
-            bytes_after,
-        }
+        QuantMetrics { relative_frobenius_error, sqnr_db: if sqnr_db.is_nan() { f64::INFINITY } else { sqnr_db }, bits_per_weight, bytes_before: weight.len() as u64 * 4, bytes_after }
     }
 
     /// Bits per weight and bytes of the quantized form (see the fields), without the error
@@ -122,5 +122,11 @@ pub fn relative_output_error(w: &[f32], w_hat: &[f32], n: usize, h: &Hessian) ->
 pub fn relative_error(w: &[f32], w_hat: &[f32]) -> f64 {
     let signal: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum();
     let noise: f64 = w.iter().zip(w_hat).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-    if signal > 0.0 { (noise / signal).sqrt() } else if noise > 0.0 { f64::INFINITY } else { 0.0 }
+    if signal > 0.0 {
+        (noise / signal).sqrt()
+    } else if noise > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    }
 }

@@ -31,12 +31,12 @@ mod rtn;
 mod weight;
 
 pub use awq::{AwqResult, Scaling, effective_weight, search_awq_scales};
+pub use budget::{Promotion, choose_promotions};
 pub use config::{BlockSize, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, QuantConfig, ScaleDtype};
 pub use gptq::{GptqOptions, GptqResult, Hessian, HessianAccumulator, quantize_gptq};
 pub use grid::BlockParams;
 pub use metrics::{QuantMetrics, relative_error, relative_output_error};
 pub use mse::{MseOptions, quantize_mse};
-pub use budget::{Promotion, choose_promotions};
 pub use pack::{MatMulNBitsTensors, QdqLayout, QdqTensors, QuantDtype, conv_per_output_channel, conv_weight_as_kn, pack_matmul_nbits, pack_qdq, pack_qdq_as, scales_raw};
 pub use rtn::quantize_rtn;
 pub use weight::{Outlier, QuantizedWeight};

@@ -53,7 +53,11 @@ pub fn quantize_mse(weight: &[f32], k: usize, n: usize, config: &QuantConfig, op
         return Err(QuantError::InvalidOption { option: "mse.grid / mse.max_shrink", value: format!("{} / {}", options.grid, options.max_shrink), expected: "grid >= 1 and 0 <= max_shrink < 1" });
     }
     if !(options.hqq_lp_norm > 0.0 && options.hqq_lp_norm <= 1.0 && options.hqq_beta > 0.0 && options.hqq_kappa >= 1.0) {
-        return Err(QuantError::InvalidOption { option: "mse.hqq_*", value: format!("p={} beta={} kappa={}", options.hqq_lp_norm, options.hqq_beta, options.hqq_kappa), expected: "0 < p <= 1, beta > 0, kappa >= 1" });
+        return Err(QuantError::InvalidOption {
+            option: "mse.hqq_*",
+            value: format!("p={} beta={} kappa={}", options.hqq_lp_norm, options.hqq_beta, options.hqq_kappa),
+            expected: "0 < p <= 1, beta > 0, kappa >= 1",
+        });
     }
     quantize_blockwise(weight, k, n, config, |values| fit_mse(values, config, options))
 }

@@ -154,7 +154,10 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
     if let QdqLayout::ConvPerChannel { dims } = layout
         && (dims.first() != Some(&q.n) || dims.iter().product::<usize>() != q.k * q.n || q.k_blocks() != 1)
     {
-        return Err(QuantError::UnsupportedFormat { format: "DequantizeLinear", reason: format!("a per-output-channel Conv layout of {dims:?} needs {} columns of one block each, not {} x {} in {} blocks", dims.first().unwrap_or(&0), q.k, q.n, q.k_blocks()) });
+        return Err(QuantError::UnsupportedFormat {
+            format: "DequantizeLinear",
+            reason: format!("a per-output-channel Conv layout of {dims:?} needs {} columns of one block each, not {} x {} in {} blocks", dims.first().unwrap_or(&0), q.k, q.n, q.k_blocks()),
+        });
     }
     let bits = q.config.bits;
     let k_blocks = q.k_blocks();
@@ -231,17 +234,7 @@ pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, Quan
         // Each column's zero points start on a fresh byte; a partial last byte is zero-filled.
         zp.chunks(k_blocks).flat_map(|col_zp| pack_bits(bits, col_zp.to_vec())).collect()
     });
-    Ok(MatMulNBitsTensors {
-        b,
-        b_shape: [q.n, k_blocks, blob_size],
-        scales: q.scales.clone(),
-        scale_dtype: q.config.scale_dtype,
-        zero_points,
-        k: q.k,
-        n: q.n,
-        bits,
-        block_size,
-    })
+    Ok(MatMulNBitsTensors { b, b_shape: [q.n, k_blocks, blob_size], scales: q.scales.clone(), scale_dtype: q.config.scale_dtype, zero_points, k: q.k, n: q.n, bits, block_size })
 }
 
 /// Whether a Conv weight `[O, C, spatial...]` gets one scale per output channel rather than
@@ -464,13 +457,13 @@ mod layout_tests {
     fn conv_weights_take_the_scale_layout_nearer_a_block() {
         // (dims, block, per output channel?)
         for (dims, block, expected) in [
-            (&[64, 1, 3, 3][..], 32, true),  // depthwise: 9 per scale, not 1
-            (&[16, 3, 3, 3][..], 32, true),  // first layer: 27 per scale, not 3
-            (&[64, 8, 3, 3][..], 32, true),  // 72 per scale is nearer 32 than 8 is
+            (&[64, 1, 3, 3][..], 32, true),   // depthwise: 9 per scale, not 1
+            (&[16, 3, 3, 3][..], 32, true),   // first layer: 27 per scale, not 3
+            (&[64, 8, 3, 3][..], 32, true),   // 72 per scale is nearer 32 than 8 is
             (&[64, 16, 3, 3][..], 32, false), // 16 per scale is nearer 32 than 144 is
-            (&[64, 8, 1, 1][..], 32, true),  // 1x1 over 8 channels: the same 8 either way
+            (&[64, 8, 1, 1][..], 32, true),   // 1x1 over 8 channels: the same 8 either way
             (&[64, 64, 3, 3][..], 32, false), // whole blocks along C
-            (&[64, 64, 3, 3][..], 0, true),  // block=0: per channel
+            (&[64, 64, 3, 3][..], 0, true),   // block=0: per channel
         ] {
             assert_eq!(conv_per_output_channel(dims, block), expected, "{dims:?} block {block}");
         }

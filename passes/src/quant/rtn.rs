@@ -179,14 +179,5 @@ fn assemble(k: usize, n: usize, config: &QuantConfig, block_size: usize, codes: 
             zero_points[col * k_blocks + block] = p.zero_point;
         }
     }
-    Ok(QuantizedWeight {
-        k,
-        n,
-        config: *config,
-        block_size,
-        codes,
-        scales,
-        zero_points: (!config.symmetric).then_some(zero_points),
-        outliers: Vec::new(),
-    })
+    Ok(QuantizedWeight { k, n, config: *config, block_size, codes, scales, zero_points: (!config.symmetric).then_some(zero_points), outliers: Vec::new() })
 }

@@ -96,8 +96,7 @@ impl QuantizedWeight {
     pub fn add_top_outliers(&mut self, weight: &[f32], count: usize) -> Result<(), QuantError> {
         super::check_weight(weight, self.k, self.n)?;
         let dense = self.dequantize();
-        let mut ranked: Vec<(f32, usize)> =
-            weight.iter().zip(&dense).enumerate().map(|(i, (&w, &d))| ((w - d).abs(), i)).filter(|&(e, _)| e > 0.0).collect();
+        let mut ranked: Vec<(f32, usize)> = weight.iter().zip(&dense).enumerate().map(|(i, (&w, &d))| ((w - d).abs(), i)).filter(|&(e, _)| e > 0.0).collect();
         let order = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let count = count.min(ranked.len());
         if count == 0 {

@@ -112,7 +112,8 @@ impl Interpreter {
         if self.model.opset_version("").unwrap_or(21) < 9 {
             return self.run_scan8(id, inputs, env);
         }
-        let tensors: Vec<TensorValue> = (0..inputs.len()).map(|i| self.tensor_input(id, inputs, i)?.cloned().ok_or_else(|| self.fail(id, format!("input {i} is missing")))).collect::<Result<_, _>>()?;
+        let tensors: Vec<TensorValue> =
+            (0..inputs.len()).map(|i| self.tensor_input(id, inputs, i)?.cloned().ok_or_else(|| self.fail(id, format!("input {i} is missing")))).collect::<Result<_, _>>()?;
         self.scan_once(id, &tensors, env)
     }
 
@@ -167,7 +168,8 @@ impl Interpreter {
     /// Opset 8's Scan: `sequence_lens` first, then states and scan inputs, all with a leading
     /// batch axis (scan axis 1); each batch entry is scanned on its own.
     fn run_scan8(&self, id: NodeId, inputs: &[Option<RuntimeValue>], env: &mut Env) -> Result<Vec<RuntimeValue>, RuntimeError> {
-        let tensors: Vec<TensorValue> = (1..inputs.len()).map(|i| self.tensor_input(id, inputs, i)?.cloned().ok_or_else(|| self.fail(id, format!("input {i} is missing")))).collect::<Result<_, _>>()?;
+        let tensors: Vec<TensorValue> =
+            (1..inputs.len()).map(|i| self.tensor_input(id, inputs, i)?.cloned().ok_or_else(|| self.fail(id, format!("input {i} is missing")))).collect::<Result<_, _>>()?;
         let batch = tensors.first().map(|t| t.shape().first().copied().unwrap_or(0)).ok_or_else(|| self.fail(id, "no inputs"))?;
         if let Some(lens) = self.tensor_input(id, inputs, 0)? {
             let length = tensors.last().and_then(|t| t.shape().get(1)).copied().unwrap_or(0) as f64;

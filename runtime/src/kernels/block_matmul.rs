@@ -363,27 +363,7 @@ unsafe fn multiply_tile(a: &[f32], a_stride: usize, m: usize, k: usize, w: &[f32
     // matrix whose column j is w[j*k..(j+1)*k] (the asserts check both are that long), and
     // `out` as m×width with row stride `out_stride`, which the caller vouches for.
     unsafe {
-        gemm::gemm(
-            m,
-            width,
-            k,
-            out,
-            1,
-            out_stride as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            a_stride as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        gemm::gemm(m, width, k, out, 1, out_stride as isize, accumulate, a.as_ptr(), 1, a_stride as isize, w.as_ptr(), k as isize, 1, 1.0, 1.0, false, false, false, gemm::Parallelism::None);
     }
 }
 
@@ -558,7 +538,19 @@ mod tests {
         // Direct (packed-bytes) path for m < 4: 4- and 8-bit, short last blocks, several column
         // tiles; the dequantize-then-GEMM path for m >= 4 and for 2-bit, over several bands of K
         // (a short last band and block) and several column tiles.
-        for (bits, block, k, n, m) in [(4u32, 32usize, 64usize, 5usize, 3usize), (2, 16, 40, 7, 2), (8, 128, 100, 9, 4), (4, 16, 17, 3, 1), (8, 16, 40, 5, 2), (4, 64, 200, 33, 2), (8, 32, 300, 20, 1), (4, 128, 1000, 17, 1), (4, 32, 600, 70, 5), (2, 16, 700, 5, 2), (8, 128, 1100, 130, 6)] {
+        for (bits, block, k, n, m) in [
+            (4u32, 32usize, 64usize, 5usize, 3usize),
+            (2, 16, 40, 7, 2),
+            (8, 128, 100, 9, 4),
+            (4, 16, 17, 3, 1),
+            (8, 16, 40, 5, 2),
+            (4, 64, 200, 33, 2),
+            (8, 32, 300, 20, 1),
+            (4, 128, 1000, 17, 1),
+            (4, 32, 600, 70, 5),
+            (2, 16, 700, 5, 2),
+            (8, 128, 1100, 130, 6),
+        ] {
             let mut seed = 0x9E3779B97F4A7C15u64 ^ (bits as u64 * 31 + block as u64);
             let max = 1u64 << bits;
             let codes: Vec<u8> = (0..n * k).map(|_| (rng(&mut seed) % max) as u8).collect();
@@ -566,7 +558,17 @@ mod tests {
             let scales: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % 100) as f32 / 1000.0 + 0.01).collect();
             let zeros: Vec<f32> = (0..n * kb).map(|_| (rng(&mut seed) % max) as f32).collect();
             let a: Vec<f32> = (0..m * k).map(|_| (rng(&mut seed) % 2000) as f32 / 1000.0 - 1.0).collect();
-            let w = BlockQuantWeight { n, k, bits, block_size: block, packed: pack(&codes, bits, n, k, block), scales: scales.clone(), zeros: zeros.clone(), g_idx: None, bias: Some((0..n).map(|i| i as f32).collect()) };
+            let w = BlockQuantWeight {
+                n,
+                k,
+                bits,
+                block_size: block,
+                packed: pack(&codes, bits, n, k, block),
+                scales: scales.clone(),
+                zeros: zeros.clone(),
+                g_idx: None,
+                bias: Some((0..n).map(|i| i as f32).collect()),
+            };
             w.validate().unwrap();
             // Whatever `y` held is overwritten, not accumulated onto.
             let mut y = vec![f32::NAN; m * n];
@@ -603,10 +605,12 @@ mod tests {
         w.matmul(&a, m, &mut y);
         for row in 0..m {
             for col in 0..n {
-                let want: f64 = (0..k).map(|kk| {
-                    let b = col * kb + g[kk] as usize;
-                    a[row * k + kk] as f64 * ((codes[col * k + kk] as f64 - zeros[b] as f64) * scales[b] as f64)
-                }).sum();
+                let want: f64 = (0..k)
+                    .map(|kk| {
+                        let b = col * kb + g[kk] as usize;
+                        a[row * k + kk] as f64 * ((codes[col * k + kk] as f64 - zeros[b] as f64) * scales[b] as f64)
+                    })
+                    .sum();
                 let got = y[row * n + col] as f64;
                 assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "y[{row},{col}] = {got}, want {want}");
             }

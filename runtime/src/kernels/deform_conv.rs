@@ -22,9 +22,7 @@ pub struct DeformConv {
 
 pub fn build_deform_conv(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let usizes = |name: &str| -> TractResult<Option<Vec<usize>>> {
-        node.get_attr_opt_vec::<i64>(name)?
-            .map(|v| v.into_iter().map(|x| usize::try_from(x).map_err(|_| format_err!("DeformConv: negative {name}"))).collect())
-            .transpose()
+        node.get_attr_opt_vec::<i64>(name)?.map(|v| v.into_iter().map(|x| usize::try_from(x).map_err(|_| format_err!("DeformConv: negative {name}"))).collect()).transpose()
     };
     let group = node.get_attr_opt::<i64>("group")?.unwrap_or(1).max(1) as usize;
     let offset_group = node.get_attr_opt::<i64>("offset_group")?.unwrap_or(1).max(1) as usize;

@@ -93,7 +93,16 @@ impl Expansion for LinearAttentionNode {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let op = LinearAttention { q_heads: self.q_heads, kv_heads: self.kv_heads, scale: self.scale.map(f32::to_bits), rule: self.rule, past: self.past, decay: self.decay, beta: self.beta, outputs: self.outputs };
+        let op = LinearAttention {
+            q_heads: self.q_heads,
+            kv_heads: self.kv_heads,
+            scale: self.scale.map(f32::to_bits),
+            rule: self.rule,
+            past: self.past,
+            decay: self.decay,
+            beta: self.beta,
+            outputs: self.outputs,
+        };
         model.wire_node(prefix, op, inputs)
     }
 }

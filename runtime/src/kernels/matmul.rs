@@ -8,11 +8,11 @@
 //! into one block per thread. Operands are read in place through strides (transposed or permuted
 //! operands included), so no transposes or copies are added around the product.
 
+use std::ops::Range;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::axes::{Axis, AxesMapping};
+use tract_onnx::tract_core::axes::{AxesMapping, Axis};
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use std::ops::Range;
 
 /// Multiply-adds below which a matmul stays on the calling thread (about a microsecond).
 const MIN_PARALLEL_WORK: usize = 1 << 16;
@@ -218,7 +218,13 @@ impl GemmMatMul {
             // broadcast batch axis; contracted axes must be equal).
             let size = match (x, y) {
                 (Some(x), Some(y)) if x == y => x,
-                (Some(x), Some(y)) if (x == 1 || y == 1) && p.c.is_some() => if x == 1 { y } else { x },
+                (Some(x), Some(y)) if (x == 1 || y == 1) && p.c.is_some() => {
+                    if x == 1 {
+                        y
+                    } else {
+                        x
+                    }
+                }
                 (Some(x), Some(y)) => bail!("GemmMatMul: sizes {x} and {y} of {a_shape:?} and {b_shape:?} disagree for {}", self.axes),
                 (x, y) => x.or(y).unwrap_or(1),
             };

@@ -20,9 +20,7 @@ pub struct MaxUnpool {
 
 pub fn build_max_unpool(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let usizes = |name: &str| -> TractResult<Option<Vec<usize>>> {
-        node.get_attr_opt_vec::<i64>(name)?
-            .map(|v| v.into_iter().map(|x| usize::try_from(x).map_err(|_| format_err!("MaxUnpool: negative {name}"))).collect())
-            .transpose()
+        node.get_attr_opt_vec::<i64>(name)?.map(|v| v.into_iter().map(|x| usize::try_from(x).map_err(|_| format_err!("MaxUnpool: negative {name}"))).collect()).transpose()
     };
     let kernel = usizes("kernel_shape")?.context("MaxUnpool: kernel_shape is required")?;
     let strides = usizes("strides")?.unwrap_or_else(|| vec![1; kernel.len()]);
@@ -82,7 +80,9 @@ impl Expansion for MaxUnpoolNode {
         let mut op = self.op.clone();
         if self.with_shape {
             let shape = model.outlet_fact(inputs[2])?.konst.clone().context("MaxUnpool: output_shape must be a constant")?;
-            op.output_shape = Some(shape.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().map(|&d| usize::try_from(d).map_err(|_| format_err!("MaxUnpool: negative output_shape"))).collect::<TractResult<_>>()?);
+            op.output_shape = Some(
+                shape.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().map(|&d| usize::try_from(d).map_err(|_| format_err!("MaxUnpool: negative output_shape"))).collect::<TractResult<_>>()?,
+            );
         }
         model.wire_node(prefix, op, &inputs[..2])
     }

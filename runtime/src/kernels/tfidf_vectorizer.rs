@@ -130,8 +130,20 @@ impl TfIdfVectorizer {
             let w = self.weights.get(i).copied();
             *c = match (self.weighting, w) {
                 (Weighting::Tf, _) => *c,
-                (Weighting::Idf, Some(w)) => if *c > 0.0 { w } else { 0.0 },
-                (Weighting::Idf, None) => if *c > 0.0 { 1.0 } else { 0.0 },
+                (Weighting::Idf, Some(w)) => {
+                    if *c > 0.0 {
+                        w
+                    } else {
+                        0.0
+                    }
+                }
+                (Weighting::Idf, None) => {
+                    if *c > 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
                 (Weighting::TfIdf, Some(w)) => w * *c,
                 (Weighting::TfIdf, None) => *c,
             };

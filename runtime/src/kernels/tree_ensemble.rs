@@ -92,10 +92,7 @@ pub fn build_tree_ensemble(ctx: &ParsingContext, node: &NodeProto) -> TractResul
     let missing = ints("nodes_missing_value_tracks_true")?;
     let members = tensor("membership_values")?.unwrap_or_default();
     let count = thresholds.len();
-    ensure!(
-        [modes.len(), features.len(), true_ids.len(), false_ids.len(), true_leafs.len(), false_leafs.len()].iter().all(|&n| n == count),
-        "TreeEnsemble: the nodes_* attributes differ in length"
-    );
+    ensure!([modes.len(), features.len(), true_ids.len(), false_ids.len(), true_leafs.len(), false_leafs.len()].iter().all(|&n| n == count), "TreeEnsemble: the nodes_* attributes differ in length");
     // Membership sets follow each other in membership_values, each ended by a NaN, in node order.
     let mut sets = members.split(|v| v.is_nan()).map(<[f64]>::to_vec);
     let next = |id: i64, leaf: i64| -> TractResult<Next> { Ok(if leaf != 0 { Next::Leaf(index(id, "leaf id")?) } else { Next::Split(index(id, "node id")?) }) };

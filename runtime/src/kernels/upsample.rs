@@ -10,12 +10,7 @@ pub fn build_upsample(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Bo
     let resize = *ctx.framework.op_register.0.get("Resize").context("Upsample: tract has no Resize")?;
     let mut as_resize = node.clone();
     as_resize.op_type = "Resize".into();
-    as_resize.attribute.push(AttributeProto {
-        name: "nearest_mode".into(),
-        r#type: attribute_proto::AttributeType::String as i32,
-        s: b"floor".to_vec(),
-        ..Default::default()
-    });
+    as_resize.attribute.push(AttributeProto { name: "nearest_mode".into(), r#type: attribute_proto::AttributeType::String as i32, s: b"floor".to_vec(), ..Default::default() });
     let mut opset_10 = ctx.clone();
     opset_10.onnx_operator_set_version = 10;
     resize(&opset_10, &as_resize)

@@ -9,10 +9,15 @@ impl Lowering {
     /// tract's ReduceMax/ReduceMin take numbers only; on bools they are any/all, so reduce
     /// the values as uint8 and cast back.
     pub(super) fn reduce_bools(&mut self) {
-        let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| {
-            let n = self.graph().node(id);
-            (n.is("ReduceMax") || n.is("ReduceMin")) && n.input(0).is_some() && n.output(0).is_some() && self.input_type(id, 0) == Some(DataType::Bool)
-        }).collect();
+        let nodes: Vec<NodeId> = self
+            .graph()
+            .all_nodes()
+            .into_iter()
+            .filter(|&id| {
+                let n = self.graph().node(id);
+                (n.is("ReduceMax") || n.is("ReduceMin")) && n.input(0).is_some() && n.output(0).is_some() && self.input_type(id, 0) == Some(DataType::Bool)
+            })
+            .collect();
         for id in nodes {
             let node = self.graph().node(id).clone();
             let (x, out) = (node.input(0).expect("filtered"), node.output(0).expect("filtered"));

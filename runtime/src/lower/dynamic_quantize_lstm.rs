@@ -44,7 +44,8 @@ fn dequantize_transposed(w: &Tensor, scale: &Tensor, zero: Option<&Tensor>) -> R
 
 impl Lowering {
     pub(super) fn expand_dynamic_quantize_lstms(&mut self) -> Result<(), RuntimeError> {
-        let nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| self.graph().node(id).domain() == "com.microsoft" && self.graph().node(id).op_type == "DynamicQuantizeLSTM").collect();
+        let nodes: Vec<NodeId> =
+            self.graph().all_nodes().into_iter().filter(|&id| self.graph().node(id).domain() == "com.microsoft" && self.graph().node(id).op_type == "DynamicQuantizeLSTM").collect();
         for id in nodes {
             let lbl = label(self.graph(), id);
             let node = self.graph().node(id).clone();

@@ -15,9 +15,7 @@ impl Lowering {
             .into_iter()
             .filter(|&id| {
                 let n = self.graph().node(id);
-                (n.is("ReduceMax") || n.is("ReduceMin"))
-                    && n.output(0).is_some()
-                    && n.input(0).is_some_and(|x| self.graph().value(x).shape().is_some_and(|s| s.dims.contains(&Dim::Known(0))))
+                (n.is("ReduceMax") || n.is("ReduceMin")) && n.output(0).is_some() && n.input(0).is_some_and(|x| self.graph().value(x).shape().is_some_and(|s| s.dims.contains(&Dim::Known(0))))
             })
             .collect();
         for id in nodes {

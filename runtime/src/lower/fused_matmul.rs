@@ -5,8 +5,8 @@
 
 use super::Lowering;
 use crate::error::RuntimeError;
-use compactor_ir::graph::{AttrValue, Attribute};
 use compactor_ir::NodeId;
+use compactor_ir::graph::{AttrValue, Attribute};
 
 impl Lowering {
     pub(super) fn expand_fused_matmul(&mut self, id: NodeId) -> Result<bool, RuntimeError> {

@@ -32,7 +32,8 @@ impl Lowering {
             return Err(self.node_err(id, "rotary embeddings (do_rotary) are not supported"));
         }
         let Some(heads) = node.attr_int("num_heads").filter(|&h| h > 0) else { return Err(self.node_err(id, "num_heads is missing")) };
-        let total = g.constant(w).map(|t| t.dims().iter().map(|&d| d as i64).collect::<Vec<i64>>()).or_else(|| g.value(w).shape().and_then(|s| s.as_known())).and_then(|d| (d.len() == 2).then_some(d[1]));
+        let total =
+            g.constant(w).map(|t| t.dims().iter().map(|&d| d as i64).collect::<Vec<i64>>()).or_else(|| g.value(w).shape().and_then(|s| s.as_known())).and_then(|d| (d.len() == 2).then_some(d[1]));
         let sizes = match (node.attr_ints("qkv_hidden_sizes"), total) {
             (Some(s), _) if s.len() == 3 => [s[0], s[1], s[2]],
             (_, Some(t)) if t % 3 == 0 => [t / 3; 3],

@@ -57,7 +57,8 @@ impl Lowering {
             let scale = b.op("Mul", &[a_scale, b_scale], vec![]);
             operands.push(b.op("Mul", &[c_f, scale], vec![]));
         }
-        let attributes: Vec<Attribute> = ["alpha", "transA", "transB"].iter().filter_map(|n| node.attributes.iter().find(|a| a.name == *n).cloned()).chain([Attribute::new("beta", AttrValue::Float(1.0))]).collect();
+        let attributes: Vec<Attribute> =
+            ["alpha", "transA", "transB"].iter().filter_map(|n| node.attributes.iter().find(|a| a.name == *n).cloned()).chain([Attribute::new("beta", AttrValue::Float(1.0))]).collect();
         match input(7) {
             Some(y_scale) => {
                 let y = b.op("Gemm", &operands, attributes);

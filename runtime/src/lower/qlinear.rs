@@ -29,12 +29,7 @@ fn inner(op_type: &str) -> Option<Inner> {
         "QLinearSigmoid" => Elementwise { op: "Sigmoid", operands: &[0], output_at: 3, keep: &[] },
         "QLinearLeakyRelu" => Elementwise { op: "LeakyRelu", operands: &[0], output_at: 3, keep: &["alpha"] },
         "QLinearGlobalAveragePool" => Elementwise { op: "GlobalAveragePool", operands: &[0], output_at: 3, keep: &[] },
-        "QLinearAveragePool" => Elementwise {
-            op: "AveragePool",
-            operands: &[0],
-            output_at: 3,
-            keep: &["auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides", "dilations"],
-        },
+        "QLinearAveragePool" => Elementwise { op: "AveragePool", operands: &[0], output_at: 3, keep: &["auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides", "dilations"] },
         "QLinearSoftmax" => Inner::Softmax,
         "QLinearConcat" => Inner::Concat,
         _ => return None,

@@ -82,11 +82,8 @@ pub(super) fn dims_usize(t: &Tensor) -> Vec<usize> {
 
 /// Dequantizes constant tensors in f64 (exact for every input type), as DequantizeLinear does.
 pub(super) fn dequantize_constant(x: &Tensor, scale: &Tensor, zero: Option<&Tensor>, layout: QuantLayout) -> Result<Vec<f32>, String> {
-    let xs: Vec<f64> = if x.dtype().is_float() {
-        x.to_f32().map_err(|e| e.to_string())?.into_iter().map(f64::from).collect()
-    } else {
-        x.to_i64().map_err(|e| e.to_string())?.into_iter().map(|v| v as f64).collect()
-    };
+    let xs: Vec<f64> =
+        if x.dtype().is_float() { x.to_f32().map_err(|e| e.to_string())?.into_iter().map(f64::from).collect() } else { x.to_i64().map_err(|e| e.to_string())?.into_iter().map(|v| v as f64).collect() };
     let scales = scale.to_f32().map_err(|e| e.to_string())?;
     let zeros: Vec<f64> = match zero {
         None => vec![0.0; scales.len()],
@@ -119,11 +116,7 @@ pub(super) fn check_scale_shape(layout: QuantLayout, dims: &[usize], scale_dims:
     let ok = match layout {
         QuantLayout::PerTensor => scale_dims.iter().product::<usize>() == 1,
         QuantLayout::PerAxis { axis } => scale_dims == [dims[axis]],
-        QuantLayout::Blocked { axis, block } => scale_dims
-            .iter()
-            .zip(dims)
-            .enumerate()
-            .all(|(d, (&s, &n))| if d == axis { s == n.div_ceil(block) } else { s == n }),
+        QuantLayout::Blocked { axis, block } => scale_dims.iter().zip(dims).enumerate().all(|(d, (&s, &n))| if d == axis { s == n.div_ceil(block) } else { s == n }),
     };
     if ok { Ok(()) } else { Err(format!("scale shape {scale_dims:?} does not fit input shape {dims:?} ({layout:?})")) }
 }

@@ -13,10 +13,10 @@
 
 use super::emit::{awq_inverse_scales, awq_scaled_input, emit_dequantize, emit_matmul_nbits, nbits_initializers, reads_layout, remove_weight};
 use super::{Calibration, OPS, Packed, Scaling, Target};
+use crate::analysis::linear::WeightReaders;
+use crate::pass::PassDef;
 use crate::pass::PassError;
 use crate::passes::quantize::Quantize;
-use crate::pass::PassDef;
-use crate::analysis::linear::WeightReaders;
 use crate::quant::{Hessian, QdqLayout, QuantizedWeight};
 use compactor_ir::{Anchor, AttrValue, Graph, Patch};
 
@@ -81,7 +81,7 @@ pub(super) fn group(graph: &Graph, readers: &WeightReaders, mut targets: Vec<Tar
             continue;
         }
         let node = graph.node(r.node);
-        let why = if OPS.contains(&node.op_type.as_str()) && !ops.iter().any(|o| *o == node.op_type) {
+        let why = if OPS.contains(&node.op_type.as_str()) && !ops.contains(&node.op_type) {
             "which ops does not select".to_string()
         } else {
             format!("which reads it as input {} and is not rewritten by quantize", r.input)
@@ -152,10 +152,17 @@ pub(super) fn notes(graph: &Graph, t: &Target, awq: bool, matmulnbits: bool, sca
         return notes;
     }
     let lookup = t.readers().find(|r| r.rows.is_none());
-    if awq && !scaled && let Some(r) = lookup {
+    if awq
+        && !scaled
+        && let Some(r) = lookup
+    {
         notes.push(format!("not AWQ-scaled: '{}' ({}) has no activation to divide by the scales", r.label, r.op));
     }
-    if matmulnbits && !as_nbits && let Some(r) = t.readers().find(|r| !matches!(r.op, "MatMul" | "Gemm") || graph.node(r.node).attr_float("alpha").unwrap_or(1.0) != 1.0 || graph.node(r.node).attr_float("beta").unwrap_or(1.0) != 1.0) {
+    if matmulnbits
+        && !as_nbits
+        && let Some(r) =
+            t.readers().find(|r| !matches!(r.op, "MatMul" | "Gemm") || graph.node(r.node).attr_float("alpha").unwrap_or(1.0) != 1.0 || graph.node(r.node).attr_float("beta").unwrap_or(1.0) != 1.0)
+    {
         notes.push(format!("DequantizeLinear form for every reader: '{}' ({}) cannot read MatMulNBits, and the readers share one form", r.label, r.op));
     }
     notes

@@ -182,11 +182,7 @@ pub(super) fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) ->
         LinearOp::Gemm => ("Gemm", if layer.weight.transposed { QdqLayout::NK } else { QdqLayout::KN }),
         LinearOp::Conv => {
             let dims: Vec<usize> = layer.weight.tensor.dims().iter().map(|&d| d as usize).collect();
-            if quant::conv_per_output_channel(&dims, block) {
-                ("Conv", QdqLayout::ConvPerChannel { dims })
-            } else {
-                ("Conv", QdqLayout::Conv { out_channels: dims[0], spatial: dims[2..].to_vec() })
-            }
+            if quant::conv_per_output_channel(&dims, block) { ("Conv", QdqLayout::ConvPerChannel { dims }) } else { ("Conv", QdqLayout::Conv { out_channels: dims[0], spatial: dims[2..].to_vec() }) }
         }
     };
     let (k, n) = match &layout {
@@ -204,10 +200,8 @@ pub(super) fn linear_target(graph: &Graph, layer: &LinearLayer, block: usize) ->
             let dims = layer.weight.tensor.dims();
             let spatial = dims.len() - 2;
             let ones = |name: &str, default: i64| node.attr_ints(name).is_none_or(|v| v.iter().all(|&x| x == default));
-            let pointwise = dims[2..].iter().all(|&d| d == 1)
-                && node.attr_int("group").unwrap_or(1) == 1
-                && ones("pads", 0)
-                && node.attr_string("auto_pad").is_none_or(|p| p == "NOTSET" || p == "VALID");
+            let pointwise =
+                dims[2..].iter().all(|&d| d == 1) && node.attr_int("group").unwrap_or(1) == 1 && ones("pads", 0) && node.attr_string("auto_pad").is_none_or(|p| p == "NOTSET" || p == "VALID");
             let strides = node.attr_ints("strides").map(|v| v.iter().map(|&x| x.max(1) as usize).collect()).unwrap_or_else(|| vec![1; spatial]);
             (pointwise && strides.len() == spatial).then_some(RowLayout::Channels { strides })
         }

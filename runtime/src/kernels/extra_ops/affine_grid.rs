@@ -28,11 +28,7 @@ impl AffineGrid {
     }
 
     fn coordinate(&self, i: usize, n: usize) -> f64 {
-        if self.align_corners {
-            if n > 1 { -1.0 + 2.0 * i as f64 / (n - 1) as f64 } else { -1.0 }
-        } else {
-            -1.0 + (2 * i + 1) as f64 / n as f64
-        }
+        if self.align_corners { if n > 1 { -1.0 + 2.0 * i as f64 / (n - 1) as f64 } else { -1.0 } } else { -1.0 + (2 * i + 1) as f64 / n as f64 }
     }
 }
 

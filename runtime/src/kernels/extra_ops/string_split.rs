@@ -65,10 +65,13 @@ impl EvalOp for StringSplit {
         let x = &inputs[0];
         let (splits, width) = self.compute(x)?;
         let counts: Vec<i64> = splits.iter().map(|s| s.len() as i64).collect();
-        let padded: Vec<String> = splits.into_iter().flat_map(|mut s| {
-            s.resize(width, String::new());
-            s
-        }).collect();
+        let padded: Vec<String> = splits
+            .into_iter()
+            .flat_map(|mut s| {
+                s.resize(width, String::new());
+                s
+            })
+            .collect();
         let mut shape = x.shape().to_vec();
         let counts = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape.clone(), counts)?.into_tensor();
         shape.push(width);

@@ -314,7 +314,7 @@ mod tests {
         let mut calibrator = Fixed(vec![(vec![2, 2], vec![1.0, -2.0, 3.0, 0.0]), (vec![1, 2], vec![-5.0, 4.0])]);
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
-        let all = Wanted { gram: true, mean_abs: true, max_abs: true, mean_square: true };
+        let all = Wanted { gram: true, mean_abs: true, max_abs: true, mean_square: true, ..Default::default() };
         let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted: all }]).unwrap();
         let s = &stats[&x];
         assert_eq!(s.rows, 3);

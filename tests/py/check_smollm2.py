@@ -9,6 +9,9 @@
     growing cache), max abs diff;
 (c) batch 2 with left padding == batch 1 for the real tokens, max abs diff (prefill and one
     decode step);
+(e) the fused form (prefill_fused.onnx, decode_fused.onnx: onnxruntime's GroupQueryAttention,
+    RotaryEmbedding, SimplifiedLayerNormalization ops) gives the plain form's logits, its own
+    step-by-step decode agrees with its prefill, and its greedy answer is the plain form's;
 (d) f32 perplexity of CACHE/smollm2/text_evaluation.npy (fixtures/make_eval_text.py) over
     non-overlapping 512-token windows, when that file exists.
 Ends with one JSON summary line; exits non-zero when a check fails.
@@ -33,10 +36,10 @@ def session(path):
 
 
 class Model:
-    def __init__(self, d, cfg):
+    def __init__(self, d, cfg, form=""):
         self.cfg = cfg
-        self.prefill = session(os.path.join(d, "prefill.onnx"))
-        self.decode = session(os.path.join(d, "decode.onnx"))
+        self.prefill = session(os.path.join(d, f"prefill{form}.onnx"))
+        self.decode = session(os.path.join(d, f"decode{form}.onnx"))
         self.L = cfg["num_hidden_layers"]
         self.kv = cfg["num_key_value_heads"]
         self.hd = cfg["head_dim"]
@@ -170,6 +173,21 @@ def main():
     print(f"(c) batch 2 left-padded ({len(a)} and {len(b)} tokens) vs batch 1: prefill max abs diff {diff_c:.3g}, "
           f"next decode step {diff_c_dec:.3g}")
     ok &= diff_c <= TOL and diff_c_dec <= TOL
+
+    # (e) the fused form against the plain one.
+    fused = Model(d, cfg, "_fused")
+    full_fused = fused.logits(ids_b, mask, positions(mask))
+    diff_e = float(np.abs(full_fused - full).max())
+    past = fused.empty_past(1)
+    steps = []
+    for t in range(ids_b.shape[1]):
+        lg, past = fused.step(ids_b[:, t:t + 1], np.ones((1, t + 1), np.int64), np.array([[t]], np.int64), past)
+        steps.append(lg[:, 0])
+    diff_e_dec = float(np.abs(np.stack(steps, axis=1) - full_fused).max())
+    gen_fused = tok.decode(generate(fused, ids, 30, cfg["eos_token_id"]))
+    summary.update(fused_vs_plain_max_abs=diff_e, fused_prefill_vs_decode_max_abs=diff_e_dec, fused_generated=gen_fused)
+    print(f"(e) fused vs plain prefill: max abs diff {diff_e:.3g}; fused prefill vs its decode: {diff_e_dec:.3g}; greedy: {gen_fused!r}")
+    ok &= diff_e <= TOL and diff_e_dec <= TOL and gen_fused == text
 
     # (d) perplexity of the evaluation text.
     ev = os.path.join(d, "text_evaluation.npy")

@@ -14,6 +14,7 @@ pub mod model;
 pub mod onnx;
 pub mod patch;
 pub mod pattern;
+pub mod scratch;
 pub mod summary;
 pub mod tensor;
 pub mod text;

@@ -115,6 +115,11 @@ impl Model {
             writer = Writer { relocated, ..Writer::new(options.external_data.clone()) };
             proto = writer.model(self)?;
         }
+        let compacted = compactions(&writer);
+        if !compacted.is_empty() {
+            writer = Writer { relocated: writer.relocated, compacted, ..Writer::new(options.external_data.clone()) };
+            proto = writer.model(self)?;
+        }
         let len = proto.encoded_len() as u64;
         if len > PROTOBUF_LIMIT {
             return Err(IrError::TooLargeForProtobuf { path: path.to_path_buf(), bytes: len });
@@ -153,6 +158,42 @@ impl Model {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         Ok(self.to_proto()?.encode_to_vec())
     }
+}
+
+/// Gaps in external data files (over [`MAX_GAP_BYTES`] in all) left by tensors the model no
+/// longer holds, e.g. weights a pass replaced by quantized ones: written back at the same
+/// offsets, the output's data file would keep the old size, in zeros. Such a file is packed
+/// instead: each tensor moves down, keeping its offset modulo 4 KiB (so aligned data stays
+/// aligned) and tensors that overlap in the source keep overlapping. Returns, per file, new
+/// offsets by old offset; files with small gaps (alignment padding) keep their layout, so a
+/// model read and written back is byte-identical.
+const MAX_GAP_BYTES: u64 = 1 << 20;
+
+fn compactions(writer: &Writer) -> BTreeMap<String, BTreeMap<u64, u64>> {
+    let mut out = BTreeMap::new();
+    if writer.policy != ExternalDataPolicy::Preserve {
+        return out;
+    }
+    for (location, file) in &writer.external_files {
+        let mut moves = BTreeMap::new();
+        let (mut pos, mut run_old, mut run_end, mut run_new, mut gaps) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for (&offset, chunk) in &file.chunks {
+            if offset >= run_end {
+                gaps += offset - run_end;
+                let residue = offset % EXTERNAL_ALIGNMENT;
+                run_new = pos + (residue + EXTERNAL_ALIGNMENT - pos % EXTERNAL_ALIGNMENT) % EXTERNAL_ALIGNMENT;
+                run_old = offset;
+            }
+            moves.insert(offset, run_new + (offset - run_old));
+            run_end = run_end.max(offset + chunk.len());
+            pos = run_new + (run_end - run_old);
+        }
+        gaps += file.len - run_end.min(file.len);
+        if gaps > MAX_GAP_BYTES {
+            out.insert(location.clone(), moves);
+        }
+    }
+    out
 }
 
 /// External data locations the output gets under a name of its own: `<output file>.data`,
@@ -732,28 +773,66 @@ pub fn lift_constants(graph: &mut Graph) -> usize {
 /// An external data file being assembled: chunks at offsets.
 #[derive(Default)]
 struct ExternalFileBuilder {
-    chunks: BTreeMap<u64, Bytes>,
+    chunks: BTreeMap<u64, Chunk>,
     len: u64,
+}
+
+/// The bytes of one tensor in an external data file being written.
+enum Chunk {
+    Memory(Bytes),
+    /// `len` bytes at `offset` of a file (external data or a scratch file): copied file to file,
+    /// never mapped, so writing a model larger than memory keeps little of it resident.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Chunk {
+    fn of(tensor: &Tensor) -> Result<Chunk> {
+        Ok(match tensor.data_in_file() {
+            Some((path, offset, len)) => Chunk::File { path: path.to_path_buf(), offset, len },
+            None => Chunk::Memory(tensor.raw_data()?),
+        })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Chunk::Memory(b) => b.len() as u64,
+            Chunk::File { len, .. } => *len,
+        }
+    }
 }
 
 impl ExternalFileBuilder {
     fn write_to(&self, out: &mut std::fs::File) -> std::io::Result<()> {
-        use std::io::Write;
+        use std::io::{Seek, Write};
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
         let mut pos = 0u64;
-        for (&offset, data) in &self.chunks {
-            if offset < pos {
-                // Overlapping chunks (tensors that shared storage in the source file): write the rest.
-                let skip = (pos - offset) as usize;
-                if skip < data.len() {
-                    w.write_all(&data[skip..])?;
-                    pos = offset + data.len() as u64;
-                }
+        let mut sources: BTreeMap<&Path, std::fs::File> = BTreeMap::new();
+        for (&offset, chunk) in &self.chunks {
+            // Overlapping chunks (tensors that shared storage in the source file): write the rest.
+            let skip = pos.saturating_sub(offset);
+            if skip >= chunk.len() {
                 continue;
             }
-            std::io::copy(&mut std::io::repeat(0).take(offset - pos), &mut w)?;
-            w.write_all(data)?;
-            pos = offset + data.len() as u64;
+            std::io::copy(&mut std::io::repeat(0).take(offset.saturating_sub(pos)), &mut w)?;
+            match chunk {
+                Chunk::Memory(data) => w.write_all(&data[skip as usize..])?,
+                Chunk::File { path, offset: from, len } => {
+                    let source = match sources.entry(path) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => e.insert(std::fs::File::open(path)?),
+                    };
+                    source.seek(std::io::SeekFrom::Start(from + skip))?;
+                    let copied = std::io::copy(&mut source.take(len - skip), &mut w)?;
+                    if copied != len - skip {
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} ended {} bytes early", path.display(), len - skip - copied)));
+                    }
+                }
+            }
+            pos = offset + chunk.len();
         }
         std::io::copy(&mut std::io::repeat(0).take(self.len.saturating_sub(pos)), &mut w)?;
         w.flush()
@@ -769,11 +848,13 @@ struct Writer {
     sources: BTreeSet<PathBuf>,
     /// External data locations written under another name (see [`relocations`]).
     relocated: BTreeMap<String, String>,
+    /// New offsets in packed external data files, by location and old offset (see [`compactions`]).
+    compacted: BTreeMap<String, BTreeMap<u64, u64>>,
 }
 
 impl Writer {
     fn new(policy: ExternalDataPolicy) -> Self {
-        Writer { policy, external_files: BTreeMap::new(), sources: BTreeSet::new(), relocated: BTreeMap::new() }
+        Writer { policy, external_files: BTreeMap::new(), sources: BTreeSet::new(), relocated: BTreeMap::new(), compacted: BTreeMap::new() }
     }
 
     fn location<'a>(&'a self, location: &'a str) -> &'a str {
@@ -803,7 +884,7 @@ impl Writer {
             p.name = name;
         }
         let inline = |p: &mut proto::TensorProto| -> Result<()> {
-            if tensor.external().is_some() {
+            if tensor.data_in_file().is_some() {
                 p.raw_data = Some(tensor.raw_data()?);
                 p.data_location = None;
                 p.external_data.clear();
@@ -817,26 +898,37 @@ impl Writer {
             ExternalDataPolicy::Inline => inline(&mut p)?,
             ExternalDataPolicy::Preserve => {
                 if let Some(ext) = tensor.external() {
-                    let data = tensor.raw_data()?;
+                    let data = Chunk::of(tensor)?;
                     let location = self.location(&ext.location).to_string();
                     if location != ext.location {
                         for entry in p.external_data.iter_mut().filter(|e| e.key.as_deref() == Some("location")) {
                             entry.value = Some(location.clone());
                         }
                     }
+                    let offset = match self.compacted.get(&location).and_then(|moves| moves.get(&ext.offset)) {
+                        Some(&moved) => {
+                            p.external_data.retain(|e| e.key.as_deref() != Some("offset"));
+                            p.external_data.push(proto::StringStringEntryProto { key: Some("offset".into()), value: Some(moved.to_string()) });
+                            moved
+                        }
+                        None => ext.offset,
+                    };
                     let file = self.external_files.entry(location).or_default();
-                    file.len = file.len.max(ext.offset + ext.length);
-                    file.chunks.insert(ext.offset, data);
+                    file.len = file.len.max(offset + ext.length);
+                    file.chunks.insert(offset, data);
+                } else {
+                    // A pass's scratch file: new data, inline like any other.
+                    inline(&mut p)?;
                 }
             }
             ExternalDataPolicy::Threshold { min_bytes, location } => {
                 let location = self.location(&location).to_string();
                 if tensor.dtype() != DataType::String && tensor.data_bytes() >= min_bytes {
-                    let data = tensor.raw_data()?;
+                    let data = Chunk::of(tensor)?;
                     let file = self.external_files.entry(location.clone()).or_default();
                     let offset = file.len.next_multiple_of(EXTERNAL_ALIGNMENT);
-                    file.len = offset + data.len() as u64;
-                    let length = data.len() as u64;
+                    let length = data.len();
+                    file.len = offset + length;
                     file.chunks.insert(offset, data);
                     p.raw_data = None;
                     (p.float_data, p.int32_data, p.int64_data, p.double_data, p.uint64_data) = Default::default();

@@ -39,19 +39,29 @@ impl ExternalSource {
     }
 }
 
-/// An external data file, mapped once on first use and shared by all its tensors.
+/// An external data file, mapped once on first use and shared by all its tensors. A scratch
+/// file's window (see [`crate::scratch`]) is one tensor's bytes of a pass's scratch file.
 #[derive(Debug)]
 pub struct ExternalFile {
     path: PathBuf,
+    /// Where the mapped part starts in the file (0 but for scratch windows).
+    start: u64,
     len: u64,
     map: OnceLock<Result<Bytes, String>>,
+    /// Keeps a scratch file alive while tensors read it (deleted with the last one).
+    scratch: Option<Arc<tempfile::TempPath>>,
 }
 
 impl ExternalFile {
     /// Checks that the file exists now (so a missing file is reported at load time), maps it later.
     pub fn open(path: PathBuf) -> std::io::Result<Self> {
         let len = std::fs::metadata(&path)?.len();
-        Ok(ExternalFile { path, len, map: OnceLock::new() })
+        Ok(ExternalFile { path, start: 0, len, map: OnceLock::new(), scratch: None })
+    }
+
+    /// Bytes `[start, start + len)` of a scratch file.
+    pub(crate) fn window(path: PathBuf, start: u64, len: u64, keep: Arc<tempfile::TempPath>) -> Self {
+        ExternalFile { path, start, len, map: OnceLock::new(), scratch: Some(keep) }
     }
 
     pub fn len(&self) -> u64 {
@@ -65,13 +75,13 @@ impl ExternalFile {
     fn bytes(&self) -> Result<&Bytes, String> {
         self.map
             .get_or_init(|| {
-                let file = std::fs::File::open(&self.path).map_err(|e| e.to_string())?;
-                if file.metadata().map_err(|e| e.to_string())?.len() == 0 {
+                if self.len == 0 {
                     return Ok(Bytes::new());
                 }
+                let file = std::fs::File::open(&self.path).map_err(|e| e.to_string())?;
                 // SAFETY: the map is read-only; like every mmap-based loader we rely on the
                 // file not being truncated while the model is open.
-                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+                let map = unsafe { memmap2::MmapOptions::new().offset(self.start).len(self.len as usize).map(&file) }.map_err(|e| e.to_string())?;
                 Ok(Bytes::from_owner(map))
             })
             .as_ref()
@@ -149,8 +159,39 @@ impl Tensor {
         self.0.proto.name.as_deref()
     }
 
+    /// Where the data is when it is external data of a model file (not for tensors in a scratch file).
     pub fn external(&self) -> Option<&ExternalSource> {
-        self.0.external.as_ref()
+        self.0.external.as_ref().filter(|e| e.file.scratch.is_none())
+    }
+
+    /// The file, byte offset and length of the data when it is read from a file (external data
+    /// or a scratch file), so that it can be copied without mapping it.
+    pub fn data_in_file(&self) -> Option<(&Path, u64, u64)> {
+        self.0.external.as_ref().map(|e| (e.file.path.as_path(), e.file.start + e.offset, e.length))
+    }
+
+    /// A tensor whose data is in a scratch file (see [`crate::scratch::ScratchFile::store`]).
+    pub(crate) fn in_scratch_file(dtype: DataType, dims: &[u64], source: ExternalSource) -> Result<Self, IrError> {
+        let proto = TensorProto { dims: dims.iter().map(|&d| d as i64).collect(), data_type: Some(dtype.code()), ..Default::default() };
+        Self::from_proto(proto, Some(source))
+    }
+
+    /// Lets the kernel drop this tensor's pages from the process when its data is mapped from a
+    /// file (they are read from the page cache or the file again if touched later). A pass that
+    /// streams a model larger than memory calls it after it is done with a weight: mapped pages
+    /// count as the process's resident memory until they are unmapped. Does nothing for data in
+    /// memory.
+    pub fn release_pages(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(ext) = &self.0.external
+            && let Some(Ok(map)) = ext.file.map.get()
+        {
+            let start = ext.offset as usize;
+            let end = (start + ext.length as usize).min(map.len());
+            if start < end {
+                release_mapped(&map[start..end]);
+            }
+        }
     }
 
     /// The proto as read (for writing back).
@@ -381,6 +422,23 @@ pub fn prefault(data: &[u8]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = data;
+}
+
+/// Unmaps the whole pages inside `data`, which must lie in a read-only map of a file (a shared
+/// file mapping keeps its contents: a later read faults the page in again from the page cache
+/// or the file). On anonymous memory this would lose data, hence private to this module.
+#[cfg(target_os = "linux")]
+fn release_mapped(data: &[u8]) {
+    // SAFETY: `sysconf` has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let start = (data.as_ptr() as usize).next_multiple_of(page);
+    let end = (data.as_ptr() as usize + data.len()) / page * page;
+    if end > start {
+        // SAFETY: the pages lie inside `data`, a read-only shared mapping of a file (memmap2's
+        // `Mmap`), whose contents MADV_DONTNEED does not change. Failure only means the pages
+        // stay resident.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
 
 fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {

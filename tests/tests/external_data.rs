@@ -262,3 +262,36 @@ fn outputs_written_into_one_directory_keep_their_own_data() {
         }
     }
 }
+
+/// A tensor that no longer reads the data file (a pass replaced it) leaves a gap that the
+/// output's data file does not keep: the tensors after it move down, keeping their alignment.
+#[test]
+fn external_data_of_replaced_tensors_is_not_written_back() {
+    const BIG: u64 = 4 << 20;
+    let src = tempfile::tempdir().unwrap();
+    let data = std::fs::File::create(src.path().join("w.bin")).unwrap();
+    data.set_len(4096 + BIG + 8192).unwrap();
+    poke(&data, 0, 1.25);
+    poke(&data, 4096 + BIG, 2.5);
+    poke(&data, 4096 + BIG + 8188, 3.75);
+    drop(data);
+    let path = write_external_model(src.path(), &[("w.bin", 0, 4096), ("w.bin", 4096, BIG), ("w.bin", 4096 + BIG, 8192)]);
+    let mut model = Model::load(&path).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // Unchanged, the layout is kept as it was.
+    save(&model, &out.path().join("same.onnx"), ExternalDataPolicy::Preserve);
+    assert_eq!(std::fs::metadata(out.path().join("same.onnx.data")).unwrap().len(), 4096 + BIG + 8192);
+    let w1 = model.graph.main().initializers[1];
+    model.graph.value_mut(w1).initializer = Some(compactor_ir::Tensor::from_f32(&[BIG / 4], &vec![0.5; (BIG / 4) as usize]).unwrap());
+    let kept = out.path().join("kept.onnx");
+    save(&model, &kept, ExternalDataPolicy::Preserve);
+    assert_eq!(std::fs::metadata(out.path().join("kept.onnx.data")).unwrap().len(), 4096 + 8192);
+    let reloaded = Model::load(&kept).unwrap();
+    let g = &reloaded.graph;
+    let tensor = |i: usize| g.value(g.main().initializers[i]).initializer.clone().unwrap();
+    assert_eq!(tensor(2).external().unwrap().offset, 4096);
+    assert_eq!(tensor(0).to_f32().unwrap()[0], 1.25);
+    let w2 = tensor(2).to_f32().unwrap();
+    assert_eq!((w2[0], w2[2047]), (2.5, 3.75));
+    assert!(tensor(1).external().is_none());
+}

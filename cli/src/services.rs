@@ -50,6 +50,61 @@ impl ConstantEvaluator for RuntimeEvaluator {
     }
 }
 
+/// The part of `model` that computes `values`, with them as its outputs: calibrating the first
+/// layers of a large model runs (and loads the weights of) only those layers. `None` when the
+/// whole model is needed, or when a node with a subgraph (which may read outer values) is among
+/// the nodes needed.
+fn slice_for(model: &Model, values: &[ValueId]) -> Option<Model> {
+    let g = &model.graph;
+    if values.is_empty() || values.iter().any(|&v| g.try_value(v).is_none_or(|v| v.region != Graph::MAIN)) {
+        return None;
+    }
+    let mut needed: std::collections::HashSet<compactor_ir::NodeId> = std::collections::HashSet::new();
+    let mut stack: Vec<ValueId> = values.to_vec();
+    while let Some(v) = stack.pop() {
+        if let Some((node, _)) = g.producer(v)
+            && needed.insert(node)
+        {
+            let n = g.node(node);
+            if n.subgraphs().next().is_some() {
+                return None;
+            }
+            stack.extend(n.inputs.iter().flatten());
+        }
+    }
+    if needed.len() == g.main().nodes.len() {
+        return None;
+    }
+    let mut sliced = model.clone();
+    let graph = &mut sliced.graph;
+    for id in g.main().nodes.iter().copied().filter(|n| !needed.contains(n)) {
+        graph.remove_node(id);
+    }
+    let read: std::collections::HashSet<ValueId> = needed.iter().flat_map(|&n| g.node(n).inputs.iter().flatten().copied()).chain(values.iter().copied()).collect();
+    let dead: Vec<ValueId> = graph
+        .value_ids()
+        .filter(|&v| match graph.value(v).def {
+            ValueDef::Node { node, .. } => graph.try_node(node).is_none(),
+            ValueDef::Initializer => !read.contains(&v),
+            _ => false,
+        })
+        .collect();
+    for v in dead {
+        graph.remove_value(v);
+    }
+    let mut outputs: Vec<ValueId> = Vec::new();
+    for &v in values {
+        if matches!(graph.value(v).def, ValueDef::Node { .. }) && !outputs.contains(&v) {
+            outputs.push(v);
+        }
+    }
+    if outputs.is_empty() {
+        return None;
+    }
+    graph.main_mut().outputs = outputs;
+    Some(sliced)
+}
+
 /// Calibration batches run through the runtime; captured values are streamed to the pass.
 pub struct RuntimeCalibrator {
     batches: Vec<Vec<(String, TensorValue)>>,
@@ -99,7 +154,9 @@ impl Calibrator for RuntimeCalibrator {
     }
 
     fn capture(&mut self, model: &Model, values: &[ValueId], progress: &dyn Progress, sink: &mut dyn FnMut(ValueId, Activation<'_>)) -> Result<(), String> {
-        let session = Session::new(model, &self.options).map_err(|e| e.to_string())?;
+        let sliced = slice_for(model, values);
+        let session = Session::new(sliced.as_ref().unwrap_or(model), &self.options).map_err(|e| e.to_string())?;
+        drop(sliced);
         let wanted: Vec<ValueRef> = values.iter().map(|&v| ValueRef::Id(v)).collect();
         for batch in &self.batches {
             let inputs: Vec<(&str, TensorValue)> = batch.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();

@@ -187,3 +187,57 @@ fn calibration_from_a_directory_or_random() {
     assert!(stderr(&o).contains("needs calibration data") && stderr(&o).contains("--calibration random:N"), "{}", stderr(&o));
     assert!(!none.exists());
 }
+
+/// The files of a saved model: the model and its data files, by name.
+fn saved_files(dir: &Path, stem: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(stem))
+        .map(|p| (p.file_name().unwrap().to_str().unwrap().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn streaming_quantization_writes_the_same_model_as_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // Weights as external data, read through a memory map (whose pages streaming lets go).
+    let model = dir.path().join("external.onnx");
+    let o = compactor(&["optimize", s(&fixture("tiny_bert.onnx")), "-o", s(&model), "--passes", "eliminate-identity", "--external-data-threshold", "256"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let specs: [(&str, &[&str]); 4] = [
+        ("quantize(bits=4,ops=[MatMul,Gather])", &[]),
+        ("quantize(bits=4,format=matmulnbits,outliers=0.01)", &[]),
+        ("quantize(bits=2,symmetric=false,block=16)", &["--external-data-threshold", "1024"]),
+        ("quantize(bits=4,method=gptq)", &["--calibration", "random:2", "--dim", "batch=1", "--dim", "seq=8"]),
+    ];
+    for (i, (spec, extra)) in specs.iter().enumerate() {
+        let mut outputs = Vec::new();
+        for stream in [false, true] {
+            // Same file names (the model names its data file) in two directories.
+            let out_dir = dir.path().join(format!("streaming_{stream}"));
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let stem = format!("q{i}");
+            let out = out_dir.join(format!("{stem}.onnx"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_compactor"));
+            cmd.args(["optimize", s(&model), "-o", s(&out), "--passes", spec]).args(*extra).env("TMPDIR", dir.path());
+            if stream {
+                cmd.env("COMPACTOR_STREAM_MIN_BYTES", "0");
+            }
+            let o = cmd.output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "{spec} (streaming: {stream}): {}", stderr(&o));
+            outputs.push(saved_files(&out_dir, &stem));
+        }
+        assert!(
+            outputs[0] == outputs[1],
+            "{spec}: streaming wrote other files or bytes: {:?} vs {:?}",
+            outputs[0].iter().map(|f| (&f.0, f.1.len())).collect::<Vec<_>>(),
+            outputs[1].iter().map(|f| (&f.0, f.1.len())).collect::<Vec<_>>()
+        );
+    }
+    // The scratch files are gone with the process.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_str().unwrap().starts_with(".compactor-scratch")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -32,6 +32,7 @@ use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, Pass
 use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
 use crate::quant::{self, BlockSize, GptqOptions, Hessian, MatMulNBitsTensors, MseOptions, QdqLayout, QdqTensors, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype, Scaling};
 use compactor_ir::graph::SparseTensor;
+use compactor_ir::scratch::ScratchFile;
 use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueDef, ValueId};
 use emit::{Packed, emit, pack};
 use rayon::prelude::*;
@@ -170,6 +171,16 @@ impl PassDef for Quantize {
 /// A quantized weight, its GPTQ loss (if GPTQ ran), the original `[K, N]` matrix, and the
 /// AWQ scaling the quantized weight is stored under (if any).
 type LayerResult = (QuantizedWeight, Option<f64>, Matrix, Option<Scaling>);
+
+/// Selected weights of at least this many bytes in all are quantized streaming: each layer's
+/// packed codes go to a scratch file as soon as they are made and the weight's mapped pages are
+/// let go, so memory stays near a few layers' worth whatever the model's size (the output is
+/// the same). `COMPACTOR_STREAM_MIN_BYTES` sets it (0: always).
+const STREAM_MIN_BYTES: u64 = 1 << 30;
+
+fn stream_min_bytes() -> u64 {
+    std::env::var("COMPACTOR_STREAM_MIN_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(STREAM_MIN_BYTES)
+}
 
 /// What the calibration data tells about each activation a selected layer reads.
 #[derive(Default)]
@@ -354,6 +365,13 @@ impl Pass for Quantize {
                 Ok((pack(frozen, t, q, nbits[i])?, report))
             };
             let fused = self.budget_bits == 0.0;
+            // Streaming needs each layer finished in its own task (no budget spent over all of them).
+            let weight_bytes: u64 = members.iter().map(|t| t.tensor.data_bytes()).sum();
+            let scratch = if fused && weight_bytes >= stream_min_bytes() {
+                Some(ScratchFile::new(None).map_err(|e| PassError::failed(Self::NAME, "scratch file", format!("cannot create a scratch file in the temporary directory (TMPDIR): {e}")))?)
+            } else {
+                None
+            };
             let (mut results, finished): (Vec<LayerResult>, Vec<Option<(Packed, LayerReport)>>) = stage
                 .par_iter()
                 .map(|&i| {
@@ -371,7 +389,16 @@ impl Pass for Quantize {
                             (q, loss, w, None)
                         }
                     };
-                    let finished = if fused { Some(finish(i, &result)?) } else { None };
+                    let mut finished = if fused { Some(finish(i, &result)?) } else { None };
+                    if let (Some(scratch), Some((packed, _))) = (&scratch, finished.as_mut()) {
+                        // Only the small parts stay in memory: scales, outliers, the report.
+                        packed.store_codes(scratch)?;
+                        let (mut q, loss, _, scaling) = result;
+                        q.codes = Vec::new();
+                        t.tensor.release_pages();
+                        progress.advance(1);
+                        return Ok(((q, loss, Matrix::Owned(Vec::new()), scaling), finished));
+                    }
                     progress.advance(1);
                     Ok((result, finished))
                 })

@@ -44,11 +44,15 @@ pub(super) fn outlier_tensor(q: &QuantizedWeight, layout: &QdqLayout) -> Result<
 
 /// Emits `DequantizeLinear` for the weight (plus a Cast from f16 scales and the outlier
 /// correction) and returns the value that now feeds the op.
-pub(super) fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, layout: &QdqLayout, packed: QdqTensors) -> Result<PValue, PassError> {
+pub(super) fn emit_dequantize(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, layout: &QdqLayout, packed: QdqTensors, stored: Stored) -> Result<PValue, PassError> {
     let region = graph.node(t.node).region;
     let base = graph.value(t.weight).name.clone();
     let dims: Vec<u64> = packed.shape.iter().map(|&d| d as u64).collect();
-    let qv = patch.new_initializer(region, &format!("{base}_q"), Tensor::from_raw(packed.dtype, &dims, packed.quantized.into()).map_err(ir)?);
+    let codes = match stored {
+        Some(tensor) => tensor,
+        None => Tensor::from_raw(packed.dtype, &dims, packed.quantized.into()).map_err(ir)?,
+    };
+    let qv = patch.new_initializer(region, &format!("{base}_q"), codes);
     let sv = patch.new_initializer(region, &format!("{base}_scale"), scale_tensor(&packed.scales, packed.scale_dtype, &packed.scale_shape)?);
     let scale_dims: Vec<u64> = packed.scale_shape.iter().map(|&d| d as u64).collect();
     let zv = match packed.zero_points {
@@ -98,10 +102,14 @@ pub(super) struct NBitsWeight {
     pub(super) outliers_f32: Option<PValue>,
 }
 
-pub(super) fn nbits_initializers(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors) -> Result<NBitsWeight, PassError> {
+pub(super) fn nbits_initializers(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWeight, packed: MatMulNBitsTensors, stored: Stored) -> Result<NBitsWeight, PassError> {
     let region = graph.node(t.node).region;
     let base = graph.value(t.weight).name.clone();
-    let b = patch.new_initializer(region, &format!("{base}_nbits"), Tensor::from_raw(DataType::Uint8, &packed.b_shape.map(|d| d as u64), packed.b.into()).map_err(ir)?);
+    let codes = match stored {
+        Some(tensor) => tensor,
+        None => Tensor::from_raw(DataType::Uint8, &packed.b_shape.map(|d| d as u64), packed.b.into()).map_err(ir)?,
+    };
+    let b = patch.new_initializer(region, &format!("{base}_nbits"), codes);
     let scales = patch.new_initializer(region, &format!("{base}_scales"), scale_tensor(&packed.scales, packed.scale_dtype, &[packed.scales.len()])?);
     let zero_points = match packed.zero_points {
         Some(z) => {
@@ -164,21 +172,44 @@ pub(super) fn emit_matmul_nbits(graph: &Graph, patch: &mut Patch, t: &Target, w:
 
 /// A weight's quantized tensors in the form its layer takes.
 pub(super) enum Packed {
-    NBits(MatMulNBitsTensors),
+    NBits(MatMulNBitsTensors, Stored),
     /// The chain (Transpose, Cast) goes away: the op reads the dequantized weight in the layout
     /// it expects itself: `[K, N]` for MatMul, per transB for Gemm, the original layout for
     /// Conv and Gather.
-    Qdq(QdqTensors, QdqLayout),
+    Qdq(QdqTensors, QdqLayout, Stored),
+}
+
+/// The packed codes (by far the largest tensor of a quantized weight) when they were already
+/// written to the pass's scratch file; their in-memory copy is then empty.
+pub(super) type Stored = Option<Tensor>;
+
+impl Packed {
+    /// Moves the packed codes to `scratch` (a pass streaming a model larger than memory).
+    pub(super) fn store_codes(&mut self, scratch: &ScratchFile) -> Result<(), PassError> {
+        let fail = |e: compactor_ir::IrError| PassError::ir(Quantize::NAME, e);
+        match self {
+            Packed::NBits(tensors, stored) => {
+                let codes = std::mem::take(&mut tensors.b);
+                *stored = Some(scratch.store(DataType::Uint8, &tensors.b_shape.map(|d| d as u64), &codes).map_err(fail)?);
+            }
+            Packed::Qdq(tensors, _, stored) => {
+                let codes = std::mem::take(&mut tensors.quantized);
+                let dims: Vec<u64> = tensors.shape.iter().map(|&d| d as u64).collect();
+                *stored = Some(scratch.store(tensors.dtype, &dims, &codes).map_err(fail)?);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Packs a quantized weight (independent of the other layers, so it runs in parallel).
 pub(super) fn pack(graph: &Graph, t: &Target, q: &QuantizedWeight, as_nbits: bool) -> Result<Packed, PassError> {
     let fail = |e: quant::QuantError| PassError::failed(Quantize::NAME, t.label.clone(), e.to_string());
     if as_nbits {
-        return Ok(Packed::NBits(quant::pack_matmul_nbits(q).map_err(fail)?));
+        return Ok(Packed::NBits(quant::pack_matmul_nbits(q).map_err(fail)?, None));
     }
     let layout = if t.also.is_empty() { reads_layout(graph, t) } else { shared::stored_layout(graph, t) };
-    Ok(Packed::Qdq(quant::pack_qdq_as(q, &layout).map_err(fail)?, layout))
+    Ok(Packed::Qdq(quant::pack_qdq_as(q, &layout).map_err(fail)?, layout, None))
 }
 
 /// The layout in which a reader reads the dequantized weight: `[K, N]` for MatMul, per transB
@@ -244,15 +275,15 @@ pub(super) fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWe
         None => None,
     };
     match packed {
-        Packed::NBits(tensors) => {
-            let mut weight = nbits_initializers(graph, patch, t, q, tensors)?;
+        Packed::NBits(tensors, stored) => {
+            let mut weight = nbits_initializers(graph, patch, t, q, tensors, stored)?;
             emit_matmul_nbits(graph, patch, t, &mut weight, activation)?
         }
-        Packed::Qdq(tensors, layout) => {
+        Packed::Qdq(tensors, layout, stored) => {
             if let Some(scaled) = activation {
                 patch.set_input(t.node, 0, Some(scaled));
             }
-            let dequantized = emit_dequantize(graph, patch, t, q, &layout, tensors)?;
+            let dequantized = emit_dequantize(graph, patch, t, q, &layout, tensors, stored)?;
             let index = if t.op == "Gather" { 0 } else { 1 };
             patch.set_input(t.node, index, Some(dequantized));
         }

@@ -176,15 +176,15 @@ pub(super) fn emit(graph: &Graph, patch: &mut Patch, t: &Target, q: &QuantizedWe
         None => None,
     };
     match packed {
-        Packed::NBits(tensors) => {
-            let mut weight = nbits_initializers(graph, patch, t, q, tensors)?;
+        Packed::NBits(tensors, stored) => {
+            let mut weight = nbits_initializers(graph, patch, t, q, tensors, stored)?;
             for r in t.readers() {
                 let activation = inverse.and_then(|inv| awq_scaled_input(graph, patch, r, inv));
                 emit_matmul_nbits(graph, patch, r, &mut weight, activation)?;
             }
         }
-        Packed::Qdq(tensors, layout) => {
-            let dequantized = emit_dequantize(graph, patch, t, q, &layout, tensors)?;
+        Packed::Qdq(tensors, layout, stored) => {
+            let dequantized = emit_dequantize(graph, patch, t, q, &layout, tensors, stored)?;
             let region = graph.node(t.node).region;
             let mut transposed = None;
             for r in t.readers() {

@@ -32,6 +32,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Run two models on the same inputs; report output errors, sizes and latencies.
     Compare(cmd::compare::Args),
+    /// Perplexity of a causal language model on a token file, over sliding windows.
+    Eval(cmd::eval::Args),
     /// Convert between ONNX and Compactor's text form (*.ctir), by file extension.
     Convert(cmd::convert::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Compare(args) => cmd::compare::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
         Command::Convert(args) => cmd::convert::run(args),
     };
     match result {

@@ -8,12 +8,14 @@
 //! - [`capture`]: run batches and stream intermediate values into statistics sinks.
 //! - [`npy`], [`inputs`], [`metrics`]: `.npy` files, deterministic random inputs, and the
 //!   error measures `compactor compare` reports.
+//! - [`lm`]: perplexity of a causal language model over sliding windows (`compactor eval`).
 
 pub mod capture;
 pub mod error;
 pub mod inputs;
 mod interpret;
 pub mod kernels;
+pub mod lm;
 pub mod lower;
 pub mod metrics;
 pub mod npy;

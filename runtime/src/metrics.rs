@@ -15,6 +15,9 @@ pub struct OutputComparison {
     /// For logits-like outputs (floats whose last axis has >= 2 entries): the fraction of rows
     /// (all leading indices) whose argmax over the last axis agrees.
     pub top1_agreement: Option<f64>,
+    /// For outputs named like logits (`logits`, `*logit*`) with a last axis of >= 2: the mean
+    /// over rows of KL(softmax(a) || softmax(b)), in nats.
+    pub mean_kl_divergence: Option<f64>,
 }
 
 /// Compares two values of the same shape; `Err` says why they cannot be compared.
@@ -52,6 +55,13 @@ pub fn compare(name: &str, reference: &TensorValue, candidate: &TensorValue) -> 
         let agree = a.chunks_exact(width).zip(b.chunks_exact(width)).filter(|(x, y)| argmax(x) == argmax(y)).count();
         agree as f64 / rows.max(1) as f64
     });
+    let named_logits = name.to_ascii_lowercase().contains("logit");
+    let kl = (logits_like && named_logits).then(|| {
+        let width = *shape.last().expect("checked above");
+        let rows = a.len() / width;
+        let total: f64 = a.chunks_exact(width).zip(b.chunks_exact(width)).map(|(x, y)| crate::lm::kl_divergence(x, y)).sum();
+        total / rows.max(1) as f64
+    });
     Ok(OutputComparison {
         name: name.to_string(),
         shape,
@@ -59,6 +69,7 @@ pub fn compare(name: &str, reference: &TensorValue, candidate: &TensorValue) -> 
         mean_abs_error: if a.is_empty() { 0.0 } else { sum_abs / a.len() as f64 },
         cosine_similarity: cosine,
         top1_agreement: top1,
+        mean_kl_divergence: kl,
     })
 }
 

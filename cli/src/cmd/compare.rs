@@ -127,7 +127,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         writeln!(out, "size B/A {size_ratio:.3}, latency B/A {:.3} ({} runs, {} thread(s))", ms_b / ms_a, args.runs, options.threads)?;
         for c in &comparisons {
             let top1 = c.top1_agreement.map(|t| format!("  top-1 agreement {:.2}%", t * 100.0)).unwrap_or_default();
-            writeln!(out, "  {}{:?}: max abs {:.3e}  mean abs {:.3e}  cosine {:.6}{top1}", c.name, c.shape, c.max_abs_error, c.mean_abs_error, c.cosine_similarity)?;
+            let kl = c.mean_kl_divergence.map(|k| format!("  mean KL(A||B) {k:.3e}")).unwrap_or_default();
+            writeln!(out, "  {}{:?}: max abs {:.3e}  mean abs {:.3e}  cosine {:.6}{top1}{kl}", c.name, c.shape, c.max_abs_error, c.mean_abs_error, c.cosine_similarity)?;
         }
         for b in &broken {
             writeln!(out, "FAILED: {b}")?;

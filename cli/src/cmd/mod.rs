@@ -3,6 +3,7 @@ pub mod bench_quantize;
 pub mod bench_runtime;
 pub mod compare;
 pub mod convert;
+pub mod eval;
 pub mod inspect;
 pub mod optimize;
 pub mod passes;

@@ -556,9 +556,24 @@ fn framework() -> tract_onnx::Onnx {
 /// Serializes the lowered model and has tract parse, type, optimise and plan it.
 fn prepare(name: &str, model: &Model, options: &SessionOptions, executor: &Executor) -> Result<Plan, RuntimeError> {
     let bytes = model.to_bytes()?;
+    // The serialized copy is all tract needs: weights mapped from the model's files go back to
+    // the page cache rather than staying resident beside it.
+    for v in model.graph.value_ids() {
+        if let Some(tensor) = &model.graph.value(v).initializer {
+            tensor.release_pages();
+        }
+    }
     let fail = |reason: String| RuntimeError::Prepare { model: name.to_string(), reason };
-    let build = || -> TractResult<Plan> {
-        let inference = framework().model_for_read(&mut &bytes[..])?;
+    let build = move || -> TractResult<Plan> {
+        // Decoded here rather than by `model_for_read` (which copies the bytes first), and each
+        // copy dropped as soon as the next exists: the weights are in memory at most twice.
+        let proto = {
+            use prost::Message;
+            tract_onnx::pb::ModelProto::decode(&bytes[..])?
+        };
+        drop(bytes);
+        let inference = framework().model_for_proto_model(&proto)?;
+        drop(proto);
         let mut typed = if options.optimize { crate::kernels::optimize(inference.into_typed()?)? } else { inference.into_typed()?.into_decluttered()? };
         crate::kernels::bound_symbols::bind_symbolic_inputs(&mut typed)?;
         typed.into_runnable_with_options(&RunOptions { executor: Some(executor.clone()), ..Default::default() })

@@ -10,7 +10,16 @@ use serde::de::DeserializeOwned;
 /// A pass is a small struct whose fields are its options; [`PassDef`] gives its name and
 /// description. `run` reads or rewrites the graph and says what it did.
 pub trait Pass: Send + Sync {
-    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError>;
+    /// A transform: edits the graph (through patches). Analysis passes implement
+    /// [`Pass::analyze`] instead; running one calls it.
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        self.analyze(graph, ctx)
+    }
+
+    /// An analysis ([`PassKind::Analysis`]): reads the graph and reports, with no way to change it.
+    fn analyze(&self, _graph: &Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        Err(PassError::failed("pass", "graph", "a transform pass cannot run on a read-only graph"))
+    }
 }
 
 /// What the registry needs to know about a pass type: its name, its one-line description,

@@ -42,7 +42,7 @@ struct BlockReport {
 }
 
 impl Pass for FindLayers {
-    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+    fn analyze(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let layers = ctx.analyses.get::<LinearLayers>(graph);
         let blocks = ctx.analyses.get::<TransformerBlocks>(graph);
         let name = |i: LayerId| layers[i].label(graph);

@@ -40,6 +40,7 @@ mod wrap_pad;
 mod dequantize_matmul;
 mod quant_params;
 mod quantize_dequantize;
+mod ranks;
 mod widen;
 
 mod attention;
@@ -68,6 +69,7 @@ use quant_params::QuantLayout;
 use crate::error::RuntimeError;
 use compactor_ir::graph::{AttrValue, Attribute, Node, Value};
 use compactor_ir::{DataType, Graph, Model, NodeId, RegionId, Tensor, ValueDef, ValueId, ValueType};
+use std::collections::HashMap;
 
 /// What lowering did, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,7 +140,7 @@ pub struct Lowered {
 
 /// Lowers a clone of `model`.
 pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
-    let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
+    let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default(), ranks: HashMap::new() };
     lowering.densify_sparse_initializers()?;
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     type_loop_bodies(&mut lowering.model.graph);
@@ -170,6 +172,8 @@ struct Lowering {
     model: Model,
     name: String,
     report: LoweringReport,
+    /// Ranks of undeclared values, while the contrib ops are expanded (`lower/ranks.rs`).
+    ranks: HashMap<ValueId, usize>,
 }
 
 /// Attribute readers on node + error helpers.
@@ -213,7 +217,7 @@ impl Lowering {
         if let Some(t) = self.graph().constant(v) {
             return Some(t.dims().len());
         }
-        self.graph().value(v).shape().map(|s| s.rank())
+        self.graph().value(v).shape().map(|s| s.rank()).or_else(|| self.ranks.get(&v).copied())
     }
 
     /// Step 0's expansions of ops tract lacks (each in its own file under `lower/`): the losses,

@@ -78,6 +78,9 @@ impl Lowering {
         // Embedding layers first: their mask_index output gets a type that tells the
         // Attention expansions its rank.
         nodes.sort_by_key(|&id| !self.graph().node(id).op_type.ends_with("EmbedLayerNormalization"));
+        if !nodes.is_empty() {
+            self.ranks = super::ranks::infer_ranks(self.graph());
+        }
         for id in nodes {
             let node = self.graph().node(id);
             let expanded = match node.op_type.as_str() {
@@ -93,6 +96,7 @@ impl Lowering {
                 self.report.expanded_functions += 1;
             }
         }
+        self.ranks.clear();
         Ok(())
     }
 

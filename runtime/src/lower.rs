@@ -26,7 +26,9 @@ mod embed_layer_norm;
 mod fused_matmul;
 mod gelu;
 mod ms_attention;
+mod simplified_layer_norm;
 mod skip_layer_norm;
+mod skip_simplified_layer_norm;
 
 mod dynamic_quantize_lstm;
 mod empty_reductions;

@@ -61,6 +61,19 @@ impl Opset {
         (out, mean, inv_std)
     }
 
+    /// Root-mean-square normalization over `axes`: `x / sqrt(mean(x²) + eps) · scale`, as
+    /// onnxruntime's kernels divide. Returns the output and `sqrt(mean(x²) + eps)` (the reduced
+    /// axes kept as 1), whose reciprocal is the optional `inv_std_var` output.
+    pub(super) fn rms_norm(self, b: &mut Builder, x: ValueId, scale: ValueId, axes: &[i64], epsilon: f32) -> (ValueId, ValueId) {
+        let squares = b.op("Mul", &[x, x], vec![]);
+        let mean_square = self.reduce(b, "ReduceMean", squares, axes, true);
+        let eps = b.constant_f32(epsilon);
+        let shifted = b.op("Add", &[mean_square, eps], vec![]);
+        let root = b.op("Sqrt", &[shifted], vec![]);
+        let normed = b.op("Div", &[x, root], vec![]);
+        (b.op("Mul", &[normed, scale], vec![]), root)
+    }
+
     /// The size of axis `axis` of `x` as an int64 scalar.
     pub(super) fn dim(self, b: &mut Builder, x: ValueId, axis: i64) -> ValueId {
         let shape = b.op("Shape", &[x], vec![]);
@@ -74,7 +87,15 @@ impl Lowering {
     /// (MatMulNBits, which the runtime runs itself) are left alone.
     pub(super) fn expand_contrib_ops(&mut self) -> Result<(), RuntimeError> {
         let opset = Opset(self.model.opset_version("").unwrap_or(13));
-        let mut nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| self.graph().node(id).domain() == MICROSOFT).collect();
+        let mut nodes: Vec<NodeId> = self
+            .graph()
+            .all_nodes()
+            .into_iter()
+            .filter(|&id| {
+                let n = self.graph().node(id);
+                n.domain() == MICROSOFT || n.is("SimplifiedLayerNormalization")
+            })
+            .collect();
         // Embedding layers first: their mask_index output gets a type that tells the
         // Attention expansions its rank.
         nodes.sort_by_key(|&id| !self.graph().node(id).op_type.ends_with("EmbedLayerNormalization"));
@@ -83,12 +104,14 @@ impl Lowering {
         }
         for id in nodes {
             let node = self.graph().node(id);
-            let expanded = match node.op_type.as_str() {
-                "FusedMatMul" => self.expand_fused_matmul(id)?,
-                "BiasGelu" | "FastGelu" | "Gelu" => self.expand_gelu(id)?,
-                "SkipLayerNormalization" => self.expand_skip_layer_norm(id, opset)?,
-                "EmbedLayerNormalization" | "QEmbedLayerNormalization" => self.expand_embed_layer_norm(id, opset)?,
-                "Attention" | "QAttention" => self.expand_ms_attention(id, opset)?,
+            let expanded = match (node.domain(), node.op_type.as_str()) {
+                ("", "SimplifiedLayerNormalization") => self.expand_simplified_layer_norm(id, opset)?,
+                (MICROSOFT, "FusedMatMul") => self.expand_fused_matmul(id)?,
+                (MICROSOFT, "BiasGelu" | "FastGelu" | "Gelu") => self.expand_gelu(id)?,
+                (MICROSOFT, "SkipLayerNormalization") => self.expand_skip_layer_norm(id, opset)?,
+                (MICROSOFT, "EmbedLayerNormalization" | "QEmbedLayerNormalization") => self.expand_embed_layer_norm(id, opset)?,
+                (MICROSOFT, "Attention" | "QAttention") => self.expand_ms_attention(id, opset)?,
+                (MICROSOFT, "SkipSimplifiedLayerNormalization") => self.expand_skip_simplified_layer_norm(id, opset)?,
                 _ => false,
             };
             if expanded {

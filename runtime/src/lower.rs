@@ -26,6 +26,7 @@ mod embed_layer_norm;
 mod fused_matmul;
 mod gelu;
 mod ms_attention;
+mod rotary_embedding;
 mod simplified_layer_norm;
 mod skip_layer_norm;
 mod skip_simplified_layer_norm;
@@ -70,7 +71,7 @@ use quant_params::QuantLayout;
 
 use crate::error::RuntimeError;
 use compactor_ir::graph::{AttrValue, Attribute, Node, Value};
-use compactor_ir::{DataType, Graph, Model, NodeId, RegionId, Tensor, ValueDef, ValueId, ValueType};
+use compactor_ir::{DataType, Dim, Graph, Model, NodeId, RegionId, Tensor, ValueDef, ValueId, ValueType};
 use std::collections::HashMap;
 
 /// What lowering did, for logs and tests.
@@ -220,6 +221,20 @@ impl Lowering {
             return Some(t.dims().len());
         }
         self.graph().value(v).shape().map(|s| s.rank()).or_else(|| self.ranks.get(&v).copied())
+    }
+
+    /// Dimension `axis` (negative counts from the end) of a constant or of a declared shape.
+    fn known_dim(&self, v: ValueId, axis: i64) -> Option<i64> {
+        let value = self.graph().value(v);
+        let tensor_dims = |t: &Tensor| t.dims().iter().map(|&d| Some(d as i64)).collect();
+        // Initializers are read in place: a table or weight may be large.
+        let dims: Vec<Option<i64>> = match (&value.initializer, value.shape()) {
+            (Some(t), _) => tensor_dims(t),
+            (None, Some(shape)) => shape.dims.iter().map(Dim::known).collect(),
+            (None, None) => tensor_dims(&self.graph().constant(v)?),
+        };
+        let axis = if axis < 0 { axis + dims.len() as i64 } else { axis };
+        *dims.get(usize::try_from(axis).ok()?)?
     }
 
     /// Step 0's expansions of ops tract lacks (each in its own file under `lower/`): the losses,

@@ -112,6 +112,7 @@ impl Lowering {
                 (MICROSOFT, "EmbedLayerNormalization" | "QEmbedLayerNormalization") => self.expand_embed_layer_norm(id, opset)?,
                 (MICROSOFT, "Attention" | "QAttention") => self.expand_ms_attention(id, opset)?,
                 (MICROSOFT, "SkipSimplifiedLayerNormalization") => self.expand_skip_simplified_layer_norm(id, opset)?,
+                (MICROSOFT, "RotaryEmbedding") => self.expand_rotary_embedding(id, opset)?,
                 _ => false,
             };
             if expanded {

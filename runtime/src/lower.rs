@@ -25,6 +25,7 @@ mod contrib;
 mod embed_layer_norm;
 mod fused_matmul;
 mod gelu;
+mod group_query_attention;
 mod ms_attention;
 mod rotary_embedding;
 mod simplified_layer_norm;

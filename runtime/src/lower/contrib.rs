@@ -28,8 +28,8 @@ impl Opset {
         }
     }
 
-    /// `ReduceMean` or `ReduceSum` over `axes`; the axes became an input at opset 18 (Mean) and
-    /// 13 (Sum).
+    /// `ReduceMean`, `ReduceMax` or `ReduceSum` over `axes`; the axes became an input at opset 18
+    /// (Mean, Max) and 13 (Sum).
     pub(super) fn reduce(self, b: &mut Builder, op: &str, x: ValueId, axes: &[i64], keepdims: bool) -> ValueId {
         let as_input = if op == "ReduceSum" { self.0 >= 13 } else { self.0 >= 18 };
         let keep = Attribute::new("keepdims", AttrValue::Int(keepdims as i64));
@@ -113,6 +113,7 @@ impl Lowering {
                 (MICROSOFT, "Attention" | "QAttention") => self.expand_ms_attention(id, opset)?,
                 (MICROSOFT, "SkipSimplifiedLayerNormalization") => self.expand_skip_simplified_layer_norm(id, opset)?,
                 (MICROSOFT, "RotaryEmbedding") => self.expand_rotary_embedding(id, opset)?,
+                (MICROSOFT, "GroupQueryAttention") => self.expand_group_query_attention(id, opset)?,
                 _ => false,
             };
             if expanded {

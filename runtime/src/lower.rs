@@ -4,7 +4,10 @@
 //! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
 //! 0. **Inline** `If` nodes whose condition is constant (`lower/constant_ifs.rs`), and **expand** ops tract lacks
-//!    (onnxruntime's `com.microsoft` contrib ops: `lower/contrib.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
+//!    (onnxruntime's contrib ops, the LLM ops of onnxruntime-genai's model builder included —
+//!    SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, RotaryEmbedding,
+//!    GroupQueryAttention: `lower/contrib.rs`, with the ranks of undeclared values from
+//!    `lower/ranks.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
 //!    CausalConvWithState, training-mode BatchNormalization, Attention
 //!    with softcap or qk output, bool ReduceMax/Min, vector·vector MatMul) into the ops
 //!    defining them, one file per op under `lower/`.

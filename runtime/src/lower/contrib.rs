@@ -1,11 +1,14 @@
-//! onnxruntime's `com.microsoft` contrib ops, which its offline optimizer and quantizer write
-//! (FusedMatMul, BiasGelu/FastGelu/Gelu, SkipLayerNormalization, EmbedLayerNormalization and
-//! its quantized form, Attention and QAttention): tract has none of them, so each is expanded
-//! into the standard ops that define it (one file per op), following the semantics of
-//! onnxruntime's contrib op schemas.
+//! onnxruntime's `com.microsoft` contrib ops, which its offline optimizer, quantizer and
+//! onnxruntime-genai's model builder write (FusedMatMul, BiasGelu/FastGelu/Gelu,
+//! SkipLayerNormalization, EmbedLayerNormalization and its quantized form, Attention and
+//! QAttention; the LLM ops SkipSimplifiedLayerNormalization, RotaryEmbedding and
+//! GroupQueryAttention, and SimplifiedLayerNormalization, which onnxruntime registers in the
+//! default domain): tract has none of them, so each is expanded into the standard ops that
+//! define it (one file per op), following the semantics of onnxruntime's contrib op schemas and
+//! CPU kernels.
 //!
 //! The expansions work at any default-domain opset from 13 on: the few ops whose signature
-//! changed since (`Unsqueeze`, `ReduceMean`/`ReduceSum` axes) are written in the model's form.
+//! changed since (`Unsqueeze`, `ReduceMean`/`ReduceSum`/`ReduceMax` axes) are written in the model's form.
 
 use super::{Builder, Lowering, label, lbl_name};
 use crate::error::RuntimeError;

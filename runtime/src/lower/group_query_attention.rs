@@ -165,9 +165,10 @@ impl Lowering {
         let v_new = b.op("Transpose", &[v4], perm(&[0, 2, 1, 3]));
 
         // The present: key j of row b is past j (j < past_b), new token j - past_b, or zero.
-        // Gathered from [past, new, one zero token] along the sequence.
+        // Gathered from [past, new, one zero token] along the sequence, flattened so that one
+        // Gather copies whole tokens (tract's GatherND goes element by element).
         let new_shape = b.op("Shape", &[k_new], vec![]);
-        let (i0, i2, i3, i4) = (ints(&mut b, &[0]), ints(&mut b, &[2]), ints(&mut b, &[3]), ints(&mut b, &[4]));
+        let (i0, i1, i2, i3, i4) = (ints(&mut b, &[0]), ints(&mut b, &[1]), ints(&mut b, &[2]), ints(&mut b, &[3]), ints(&mut b, &[4]));
         let lead = b.op("Slice", &[new_shape, i0, i2], vec![]);
         let tail = b.op("Slice", &[new_shape, i3, i4], vec![]);
         let zero_shape = b.op("Concat", &[lead, one_shape, tail], axis(0));
@@ -185,13 +186,29 @@ impl Lowering {
         let new_or_zero = b.op("Where", &[in_new, from_new, present_len], vec![]);
         let in_past = b.op("Less", &[keys, past_col], vec![]);
         let index = b.op("Where", &[in_past, keys, new_or_zero], vec![]);
-        let index = opset.unsqueeze(&mut b, index, &[1, 3]);
-        let per_head = ints(&mut b, &[1, kv_heads, 1, 1]);
-        let index = b.op("Expand", &[index, per_head], vec![]);
+        // Token t of head h of row b is row (b·kv_heads + h)·(T + 1) + t of the flattened cache.
+        // T + 1 is read off the keys, not the shapes: tract fails to fold a product with a
+        // symbolic length.
+        let last_key = opset.reduce(&mut b, "ReduceMax", keys, &[0], false);
+        let two = scalar(&mut b, 2);
+        let joined_len = b.op("Add", &[last_key, two], vec![]);
+        let batch = b.op("Slice", &[new_shape, i0, i1], vec![]);
+        let kv_heads_v = ints(&mut b, &[kv_heads]);
+        let head_rows = b.op("Mul", &[batch, kv_heads_v], vec![]);
+        let head_rows = b.op("Squeeze", &[head_rows], vec![]);
+        let head_index = b.op("Range", &[zero, head_rows, one], vec![]);
+        let per_row = ints(&mut b, &[-1, kv_heads, 1]);
+        let head_index = b.op("Reshape", &[head_index, per_row], vec![]);
+        let head_start = b.op("Mul", &[head_index, joined_len], vec![]);
+        let index = opset.unsqueeze(&mut b, index, &[1]);
+        let index = b.op("Add", &[head_start, index], vec![]);
+        let minus_one = ints(&mut b, &[-1]);
+        let token_rows = b.op("Concat", &[minus_one, tail], axis(0));
         let present = |b: &mut Builder, past: Option<ValueId>, new: ValueId| {
             let parts: Vec<ValueId> = past.into_iter().chain([new, zero_token]).collect();
             let joined = b.op("Concat", &parts, axis(2));
-            b.op("GatherND", &[joined, index], vec![Attribute::new("batch_dims", AttrValue::Int(2))])
+            let tokens = b.op("Reshape", &[joined, token_rows], vec![]);
+            b.op("Gather", &[tokens, index], vec![])
         };
         let present_k = present(&mut b, past.map(|p| p.0), k_new);
         let present_v = present(&mut b, past.map(|p| p.1), v_new);

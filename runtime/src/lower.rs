@@ -4,7 +4,10 @@
 //! `DequantizeLinear`/`QuantizeLinear`, and lacks a few ops. In order:
 //!
 //! 0. **Inline** `If` nodes whose condition is constant (`lower/constant_ifs.rs`), and **expand** ops tract lacks
-//!    (onnxruntime's `com.microsoft` contrib ops: `lower/contrib.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
+//!    (onnxruntime's contrib ops, the LLM ops of onnxruntime-genai's model builder included —
+//!    SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, RotaryEmbedding,
+//!    GroupQueryAttention: `lower/contrib.rs`, with the ranks of undeclared values from
+//!    `lower/ranks.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
 //!    CausalConvWithState, training-mode BatchNormalization, Attention
 //!    with softcap or qk output, bool ReduceMax/Min, vector·vector MatMul) into the ops
 //!    defining them, one file per op under `lower/`.
@@ -25,8 +28,12 @@ mod contrib;
 mod embed_layer_norm;
 mod fused_matmul;
 mod gelu;
+mod group_query_attention;
 mod ms_attention;
+mod rotary_embedding;
+mod simplified_layer_norm;
 mod skip_layer_norm;
+mod skip_simplified_layer_norm;
 
 mod dynamic_quantize_lstm;
 mod empty_reductions;
@@ -40,6 +47,7 @@ mod wrap_pad;
 mod dequantize_matmul;
 mod quant_params;
 mod quantize_dequantize;
+mod ranks;
 mod widen;
 
 mod attention;
@@ -67,7 +75,8 @@ use quant_params::QuantLayout;
 
 use crate::error::RuntimeError;
 use compactor_ir::graph::{AttrValue, Attribute, Node, Value};
-use compactor_ir::{DataType, Graph, Model, NodeId, RegionId, Tensor, ValueDef, ValueId, ValueType};
+use compactor_ir::{DataType, Dim, Graph, Model, NodeId, RegionId, Tensor, ValueDef, ValueId, ValueType};
+use std::collections::HashMap;
 
 /// What lowering did, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,7 +147,7 @@ pub struct Lowered {
 
 /// Lowers a clone of `model`.
 pub fn lower(model: &Model) -> Result<Lowered, RuntimeError> {
-    let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default() };
+    let mut lowering = Lowering { model: model.clone(), name: model_name(model), report: LoweringReport::default(), ranks: HashMap::new() };
     lowering.densify_sparse_initializers()?;
     lowering.report.inlined_branches = inline_constant_ifs(&mut lowering.model);
     type_loop_bodies(&mut lowering.model.graph);
@@ -170,6 +179,8 @@ struct Lowering {
     model: Model,
     name: String,
     report: LoweringReport,
+    /// Ranks of undeclared values, while the contrib ops are expanded (`lower/ranks.rs`).
+    ranks: HashMap<ValueId, usize>,
 }
 
 /// Attribute readers on node + error helpers.
@@ -213,7 +224,21 @@ impl Lowering {
         if let Some(t) = self.graph().constant(v) {
             return Some(t.dims().len());
         }
-        self.graph().value(v).shape().map(|s| s.rank())
+        self.graph().value(v).shape().map(|s| s.rank()).or_else(|| self.ranks.get(&v).copied())
+    }
+
+    /// Dimension `axis` (negative counts from the end) of a constant or of a declared shape.
+    fn known_dim(&self, v: ValueId, axis: i64) -> Option<i64> {
+        let value = self.graph().value(v);
+        let tensor_dims = |t: &Tensor| t.dims().iter().map(|&d| Some(d as i64)).collect();
+        // Initializers are read in place: a table or weight may be large.
+        let dims: Vec<Option<i64>> = match (&value.initializer, value.shape()) {
+            (Some(t), _) => tensor_dims(t),
+            (None, Some(shape)) => shape.dims.iter().map(Dim::known).collect(),
+            (None, None) => tensor_dims(&self.graph().constant(v)?),
+        };
+        let axis = if axis < 0 { axis + dims.len() as i64 } else { axis };
+        *dims.get(usize::try_from(axis).ok()?)?
     }
 
     /// Step 0's expansions of ops tract lacks (each in its own file under `lower/`): the losses,

@@ -1,11 +1,14 @@
-//! onnxruntime's `com.microsoft` contrib ops, which its offline optimizer and quantizer write
-//! (FusedMatMul, BiasGelu/FastGelu/Gelu, SkipLayerNormalization, EmbedLayerNormalization and
-//! its quantized form, Attention and QAttention): tract has none of them, so each is expanded
-//! into the standard ops that define it (one file per op), following the semantics of
-//! onnxruntime's contrib op schemas.
+//! onnxruntime's `com.microsoft` contrib ops, which its offline optimizer, quantizer and
+//! onnxruntime-genai's model builder write (FusedMatMul, BiasGelu/FastGelu/Gelu,
+//! SkipLayerNormalization, EmbedLayerNormalization and its quantized form, Attention and
+//! QAttention; the LLM ops SkipSimplifiedLayerNormalization, RotaryEmbedding and
+//! GroupQueryAttention, and SimplifiedLayerNormalization, which onnxruntime registers in the
+//! default domain): tract has none of them, so each is expanded into the standard ops that
+//! define it (one file per op), following the semantics of onnxruntime's contrib op schemas and
+//! CPU kernels.
 //!
 //! The expansions work at any default-domain opset from 13 on: the few ops whose signature
-//! changed since (`Unsqueeze`, `ReduceMean`/`ReduceSum` axes) are written in the model's form.
+//! changed since (`Unsqueeze`, `ReduceMean`/`ReduceSum`/`ReduceMax` axes) are written in the model's form.
 
 use super::{Builder, Lowering, label, lbl_name};
 use crate::error::RuntimeError;
@@ -28,8 +31,8 @@ impl Opset {
         }
     }
 
-    /// `ReduceMean` or `ReduceSum` over `axes`; the axes became an input at opset 18 (Mean) and
-    /// 13 (Sum).
+    /// `ReduceMean`, `ReduceMax` or `ReduceSum` over `axes`; the axes became an input at opset 18
+    /// (Mean, Max) and 13 (Sum).
     pub(super) fn reduce(self, b: &mut Builder, op: &str, x: ValueId, axes: &[i64], keepdims: bool) -> ValueId {
         let as_input = if op == "ReduceSum" { self.0 >= 13 } else { self.0 >= 18 };
         let keep = Attribute::new("keepdims", AttrValue::Int(keepdims as i64));
@@ -61,6 +64,19 @@ impl Opset {
         (out, mean, inv_std)
     }
 
+    /// Root-mean-square normalization over `axes`: `x / sqrt(mean(x²) + eps) · scale`, as
+    /// onnxruntime's kernels divide. Returns the output and `sqrt(mean(x²) + eps)` (the reduced
+    /// axes kept as 1), whose reciprocal is the optional `inv_std_var` output.
+    pub(super) fn rms_norm(self, b: &mut Builder, x: ValueId, scale: ValueId, axes: &[i64], epsilon: f32) -> (ValueId, ValueId) {
+        let squares = b.op("Mul", &[x, x], vec![]);
+        let mean_square = self.reduce(b, "ReduceMean", squares, axes, true);
+        let eps = b.constant_f32(epsilon);
+        let shifted = b.op("Add", &[mean_square, eps], vec![]);
+        let root = b.op("Sqrt", &[shifted], vec![]);
+        let normed = b.op("Div", &[x, root], vec![]);
+        (b.op("Mul", &[normed, scale], vec![]), root)
+    }
+
     /// The size of axis `axis` of `x` as an int64 scalar.
     pub(super) fn dim(self, b: &mut Builder, x: ValueId, axis: i64) -> ValueId {
         let shape = b.op("Shape", &[x], vec![]);
@@ -74,18 +90,33 @@ impl Lowering {
     /// (MatMulNBits, which the runtime runs itself) are left alone.
     pub(super) fn expand_contrib_ops(&mut self) -> Result<(), RuntimeError> {
         let opset = Opset(self.model.opset_version("").unwrap_or(13));
-        let mut nodes: Vec<NodeId> = self.graph().all_nodes().into_iter().filter(|&id| self.graph().node(id).domain() == MICROSOFT).collect();
+        let mut nodes: Vec<NodeId> = self
+            .graph()
+            .all_nodes()
+            .into_iter()
+            .filter(|&id| {
+                let n = self.graph().node(id);
+                n.domain() == MICROSOFT || n.is("SimplifiedLayerNormalization")
+            })
+            .collect();
         // Embedding layers first: their mask_index output gets a type that tells the
         // Attention expansions its rank.
         nodes.sort_by_key(|&id| !self.graph().node(id).op_type.ends_with("EmbedLayerNormalization"));
+        if !nodes.is_empty() {
+            self.ranks = super::ranks::infer_ranks(self.graph());
+        }
         for id in nodes {
             let node = self.graph().node(id);
-            let expanded = match node.op_type.as_str() {
-                "FusedMatMul" => self.expand_fused_matmul(id)?,
-                "BiasGelu" | "FastGelu" | "Gelu" => self.expand_gelu(id)?,
-                "SkipLayerNormalization" => self.expand_skip_layer_norm(id, opset)?,
-                "EmbedLayerNormalization" | "QEmbedLayerNormalization" => self.expand_embed_layer_norm(id, opset)?,
-                "Attention" | "QAttention" => self.expand_ms_attention(id, opset)?,
+            let expanded = match (node.domain(), node.op_type.as_str()) {
+                ("", "SimplifiedLayerNormalization") => self.expand_simplified_layer_norm(id, opset)?,
+                (MICROSOFT, "FusedMatMul") => self.expand_fused_matmul(id)?,
+                (MICROSOFT, "BiasGelu" | "FastGelu" | "Gelu") => self.expand_gelu(id)?,
+                (MICROSOFT, "SkipLayerNormalization") => self.expand_skip_layer_norm(id, opset)?,
+                (MICROSOFT, "EmbedLayerNormalization" | "QEmbedLayerNormalization") => self.expand_embed_layer_norm(id, opset)?,
+                (MICROSOFT, "Attention" | "QAttention") => self.expand_ms_attention(id, opset)?,
+                (MICROSOFT, "SkipSimplifiedLayerNormalization") => self.expand_skip_simplified_layer_norm(id, opset)?,
+                (MICROSOFT, "RotaryEmbedding") => self.expand_rotary_embedding(id, opset)?,
+                (MICROSOFT, "GroupQueryAttention") => self.expand_group_query_attention(id, opset)?,
                 _ => false,
             };
             if expanded {
@@ -93,6 +124,7 @@ impl Lowering {
                 self.report.expanded_functions += 1;
             }
         }
+        self.ranks.clear();
         Ok(())
     }
 

@@ -78,7 +78,7 @@ impl Lowering {
 
 /// Rewrites that need values only known once a session bakes inputs in (constant pads).
 pub(crate) fn expand_wrap_pads(model: &mut Model) {
-    let mut lowering = Lowering { model: model.clone(), name: super::model_name(model), report: Default::default() };
+    let mut lowering = Lowering { model: model.clone(), name: super::model_name(model), report: Default::default(), ranks: Default::default() };
     lowering.expand_wrap_pads();
     if lowering.report.expanded_functions > 0 {
         *model = lowering.model;

@@ -51,57 +51,23 @@ impl ConstantEvaluator for RuntimeEvaluator {
 }
 
 /// The part of `model` that computes `values`, with them as its outputs: calibrating the first
-/// layers of a large model runs (and loads the weights of) only those layers. `None` when the
-/// whole model is needed, or when a node with a subgraph (which may read outer values) is among
-/// the nodes needed.
+/// layers of a large model runs (and loads the weights of) only those layers. `None` when a
+/// value is not computed by a node of the main graph (the whole model is then run).
 fn slice_for(model: &Model, values: &[ValueId]) -> Option<Model> {
     let g = &model.graph;
-    if values.is_empty() || values.iter().any(|&v| g.try_value(v).is_none_or(|v| v.region != Graph::MAIN)) {
-        return None;
-    }
-    let mut needed: std::collections::HashSet<compactor_ir::NodeId> = std::collections::HashSet::new();
-    let mut stack: Vec<ValueId> = values.to_vec();
-    while let Some(v) = stack.pop() {
-        if let Some((node, _)) = g.producer(v)
-            && needed.insert(node)
-        {
-            let n = g.node(node);
-            if n.subgraphs().next().is_some() {
-                return None;
-            }
-            stack.extend(n.inputs.iter().flatten());
-        }
-    }
-    if needed.len() == g.main().nodes.len() {
+    let computed = |v: ValueId| g.try_value(v).is_some_and(|value| value.region == Graph::MAIN && matches!(value.def, ValueDef::Node { .. }));
+    if values.is_empty() || !values.iter().all(|&v| computed(v)) {
         return None;
     }
     let mut sliced = model.clone();
-    let graph = &mut sliced.graph;
-    for id in g.main().nodes.iter().copied().filter(|n| !needed.contains(n)) {
-        graph.remove_node(id);
-    }
-    let read: std::collections::HashSet<ValueId> = needed.iter().flat_map(|&n| g.node(n).inputs.iter().flatten().copied()).chain(values.iter().copied()).collect();
-    let dead: Vec<ValueId> = graph
-        .value_ids()
-        .filter(|&v| match graph.value(v).def {
-            ValueDef::Node { node, .. } => graph.try_node(node).is_none(),
-            ValueDef::Initializer => !read.contains(&v),
-            _ => false,
-        })
-        .collect();
-    for v in dead {
-        graph.remove_value(v);
-    }
     let mut outputs: Vec<ValueId> = Vec::new();
     for &v in values {
-        if matches!(graph.value(v).def, ValueDef::Node { .. }) && !outputs.contains(&v) {
+        if !outputs.contains(&v) {
             outputs.push(v);
         }
     }
-    if outputs.is_empty() {
-        return None;
-    }
-    graph.main_mut().outputs = outputs;
+    sliced.graph.main_mut().outputs = outputs;
+    compactor_passes::passes::eliminate_dead_code::remove_dead(&mut sliced.graph).ok()?;
     Some(sliced)
 }
 

@@ -6,7 +6,7 @@
 //! inputs are never removed: they are the model's interface.
 
 use crate::pass::{Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use compactor_ir::{Graph, NodeId, Patch, ValueDef, ValueId};
+use compactor_ir::{Graph, NodeId, Patch, PatchError, ValueDef, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -43,37 +43,45 @@ fn live_set(graph: &Graph) -> (HashSet<NodeId>, HashSet<ValueId>) {
     (live_nodes, live_values)
 }
 
+/// Removes what the main graph's outputs do not need (see the module doc): returns the numbers
+/// of nodes and initializers removed. Also used to cut a model down to the part that computes
+/// chosen values (make them the outputs first).
+pub fn remove_dead(graph: &mut Graph) -> Result<(usize, usize), PatchError> {
+    let (live_nodes, live_values) = live_set(graph);
+    let mut patch = Patch::new();
+    let mut dead_nodes = 0;
+    for region in graph.region_ids().collect::<Vec<_>>() {
+        // Nodes of removed subgraphs go with their owner.
+        if graph.region(region).owner.is_some_and(|o| !live_nodes.contains(&o)) {
+            continue;
+        }
+        for &n in &graph.region(region).nodes {
+            if !live_nodes.contains(&n) {
+                patch.remove_node(n);
+                dead_nodes += 1;
+            }
+        }
+    }
+    let mut dead_initializers = 0;
+    for region in graph.region_ids().collect::<Vec<_>>() {
+        if graph.region(region).owner.is_some_and(|o| !live_nodes.contains(&o)) {
+            continue;
+        }
+        let r = graph.region(region);
+        for &v in r.initializers.iter().chain(&r.sparse_initializers) {
+            if graph.value(v).def != ValueDef::Input && !live_values.contains(&v) {
+                patch.remove_value(v);
+                dead_initializers += 1;
+            }
+        }
+    }
+    graph.apply(patch)?;
+    Ok((dead_nodes, dead_initializers))
+}
+
 impl Pass for EliminateDeadCode {
     fn run(&self, graph: &mut Graph, _ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
-        let (live_nodes, live_values) = live_set(graph);
-        let mut patch = Patch::new();
-        let mut dead_nodes = 0;
-        for region in graph.region_ids().collect::<Vec<_>>() {
-            // Nodes of removed subgraphs go with their owner.
-            if graph.region(region).owner.is_some_and(|o| !live_nodes.contains(&o)) {
-                continue;
-            }
-            for &n in &graph.region(region).nodes {
-                if !live_nodes.contains(&n) {
-                    patch.remove_node(n);
-                    dead_nodes += 1;
-                }
-            }
-        }
-        let mut dead_initializers = 0;
-        for region in graph.region_ids().collect::<Vec<_>>() {
-            if graph.region(region).owner.is_some_and(|o| !live_nodes.contains(&o)) {
-                continue;
-            }
-            let r = graph.region(region);
-            for &v in r.initializers.iter().chain(&r.sparse_initializers) {
-                if graph.value(v).def != ValueDef::Input && !live_values.contains(&v) {
-                    patch.remove_value(v);
-                    dead_initializers += 1;
-                }
-            }
-        }
-        graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
+        let (dead_nodes, dead_initializers) = remove_dead(graph).map_err(|e| PassError::patch(Self::NAME, e))?;
         Ok(PassOutcome::counted(dead_nodes + dead_initializers, format!("removed {dead_nodes} dead nodes and {dead_initializers} unused initializers")))
     }
 }

@@ -110,14 +110,11 @@ impl Model {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // Renamed or packed data files change the protos' locations and offsets: one more pass.
         let relocated = relocations(&writer, &dir, path, &self.origin);
-        if !relocated.is_empty() {
-            writer = Writer { relocated, ..Writer::new(options.external_data.clone()) };
-            proto = writer.model(self)?;
-        }
-        let compacted = compactions(&writer);
-        if !compacted.is_empty() {
-            writer = Writer { relocated: writer.relocated, compacted, ..Writer::new(options.external_data.clone()) };
+        let compacted: BTreeMap<String, BTreeMap<u64, u64>> = compactions(&writer).into_iter().map(|(location, moves)| (relocated.get(&location).cloned().unwrap_or(location), moves)).collect();
+        if !relocated.is_empty() || !compacted.is_empty() {
+            writer = Writer { relocated, compacted, ..Writer::new(options.external_data.clone()) };
             proto = writer.model(self)?;
         }
         let len = proto.encoded_len() as u64;

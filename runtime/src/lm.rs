@@ -44,18 +44,15 @@ pub fn negative_log_likelihood(logits: &[f32], target: usize) -> f64 {
     log_sum_exp(logits) - logits[target] as f64
 }
 
-fn log_sum_exp(logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln()
+/// `log Σ exp(x)`, in f64, shifted by the maximum so large logits do not overflow.
+fn log_sum_exp<T: Copy + Into<f64>>(x: &[T]) -> f64 {
+    let max = x.iter().map(|&v| v.into()).fold(f64::NEG_INFINITY, f64::max);
+    max + x.iter().map(|&v| (v.into() - max).exp()).sum::<f64>().ln()
 }
 
 /// `KL(softmax(p) || softmax(q))`: how far the distribution `q` is from the reference `p`.
 pub fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
-    let lse = |x: &[f64]| {
-        let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        max + x.iter().map(|&v| (v - max).exp()).sum::<f64>().ln()
-    };
-    let (lp, lq) = (lse(p), lse(q));
+    let (lp, lq) = (log_sum_exp(p), log_sum_exp(q));
     p.iter().zip(q).map(|(&a, &b)| (a - lp).exp() * ((a - lp) - (b - lq))).sum::<f64>().max(0.0)
 }
 

@@ -390,15 +390,17 @@ impl Pass for Quantize {
                         }
                     };
                     let mut finished = if fused { Some(finish(i, &result)?) } else { None };
-                    if let (Some(scratch), Some((packed, _))) = (&scratch, finished.as_mut()) {
-                        // Only the small parts stay in memory: scales, outliers, the report.
-                        packed.store_codes(scratch)?;
-                        let (mut q, loss, _, scaling) = result;
-                        q.codes = Vec::new();
-                        t.tensor.release_pages();
-                        progress.advance(1);
-                        return Ok(((q, loss, Matrix::Owned(Vec::new()), scaling), finished));
-                    }
+                    let result = match (&scratch, finished.as_mut()) {
+                        (Some(scratch), Some((packed, _))) => {
+                            // Only the small parts stay in memory: scales, outliers, the report.
+                            packed.store_codes(scratch)?;
+                            let (mut q, loss, _, scaling) = result;
+                            q.codes = Vec::new();
+                            t.tensor.release_pages();
+                            (q, loss, Matrix::Owned(Vec::new()), scaling)
+                        }
+                        _ => result,
+                    };
                     progress.advance(1);
                     Ok((result, finished))
                 })

@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "py"))
-from eval_perplexity import feeds_for, windows  # noqa: E402
+import eval_perplexity  # noqa: E402
 
 # (name, tool, spec or ORT settings, aligned with the GGUF's Q4_1 grid)
 ALL = "MatMul,Gather"
@@ -68,16 +68,7 @@ def perplexity(model, tokens, threads):
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
     s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    nll, scored = 0.0, 0
-    for start, end, scored_from in windows(len(tokens), 512, 512):
-        logits = s.run(["logits"], feeds_for(s, tokens[start:end]))[0][0].astype(np.float64)
-        rows = logits[scored_from - start - 1: end - start - 1]
-        m = rows.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(rows - m).sum(axis=1, keepdims=True)))[:, 0]
-        t = tokens[scored_from:end]
-        nll += float((lse - rows[np.arange(len(t)), t]).sum())
-        scored += len(t)
-    return float(np.exp(nll / scored))
+    return eval_perplexity.perplexity(s, tokens, 512, 512)["perplexity"]
 
 
 def ort_quantize(src, out, cfg):

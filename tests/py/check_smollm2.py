@@ -56,6 +56,14 @@ class Model:
         new = {n.replace("present.", "past_key_values."): v for n, v in zip(self.present_names, outs[1:])}
         return outs[0], new
 
+    def stepwise_logits(self, ids):
+        """Logits of a batch-1 sequence fed one token at a time through the decode graph."""
+        past, steps = self.empty_past(1), []
+        for t in range(ids.shape[1]):
+            lg, past = self.step(ids[:, t:t + 1], np.ones((1, t + 1), np.int64), np.array([[t]], np.int64), past)
+            steps.append(lg[:, 0])
+        return np.stack(steps, axis=1)
+
     def logits(self, ids, mask, pos):
         return self.prefill.run(["logits"], {"input_ids": ids, "attention_mask": mask, "position_ids": pos})[0]
 
@@ -134,12 +142,7 @@ def main():
     ids_b = np.array([tok.encode(text_b).ids], np.int64)
     mask = np.ones_like(ids_b)
     full = m.logits(ids_b, mask, positions(mask))
-    past = m.empty_past(1)
-    steps = []
-    for t in range(ids_b.shape[1]):
-        lg, past = m.step(ids_b[:, t:t + 1], np.ones((1, t + 1), np.int64), np.array([[t]], np.int64), past)
-        steps.append(lg[:, 0])
-    diff_b = float(np.abs(np.stack(steps, axis=1) - full).max())
+    diff_b = float(np.abs(m.stepwise_logits(ids_b) - full).max())
     summary["prefill_vs_decode_max_abs"] = diff_b
     summary["prefill_vs_decode_tokens"] = int(ids_b.shape[1])
     print(f"(b) prefill vs step-by-step decode over {ids_b.shape[1]} tokens: max abs diff {diff_b:.3g}")
@@ -178,12 +181,7 @@ def main():
     fused = Model(d, cfg, "_fused")
     full_fused = fused.logits(ids_b, mask, positions(mask))
     diff_e = float(np.abs(full_fused - full).max())
-    past = fused.empty_past(1)
-    steps = []
-    for t in range(ids_b.shape[1]):
-        lg, past = fused.step(ids_b[:, t:t + 1], np.ones((1, t + 1), np.int64), np.array([[t]], np.int64), past)
-        steps.append(lg[:, 0])
-    diff_e_dec = float(np.abs(np.stack(steps, axis=1) - full_fused).max())
+    diff_e_dec = float(np.abs(fused.stepwise_logits(ids_b) - full_fused).max())
     gen_fused = tok.decode(generate(fused, ids, 30, cfg["eos_token_id"]))
     summary.update(fused_vs_plain_max_abs=diff_e, fused_prefill_vs_decode_max_abs=diff_e_dec, fused_generated=gen_fused)
     print(f"(e) fused vs plain prefill: max abs diff {diff_e:.3g}; fused prefill vs its decode: {diff_e_dec:.3g}; greedy: {gen_fused!r}")

@@ -50,6 +50,24 @@ def feeds_for(session, ids):
     return feeds
 
 
+def perplexity(session, tokens, window, stride):
+    """Perplexity of `tokens` (int64) over the windows, as a dict (also mean NLL, tokens scored, windows)."""
+    names = [o.name for o in session.get_outputs()]
+    output = "logits" if "logits" in names else names[0]
+    plan = windows(len(tokens), window, stride)
+    nll, scored = 0.0, 0
+    for start, end, scored_from in plan:
+        logits = session.run([output], feeds_for(session, tokens[start:end]))[0][0].astype(np.float64)
+        rows = logits[scored_from - start - 1 : end - start - 1]
+        m = rows.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.exp(rows - m).sum(axis=1, keepdims=True)))[:, 0]
+        targets = tokens[scored_from:end]
+        nll += float((lse - rows[np.arange(len(targets)), targets]).sum())
+        scored += len(targets)
+    mean = nll / max(scored, 1)
+    return {"perplexity": float(np.exp(mean)), "mean_nll": mean, "tokens_scored": scored, "windows": len(plan)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -66,22 +84,9 @@ def main():
     so.log_severity_level = 3
     so.intra_op_num_threads = a.threads
     session = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    output = "logits" if "logits" in names else names[0]
-    plan = windows(len(tokens), a.window, a.stride or a.window)
-    nll, scored = 0.0, 0
     start_time = time.time()
-    for start, end, scored_from in plan:
-        logits = session.run([output], feeds_for(session, tokens[start:end]))[0][0].astype(np.float64)
-        rows = logits[scored_from - start - 1 : end - start - 1]
-        m = rows.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(rows - m).sum(axis=1, keepdims=True)))[:, 0]
-        targets = tokens[scored_from:end]
-        nll += float((lse - rows[np.arange(len(targets)), targets]).sum())
-        scored += len(targets)
-    mean = nll / max(scored, 1)
-    print(json.dumps({"perplexity": float(np.exp(mean)), "mean_nll": mean, "tokens_scored": scored, "windows": len(plan),
-                      "seconds": time.time() - start_time}))
+    result = perplexity(session, tokens, a.window, a.stride or a.window)
+    print(json.dumps({**result, "seconds": time.time() - start_time}))
 
 
 if __name__ == "__main__":

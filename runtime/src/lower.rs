@@ -10,7 +10,8 @@
 //!    `lower/ranks.rs`; NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, LpPool, CenterCropPad,
 //!    CausalConvWithState, training-mode BatchNormalization, Attention
 //!    with softcap or qk output, bool ReduceMax/Min, vector·vector MatMul) into the ops
-//!    defining them, one file per op under `lower/`.
+//!    defining them, one file per op under `lower/`. f32 RotaryEmbedding and the common form of
+//!    GroupQueryAttention are left in place for the runtime's own kernels (`kernels/`).
 //! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
 //!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits` (`lower/dequantize_matmul.rs`), which the runtime
 //!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,

@@ -527,13 +527,18 @@ fn bind_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 /// The op register: tract's ONNX ops, MatMulNBits replaced by the fused kernel, plus CumProd,
 /// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder,
 /// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid, StringNormalizer,
-/// TfIdfVectorizer, DeformConv, TreeEnsemble, MaxUnpool and Upsample (as Resize).
+/// TfIdfVectorizer, DeformConv, TreeEnsemble, MaxUnpool and Upsample (as Resize), and the
+/// forms of GroupQueryAttention and RotaryEmbedding that the lowering keeps.
 fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
     onnx.op_register.insert("CumProd", crate::kernels::extra_ops::build_cumprod);
     onnx.op_register.insert("BitCast", crate::kernels::extra_ops::build_bitcast);
     onnx.op_register.insert("LinearAttention", crate::kernels::linear_attention::build_linear_attention);
+    onnx.op_register.insert("GroupQueryAttention", crate::kernels::group_query_attention::build_group_query_attention);
+    // The standard op of the same name keeps tract's builder, which the contrib one delegates to.
+    let _ = crate::kernels::rotary_embedding::STANDARD_ROTARY_EMBEDDING.set(onnx.op_register.0.get("RotaryEmbedding").copied());
+    onnx.op_register.insert("RotaryEmbedding", crate::kernels::rotary_embedding::build_rotary_embedding);
     onnx.op_register.insert("StringConcat", crate::kernels::extra_ops::build_string_concat);
     onnx.op_register.insert("ReverseSequence", crate::kernels::extra_ops::build_reverse_sequence);
     onnx.op_register.insert("Det", crate::kernels::extra_ops::build_det);

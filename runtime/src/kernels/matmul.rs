@@ -8,6 +8,8 @@
 //! into one block per thread. Operands are read in place through strides (transposed or permuted
 //! operands included), so no transposes or copies are added around the product.
 
+use super::SendPtr;
+use super::matvec;
 use std::ops::Range;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::axes::{AxesMapping, Axis};
@@ -41,6 +43,10 @@ pub struct GemmMatMul {
     k: Vec<Place>,
     /// Axes of one operand only, of size 1 (a matmul of `[1, m, k]` by `[k, n]` into `[m, n]`).
     unit: Vec<Place>,
+    /// The contracted axes are adjacent in B (in `k`'s order) but not in A: A's rows are
+    /// gathered into a contiguous block before each product (tract folds the merge of heads
+    /// before an output projection into the einsum: `cbmk,cbkn->amn`).
+    gather_a: bool,
 }
 
 /// True when `axes` sit side by side, in this order, in two tensors (`first` and `second` give
@@ -82,8 +88,13 @@ impl GemmMatMul {
             return None;
         }
         k.sort_by_key(|p| p.a);
+        let mut gather_a = false;
         if !mergeable(&k, |p| p.a, |p| p.b) {
-            return None;
+            k.sort_by_key(|p| p.b);
+            if !mergeable(&k, |p| p.b, |p| p.b) {
+                return None;
+            }
+            gather_a = true;
         }
         // Rows and columns in output order; those that cannot be one axis loop like batches.
         for (group, input) in [(&mut m, 0), (&mut n, 1)] {
@@ -93,7 +104,7 @@ impl GemmMatMul {
                 batch.push(group.remove(0));
             }
         }
-        Some(GemmMatMul { axes: axes.clone(), batch, m, n, k, unit: units })
+        Some(GemmMatMul { axes: axes.clone(), batch, m, n, k, unit: units, gather_a })
     }
 
     /// Runs the product on plain f32 buffers of the given shapes (`c` has `c_shape`).
@@ -126,6 +137,17 @@ impl GemmMatMul {
         let (m, a_rs, _, c_rs) = group(&self.m);
         let (n, _, b_cs, c_cs) = group(&self.n);
         let (k, a_cs, b_rs, _) = group(&self.k);
+        // Where each contracted index sits in a row of A (all of them, for a gathered A).
+        let a_k_offsets: Vec<isize> = if self.gather_a {
+            let mut offsets = vec![0isize];
+            for p in &self.k {
+                let (n, s) = (size(p), p.a.map_or(0, |i| sa[i]));
+                offsets = offsets.iter().flat_map(|&o| (0..n as isize).map(move |i| o + i * s)).collect();
+            }
+            offsets
+        } else {
+            (0..k as isize).map(|l| l * a_cs).collect()
+        };
         if m == 0 || n == 0 {
             return;
         }
@@ -155,10 +177,90 @@ impl GemmMatMul {
             c.fill(0.0);
             return;
         }
+        let pool = match tract_linalg::multithread::current_tract_executor() {
+            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && count * m * n * k >= MIN_PARALLEL_WORK => Some(pool),
+            _ => None,
+        };
+        // A few rows: bound by reading B, which the streaming kernel does at full bandwidth.
+        let layout = if b_cs == 1 || n == 1 {
+            Some(matvec::Layout::Rows { stride: b_rs as usize })
+        } else if b_rs == 1 || k == 1 {
+            Some(matvec::Layout::Columns { stride: b_cs as usize })
+        } else {
+            None
+        };
+        if let Some(layout) = layout.filter(|_| m <= matvec::MAX_ROWS) {
+            let (a, b, c) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
+            // A's rows, contiguous.
+            let a_rows = |oa: isize| -> Vec<f32> {
+                // SAFETY: the offsets stay within A (they come from its shape).
+                (0..m).flat_map(|r| a_k_offsets.iter().map(move |&o| unsafe { *a.get().offset(oa + r as isize * a_rs + o) })).collect()
+            };
+            let write = |oc: isize, cols: Range<usize>, out: &[f32]| {
+                for r in 0..m {
+                    for (j, &v) in cols.clone().zip(&out[r * cols.len()..]) {
+                        // SAFETY: within C; tasks write disjoint columns or products of C.
+                        unsafe { *c.get().offset(oc + r as isize * c_rs + j as isize * c_cs) = v };
+                    }
+                }
+            };
+            if let (1, matvec::Layout::Rows { stride }, true) = (count, layout, n < matvec::WIDE_ROWS) {
+                // One narrow product: split along the contracted rows, so that each thread
+                // streams a contiguous part of B; the chunks' partial sums are added in order.
+                let (oa, ob, oc) = offsets[0];
+                let rows = a_rows(oa);
+                let chunks: Vec<Range<usize>> = (0..k.div_ceil(matvec::CHUNK_ROWS)).map(|i| i * matvec::CHUNK_ROWS..((i + 1) * matvec::CHUNK_ROWS).min(k)).collect();
+                let partial = |ls: &Range<usize>| {
+                    let mut out = vec![0f32; m * n];
+                    // SAFETY: rows `ls` of B are within it.
+                    unsafe { matvec::product(&rows[ls.start..], k, m, ls.len(), b.get().offset(ob + ls.start as isize * stride as isize), layout, 0..n, &mut out) };
+                    out
+                };
+                let partials: Vec<Vec<f32>> = match pool {
+                    Some(pool) => {
+                        use rayon::prelude::*;
+                        pool.install(|| chunks.par_iter().map(partial).collect())
+                    }
+                    None => chunks.iter().map(partial).collect(),
+                };
+                let mut sum = partials[0].clone();
+                for part in &partials[1..] {
+                    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+                }
+                write(oc, 0..n, &sum);
+                return;
+            }
+            let parts = pool.as_ref().map_or(1, |p| p.current_num_threads().div_ceil(count.max(1)));
+            let tasks: Vec<(usize, Range<usize>)> = (0..count).flat_map(|i| matvec::column_ranges(n, parts).into_iter().map(move |cols| (i, cols))).collect();
+            let run = |(i, cols): &(usize, Range<usize>)| {
+                let (oa, ob, oc) = offsets[*i];
+                let rows = a_rows(oa);
+                let mut out = vec![0f32; m * cols.len()];
+                // SAFETY: offsets and strides come from the operands' shapes (see `block` below).
+                unsafe { matvec::product(&rows, k, m, k, b.get().offset(ob), layout, cols.clone(), &mut out) };
+                write(oc, cols.clone(), &out);
+            };
+            match pool {
+                Some(pool) => {
+                    use rayon::prelude::*;
+                    pool.install(|| tasks.par_iter().for_each(run));
+                }
+                None => tasks.iter().for_each(run),
+            }
+            return;
+        }
         let (a, b, c) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
         // The block `rows × cols` of one product.
         let block = |&(oa, ob, oc): &(isize, isize, isize), rows: Range<usize>, cols: Range<usize>| {
             let (r, c0) = (rows.start as isize, cols.start as isize);
+            // A gathered A: these rows, contiguous.
+            let gathered: Vec<f32> = if self.gather_a {
+                // SAFETY: the offsets stay within A (they come from its shape).
+                rows.clone().flat_map(|row| a_k_offsets.iter().map(move |&o| unsafe { *a.get().offset(oa + row as isize * a_rs + o) })).collect()
+            } else {
+                Vec::new()
+            };
+            let (a_block, a_cs, a_rs) = if self.gather_a { (gathered.as_ptr() as *mut f32, 1, k as isize) } else { (unsafe { a.get().offset(oa + r * a_rs) }, a_cs, a_rs) };
             // SAFETY: the offsets and strides stay within the three buffers (they come from
             // their shapes), and blocks write disjoint parts of C: distinct batch indices differ
             // along an axis of C, which has a nonzero stride there, and blocks of one product
@@ -172,7 +274,7 @@ impl GemmMatMul {
                     c_cs,
                     c_rs,
                     false,
-                    a.get().offset(oa + r * a_rs),
+                    a_block,
                     a_cs,
                     a_rs,
                     b.get().offset(ob + c0 * b_cs),
@@ -186,10 +288,6 @@ impl GemmMatMul {
                     gemm::Parallelism::None,
                 )
             }
-        };
-        let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && count * m * n * k >= MIN_PARALLEL_WORK => Some(pool),
-            _ => None,
         };
         // Every thread gets whole products when there are enough to go round (a per-head
         // product is too small to split); otherwise each product is cut along its longer side,
@@ -236,19 +334,6 @@ impl GemmMatMul {
             ensure!(p.a.map_or(1, |i| a_shape[i]) == 1 && p.b.map_or(1, |i| b_shape[i]) == 1, "GemmMatMul: {a_shape:?} and {b_shape:?} do not fit {}", self.axes);
         }
         Ok(c_shape)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand the operand and output buffers to the products of one eval,
-// which write disjoint parts of the output (see `GemmMatMul::compute`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -409,6 +494,9 @@ mod tests {
             check(&[20, 64], &[64, 301], threads);
             check(&[5, 40, 50], &[5, 50, 41], threads);
             check(&[2, 90, 50], &[2, 50, 70], threads);
+            // A few rows by a narrow B: the contracted rows split in chunks, over threads.
+            check(&[1, 130], &[130, 50], threads);
+            check(&[3, 200], &[200, 33], threads);
         }
     }
 
@@ -439,6 +527,32 @@ mod tests {
             for j in 0..2 {
                 let want: f32 = (0..4).map(|l| av[l * 3 + i] * bv[j * 4 + l]).sum();
                 assert!((gv[i * 2 + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn gathers_contracted_axes_apart_in_a() {
+        // C[a, m, n] = Σ_{c, b, k} A[c, b, m, k] · B[c, b, k, n]: heads merged into an output
+        // projection; c, b, k are adjacent in B only. Small (one row: the streaming kernel) and
+        // larger (gemm, split over threads).
+        let axes = AxesMapping::from_strs(&["cbmk", "cbkn"], &["amn"]).unwrap();
+        let op = GemmMatMul::from_axes(&axes, |axis| axis.repr == 'a').unwrap();
+        for (c, bh, m, k, n) in [(2, 3, 1, 5, 7), (3, 3, 40, 16, 50), (2, 1, 3, 9, 300)] {
+            let a = Tensor::from_shape(&[c, bh, m, k], &values(c * bh * m * k, 9)).unwrap();
+            let b = Tensor::from_shape(&[c, bh, k, n], &values(c * bh * k * n, 10)).unwrap();
+            let (av, bv) = (data(&a), data(&b));
+            for threads in [1, 2] {
+                let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
+                let got = tract_linalg::multithread::multithread_tract_scope(executor, || run(&op, &a, &b));
+                assert_eq!(got.shape(), &[1, m, n]);
+                let gv = data(&got);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = indices4(c, bh, k, 1).map(|(x, y, l, _)| av[((x * bh + y) * m + i) * k + l] * bv[((x * bh + y) * k + l) * n + j]).sum();
+                        assert!((gv[i * n + j] - want).abs() < 1e-4 * (1.0 + want.abs()), "{:?}: {} against {want}", (c, bh, m, k, n), gv[i * n + j]);
+                    }
+                }
             }
         }
     }

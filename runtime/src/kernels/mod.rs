@@ -5,10 +5,13 @@ pub mod bound_symbols;
 pub mod broadcast;
 pub mod deform_conv;
 pub mod extra_ops;
+pub mod group_query_attention;
 pub mod linear_attention;
 pub mod matmul;
+pub mod matvec;
 pub mod max_unpool;
 pub mod nbits;
+pub mod rotary_embedding;
 pub mod tfidf_vectorizer;
 pub mod tree_ensemble;
 pub mod upsample;
@@ -16,6 +19,21 @@ pub mod upsample;
 pub use block_matmul::BlockQuantWeight;
 
 use tract_onnx::prelude::*;
+
+/// An f32 buffer's address, handed to the tasks of one kernel evaluation that read it or write
+/// disjoint parts of it (each user says which parts, where it makes one).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only the kernels' parallel loops use it, each task touching its own part of the
+// output (GemmMatMul: one product's block; GroupQueryAttention: one block's rows).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into

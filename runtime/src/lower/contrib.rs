@@ -87,7 +87,8 @@ impl Opset {
 
 impl Lowering {
     /// Expands every contrib op listed in the module doc; other `com.microsoft` ops
-    /// (MatMulNBits, which the runtime runs itself) are left alone.
+    /// (MatMulNBits, which the runtime runs itself) are left alone, and so is the common form
+    /// of GroupQueryAttention, which the runtime's kernel takes.
     pub(super) fn expand_contrib_ops(&mut self) -> Result<(), RuntimeError> {
         let opset = Opset(self.model.opset_version("").unwrap_or(13));
         let mut nodes: Vec<NodeId> = self

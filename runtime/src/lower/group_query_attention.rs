@@ -14,6 +14,9 @@
 //! queries and keys are first rotated at `past_b + s`, or at `position_ids` (in the first prompt
 //! only its first element, counted up along the sequence, as onnxruntime reads it).
 //!
+//! The runtime runs the common form itself (see `kernels/group_query_attention.rs`); this
+//! expansion covers the rest: packed QKV, rotary, attention bias, head sinks, f16.
+//!
 //! Queries are grouped per KV head (`[B, kv_heads, groups·S, D]`) so each KV head is read by one
 //! matmul and never copied per query head. Refused with a message: a quantized KV cache
 //! (`k_scale`/`v_scale`) and the `output_qk` output. A shared past/present buffer (past of the
@@ -57,11 +60,19 @@ impl Lowering {
         if node.output(3).is_some() {
             return Err(self.node_err(id, "the output_qk output is not supported"));
         }
+        // The common form (separate f32 query, key and value, no rotary, bias or sinks) is left
+        // for the runtime's kernel (`kernels/group_query_attention.rs`), which skips the masked
+        // scores this expansion computes.
+        let rotary = node.attr_int("do_rotary").unwrap_or(0) == 1;
+        let presents_paired = node.output(1).is_some() == node.output(2).is_some();
+        if key_value.is_some() && !rotary && (7..14).all(|i| input(i).is_none()) && presents_paired && self.input_type(id, 0) == Some(DataType::Float) {
+            return Ok(false);
+        }
         let softcap = node.attr_float("softcap").unwrap_or(0.0);
         let window = node.attr_int("local_window_size").unwrap_or(-1);
         let smooth = node.attr_int("smooth_softmax").unwrap_or(0) == 1;
         let scale = node.attr_float("scale").filter(|&s| s != 0.0);
-        let rotation = if node.attr_int("do_rotary").unwrap_or(0) == 1 {
+        let rotation = if rotary {
             let (Some(cos), Some(sin)) = (input(7), input(8)) else { return Err(self.node_err(id, "do_rotary needs cos_cache and sin_cache")) };
             let Some(half) = self.table_half_width(cos) else { return Err(self.node_err(id, "the width of cos_cache is unknown (it is neither a constant nor declared)")) };
             Some(Rotation { cos, sin, half, interleaved: node.attr_int("rotary_interleaved").unwrap_or(0) == 1 })

@@ -6,13 +6,14 @@
 //! two halves of the rotated channels against each other ("rotate_half"), 1 rotates adjacent
 //! pairs; channels past `rotary_dim` pass through. `scale` only matters to onnxruntime when it
 //! rebuilds the tables, which its CPU kernel does not, so it is ignored here too; packed
-//! batching is refused.
+//! batching is refused. f32 is left to the runtime's kernel, with the same arithmetic; the
+//! expansion serves the other types (and GroupQueryAttention's `do_rotary`).
 
 use super::contrib::Opset;
 use super::{Builder, Lowering};
 use crate::error::RuntimeError;
 use compactor_ir::graph::{AttrValue, Attribute};
-use compactor_ir::{NodeId, ValueId};
+use compactor_ir::{DataType, NodeId, ValueId};
 
 /// A rotation: the cos/sin tables, half the rotated width, and the channel pairing.
 #[derive(Clone, Copy)]
@@ -107,6 +108,10 @@ impl Lowering {
             Some(r) => return Err(self.node_err(id, format!("position_ids has rank {r}, not 0, 1 or 2"))),
             None => return Err(self.node_err(id, "the rank of position_ids is unknown")),
         };
+        // f32 is rotated by the runtime's kernel (`kernels/rotary_embedding.rs`) in one pass.
+        if self.input_type(id, 0) == Some(DataType::Float) {
+            return Ok(false);
+        }
         // The head size: the tables' when rotating whole heads, else hidden / num_heads.
         let head_size = if rotary_dim == 0 {
             Some(2 * half)

@@ -4,6 +4,8 @@
 //! git-ignored cache; when the cache is missing, the first test that needs it runs the
 //! script (under a lock, so parallel tests fetch once).
 
+use compactor_ir::Model;
+use compactor_runtime::{Session, SessionOptions, TensorValue, metrics, npy};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -253,4 +255,54 @@ pub fn shared_weight_model(name: &str) -> PathBuf {
     }
     assert!(path.exists(), "make_shared_weight_models.py wrote no {name}");
     path
+}
+
+/// Random inputs for `model`, written as `.npy` files (`name=path`, for the Python scripts).
+pub fn random_npy_inputs(model: &Path, dir: &Path, dims: &[(String, i64)], seed: u64) -> Vec<String> {
+    let model = Model::load(model).unwrap();
+    compactor_runtime::inputs::random_inputs(&model, dims, seed)
+        .unwrap()
+        .into_iter()
+        .map(|(name, value)| {
+            let path = dir.join(format!("{name}.npy"));
+            npy::write_npy(&path, &value).unwrap();
+            format!("{name}={}", path.display())
+        })
+        .collect()
+}
+
+/// A model's outputs on `inputs` in onnxruntime (basic optimizations: the model's own
+/// semantics) and in the bundled runtime.
+pub fn both_runtimes(model: &Path, inputs: &[String]) -> (Vec<TensorValue>, Vec<TensorValue>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), dir.path().as_os_str(), "--opt".as_ref(), "basic".as_ref()];
+    for i in inputs {
+        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
+    }
+    run_python("run_ort.py", &args);
+    let feeds: Vec<(String, TensorValue)> = inputs
+        .iter()
+        .map(|s| {
+            let (name, file) = s.split_once('=').unwrap();
+            (name.to_string(), npy::read_npy(Path::new(file)).unwrap())
+        })
+        .collect();
+    let named: Vec<(&str, TensorValue)> = feeds.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let ours: Vec<TensorValue> = Session::new(&Model::load(model).unwrap(), &SessionOptions::default()).unwrap().run(&named).unwrap().into_iter().map(|(_, v)| v).collect();
+    let theirs = (0..ours.len()).map(|i| npy::read_npy(&dir.path().join(format!("output_{i}.npy"))).unwrap()).collect();
+    (theirs, ours)
+}
+
+/// The largest difference between two lists of outputs, relative to the largest magnitude of
+/// the first.
+pub fn relative_difference(a: &[TensorValue], b: &[TensorValue]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let m = metrics::compare("out", x, y).unwrap();
+            let scale = x.to_f64_vec().unwrap().iter().fold(0.0f64, |a, v| a.max(v.abs())).max(1e-12);
+            m.max_abs_error / scale
+        })
+        .fold(0.0, f64::max)
 }

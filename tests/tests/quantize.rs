@@ -4,7 +4,7 @@
 
 use compactor_ir::Model;
 use compactor_passes::{Pipeline, RunOptions};
-use compactor_tests::{minilm, model_inputs, repo_root, run_python, shared_models};
+use compactor_tests::{both_runtimes, minilm, model_inputs, repo_root, run_python, shared_models};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
@@ -339,7 +339,7 @@ fn runtimes_differ_by(model_path: &Path) -> f64 {
     compactor_runtime::npy::write_npy(&ids_path, &ids).unwrap();
     compactor_runtime::npy::write_npy(&mask_path, &mask).unwrap();
     let inputs = [format!("input_ids={}", ids_path.display()), format!("attention_mask={}", mask_path.display())];
-    let (theirs, ours) = outputs_in_both_runtimes(model_path, &inputs);
+    let (theirs, ours) = both_runtimes(model_path, &inputs);
     compactor_runtime::metrics::compare("last_hidden_state", &theirs[0], &ours[0]).unwrap().max_abs_error
 }
 
@@ -442,29 +442,6 @@ fn minilm_int8_linear_int4_embeddings_preset_is_five_times_smaller_at_099_cosine
     assert_minilm_five_times_smaller_at_099(&out, "int8-linear-int4-embeddings");
 }
 
-/// Runs `model` on `inputs` (`name=path.npy`) in onnxruntime (basic optimizations: the
-/// semantics, not its int8-activation fusions) and on the bundled runtime.
-fn outputs_in_both_runtimes(model: &Path, inputs: &[String]) -> (Vec<compactor_runtime::TensorValue>, Vec<compactor_runtime::TensorValue>) {
-    use compactor_runtime::{Session, SessionOptions, npy};
-    let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), dir.path().as_os_str(), "--opt".as_ref(), "basic".as_ref()];
-    for i in inputs {
-        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
-    }
-    run_python("run_ort.py", &args);
-    let feeds: Vec<(String, compactor_runtime::TensorValue)> = inputs
-        .iter()
-        .map(|s| {
-            let (name, file) = s.split_once('=').unwrap();
-            (name.to_string(), npy::read_npy(Path::new(file)).unwrap())
-        })
-        .collect();
-    let named: Vec<(&str, compactor_runtime::TensorValue)> = feeds.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-    let ours: Vec<_> = Session::new(&Model::load(model).unwrap(), &SessionOptions::default()).unwrap().run(&named).unwrap().into_iter().map(|(_, v)| v).collect();
-    let theirs = (0..ours.len()).map(|i| npy::read_npy(&dir.path().join(format!("output_{i}.npy"))).unwrap()).collect();
-    (theirs, ours)
-}
-
 /// A white 96x192 page with three lines of dark word-like strokes, normalised like PaddleOCR's
 /// detector expects ((x/255 - 0.5)/0.5): random noise gives it nothing to find (all outputs ~0).
 fn text_like_page(path: &Path) -> String {
@@ -526,7 +503,7 @@ fn real_models_quantize_and_run_in_both_runtimes() {
     for path in compactor_tests::pypi_models() {
         let name = compactor_tests::short(&path);
         let inputs = if name.contains("det_infer") { vec![text_like_page(&dir.path().join("page.npy"))] } else { model_inputs(&path) };
-        let (reference, _) = outputs_in_both_runtimes(&path, &inputs);
+        let (reference, _) = both_runtimes(&path, &inputs);
         for (spec, bound) in specs {
             let out = dir.path().join(format!("{runs}_{}", name.replace('/', "__")));
             let report = quantize(&path, &format!("{spec},eliminate-dead-code"), &out);
@@ -548,7 +525,7 @@ fn real_models_quantize_and_run_in_both_runtimes() {
                     }
                 }
             }
-            let (theirs, ours) = outputs_in_both_runtimes(&out, &inputs);
+            let (theirs, ours) = both_runtimes(&out, &inputs);
             assert_eq!(theirs.len(), reference.len(), "{name}");
             for (i, ((t, o), r)) in theirs.iter().zip(&ours).zip(&reference).enumerate() {
                 let runtimes = compactor_runtime::metrics::compare("out", t, o).unwrap();
@@ -768,7 +745,7 @@ fn gptq_and_awq_on_pointwise_convolutions() {
         if spec.contains("awq") {
             assert_eq!(awq_scalers(&out), pointwise.iter().filter(|&&p| p).count(), "{spec}");
         }
-        let (theirs, ours) = outputs_in_both_runtimes(&out, &inputs);
+        let (theirs, ours) = both_runtimes(&out, &inputs);
         let runtimes = compactor_runtime::metrics::compare("out", &theirs[0], &ours[0]).unwrap();
         assert!(runtimes.max_abs_error < 1e-4, "{spec}: runtimes differ by {}", runtimes.max_abs_error);
         let (cosine, top1) = held_out_cosine(&out);

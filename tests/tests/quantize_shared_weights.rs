@@ -8,8 +8,8 @@
 
 use compactor_ir::Model;
 use compactor_passes::{Pipeline, RunOptions};
-use compactor_runtime::{Session, SessionOptions, TensorValue, metrics, npy};
-use compactor_tests::{model_inputs, run_python, shared_weight_model};
+use compactor_runtime::{Session, SessionOptions, TensorValue, metrics};
+use compactor_tests::{both_runtimes, model_inputs, run_python, shared_weight_model};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -43,24 +43,7 @@ fn sentence_cosine(reference: &Path, candidate: &Path) -> (f64, f64) {
 
 /// Every output of a model on the reference sentences in onnxruntime and in the bundled runtime.
 fn outputs_in_both_runtimes(model: &Path) -> (Vec<TensorValue>, Vec<TensorValue>) {
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = sentences();
-    let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), dir.path().as_os_str(), "--opt".as_ref(), "basic".as_ref()];
-    for i in &inputs {
-        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
-    }
-    run_python("run_ort.py", &args);
-    let feeds: Vec<(String, TensorValue)> = inputs
-        .iter()
-        .map(|s| {
-            let (name, file) = s.split_once('=').unwrap();
-            (name.to_string(), npy::read_npy(Path::new(file)).unwrap())
-        })
-        .collect();
-    let named: Vec<(&str, TensorValue)> = feeds.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-    let ours: Vec<TensorValue> = Session::new(&Model::load(model).unwrap(), &SessionOptions::default()).unwrap().run(&named).unwrap().into_iter().map(|(_, v)| v).collect();
-    let theirs = (0..ours.len()).map(|i| npy::read_npy(&dir.path().join(format!("output_{i}.npy"))).unwrap()).collect();
-    (theirs, ours)
+    both_runtimes(model, &sentences())
 }
 
 /// The largest difference between two models' outputs in onnxruntime (basic optimizations: the

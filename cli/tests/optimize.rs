@@ -201,17 +201,21 @@ fn saved_files(dir: &Path, stem: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn streaming_quantization_writes_the_same_model_as_in_memory() {
+fn streaming_rewrites_write_the_same_model_as_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     // Weights as external data, read through a memory map (whose pages streaming lets go).
     let model = dir.path().join("external.onnx");
     let o = compactor(&["optimize", s(&fixture("tiny_bert.onnx")), "-o", s(&model), "--passes", "eliminate-identity", "--external-data-threshold", "256"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let specs: [(&str, &[&str]); 4] = [
+    let calibration: &[&str] = &["--calibration", "random:2", "--dim", "batch=1", "--dim", "seq=8"];
+    let specs: [(&str, &[&str]); 7] = [
         ("quantize(bits=4,ops=[MatMul,Gather])", &[]),
         ("quantize(bits=4,format=matmulnbits,outliers=0.01)", &[]),
         ("quantize(bits=2,symmetric=false,block=16)", &["--external-data-threshold", "1024"]),
-        ("quantize(bits=4,method=gptq)", &["--calibration", "random:2", "--dim", "batch=1", "--dim", "seq=8"]),
+        ("quantize(bits=4,method=gptq)", calibration),
+        ("factorize(method=svd,ratio=0.5,min_elements=0)", &["--external-data-threshold", "1024"]),
+        ("factorize(method=svd-llm,ratio=0.5,min_elements=0)", calibration),
+        ("factorize(method=mpo,rank=4,min_elements=0)", &[]),
     ];
     for (i, (spec, extra)) in specs.iter().enumerate() {
         let mut outputs = Vec::new();

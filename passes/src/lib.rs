@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod calib;
+pub mod lowrank;
 pub mod pass;
 pub mod passes;
 pub mod pipeline;

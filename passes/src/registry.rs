@@ -138,6 +138,7 @@ pub fn passes() -> Vec<PassInfo> {
         PassInfo::of::<fuse_matmul_add::FuseMatMulAdd>(),
         PassInfo::of::<upgrade_opset::UpgradeOpset>(),
         PassInfo::of::<quantize::Quantize>(),
+        PassInfo::of::<factorize::Factorize>(),
         PassInfo::of::<find_layers::FindLayers>(),
     ]
 }

@@ -33,7 +33,7 @@ use crate::passes::upgrade_opset::{UpgradeOpset, min_ir_version};
 use crate::quant::{self, BlockSize, GptqOptions, Hessian, MatMulNBitsTensors, MseOptions, QdqLayout, QdqTensors, QuantConfig, QuantMetrics, QuantizedWeight, ScaleDtype, Scaling};
 use compactor_ir::graph::SparseTensor;
 use compactor_ir::scratch::ScratchFile;
-use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueDef, ValueId};
+use compactor_ir::{Anchor, AttrValue, DataType, Graph, NodeId, PValue, Patch, Tensor, ValueId};
 use emit::{Packed, emit, pack};
 use rayon::prelude::*;
 use report::{LayerReport, layer_report};
@@ -147,11 +147,8 @@ impl PassDef for Quantize {
         if let Some(op) = self.ops.iter().find(|o| !OPS.contains(&o.as_str())) {
             return Err(OptionError::new("ops", format!("'{op}' is not one of {}", OPS.join(", "))));
         }
-        for (option, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
-            for p in patterns {
-                glob::Pattern::new(p).map_err(|e| OptionError::new(option, format!("'{p}': {e}")))?;
-            }
-        }
+        super::validate_globs("include", &self.include)?;
+        super::validate_globs("exclude", &self.exclude)?;
         if !(0.0..0.5).contains(&self.damp) || self.damp == 0.0 {
             return Err(OptionError::new("damp", "must be in (0, 0.5)"));
         }
@@ -171,16 +168,6 @@ impl PassDef for Quantize {
 /// A quantized weight, its GPTQ loss (if GPTQ ran), the original `[K, N]` matrix, and the
 /// AWQ scaling the quantized weight is stored under (if any).
 type LayerResult = (QuantizedWeight, Option<f64>, Matrix, Option<Scaling>);
-
-/// Selected weights of at least this many bytes in all are quantized streaming: each layer's
-/// packed codes go to a scratch file as soon as they are made and the weight's mapped pages are
-/// let go, so memory stays near a few layers' worth whatever the model's size (the output is
-/// the same). `COMPACTOR_STREAM_MIN_BYTES` sets it (0: always).
-const STREAM_MIN_BYTES: u64 = 1 << 30;
-
-fn stream_min_bytes() -> u64 {
-    std::env::var("COMPACTOR_STREAM_MIN_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(STREAM_MIN_BYTES)
-}
 
 /// What the calibration data tells about each activation a selected layer reads.
 #[derive(Default)]
@@ -203,10 +190,6 @@ impl Quantize {
     fn config(&self, t: &Target, bits: u8) -> QuantConfig {
         let per_channel = self.block == 0 || matches!(t.layout, QdqLayout::ConvPerChannel { .. });
         QuantConfig { bits, block_size: if per_channel { BlockSize::PerChannel } else { BlockSize::Blocked(self.block) }, symmetric: self.symmetric, scale_dtype: self.scale_dtype }
-    }
-
-    fn matches(patterns: &[String], names: &[&str]) -> bool {
-        patterns.iter().any(|p| glob::Pattern::new(p).is_ok_and(|p| names.iter().any(|n| p.matches(n))))
     }
 
     /// Hessians `(2/n) Σ xxᵀ` of each distinct activation input, from the calibration data,
@@ -367,7 +350,7 @@ impl Pass for Quantize {
             let fused = self.budget_bits == 0.0;
             // Streaming needs each layer finished in its own task (no budget spent over all of them).
             let weight_bytes: u64 = members.iter().map(|t| t.tensor.data_bytes()).sum();
-            let scratch = if fused && weight_bytes >= stream_min_bytes() {
+            let scratch = if fused && weight_bytes >= super::stream_min_bytes() {
                 Some(ScratchFile::new(None).map_err(|e| PassError::failed(Self::NAME, "scratch file", format!("cannot create a scratch file in the temporary directory (TMPDIR): {e}")))?)
             } else {
                 None

@@ -119,6 +119,16 @@ impl Hessian {
         self.data[row * self.k + col]
     }
 
+    /// The matrix, `[K, K]` row-major.
+    pub fn as_slice(&self) -> &[f64] {
+        &self.data
+    }
+
+    /// The matrix, `[K, K]` row-major, without a copy.
+    pub fn into_vec(self) -> Vec<f64> {
+        self.data
+    }
+
     /// `Σ_c d_cᵀ H d_c` over the columns of `d` (`[K, n]` row-major): the squared output
     /// error a weight change `d` causes on the calibration data (times H's `2/rows`).
     pub fn quadratic_form(&self, d: &[f32], n: usize) -> f64 {

@@ -254,14 +254,7 @@ pub(super) fn awq_scaled_input(graph: &Graph, patch: &mut Patch, t: &Target, inv
 
 /// Removes the weight, and the chain between it and its readers.
 pub(super) fn remove_weight(graph: &Graph, patch: &mut Patch, t: &Target) {
-    for &n in &t.chain {
-        patch.remove_node(n);
-    }
-    // The weight is an initializer or the output of a Constant node, which goes with it.
-    match graph.value(t.weight).def {
-        ValueDef::Node { node, .. } => patch.remove_node(node),
-        _ => patch.remove_value(t.weight),
-    }
+    crate::passes::remove_weight(graph, patch, &t.chain, t.weight);
 }
 
 /// Replaces the weight by its quantized form in the layer, removing the old chain and weight.

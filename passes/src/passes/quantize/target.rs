@@ -142,9 +142,9 @@ impl Quantize {
             };
             let mut names: Vec<&str> = target.readers().map(|r| r.label.as_str()).collect();
             names.push(graph.value(target.weight).name.as_str());
-            let reason = if !self.include.is_empty() && !Self::matches(&self.include, &names) {
+            let reason = if !self.include.is_empty() && !crate::passes::matches_any(&self.include, &names) {
                 Some("not matched by include".to_string())
-            } else if Self::matches(&self.exclude, &names) {
+            } else if crate::passes::matches_any(&self.exclude, &names) {
                 Some("matched by exclude".to_string())
             } else if target.elements() < self.min_elements {
                 Some(format!("{} elements, fewer than min_elements", target.elements()))

@@ -140,6 +140,9 @@ pub fn passes() -> Vec<PassInfo> {
         PassInfo::of::<quantize::Quantize>(),
         PassInfo::of::<factorize::Factorize>(),
         PassInfo::of::<find_layers::FindLayers>(),
+        PassInfo::of::<channel_groups::ChannelGroupsPass>(),
+        PassInfo::of::<permute_channels::PermuteChannels>(),
+        PassInfo::of::<prune_channels::PruneChannels>(),
     ]
 }
 

@@ -588,7 +588,8 @@ pub(crate) fn tensor_type(elem: Option<DataType>, dims: Option<Vec<Dim>>) -> Val
     ValueType { kind: TypeKind::Tensor { elem, shape: dims.map(Shape::new) }, denotation: None }
 }
 
-pub(crate) fn normalize_axis(axis: i64, rank: usize) -> Result<usize, InferError> {
+/// `axis` (negative: from the end) as an index into `rank` axes, or the error naming both.
+pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, InferError> {
     let r = rank as i64;
     if axis < -r || axis >= r {
         return Err(InferError::Axis { axis, rank });

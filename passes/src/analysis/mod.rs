@@ -15,9 +15,11 @@
 //! Analyses that later passes need (channel coupling groups for width pruning, MoE/FFN expert
 //! structure) belong here too, next to the ones they build on.
 
+pub mod channels;
 pub mod linear;
 pub mod transformer;
 
+pub use channels::{ChannelGroup, ChannelGroups};
 pub use linear::{LayerId, LinearLayer, LinearLayers, LinearOp};
 pub use transformer::{TransformerBlock, TransformerBlocks};
 

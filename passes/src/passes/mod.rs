@@ -1,5 +1,6 @@
 //! The passes, one file each.
 
+pub mod channel_groups;
 pub mod eliminate_dead_code;
 pub mod eliminate_identity;
 pub mod factorize;
@@ -10,6 +11,8 @@ pub mod fuse_matmul_add;
 pub mod infer_shapes;
 pub mod lift_constants;
 pub mod merge_duplicate_initializers;
+pub mod permute_channels;
+pub mod prune_channels;
 pub mod quantize;
 pub mod upgrade_opset;
 

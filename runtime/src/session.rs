@@ -306,7 +306,7 @@ impl Session {
                 return Err(RuntimeError::MissingInput { model: self.name.clone(), name: spec.name.clone() });
             };
             let value = match value {
-                RuntimeValue::Tensor(t) => RuntimeValue::Tensor(self.wrap(spec.id, self.check_input(spec, t)?)?),
+                RuntimeValue::Tensor(t) => RuntimeValue::Tensor(self.wrap(spec.id, self.check_input(spec, t)?.into_arc_tensor())?),
                 other => other.clone(),
             };
             bound.push((spec.id, value));
@@ -366,7 +366,7 @@ impl Session {
             } else if let Some(i) = self.outputs.iter().position(|o| o.id == id) {
                 outputs[i].1.clone()
             } else if let Some(t) = extra_values.get(&id) {
-                self.wrap(id, t.clone())?
+                self.wrap(id, Arc::new(t.clone()))?
             } else if let Some(t) = self.lowered.graph.constant(id) {
                 TensorValue::from_ir(&t)?
             } else {
@@ -413,13 +413,14 @@ impl Session {
             let Some((_, value)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
                 return Err(RuntimeError::MissingInput { model: self.name.clone(), name: spec.name.clone() });
             };
-            ordered.push(self.check_input(spec, value)?.into_tvalue());
+            ordered.push(self.check_input(spec, value)?);
         }
         Ok(ordered)
     }
 
-    /// Converts an input to the declared element type and checks its shape against the declaration.
-    fn check_input(&self, spec: &IoSpec, value: &TensorValue) -> Result<Tensor, RuntimeError> {
+    /// Converts an input to the declared element type and checks its shape against the
+    /// declaration. An input of the declared type is shared with the caller, not copied.
+    fn check_input(&self, spec: &IoSpec, value: &TensorValue) -> Result<TValue, RuntimeError> {
         let bad = |reason: String| RuntimeError::BadInput { model: self.name.clone(), name: spec.name.clone(), reason };
         if let Some(shape) = &spec.shape {
             let got = value.shape();
@@ -441,17 +442,17 @@ impl Session {
                 }
             }
         }
-        let Some(dtype) = spec.dtype else { return Ok(value.tract().clone()) };
+        let Some(dtype) = spec.dtype else { return Ok(value.tvalue()) };
         let want = carrier_type(dtype).ok_or_else(|| bad(format!("element type {dtype} is not supported by the runtime")))?;
         let tensor = value.tract();
         if tensor.datum_type() == want {
-            return Ok(tensor.clone());
+            return Ok(value.tvalue());
         }
         let numeric = |dt: DatumType| dt.is_number() || dt == DatumType::Bool;
         if !numeric(tensor.datum_type()) || !numeric(want) {
             return Err(bad(format!("is {}, the model wants {dtype}", value.dtype())));
         }
-        Ok(tensor.cast_to_dt(want).map_err(|e| bad(format!("cannot convert {} to {dtype}: {e}", value.dtype())))?.into_owned())
+        Ok(tensor.cast_to_dt(want).map_err(|e| bad(format!("cannot convert {} to {dtype}: {e}", value.dtype())))?.into_owned().into_tvalue())
     }
 
     fn execute(&self, plan: &Plan, inputs: TVec<TValue>) -> Result<TVec<TValue>, RuntimeError> {
@@ -463,18 +464,18 @@ impl Session {
         }
     }
 
-    fn wrap(&self, id: ValueId, t: Tensor) -> Result<TensorValue, RuntimeError> {
+    fn wrap(&self, id: ValueId, t: Arc<Tensor>) -> Result<TensorValue, RuntimeError> {
         // Shape computations come out as symbolic dims; the graph says int64.
         let t = if t.datum_type() == DatumType::TDim {
-            t.cast_to::<i64>().map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("a shape output is not numeric: {e}") })?.into_owned()
+            Arc::new(t.cast_to::<i64>().map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("a shape output is not numeric: {e}") })?.into_owned())
         } else {
             t
         };
         // The original model's declared type (e.g. INT4) names what the widened tensor stands for.
         let declared = self.declared_type(id);
         match declared {
-            Some(dt) if carrier_type(dt) == Some(t.datum_type()) => TensorValue::with_onnx_type(t, dt),
-            _ => TensorValue::from_tract(t),
+            Some(dt) if carrier_type(dt) == Some(t.datum_type()) => TensorValue::shared_with_onnx_type(t, dt),
+            _ => TensorValue::from_shared(t),
         }
     }
 
@@ -487,7 +488,7 @@ impl Session {
             .iter()
             .zip(results)
             .map(|(spec, t)| {
-                let value = self.wrap(spec.id, t.into_tensor()).map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("output '{}': {e}", spec.name) })?;
+                let value = self.wrap(spec.id, t.into_arc_tensor()).map_err(|e| RuntimeError::Execution { model: self.name.clone(), reason: format!("output '{}': {e}", spec.name) })?;
                 Ok((spec.name.clone(), value))
             })
             .collect()

@@ -6,18 +6,26 @@
 
 use crate::error::RuntimeError;
 use compactor_ir::{DataType, Tensor as IrTensor};
+use std::sync::Arc;
 use tract_onnx::prelude::tract_ndarray::{ArrayD, ArrayViewD, IxDyn};
-use tract_onnx::prelude::{Datum, DatumType, Tensor};
+use tract_onnx::prelude::{Datum, DatumType, TValue, Tensor};
 
+/// Cloning one shares the tensor (a decoder's KV cache goes in and out of every step without
+/// a copy).
 #[derive(Clone, Debug)]
 pub struct TensorValue {
-    tensor: Tensor,
+    tensor: Arc<Tensor>,
     onnx_type: DataType,
 }
 
 impl TensorValue {
     /// Wraps a tract tensor; its ONNX type is the natural one for its datum type.
     pub fn from_tract(tensor: Tensor) -> Result<Self, RuntimeError> {
+        Self::from_shared(Arc::new(tensor))
+    }
+
+    /// Wraps a shared tract tensor (a plan's output) without copying it.
+    pub fn from_shared(tensor: Arc<Tensor>) -> Result<Self, RuntimeError> {
         let onnx_type =
             onnx_type_of(tensor.datum_type()).ok_or_else(|| RuntimeError::Tensor { name: String::new(), reason: format!("tract type {:?} has no ONNX equivalent", tensor.datum_type()) })?;
         Ok(TensorValue { tensor, onnx_type })
@@ -26,6 +34,11 @@ impl TensorValue {
     /// A tensor standing for ONNX type `onnx_type`, stored as `tensor` (which must be the type's
     /// carrier in tract: see [`carrier_type`]).
     pub fn with_onnx_type(tensor: Tensor, onnx_type: DataType) -> Result<Self, RuntimeError> {
+        Self::shared_with_onnx_type(Arc::new(tensor), onnx_type)
+    }
+
+    /// [`Self::with_onnx_type`] for a shared tensor, without copying it.
+    pub fn shared_with_onnx_type(tensor: Arc<Tensor>, onnx_type: DataType) -> Result<Self, RuntimeError> {
         let want = carrier_type(onnx_type).ok_or_else(|| unsupported("", onnx_type))?;
         if tensor.datum_type() != want {
             return Err(RuntimeError::Tensor { name: String::new(), reason: format!("{onnx_type} travels as {want:?}, got {:?}", tensor.datum_type()) });
@@ -97,7 +110,7 @@ impl TensorValue {
                 }
             }
         };
-        Ok(TensorValue { tensor, onnx_type: dtype })
+        Ok(TensorValue { tensor: Arc::new(tensor), onnx_type: dtype })
     }
 
     /// The value as an IR tensor of its ONNX type (the inverse of [`Self::from_ir`]): bytes as
@@ -157,8 +170,13 @@ impl TensorValue {
         &self.tensor
     }
 
+    /// The tensor as a tract value, shared (no copy).
+    pub fn tvalue(&self) -> TValue {
+        TValue::from_const(self.tensor.clone())
+    }
+
     pub fn into_tract(self) -> Tensor {
-        self.tensor
+        Arc::try_unwrap(self.tensor).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// A zero-copy f32 view when the value is stored as f32.
@@ -191,13 +209,13 @@ impl TensorValue {
     pub fn cast_to(&self, dtype: DataType) -> Result<TensorValue, RuntimeError> {
         let carrier = carrier_type(dtype).ok_or_else(|| unsupported("", dtype))?;
         let tensor = self.tensor.cast_to_dt(carrier).map_err(|e| RuntimeError::Tensor { name: String::new(), reason: format!("cannot cast {} to {dtype}: {e}", self.onnx_type) })?.into_owned();
-        Ok(TensorValue { tensor, onnx_type: dtype })
+        Ok(TensorValue { tensor: Arc::new(tensor), onnx_type: dtype })
     }
 }
 
 impl From<TensorValue> for Tensor {
     fn from(v: TensorValue) -> Tensor {
-        v.tensor
+        v.into_tract()
     }
 }
 

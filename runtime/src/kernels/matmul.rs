@@ -55,6 +55,14 @@ fn mergeable(axes: &[Place], first: impl Fn(&Place) -> Option<usize>, second: im
     axes.windows(2).all(|w| first(&w[0]).zip(first(&w[1])).is_some_and(|(x, y)| y == x + 1) && second(&w[0]).zip(second(&w[1])).is_some_and(|(x, y)| y == x + 1))
 }
 
+/// How a constant weight matrix of a linear layer lies: `[k, n]` (an ONNX MatMul weight) or
+/// `[n, k]` (read as its transpose: Gemm's transB, a tied embedding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightLayout {
+    RowMajor,
+    Transposed,
+}
+
 impl GemmMatMul {
     /// The op for a two-input einsum whose axes all have a matmul role, or `None`. `unit` tells
     /// which axes are known to be of size 1 (those may be in one operand only).
@@ -105,6 +113,25 @@ impl GemmMatMul {
             }
         }
         Some(GemmMatMul { axes: axes.clone(), batch, m, n, k, unit: units, gather_a })
+    }
+
+    /// When this product is a linear layer `x[.., k] · W` with A of rank `x_rank` (every axis of
+    /// A but the last kept in place, the last contracted with a matrix B), B's layout.
+    pub fn linear_layout(&self, x_rank: usize) -> Option<WeightLayout> {
+        if !self.batch.is_empty() || !self.unit.is_empty() || self.gather_a || x_rank == 0 {
+            return None;
+        }
+        let ([k], [n]) = (self.k.as_slice(), self.n.as_slice()) else { return None };
+        let last = x_rank - 1;
+        let rows_in_place = self.m.len() == last && self.m.iter().enumerate().all(|(i, p)| p.a == Some(i) && p.c == Some(i) && p.b.is_none());
+        if !rows_in_place || k.a != Some(last) || n.c != Some(last) {
+            return None;
+        }
+        match (k.b, n.b) {
+            (Some(0), Some(1)) => Some(WeightLayout::RowMajor),
+            (Some(1), Some(0)) => Some(WeightLayout::Transposed),
+            _ => None,
+        }
     }
 
     /// Runs the product on plain f32 buffers of the given shapes (`c` has `c_shape`).

@@ -7,6 +7,7 @@ pub mod deform_conv;
 pub mod extra_ops;
 pub mod group_query_attention;
 pub mod linear_attention;
+pub mod low_rank;
 pub mod matmul;
 pub mod matvec;
 pub mod max_unpool;
@@ -37,11 +38,12 @@ impl SendPtr {
 
 /// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
-/// its packed matmuls) and the broadcasts tract's fast kernels miss
+/// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]) and the broadcasts tract's fast kernels miss
 /// ([`broadcast::replace_slow_broadcasts`]).
 pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
     matmul::replace_matmuls(&mut model)?;
+    low_rank::fuse_low_rank(&mut model)?;
     model.optimize()?;
     broadcast::replace_slow_broadcasts(&mut model)?;
     Ok(model)

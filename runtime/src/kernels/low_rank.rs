@@ -32,6 +32,9 @@ const MIN_PARALLEL_WORK: usize = 1 << 16;
 pub struct LowRankMatMul {
     pub a: WeightLayout,
     pub b: WeightLayout,
+    /// Where each axis of `y` but the last comes from: an axis of `x`, or none (size 1). The
+    /// axes of `x` not named are of size 1 (tract drops and adds a batch of one around products).
+    pub out_axes: Vec<Option<usize>>,
 }
 
 /// A weight's element `[row, col]` offset and its layout for the matrix-vector kernel.
@@ -52,6 +55,7 @@ impl LowRankMatMul {
         ensure!(a.len() == 2 && b.len() == 2 && !x.is_empty(), "LowRankMatMul: weights must be matrices");
         let ((k, r), (r2, n)) = (logical(self.a, a), logical(self.b, b));
         ensure!(r == r2 && x[x.len() - 1] == k, "LowRankMatMul: shapes {x:?}, {a:?} and {b:?} do not chain");
+        ensure!((0..x.len() - 1).all(|i| self.out_axes.contains(&Some(i)) || x[i] == 1), "LowRankMatMul: axes of {x:?} outside {:?} must be of size 1", self.out_axes);
         Ok((k, r, n))
     }
 
@@ -142,8 +146,8 @@ impl EvalOp for LowRankMatMul {
         let (x, a, b) = args_3!(inputs);
         let (k, r, n) = self.dims(x.shape(), a.shape(), b.shape())?;
         let m = x.len() / k.max(1);
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().expect("dims checked the rank") = n;
+        let mut shape: Vec<usize> = self.out_axes.iter().map(|a| a.map_or(1, |i| x.shape()[i])).collect();
+        shape.push(n);
         // SAFETY: `compute` writes every element.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         {
@@ -158,12 +162,11 @@ impl EvalOp for LowRankMatMul {
 
 impl TypedOp for LowRankMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        let n = match self.b {
+        let mut shape: TVec<TDim> = self.out_axes.iter().map(|a| a.map_or(TDim::from(1), |i| inputs[0].shape[i].clone())).collect();
+        shape.push(match self.b {
             WeightLayout::RowMajor => inputs[2].shape[1].clone(),
             WeightLayout::Transposed => inputs[2].shape[0].clone(),
-        };
-        *shape.last_mut().ok_or_else(|| format_err!("LowRankMatMul on a scalar"))? = n;
+        });
         Ok(tvec!(f32::fact(shape)))
     }
     as_op!();
@@ -193,11 +196,14 @@ pub fn fuse_low_rank(model: &mut TypedModel) -> TractResult<()> {
             continue;
         }
         let x_rank = model.outlet_fact(first_node.inputs[0])?.rank();
-        let (Some(a), Some(b)) = (first.linear_layout(x_rank), second.linear_layout(x_rank)) else { continue };
+        let Some((a, middle_axes)) = first.linear_layout(x_rank) else { continue };
+        let Some((b, out_axes)) = second.linear_layout(middle_axes.len() + 1) else { continue };
+        // The output's axes in terms of x's.
+        let out_axes = out_axes.iter().map(|a| a.and_then(|j| middle_axes[j])).collect();
         let inputs = [first_node.inputs[0], first_node.inputs[1], node.inputs[1]];
         let mut patch = TypedModelPatch::default();
         let taps = inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
-        let out = patch.wire_node(&node.name, LowRankMatMul { a, b }, &taps)?;
+        let out = patch.wire_node(&node.name, LowRankMatMul { a, b, out_axes }, &taps)?;
         patch.shunt_outside(model, id.into(), out[0])?;
         patch.apply(model)?;
     }
@@ -241,7 +247,7 @@ mod tests {
             let x = values(m * k, 1);
             let (a, b) = (values(k * r, 2), values(r * n, 3));
             for (al, bl) in [(RowMajor, RowMajor), (Transposed, RowMajor), (RowMajor, Transposed), (Transposed, Transposed)] {
-                let op = LowRankMatMul { a: al, b: bl };
+                let op = LowRankMatMul { a: al, b: bl, out_axes: vec![Some(0)] };
                 let want = reference(&x, (m, k, r, n), &a, al, &b, bl);
                 let one = run(&op, &x, (m, k, r, n), &a, &b, 1);
                 for (g, w) in one.iter().zip(&want) {
@@ -256,12 +262,13 @@ mod tests {
         }
     }
 
-    /// The fusion finds `(x · A) · B` in a model and leaves `x · A` alone when something else reads it.
+    /// The fusion finds `(x · A) · B` in a decluttered model (where tract drops a batch of one)
+    /// and leaves `x · A` alone when something else reads it.
     #[test]
     fn fuses_only_a_private_chain_of_constant_weights() -> TractResult<()> {
-        let build = |share: bool| -> TractResult<TypedModel> {
+        let build = |batch: usize, share: bool| -> TractResult<TypedModel> {
             let mut model = TypedModel::default();
-            let x = model.add_source("x", f32::fact([2usize, 5, 6]))?;
+            let x = model.add_source("x", f32::fact([batch, 5, 6]))?;
             let a = model.add_const("a", Tensor::from_shape(&[6, 3], &values(18, 1))?)?;
             let b = model.add_const("b", Tensor::from_shape(&[3, 4], &values(12, 2))?)?;
             let t = model.wire_node("t", tract_onnx::tract_core::ops::einsum::EinSum::new("bsk,kr->bsr".parse()?, f32::datum_type()), &[x, a])?[0];
@@ -270,20 +277,21 @@ mod tests {
             model.select_output_outlets(&outputs)?;
             Ok(model)
         };
-        for share in [false, true] {
-            let mut model = build(share)?;
-            super::super::matmul::replace_matmuls(&mut model)?;
-            fuse_low_rank(&mut model)?;
-            let fused = model.nodes().iter().any(|n| n.op_is::<LowRankMatMul>());
-            assert_eq!(fused, !share);
-            let input = Tensor::from_shape(&[2, 5, 6], &values(60, 4))?;
-            let got = model.clone().into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
-            let mut plain = build(share)?;
-            plain.declutter()?;
-            let want = plain.into_runnable()?.run(tvec!(input.into_tvalue()))?;
-            let data = |t: &Tensor| -> TractResult<Vec<f32>> { Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
-            let (g, w) = (data(&got[0])?, data(&want[0])?);
-            assert!(g.iter().zip(&w).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())), "{g:?} against {w:?}");
+        for batch in [1, 2] {
+            for share in [false, true] {
+                let mut model = build(batch, share)?.into_decluttered()?;
+                super::super::matmul::replace_matmuls(&mut model)?;
+                fuse_low_rank(&mut model)?;
+                let fused = model.nodes().iter().any(|n| n.op_is::<LowRankMatMul>());
+                assert_eq!(fused, !share, "batch {batch}");
+                let input = Tensor::from_shape(&[batch, 5, 6], &values(batch * 30, 4))?;
+                let got = model.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
+                let want = build(batch, share)?.into_decluttered()?.into_runnable()?.run(tvec!(input.into_tvalue()))?;
+                assert_eq!(got[0].shape(), want[0].shape());
+                let data = |t: &Tensor| -> TractResult<Vec<f32>> { Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
+                let (g, w) = (data(&got[0])?, data(&want[0])?);
+                assert!(g.iter().zip(&w).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())), "{g:?} against {w:?}");
+            }
         }
         Ok(())
     }

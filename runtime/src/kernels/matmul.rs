@@ -115,23 +115,33 @@ impl GemmMatMul {
         Some(GemmMatMul { axes: axes.clone(), batch, m, n, k, unit: units, gather_a })
     }
 
-    /// When this product is a linear layer `x[.., k] · W` with A of rank `x_rank` (every axis of
-    /// A but the last kept in place, the last contracted with a matrix B), B's layout.
-    pub fn linear_layout(&self, x_rank: usize) -> Option<WeightLayout> {
-        if !self.batch.is_empty() || !self.unit.is_empty() || self.gather_a || x_rank == 0 {
+    /// When this product is a linear layer `x[.., k] · W` with A of rank `x_rank` (A's last axis
+    /// contracted with a matrix B, the output's last axis B's other one), B's layout and where
+    /// each other axis of the output comes from: an axis of A (in A's order), or none (a new
+    /// axis of size 1). Axes of A the output drops are of size 1.
+    pub fn linear_layout(&self, x_rank: usize) -> Option<(WeightLayout, Vec<Option<usize>>)> {
+        if self.gather_a || x_rank == 0 || self.unit.iter().any(|p| p.b.is_some()) || self.batch.iter().any(|p| p.a.is_some() || p.b.is_some()) {
             return None;
         }
         let ([k], [n]) = (self.k.as_slice(), self.n.as_slice()) else { return None };
-        let last = x_rank - 1;
-        let rows_in_place = self.m.len() == last && self.m.iter().enumerate().all(|(i, p)| p.a == Some(i) && p.c == Some(i) && p.b.is_none());
-        if !rows_in_place || k.a != Some(last) || n.c != Some(last) {
+        let rows = self.m.len() + self.batch.len();
+        if k.a != Some(x_rank - 1) || n.c != Some(rows) || self.m.iter().any(|p| p.b.is_some()) {
             return None;
         }
-        match (k.b, n.b) {
-            (Some(0), Some(1)) => Some(WeightLayout::RowMajor),
-            (Some(1), Some(0)) => Some(WeightLayout::Transposed),
-            _ => None,
+        let mut from: Vec<Option<usize>> = vec![None; rows];
+        for p in &self.m {
+            *from.get_mut(p.c?)? = p.a;
         }
+        // Rows merge into one index only if A's axes keep their order.
+        if !from.iter().flatten().collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]) {
+            return None;
+        }
+        let layout = match (k.b, n.b) {
+            (Some(0), Some(1)) => WeightLayout::RowMajor,
+            (Some(1), Some(0)) => WeightLayout::Transposed,
+            _ => return None,
+        };
+        Some((layout, from))
     }
 
     /// Runs the product on plain f32 buffers of the given shapes (`c` has `c_shape`).

@@ -508,7 +508,97 @@ fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes) {
             }
             axes.pin(out, axis, format!("{}: concatenated", label()));
         }
-        ("Shape" | "Size", _) => {}
+        // Pooling keeps batch and channels; the spatial axes change size.
+        ("GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" | "MaxPool" | "AveragePool" | "LpPool", Some(out)) => {
+            let Some(&x) = inputs.first() else { return unknown(axes) };
+            axes.union((x, 0), (out, 0));
+            axes.union((x, 1), (out, 1));
+        }
+        // Resizing keeps the axes it does not scale (batch and channels, as models use it).
+        ("Resize" | "Upsample", Some(out)) => {
+            let Some(&x) = inputs.first() else { return unknown(axes) };
+            let (Some(di), Some(dout)) = (dims(graph, x), dims(graph, out)) else { return unknown(axes) };
+            if di.len() != dout.len() {
+                return unknown(axes);
+            }
+            for a in 0..di.len() {
+                if known(&di[a]).is_some() && known(&di[a]) == known(&dout[a]) {
+                    axes.union((x, a), (out, a));
+                } else if a < 2 {
+                    axes.pin(x, a, format!("{}: resized", label()));
+                    axes.pin(out, a, format!("{}: resized", label()));
+                }
+            }
+        }
+        ("ConvTranspose", Some(out)) => {
+            // Weight [C_in, C_out / group, k..]: the input's channels are its rows.
+            let (Some(&x), Some(&w)) = (inputs.first(), inputs.get(1)) else { return unknown(axes) };
+            let group = node.attr_int("group").unwrap_or(1);
+            let channels = dims(graph, w).and_then(|d| d.first().and_then(known));
+            axes.union((x, 0), (out, 0));
+            axes.union((x, 1), (w, 0));
+            axes.role(graph, w, 0, Role::Consumer);
+            if let Some(b) = node.input(2) {
+                axes.union((b, 0), (out, 1));
+                axes.role(graph, b, 0, Role::Bias);
+            }
+            if group == 1 {
+                axes.union((w, 1), (out, 1));
+                axes.role(graph, w, 1, Role::Producer);
+            } else if Some(group) == channels && dims(graph, w).and_then(|d| d.get(1).and_then(known)) == Some(1) {
+                // Depthwise: channel c in gives channel c out.
+                axes.union((x, 1), (out, 1));
+            } else {
+                let reason = format!("{}: grouped convolution ({group} groups)", label());
+                axes.pin(x, 1, reason.clone());
+                axes.pin(out, 1, reason);
+            }
+        }
+        // Padding keeps the axes it does not pad.
+        ("Pad", Some(out)) => {
+            let Some(&x) = inputs.first() else { return unknown(axes) };
+            let Some(r) = rank(x) else { return unknown(axes) };
+            let pads = node.input(1).and_then(|v| graph.constant(v)).and_then(|t| t.to_i64().ok()).or_else(|| node.attr_ints("pads").map(|p| p.to_vec()));
+            let padded: Option<Vec<usize>> = match (pads, node.input(3).and_then(|v| graph.constant(v)).and_then(|t| t.to_i64().ok())) {
+                (Some(p), Some(list)) if p.len() == 2 * list.len() => {
+                    axes_of(&list, r).map(|a| a.into_iter().enumerate().filter(|&(i, _)| p[i] != 0 || p[i + list.len()] != 0).map(|(_, a)| a).collect())
+                }
+                (Some(p), None) if p.len() == 2 * r => Some((0..r).filter(|&a| p[a] != 0 || p[a + r] != 0).collect()),
+                _ => None,
+            };
+            let Some(padded) = padded else { return unknown(axes) };
+            for a in 0..r {
+                if padded.contains(&a) {
+                    let reason = format!("{}: padded", label());
+                    axes.pin(x, a, reason.clone());
+                    axes.pin(out, a, reason);
+                } else {
+                    axes.union((x, a), (out, a));
+                }
+            }
+        }
+        ("Split", _) => {
+            // Like Concat: the split axis is pinned, the others shared by every part.
+            let Some(&x) = inputs.first() else { return unknown(axes) };
+            let Some(r) = rank(x) else { return unknown(axes) };
+            let Some(axis) = axis_of(node.attr_int("axis").unwrap_or(0), r) else { return unknown(axes) };
+            axes.pin(x, axis, format!("{}: split", label()));
+            for &o in node.outputs.iter().flatten() {
+                if rank(o) != Some(r) {
+                    return unknown(axes);
+                }
+                for a in 0..r {
+                    if a == axis {
+                        axes.pin(o, a, format!("{}: split", label()));
+                    } else {
+                        axes.union((x, a), (o, a));
+                    }
+                }
+            }
+        }
+        // A Constant node's output is a constant like an initializer (`lift-constants` makes it
+        // one, which the transforms need to rewrite it).
+        ("Shape" | "Size" | "Constant", _) => {}
         _ => unknown(axes),
     }
 }
@@ -622,6 +712,18 @@ mod tests {
         assert_eq!((movable[0].width, movable[0].units), (16, 16));
         let residual = groups.iter().find(|g| names(&model, g).contains(&"w2[1]".to_string())).unwrap();
         assert!(residual.pinned.iter().any(|p| p.contains("graph input 'x'")), "{:?}", residual.pinned);
+    }
+
+    /// Padding (not of the channels), a transposed convolution, a resize and global pooling pass
+    /// channels through: the first conv's filters move with the transposed conv's rows, and its
+    /// columns with the last conv's input channels.
+    #[test]
+    fn pad_conv_transpose_resize_and_pooling_pass_channels_through() {
+        let (model, groups) = groups(
+            "model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[1,3,8,8]\n  init %w1 = tensor<f32[8,3,3,3]> fill=seeded(1)\n  init %pads = tensor<i64[8]>[0, 0, 1, 1, 0, 0, 1, 1]\n  init %wt = tensor<f32[8,4,2,2]> fill=seeded(2)\n  init %bt = tensor<f32[4]> fill=seeded(3)\n  init %scales = tensor<f32[4]>[1, 1, 2, 2]\n  init %w3 = tensor<f32[2,4,1,1]> fill=seeded(4)\n  %a = Conv(%x, %w1) {pads=[1, 1, 1, 1]}\n  %r = Relu(%a)\n  %p = Pad(%r, %pads)\n  %t = ConvTranspose(%p, %wt, %bt) {strides=[2, 2]}\n  %u = Resize(%t, _, %scales)\n  %g = GlobalAveragePool(%u)\n  %y = Conv(%g, %w3)\n  output %y\n}\n",
+        );
+        let movable: Vec<Vec<String>> = groups.iter().filter(|g| g.is_movable()).map(|g| names(&model, g)).collect();
+        assert_eq!(movable, [vec!["w1[0]", "wt[0]"], vec!["bt[0]", "wt[1]", "w3[1]"]], "{groups:#?}");
     }
 
     /// A depthwise convolution passes its channels through (one group from the first conv's

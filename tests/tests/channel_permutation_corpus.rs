@@ -1,0 +1,43 @@
+//! Channel permutation on the convolutional and vision-transformer models of the corpus, on
+//! their realistic inputs: every movable group reordered (after `lift-constants`, which turns
+//! Constant nodes into initializers the transform can rewrite), the outputs unchanged to 1e-5
+//! of their magnitude in each runtime (or, on a deep network, no more than the two runtimes
+//! differ from each other on the original).
+
+use compactor::Pipeline;
+use compactor_ir::Model;
+use compactor_passes::RunOptions;
+use compactor_tests::{both_runtimes, corpus_data, relative_difference};
+
+/// The corpus's inputs for `name`, as `name=path.npy`.
+fn corpus_inputs(name: &str) -> Vec<String> {
+    let dir = corpus_data().join("corpus-inputs").join(name);
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("inputs.json")).unwrap()).unwrap();
+    index.as_object().unwrap().iter().map(|(input, file)| format!("{input}={}", dir.join(file.as_str().unwrap()).display())).collect()
+}
+
+#[test]
+fn permutation_is_exact_on_the_corpus_cnns_and_vit() {
+    let dir = tempfile::tempdir().unwrap();
+    // (model, the fewest groups it must reorder)
+    let cases = [("rapidocr-det", 30), ("rapidocr-rec", 20), ("rapidocr-cls", 20), ("mtcnn-onet", 4), ("magika", 1), ("vit-s-focus", 24)];
+    for (name, at_least) in cases {
+        let src = corpus_data().join("corpus").join(format!("{name}.onnx"));
+        let feeds = corpus_inputs(name);
+        let (ort_before, ours_before) = both_runtimes(&src, &feeds);
+        let mut model = Model::load(&src).unwrap();
+        let report = Pipeline::parse("lift-constants,infer-shapes,permute-channels").unwrap().run_with(&mut model, RunOptions { verify_each: true, ..Default::default() }).unwrap();
+        assert!(report.passes[2].changed, "{name}: {}", report.passes[2].summary);
+        let reordered = report.passes[2].details["groups"].as_array().unwrap().len();
+        assert!(reordered >= at_least, "{name}: {}", report.passes[2].summary);
+        let out = dir.path().join(format!("{name}.onnx"));
+        model.save(&out).unwrap();
+        let (ort, ours) = both_runtimes(&out, &feeds);
+        let (in_ort, in_ours, between) = (relative_difference(&ort_before, &ort), relative_difference(&ours_before, &ours), relative_difference(&ort_before, &ours_before));
+        eprintln!("{name}: {reordered} groups; onnxruntime {in_ort:e}, bundled runtime {in_ours:e}, the runtimes on the original {between:e}");
+        // Another order of float sums: 1e-5, or on a deep network (DBNet's ~100 layers) no more
+        // than the two runtimes differ on the original model. A wrong permutation is off by O(1).
+        let bound = between.max(1e-5);
+        assert!(in_ort <= bound && in_ours <= bound, "{name}: onnxruntime {in_ort:e}, bundled runtime {in_ours:e} (bound {bound:e})");
+    }
+}

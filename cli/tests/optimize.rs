@@ -268,6 +268,11 @@ fn prune_channels_widths_write_one_model_per_width() {
         assert!(compactor_tests::relative_difference(&ort, &ours) < 1e-5, "{name}");
         assert_eq!(ort[0].shape(), full[0].shape());
     }
+    // The same input and options write the same bytes.
+    let again = dir.path().join("again.onnx");
+    let o = compactor(&["optimize", s(&input), "-o", s(&again), "--passes", "infer-shapes,prune-channels(widths=[0.5,0.75],multiple=4)", "--calibration", "random:2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(dir.path().join("out.w50.onnx")).unwrap(), std::fs::read(dir.path().join("again.w50.onnx")).unwrap());
     let none = dir.path().join("none.onnx");
     let o = compactor(&["optimize", s(&input), "-o", s(&none), "--passes", "infer-shapes,prune-channels(score=activation)"]);
     assert_eq!(o.status.code(), Some(2));

@@ -274,7 +274,7 @@ impl PruneChannels {
                             patch.node("Add", Anchor::After(c.node)).name(format!("{}/compensation", graph.value(c.weight).name)).input(out).input(bias).output(sum).add();
                             reports[index].compensation.push(entry(name, true));
                         }
-                        None => reports[index].notes.push(format!("{consumer}: no bias to compensate in (its output is read otherwise)")),
+                        None => reports[index].notes.push(format!("{consumer}: not compensated (its bias is shared or not one per output, or its output is a graph output)")),
                     }
                 }
             }

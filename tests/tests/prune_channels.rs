@@ -6,7 +6,7 @@ use compactor::{Pipeline, RuntimeCalibrator};
 use compactor_ir::Model;
 use compactor_passes::{PassError, PipelineReport, RunOptions};
 use compactor_runtime::{Session, SessionOptions, TensorValue};
-use compactor_tests::{both_runtimes, random_npy_inputs, relative_difference};
+use compactor_tests::{both_runtimes, cache_dir, random_npy_inputs, relative_difference};
 
 /// Two layers with a Relu between them: the hidden activations have a positive mean, so a cut
 /// hidden channel leaves a bias behind.
@@ -191,6 +191,27 @@ fn allow_norms_cuts_normalised_groups() {
     assert!(group["notes"][0].as_str().unwrap().contains("statistics change"), "{group}");
     assert_eq!(weights(&model, "gamma").0, [8]);
     runs_in_both(&model, dir.path(), "normed");
+}
+
+/// On SmolLM2 the residual stream (every RMSNorm reduces over it) is cut only with
+/// allow_norms, with the FFNs; onnxruntime and the bundled runtime run the result alike.
+#[test]
+fn allow_norms_cuts_smollm2s_residual_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = cache_dir().join("smollm2").join("prefill.onnx");
+    let mut model = Model::load(&src).unwrap();
+    let report = run(&mut model, "infer-shapes,prune-channels(keep=0.75,allow_norms=true)", false).unwrap();
+    let groups = report.passes[1].details["groups"].as_array().unwrap().clone();
+    let residual: Vec<&serde_json::Value> = groups.iter().filter(|g| g["width_before"] == 576).collect();
+    assert_eq!(residual.len(), 1, "{}", report.passes[1].summary);
+    assert_eq!(residual[0]["width_after"], 432);
+    assert!(residual[0]["notes"].as_array().unwrap().len() >= 61, "every RMSNorm's statistics change");
+    assert_eq!(groups.iter().filter(|g| g["width_before"] == 1536 && g["width_after"] == 1152).count(), 30);
+    let path = dir.path().join("smollm2_pruned.onnx");
+    model.save(&path).unwrap();
+    let feeds = random_npy_inputs(&path, dir.path(), &[("batch_size".into(), 1), ("sequence_length".into(), 12)], 5);
+    let (ort, ours) = both_runtimes(&path, &feeds);
+    assert!(relative_difference(&ort, &ours) < 1e-4);
 }
 
 /// Nested widths from one ordering: the pass's graph is the full width in saliency order (the

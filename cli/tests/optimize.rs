@@ -245,3 +245,37 @@ fn streaming_rewrites_write_the_same_model_as_in_memory() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_str().unwrap().starts_with(".compactor-scratch")).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Nested widths: one model per width next to the output (out.w50.onnx, out.w75.onnx), the
+/// output itself the full width in saliency order; all three load in onnxruntime. Without
+/// --calibration, score=activation says which option gives the data.
+#[test]
+fn prune_channels_widths_write_one_model_per_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mlp.ctir");
+    std::fs::write(&input, "model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[4,8]\n  init %w1 = tensor<f32[8,16]> fill=seeded(1)\n  init %b1 = tensor<f32[16]> fill=seeded(2)\n  init %w2 = tensor<f32[16,8]> fill=seeded(3)\n  %h = MatMul(%x, %w1)\n  %hb = Add(%h, %b1)\n  %a = Relu(%hb)\n  %y = MatMul(%a, %w2)\n  output %y\n}\n").unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = compactor(&["optimize", s(&input), "-o", s(&out), "--passes", "infer-shapes,prune-channels(widths=[0.5,0.75],multiple=4)", "--calibration", "random:2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let feeds = compactor_tests::random_npy_inputs(&out, dir.path(), &[], 1);
+    let (full, _) = compactor_tests::both_runtimes(&out, &feeds);
+    for (name, width) in [("out.w50.onnx", 8), ("out.w75.onnx", 12)] {
+        let path = dir.path().join(name);
+        let model = compactor_ir::Model::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let w1 = model.graph.main().initializers.iter().find(|&&v| model.graph.value(v).name == "w1").copied().unwrap();
+        assert_eq!(model.graph.constant(w1).unwrap().dims(), [8, width], "{name}");
+        let (ort, ours) = compactor_tests::both_runtimes(&path, &feeds);
+        assert!(compactor_tests::relative_difference(&ort, &ours) < 1e-5, "{name}");
+        assert_eq!(ort[0].shape(), full[0].shape());
+    }
+    // The same input and options write the same bytes.
+    let again = dir.path().join("again.onnx");
+    let o = compactor(&["optimize", s(&input), "-o", s(&again), "--passes", "infer-shapes,prune-channels(widths=[0.5,0.75],multiple=4)", "--calibration", "random:2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(dir.path().join("out.w50.onnx")).unwrap(), std::fs::read(dir.path().join("again.w50.onnx")).unwrap());
+    let none = dir.path().join("none.onnx");
+    let o = compactor(&["optimize", s(&input), "-o", s(&none), "--passes", "infer-shapes,prune-channels(score=activation)"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("score=activation") && stderr(&o).contains("--calibration random:N"), "{}", stderr(&o));
+    assert!(!none.exists());
+}

@@ -63,6 +63,8 @@ pub struct Wanted {
     pub max_abs: bool,
     /// Mean x² per input (channel norms, saliency).
     pub mean_square: bool,
+    /// Mean x per input (the bias a cut input leaves behind).
+    pub mean: bool,
     /// With [`RowLayout::Attention`]: the mean probability each key position receives, over
     /// every query (and over the first query alone, a classification token's view).
     pub attention: bool,
@@ -70,7 +72,7 @@ pub struct Wanted {
 
 impl Wanted {
     fn any(self) -> bool {
-        self.gram || self.mean_abs || self.max_abs || self.mean_square || self.attention
+        self.gram || self.mean_abs || self.max_abs || self.mean_square || self.mean || self.attention
     }
 
     fn union(self, other: Wanted) -> Wanted {
@@ -79,6 +81,7 @@ impl Wanted {
             mean_abs: self.mean_abs || other.mean_abs,
             max_abs: self.max_abs || other.max_abs,
             mean_square: self.mean_square || other.mean_square,
+            mean: self.mean || other.mean,
             attention: self.attention || other.attention,
         }
     }
@@ -102,6 +105,7 @@ pub struct Stats {
     pub mean_abs: Option<Vec<f32>>,
     pub max_abs: Option<Vec<f32>>,
     pub mean_square: Option<Vec<f32>>,
+    pub mean: Option<Vec<f32>>,
     /// Attention: the mean probability each key position receives over every query, and from
     /// the first query alone; as long as the longest input seen (a position only shorter
     /// inputs lack is averaged over the inputs that have it).
@@ -155,6 +159,7 @@ struct Accumulator {
     abs_sums: Option<Vec<f64>>,
     max_abs: Option<Vec<f32>>,
     square_sums: Option<Vec<f64>>,
+    sums: Option<Vec<f64>>,
     attention: Option<AttentionSums>,
     rows: u64,
 }
@@ -168,6 +173,7 @@ impl Accumulator {
             abs_sums: wanted.mean_abs.then(|| vec![0.0; k]),
             max_abs: wanted.max_abs.then(|| vec![0.0; k]),
             square_sums: wanted.mean_square.then(|| vec![0.0; k]),
+            sums: wanted.mean.then(|| vec![0.0; k]),
             attention: wanted.attention.then(AttentionSums::default),
             rows: 0,
         }
@@ -210,6 +216,11 @@ impl Accumulator {
                     *s += x as f64 * x as f64;
                 }
             }
+            if let Some(sums) = &mut self.sums {
+                for (s, &x) in sums.iter_mut().zip(row) {
+                    *s += x as f64;
+                }
+            }
         }
         self.rows += rows as u64;
         Ok(())
@@ -224,6 +235,7 @@ impl Accumulator {
             mean_abs: self.abs_sums.map(mean),
             max_abs: self.max_abs,
             mean_square: self.square_sums.map(mean),
+            mean: self.sums.map(mean),
             attention_received: self.attention.as_ref().map(|a| AttentionSums::means(&a.received)),
             attention_from_first: self.attention.as_ref().map(|a| AttentionSums::means(&a.from_first)),
         })
@@ -314,13 +326,14 @@ mod tests {
         let mut calibrator = Fixed(vec![(vec![2, 2], vec![1.0, -2.0, 3.0, 0.0]), (vec![1, 2], vec![-5.0, 4.0])]);
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
-        let all = Wanted { gram: true, mean_abs: true, max_abs: true, mean_square: true, ..Default::default() };
+        let all = Wanted { gram: true, mean_abs: true, max_abs: true, mean_square: true, mean: true, ..Default::default() };
         let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted: all }]).unwrap();
         let s = &stats[&x];
         assert_eq!(s.rows, 3);
         assert_eq!(s.mean_abs.as_deref(), Some(&[3.0, 2.0][..]));
         assert_eq!(s.max_abs.as_deref(), Some(&[5.0, 4.0][..]));
         assert_eq!(s.mean_square.as_deref(), Some(&[35.0 / 3.0, 20.0 / 3.0][..]));
+        assert_eq!(s.mean.as_deref(), Some(&[-1.0 / 3.0, 2.0 / 3.0][..]));
         // GPTQ's Hessian is (2/n) XᵀX: XᵀX = [[35, -22], [-22, 20]].
         let h = s.gram.as_ref().unwrap();
         let expected = [[35.0, -22.0], [-22.0, 20.0]];

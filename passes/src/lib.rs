@@ -19,4 +19,4 @@ pub mod registry;
 pub mod spec;
 
 pub use pass::{Activation, Calibrator, ConstantEvaluator, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome, Progress, Silent};
-pub use pipeline::{GraphStats, PassReport, Pipeline, PipelineReport, RunOptions};
+pub use pipeline::{GraphStats, PassReport, Pipeline, PipelineReport, RunOptions, Variant};

@@ -64,24 +64,33 @@ pub struct PassOutcome {
     pub summary: String,
     /// Pass-specific details for machines (per-layer numbers, lists of matches).
     pub details: serde_json::Value,
+    /// Further results besides the graph (nested widths), each named: the pipeline runs its
+    /// remaining passes on each of them too.
+    #[serde(skip)]
+    pub variants: Vec<(String, Graph)>,
 }
 
 impl PassOutcome {
     pub fn changed(summary: impl Into<String>) -> Self {
-        PassOutcome { changed: true, summary: summary.into(), details: serde_json::Value::Null }
+        PassOutcome { changed: true, summary: summary.into(), details: serde_json::Value::Null, variants: Vec::new() }
     }
 
     pub fn unchanged(summary: impl Into<String>) -> Self {
-        PassOutcome { changed: false, summary: summary.into(), details: serde_json::Value::Null }
+        PassOutcome { changed: false, summary: summary.into(), details: serde_json::Value::Null, variants: Vec::new() }
     }
 
     /// `changed` if `count` > 0.
     pub fn counted(count: usize, summary: impl Into<String>) -> Self {
-        PassOutcome { changed: count > 0, summary: summary.into(), details: serde_json::Value::Null }
+        PassOutcome { changed: count > 0, summary: summary.into(), details: serde_json::Value::Null, variants: Vec::new() }
     }
 
     pub fn with_details(mut self, details: impl Serialize) -> Self {
         self.details = serde_json::to_value(details).unwrap_or(serde_json::Value::Null);
+        self
+    }
+
+    pub fn with_variants(mut self, variants: Vec<(String, Graph)>) -> Self {
+        self.variants = variants;
         self
     }
 }

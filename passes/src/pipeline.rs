@@ -83,6 +83,21 @@ pub struct PipelineReport {
     pub seconds: f64,
     /// Set when `stop_after` ended the pipeline early.
     pub stopped_after: Option<String>,
+    /// Further models a pass produced (nested widths), each run through the passes after it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+}
+
+/// A named further result of a pass (see [`crate::PassOutcome::variants`]) after the rest of
+/// the pipeline ran on it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Variant {
+    pub name: String,
+    /// The passes after the one that produced it.
+    pub passes: Vec<PassReport>,
+    pub after: GraphStats,
+    #[serde(skip)]
+    pub model: Model,
 }
 
 impl Pipeline {
@@ -136,16 +151,26 @@ impl Pipeline {
         }
         let start = Instant::now();
         let initial = GraphStats::of(&model.graph);
-        let mut reports = Vec::with_capacity(self.steps.len());
-        let mut stopped_after = None;
+        let run = self.run_steps(0, model, initial, &mut options, true)?;
+        if self.steps.is_empty() {
+            verify(model).map_err(|problems| PassError::Invalid { pass: "(none)".into(), problems })?;
+        }
+        let after = run.reports.last().map(|r| r.after).unwrap_or(initial);
+        Ok(PipelineReport { passes: run.reports, before: initial, after, seconds: start.elapsed().as_secs_f64(), stopped_after: run.stopped_after, variants: run.variants })
+    }
+
+    /// Runs the steps from `first` on; a pass's variants run the steps after it (without the
+    /// hooks: dumps and progress lines are the main model's).
+    fn run_steps(&self, first: usize, model: &mut Model, initial: GraphStats, options: &mut RunOptions<'_>, hooks: bool) -> Result<Run, PassError> {
+        let mut run = Run::default();
         let mut analyses = crate::analysis::Analyses::new();
-        for (i, step) in self.steps.iter().enumerate() {
-            if let Some(f) = options.on_pass_start.as_mut() {
+        for (i, step) in self.steps.iter().enumerate().skip(first) {
+            if hooks && let Some(f) = options.on_pass_start.as_mut() {
                 f(i, self.steps.len(), step.name);
             }
-            let before = reports.last().map(|r: &PassReport| r.after).unwrap_or(initial);
+            let before = run.reports.last().map(|r: &PassReport| r.after).unwrap_or(initial);
             let t = Instant::now();
-            let outcome = {
+            let mut outcome = {
                 let mut ctx = PassCtx {
                     opsets: &mut model.opset_import,
                     ir_version: &mut model.ir_version,
@@ -160,20 +185,23 @@ impl Pipeline {
                 }
             };
             let seconds = t.elapsed().as_secs_f64();
-            if step.kind == PassKind::Analysis && outcome.changed {
+            if step.kind == PassKind::Analysis && (outcome.changed || !outcome.variants.is_empty()) {
                 return Err(PassError::failed(step.name, "graph", "an analysis pass reported a change"));
             }
-            let last = i + 1 == self.steps.len() || options.stop_after.as_deref() == Some(step.name);
+            let stop = options.stop_after.as_deref() == Some(step.name);
+            let last = i + 1 == self.steps.len() || stop;
             if options.verify_each || last {
                 verify(model).map_err(|problems| PassError::Invalid { pass: step.name.into(), problems })?;
             }
             let after = if outcome.changed { GraphStats::of(&model.graph) } else { before };
-            if options.dump_after.iter().any(|d| d == step.name)
+            if hooks
+                && options.dump_after.iter().any(|d| d == step.name)
                 && let Some(f) = options.on_dump.as_mut()
             {
                 f(step.name, i, &compactor_ir::model_to_text(model));
             }
-            reports.push(PassReport {
+            let produced = std::mem::take(&mut outcome.variants);
+            run.reports.push(PassReport {
                 pass: step.name.into(),
                 kind: step.kind,
                 options: step.options.clone(),
@@ -184,15 +212,31 @@ impl Pipeline {
                 after,
                 seconds,
             });
-            if options.stop_after.as_deref() == Some(step.name) {
-                stopped_after = Some(step.name.to_string());
+            for (name, graph) in produced {
+                // The variant shares the model's opsets and metadata as they are now.
+                let main = std::mem::replace(&mut model.graph, graph);
+                let mut variant = model.clone();
+                model.graph = main;
+                verify(&variant).map_err(|problems| PassError::Invalid { pass: format!("{} ({name})", step.name), problems })?;
+                let stats = GraphStats::of(&variant.graph);
+                let tail = if last { Run::default() } else { self.run_steps(i + 1, &mut variant, stats, options, false)? };
+                let after = tail.reports.last().map(|r| r.after).unwrap_or(stats);
+                run.variants.push(Variant { name: name.clone(), passes: tail.reports, after, model: variant });
+                run.variants.extend(tail.variants.into_iter().map(|v| Variant { name: format!("{name}.{}", v.name), ..v }));
+            }
+            if stop {
+                run.stopped_after = Some(step.name.to_string());
                 break;
             }
         }
-        if self.steps.is_empty() {
-            verify(model).map_err(|problems| PassError::Invalid { pass: "(none)".into(), problems })?;
-        }
-        let after = reports.last().map(|r| r.after).unwrap_or(initial);
-        Ok(PipelineReport { passes: reports, before: initial, after, seconds: start.elapsed().as_secs_f64(), stopped_after })
+        Ok(run)
     }
+}
+
+/// What running a stretch of the steps gave.
+#[derive(Default)]
+struct Run {
+    reports: Vec<PassReport>,
+    stopped_after: Option<String>,
+    variants: Vec<Variant>,
 }

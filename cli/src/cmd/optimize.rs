@@ -144,6 +144,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => ExternalDataPolicy::Preserve,
     };
     let saved = model_file::save(&model, &args.output, &SaveOptions { external_data, sync: false })?;
+    // Further models a pass produced (nested widths) go next to the output: out.w50.onnx.
+    for variant in &report.variants {
+        let path = variant_path(&args.output, &variant.name);
+        let external_data = match args.external_data_threshold {
+            Some(min_bytes) => ExternalDataPolicy::Threshold { min_bytes, location: format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()) },
+            None => ExternalDataPolicy::Preserve,
+        };
+        let saved = model_file::save(&variant.model, &path, &SaveOptions { external_data, sync: false })?;
+        eprintln!("  {}: {} ({} nodes)", path.display(), bytes(saved.model_bytes + saved.external_files.iter().map(|(_, n)| n).sum::<u64>()), variant.after.nodes);
+    }
     let input_bytes = std::fs::metadata(&args.input)?.len() + external_bytes(&args.input)?;
     let output_bytes = saved.model_bytes + saved.external_files.iter().map(|(_, n)| n).sum::<u64>();
     eprintln!(
@@ -167,6 +177,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         write_atomically(path, serde_json::to_vec_pretty(&value)?)?;
     }
     Ok(Outcome::Success)
+}
+
+/// `dir/out.onnx` with variant `w50`: `dir/out.w50.onnx`.
+fn variant_path(output: &Path, name: &str) -> PathBuf {
+    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let file = match output.extension() {
+        Some(ext) => format!("{stem}.{name}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{name}"),
+    };
+    output.with_file_name(file)
 }
 
 /// Bytes of the external data files a model refers to (none for the text form).

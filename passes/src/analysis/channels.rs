@@ -16,6 +16,8 @@
 //! permutation but change under a cut; they are listed so a pruning pass can decide.
 
 use super::{Analyses, Analysis};
+use crate::calib::RowLayout;
+use compactor_ir::graph::UseMap;
 use compactor_ir::types::Dim;
 use compactor_ir::{Graph, Node, NodeId, ValueId};
 use serde::Serialize;
@@ -62,6 +64,46 @@ impl ChannelGroup {
     pub fn is_movable(&self) -> bool {
         self.pinned.is_empty() && !self.params.is_empty() && self.units > 1
     }
+
+    /// The layers that read the group's channels as their inputs (a `Consumer` weight of the
+    /// group's full width, in a MatMul, a Gemm or an ungrouped Conv), with the activation each
+    /// reads: what activation-aware scores and cut compensation measure.
+    pub fn consumers(&self, graph: &Graph, uses: &UseMap) -> Vec<Consumer> {
+        let mut out = Vec::new();
+        for (&(weight, axis), role) in self.params.iter().zip(&self.roles) {
+            let size = dims(graph, weight).and_then(|d| d.get(axis).and_then(known));
+            if *role != Role::Consumer || size != Some(self.width) {
+                continue;
+            }
+            for id in uses.consumers(weight) {
+                let node = graph.node(id);
+                let (Some(input), true) = (node.input(0), node.input(1) == Some(weight)) else { continue };
+                let rank = dims(graph, weight).map_or(0, |d| d.len());
+                let layout = match node.op_type.as_str() {
+                    "MatMul" if rank == 2 && axis == 0 => RowLayout::LastAxis,
+                    // Rows on the last axis only when A is not transposed.
+                    "Gemm" if node.attr_int("transA").unwrap_or(0) == 0 && axis == usize::from(node.attr_int("transB").unwrap_or(0) != 0) => RowLayout::LastAxis,
+                    // Every position of the input feeds some output: all of them are rows.
+                    "Conv" if node.attr_int("group").unwrap_or(1) == 1 && axis == 1 && rank >= 3 => RowLayout::Channels { strides: vec![1; rank - 2] },
+                    _ => continue,
+                };
+                out.push(Consumer { node: id, weight, axis, input, layout });
+            }
+        }
+        out
+    }
+}
+
+/// A layer reading a group's channels (see [`ChannelGroup::consumers`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Consumer {
+    pub node: NodeId,
+    /// The weight, whose `axis` is in the group.
+    pub weight: ValueId,
+    pub axis: usize,
+    /// The activation it multiplies, with the group's channels on its rows.
+    pub input: ValueId,
+    pub layout: RowLayout,
 }
 
 /// Every group with at least one constant axis, in order of first appearance.

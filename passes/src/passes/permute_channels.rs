@@ -3,8 +3,9 @@
 //! an axis in a group is permuted along it the same way (in whole units: heads, KV-head groups).
 //! So the first channels are the ones a later cut keeps.
 
-use crate::analysis::channels::Role;
+use crate::analysis::channels::{Consumer, Role};
 use crate::analysis::{ChannelGroup, ChannelGroups};
+use crate::calib::{self, Request, Stats, Wanted};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use compactor_ir::{Graph, Patch, Tensor, ValueDef, ValueId};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ pub enum Score {
     BnGamma,
     /// ISCS-style, from the producers' weights alone: variance x (|bias| + eps) x (1 - mean |correlation| with the other channels).
     Iscs,
+    /// Wanda-style, from calibration data: for each layer reading the channels, mean |x| of each input channel times the L2 norm of the weight entries it multiplies, summed over the readers (needs --calibration).
+    Activation,
     /// A seeded random order (the baseline a score must beat).
     Random,
 }
@@ -29,7 +32,7 @@ pub enum Score {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PermuteChannels {
-    /// How channels are ranked: magnitude, l1, bn-gamma, iscs or random.
+    /// How channels are ranked: magnitude, l1, bn-gamma, iscs, activation (needs calibration data) or random.
     pub score: Score,
     /// Seed of score=random.
     pub seed: u64,
@@ -142,6 +145,51 @@ fn iscs(graph: &Graph, g: &ChannelGroup) -> Result<Option<Vec<f64>>, PassError> 
     Ok(Some(per_unit(g, &scores)))
 }
 
+/// Wanda's weight-times-activation saliency, per channel: for each consumer, mean |x_c| of the
+/// activation it reads times the L2 norm of the weight entries channel `c` multiplies; summed
+/// over the consumers. `None` when no consumer has statistics.
+fn activation(graph: &Graph, g: &ChannelGroup, consumers: &[Consumer], stats: &BTreeMap<ValueId, Stats>) -> Result<Option<Vec<f64>>, PassError> {
+    let width = g.width as usize;
+    let mut scores = vec![0.0f64; width];
+    let mut measured = false;
+    for c in consumers {
+        let Some(mean_abs) = stats.get(&c.input).and_then(|s| s.mean_abs.as_ref()) else { continue };
+        let t = graph.constant(c.weight).ok_or_else(|| fail(graph.value(c.weight).name.clone(), "not a constant"))?;
+        let Some((data, dims)) = values(&t) else { continue };
+        let (outer, size, inner): (usize, usize, usize) = (dims[..c.axis].iter().product(), dims[c.axis], dims[c.axis + 1..].iter().product());
+        if size != width || mean_abs.len() != width {
+            continue;
+        }
+        let mut squares = vec![0.0f64; width];
+        for o in 0..outer {
+            for (ch, square) in squares.iter_mut().enumerate() {
+                *square += data[(o * size + ch) * inner..(o * size + ch + 1) * inner].iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+            }
+        }
+        for (score, (square, &m)) in scores.iter_mut().zip(squares.iter().zip(mean_abs)) {
+            *score += m as f64 * square.sqrt();
+        }
+        measured = true;
+    }
+    Ok(measured.then(|| per_unit(g, &scores)))
+}
+
+/// Calibration statistics per activation.
+pub(crate) type ActivationStats = BTreeMap<ValueId, Stats>;
+
+/// The groups' consumers (see [`ChannelGroup::consumers`]), with the calibration statistics
+/// `wanted` of the activations they read; the pipeline's calibration data runs once.
+pub(crate) fn calibrate(graph: &Graph, ctx: &mut PassCtx<'_, '_>, groups: &[&ChannelGroup], wanted: Wanted, pass: &str, why: &str) -> Result<(Vec<Vec<Consumer>>, ActivationStats), PassError> {
+    let uses = graph.uses();
+    let consumers: Vec<Vec<Consumer>> = groups.iter().map(|g| g.consumers(graph, &uses)).collect();
+    let requests: Vec<Request> = groups.iter().zip(&consumers).flat_map(|(g, cs)| cs.iter().map(move |c| Request { value: c.input, layout: c.layout.clone(), k: g.width as usize, wanted })).collect();
+    let stats = calib::collect(graph, ctx, pass, why, &requests)?;
+    Ok((consumers, stats))
+}
+
+/// Why score=activation needs calibration data (for the error without it).
+pub(crate) const ACTIVATION_NEEDS: &str = "score=activation weighs channels by their calibration activations";
+
 /// Per unit of `g`: the sum of |w| over every entry of the group's constants whose index on the
 /// group's axis falls in the unit.
 fn magnitude(graph: &Graph, g: &ChannelGroup) -> Result<Vec<f64>, PassError> {
@@ -207,9 +255,11 @@ pub(crate) type Ranking = (Vec<usize>, Vec<f64>);
 impl PermuteChannels {
     /// The units of group `g` (the `index`-th of the analysis) most salient first, with each
     /// unit's score in that order; `None` when the group has nothing the score reads.
-    pub(crate) fn rank_units(&self, graph: &Graph, g: &ChannelGroup, index: usize) -> Result<Option<Ranking>, PassError> {
+    /// score=activation reads the statistics of `consumers`' inputs in `stats`.
+    pub(crate) fn rank_units(&self, graph: &Graph, g: &ChannelGroup, index: usize, consumers: &[Consumer], stats: &BTreeMap<ValueId, Stats>) -> Result<Option<Ranking>, PassError> {
         let scores = match self.score {
             Score::Magnitude => Some(magnitude(graph, g)?),
+            Score::Activation => activation(graph, g, consumers, stats)?,
             Score::L1 => l1(graph, g, &[Role::Producer])?,
             Score::BnGamma => l1(graph, g, &[Role::BatchNormScale])?,
             Score::Iscs => iscs(graph, g)?,
@@ -233,16 +283,17 @@ impl PermuteChannels {
 impl Pass for PermuteChannels {
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         let groups = ctx.analyses.get::<ChannelGroups>(graph);
+        // Constants held by Constant nodes cannot be rewritten in place: such a group stays.
+        let movable: Vec<(usize, &ChannelGroup)> =
+            groups.groups.iter().enumerate().filter(|(_, g)| g.is_movable() && g.params.iter().all(|&(v, _)| matches!(graph.value(v).def, ValueDef::Initializer))).collect();
+        let wanted = Wanted { mean_abs: self.score == Score::Activation, ..Default::default() };
+        let (consumers, stats) = calibrate(graph, ctx, &movable.iter().map(|&(_, g)| g).collect::<Vec<_>>(), wanted, Self::NAME, ACTIVATION_NEEDS)?;
         // Every permutation of every constant, applied together (a weight has axes in two groups).
         let mut changes: BTreeMap<ValueId, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
         let mut reports = Vec::new();
         let mut skipped = 0;
-        for (i, g) in groups.groups.iter().enumerate().filter(|(_, g)| g.is_movable()) {
-            // Constants held by Constant nodes cannot be rewritten in place: such a group stays.
-            if g.params.iter().any(|&(v, _)| !matches!(graph.value(v).def, ValueDef::Initializer)) {
-                continue;
-            }
-            let Some((order, scores)) = self.rank_units(graph, g, i)? else {
+        for (&(i, g), consumers) in movable.iter().zip(&consumers) {
+            let Some((order, scores)) = self.rank_units(graph, g, i, consumers, &stats)? else {
                 // A group without what the score reads (no BatchNorm for bn-gamma) keeps its order.
                 skipped += 1;
                 continue;

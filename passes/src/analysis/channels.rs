@@ -550,11 +550,21 @@ fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes) {
             }
             axes.pin(out, axis, format!("{}: concatenated", label()));
         }
-        // Pooling keeps batch and channels; the spatial axes change size.
+        // Pooling keeps batch and channels. A window over the spatial axes ties their order (they
+        // are pinned); a global pool reduces them whole.
         ("GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" | "MaxPool" | "AveragePool" | "LpPool", Some(out)) => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
+            let Some(r) = rank(x) else { return unknown(axes) };
             axes.union((x, 0), (out, 0));
             axes.union((x, 1), (out, 1));
+            for a in 2..r {
+                if op.starts_with("Global") {
+                    axes.reducer(x, a, id);
+                } else {
+                    axes.pin(x, a, format!("{}: pooled window", label()));
+                    axes.pin(out, a, format!("{}: pooled window", label()));
+                }
+            }
         }
         // Resizing keeps the axes it does not scale (batch and channels, as models use it).
         ("Resize" | "Upsample", Some(out)) => {
@@ -566,7 +576,8 @@ fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes) {
             for a in 0..di.len() {
                 if known(&di[a]).is_some() && known(&di[a]) == known(&dout[a]) {
                     axes.union((x, a), (out, a));
-                } else if a < 2 {
+                } else {
+                    // Interpolation mixes neighbours: the order along a resized axis is fixed.
                     axes.pin(x, a, format!("{}: resized", label()));
                     axes.pin(out, a, format!("{}: resized", label()));
                 }

@@ -226,6 +226,32 @@ impl PruneChannels {
                 for &(v, _) in &p.group.values {
                     patch.set_type(v, None);
                 }
+                // A depthwise convolution over the group has one group per channel: as many as are kept.
+                for &n in &graph.main().nodes {
+                    let node = graph.node(n);
+                    if matches!(node.op_type.as_str(), "Conv" | "ConvTranspose")
+                        && node.attr_int("group") == Some(width as i64)
+                        && width > 1
+                        && node.input(0).is_some_and(|x| p.group.values.contains(&(x, 1)))
+                    {
+                        patch.set_attr(n, "group", compactor_ir::AttrValue::Int(kept as i64));
+                    }
+                    // A Reshape that spells out the group's width (a bias reshaped to [1, C, 1, 1])
+                    // gets a target shape of its own with the kept width.
+                    if node.op_type == "Reshape"
+                        && let (Some(out), Some(target)) = (node.output(0), node.input(1))
+                        && let Some(shape) = graph.constant(target).and_then(|t| t.to_i64().ok())
+                    {
+                        let axes: Vec<usize> = p.group.values.iter().filter(|&&(v, _)| v == out).map(|&(_, a)| a).filter(|&a| shape.get(a) == Some(&(width as i64))).collect();
+                        if !axes.is_empty() {
+                            let mut narrowed = shape.clone();
+                            axes.iter().for_each(|&a| narrowed[a] = kept as i64);
+                            let t = Tensor::from_i64(&[narrowed.len() as u64], &narrowed).map_err(|e| PassError::failed(Self::NAME, graph.value(target).name.clone(), e.to_string()))?;
+                            let new = patch.new_initializer(node.region, &format!("{}_pruned", graph.value(target).name), t);
+                            patch.set_input(n, 1, Some(new));
+                        }
+                    }
+                }
             }
             let score_mean = p.scores.iter().sum::<f64>() / p.scores.len().max(1) as f64;
             reports.push(GroupReport {

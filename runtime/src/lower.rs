@@ -342,6 +342,34 @@ impl Builder<'_> {
         g.value_mut(out).def = ValueDef::Node { node: id, output: 0 };
     }
 
+    /// Adds a node of any domain whose outputs are existing values (which it then defines);
+    /// `None` leaves an input or output out.
+    fn node_into(&mut self, domain: &str, op_type: &str, inputs: &[Option<ValueId>], attributes: Vec<Attribute>, outputs: &[Option<ValueId>]) {
+        let g = &mut self.lowering.model.graph;
+        let name = format!("{}.{}{}", self.prefix, op_type, self.pos);
+        let node = Node {
+            op_type: op_type.to_string(),
+            domain: Some(domain.to_string()),
+            name: Some(name),
+            overload: None,
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+            attributes,
+            doc_string: None,
+            metadata_props: Vec::new(),
+            device_configurations: Vec::new(),
+            region: self.region,
+        };
+        let id = g.add_node_detached(node);
+        g.region_mut(self.region).nodes.insert(self.pos, id);
+        self.pos += 1;
+        for (i, out) in outputs.iter().enumerate() {
+            if let Some(out) = out {
+                g.value_mut(*out).def = ValueDef::Node { node: id, output: i as u32 };
+            }
+        }
+    }
+
     fn constant(&mut self, base: &str, tensor: Tensor) -> ValueId {
         let name = format!("{}.{base}", self.prefix);
         self.lowering.add_initializer(self.region, &name, tensor)

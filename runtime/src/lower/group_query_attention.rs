@@ -68,6 +68,9 @@ impl Lowering {
         if key_value.is_some() && !rotary && (7..14).all(|i| input(i).is_none()) && presents_paired && self.input_type(id, 0) == Some(DataType::Float) {
             return Ok(false);
         }
+        // With rotary, the same once q and k are rotated (below).
+        let kernel_takes_the_rest = key_value.is_some() && (10..14).all(|i| input(i).is_none()) && presents_paired && self.input_type(id, 0) == Some(DataType::Float);
+        let total_sequence_length = total;
         let softcap = node.attr_float("softcap").unwrap_or(0.0);
         let window = node.attr_int("local_window_size").unwrap_or(-1);
         let smooth = node.attr_int("smooth_softmax").unwrap_or(0) == 1;
@@ -159,6 +162,16 @@ impl Lowering {
             }
             None => (q4, k4),
         };
+        // Rotated, the common form again: the runtime's kernel takes it from here.
+        if rotary && kernel_takes_the_rest {
+            let flat = ints(&mut b, &[0, 0, -1]);
+            let (q, k) = (b.op("Reshape", &[q4, flat], vec![]), b.op("Reshape", &[k4, flat], vec![]));
+            let inputs = [Some(q), Some(k), key_value.map(|kv| kv.1), past.map(|p| p.0), past.map(|p| p.1), Some(seqlens_k), Some(total_sequence_length)];
+            let attributes = node.attributes.iter().filter(|a| a.name != "do_rotary" && a.name != "rotary_interleaved").cloned().collect();
+            let outputs: Vec<Option<ValueId>> = (0..3).map(|i| node.output(i)).collect();
+            b.node_into(super::contrib::MICROSOFT, "GroupQueryAttention", &inputs, attributes, &outputs);
+            return Ok(true);
+        }
         let scale = match (scale, head_size) {
             (Some(s), _) => float(&mut b, s),
             (None, Some(d)) => float(&mut b, 1.0 / (d as f32).sqrt()),

@@ -1,5 +1,5 @@
-//! Time per op kind of a model as the runtime hands it to tract (lowered, optimised, the
-//! runtime's kernels swapped in), on deterministic random inputs.
+//! Time per op kind of a model as the runtime hands it to tract (lowered, read with the
+//! runtime's op builders, optimised, the runtime's kernels swapped in), on deterministic random inputs.
 //!
 //! `cargo run --release -p compactor-runtime --example profile_ops -- MODEL THREADS [NAME=N ...]`
 //! where `NAME=N` sets symbolic dimensions (`batch=8 seq=128`).
@@ -17,7 +17,7 @@ fn main() -> TractResult<()> {
     let ir = compactor_ir::Model::load(path)?;
     let inputs = compactor_runtime::inputs::random_inputs(&ir, &dims, 0)?;
     let lowered = compactor_runtime::lower(&ir)?.model.to_bytes()?;
-    let mut model = tract_onnx::onnx().model_for_read(&mut &lowered[..])?;
+    let mut model = compactor_runtime::framework().model_for_read(&mut &lowered[..])?;
     for (i, (_, v)) in inputs.iter().enumerate() {
         model.set_input_fact(i, InferenceFact::dt_shape(v.tract().datum_type(), v.shape()))?;
     }

@@ -25,5 +25,5 @@ pub mod value;
 pub use capture::{CaptureSink, CapturedValue, ChannelAbsMean, GramAccumulator, ValueRef};
 pub use error::RuntimeError;
 pub use lower::{Lowered, LoweringReport, lower};
-pub use session::{IoSpec, NamedValues, PlanKind, Session, SessionOptions, default_threads, keep_freed_memory, tune_tract_threading};
+pub use session::{IoSpec, NamedValues, PlanKind, Session, SessionOptions, default_threads, framework, keep_freed_memory, tune_tract_threading};
 pub use value::{RuntimeValue, TensorValue};

@@ -100,43 +100,46 @@ pub struct LoweringReport {
 }
 
 /// The element type of a value: declared, or followed back through the ops producing it (the
-/// common ones: most ops keep their first input's type).
-fn infer_elem(g: &Graph, v: ValueId, depth: u32) -> Option<DataType> {
-    let value = g.value(v);
-    if let Some(t) = &value.initializer {
-        return Some(t.dtype());
+/// common ones: most ops keep their first input's type). `steps` bounds the walk: a deep
+/// decoder's activations are hundreds of ops from the nearest declared type, so it is a loop.
+fn infer_elem(g: &Graph, mut v: ValueId, steps: u32) -> Option<DataType> {
+    for _ in 0..=steps {
+        let value = g.value(v);
+        if let Some(t) = &value.initializer {
+            return Some(t.dtype());
+        }
+        if let Some(dt) = value.elem() {
+            return Some(dt);
+        }
+        let (node_id, output) = g.producer(v)?;
+        let node = g.node(node_id);
+        // The input whose type the output has, when it is not fixed by the op.
+        let follow = if !node.domain().is_empty() {
+            0
+        } else {
+            match node.op_type.as_str() {
+                "Constant" => return g.constant(v).map(|t| t.dtype()),
+                "ConstantOfShape" => return Some(node.attr_tensor("value").map(|t| t.dtype()).unwrap_or(DataType::Float)),
+                "Cast" => return node.attr_int("to").and_then(|c| DataType::from_code(c as i32)),
+                "CastLike" | "Where" => 1,
+                "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => return Some(DataType::Int64),
+                "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" => return Some(DataType::Bool),
+                "DequantizeLinear" => 1,
+                // Quantized outputs: the zero point's type, `output_dtype`, or uint8.
+                "QuantizeLinear" => match node.attr_int("output_dtype").filter(|&c| c != 0) {
+                    Some(code) => return DataType::from_code(code as i32),
+                    None if node.input(2).is_some() => 2,
+                    None => return Some(DataType::Uint8),
+                },
+                "DynamicQuantizeLinear" => return Some(if output == 1 { DataType::Float } else { DataType::Uint8 }),
+                "MatMulInteger" | "ConvInteger" => return Some(DataType::Int32),
+                "TopK" if output == 1 => return Some(DataType::Int64),
+                _ => 0,
+            }
+        };
+        v = node.input(follow)?;
     }
-    if let Some(dt) = value.elem() {
-        return Some(dt);
-    }
-    let (node_id, output) = g.producer(v)?;
-    let node = g.node(node_id);
-    if depth == 0 {
-        return None;
-    }
-    let input = |i: usize| node.input(i).and_then(|x| infer_elem(g, x, depth - 1));
-    if !node.domain().is_empty() {
-        return input(0);
-    }
-    match node.op_type.as_str() {
-        "Constant" => g.constant(v).map(|t| t.dtype()),
-        "ConstantOfShape" => Some(node.attr_tensor("value").map(|t| t.dtype()).unwrap_or(DataType::Float)),
-        "Cast" => node.attr_int("to").and_then(|c| DataType::from_code(c as i32)),
-        "CastLike" | "Where" => input(1),
-        "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => Some(DataType::Int64),
-        "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" => Some(DataType::Bool),
-        "DequantizeLinear" => input(1),
-        // Quantized outputs: the zero point's type, `output_dtype`, or uint8.
-        "QuantizeLinear" => match node.attr_int("output_dtype").filter(|&c| c != 0) {
-            Some(code) => DataType::from_code(code as i32),
-            None if node.input(2).is_some() => input(2),
-            None => Some(DataType::Uint8),
-        },
-        "DynamicQuantizeLinear" => Some(if output == 1 { DataType::Float } else { DataType::Uint8 }),
-        "MatMulInteger" | "ConvInteger" => Some(DataType::Int32),
-        "TopK" if output == 1 => Some(DataType::Int64),
-        _ => input(0),
-    }
+    None
 }
 
 /// The lowered model and what was done to it.
@@ -218,7 +221,7 @@ impl Lowering {
     fn input_type(&self, node: NodeId, i: usize) -> Option<DataType> {
         let v = self.graph().node(node).input(i)?;
         let value = self.graph().value(v);
-        value.initializer.as_ref().map(Tensor::dtype).or_else(|| self.graph().constant(v).map(|t| t.dtype())).or_else(|| infer_elem(self.graph(), v, 32))
+        value.initializer.as_ref().map(Tensor::dtype).or_else(|| self.graph().constant(v).map(|t| t.dtype())).or_else(|| infer_elem(self.graph(), v, 100_000))
     }
 
     fn value_rank(&self, v: ValueId) -> Option<usize> {

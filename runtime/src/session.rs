@@ -530,7 +530,7 @@ fn bind_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 /// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid, StringNormalizer,
 /// TfIdfVectorizer, DeformConv, TreeEnsemble, MaxUnpool and Upsample (as Resize), and the
 /// forms of GroupQueryAttention and RotaryEmbedding that the lowering keeps.
-fn framework() -> tract_onnx::Onnx {
+pub fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
     onnx.op_register.insert("CumProd", crate::kernels::extra_ops::build_cumprod);

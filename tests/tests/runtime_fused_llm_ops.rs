@@ -83,6 +83,11 @@ struct LlmCase {
 fn smollm2_matches(case: &LlmCase, what: &str) {
     let start = std::time::Instant::now();
     let session = Session::new(&Model::load(&case.model).unwrap(), &SessionOptions::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    // Every layer's attention stays for the runtime's kernel (the lowering once lost the query's
+    // type 30 ops up a decoder and expanded the deeper layers into full-score attention).
+    let lowered = &session.lowered_model().graph;
+    let kept = lowered.all_nodes().into_iter().filter(|&n| lowered.node(n).op_type == "GroupQueryAttention" && lowered.node(n).domain() == "com.microsoft").count();
+    assert_eq!(kept, 30, "{what}: GroupQueryAttention nodes left for the kernel");
     let feeds = inputs(&case.inputs);
     let loaded = start.elapsed();
     let outputs = session.run(&feeds).unwrap_or_else(|e| panic!("{what}: {e}"));

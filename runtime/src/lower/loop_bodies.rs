@@ -23,12 +23,12 @@ pub(super) fn type_loop_bodies(g: &mut Graph) {
             .enumerate()
             .map(|(i, _)| {
                 if scan {
-                    g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 32))
+                    g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 100_000))
                 } else {
                     match i {
                         0 => Some(DataType::Int64),
                         1 => Some(DataType::Bool),
-                        _ => g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 32)),
+                        _ => g.node(id).input(i).and_then(|outer| infer_elem(g, outer, 100_000)),
                     }
                 }
             })

@@ -1,0 +1,130 @@
+"""Width pruning of transformer FFNs: MiniLM (sentence cosine) and SmolLM2 (perplexity), each
+score against magnitude and random order, with latency in both runtimes next to the dense model.
+
+`prune-channels(keep=K,score=S)` cuts every FFN's hidden width (the groups it can cut: heads and
+the normalised residual stream are left) to K of its channels. `activation` calibrates on the
+calibration part of the text and compensates the cut channels' mean into the next layer's bias;
+the evaluation part is never calibrated on. Same texts, windows and calibration as
+`benches/factorize.py` (whose helpers this reuses).
+
+    .cache/venv/bin/python benches/channels_llm.py [--models minilm,smollm2] [--runs 3]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import factorize as fb  # noqa: E402
+
+KEEPS = [0.9, 0.75, 0.5]
+SCORES = ["magnitude", "random", "activation"]
+
+
+def prune(compactor, src, out, keep, score, calib):
+    spec = f"infer-shapes,prune-channels(keep={keep},score={score}),eliminate-dead-code"
+    cmd = [compactor, "optimize", src, "-o", out, "--passes", spec]
+    if score == "activation":
+        cmd += ["--calibration", calib]
+    seconds = fb.run(cmd)
+    return {"seconds": seconds, "bytes": fb.size_of(out)}
+
+
+def minilm(a, results):
+    src = os.path.join(a.shared, "minilm-l6-v2.onnx")
+    out_dir = os.path.join(a.out, "minilm")
+    calib = os.path.join(out_dir, "calibration")
+    cal, held_out = fb.minilm_texts(a)
+    for b in range(4):
+        d = os.path.join(calib, f"{b:03}")
+        os.makedirs(d, exist_ok=True)
+        for name, value in fb.minilm_feeds(cal[4 * b:4 * b + 4]).items():
+            np.save(os.path.join(d, f"{name}.npy"), value)
+    held_out_feeds = fb.minilm_feeds(held_out)
+    inputs = {}
+    for name, value in fb.minilm_feeds(held_out[:1]).items():
+        inputs[name] = os.path.join(out_dir, f"bench_{name}.npy")
+        np.save(inputs[name], value)
+    rows = results.setdefault("minilm", {})
+    rows["dense"] = {"bytes": fb.size_of(src), "latency": fb.bench_runtime(a.compactor, src, inputs, [], a.runs)}
+    for keep in KEEPS:
+        for score in SCORES:
+            out = os.path.join(out_dir, f"{score}_{keep}.onnx")
+            row = prune(a.compactor, src, out, keep, score, calib)
+            row["cosine"] = fb.minilm_cosines(src, out, [held_out_feeds])[0]
+            row["latency"] = fb.bench_runtime(a.compactor, out, inputs, [], a.runs)
+            rows[f"{score} {keep}"] = row
+            print(f"MiniLM {score} {keep}: {json.dumps(row)}", flush=True)
+
+
+def smollm2(a, results):
+    src = os.path.join(a.cache, "smollm2", "prefill.onnx")
+    out_dir = os.path.join(a.out, "smollm2")
+    os.makedirs(out_dir, exist_ok=True)
+    tokens = np.load(os.path.join(a.cache, "smollm2", "text_evaluation.npy")).reshape(-1).astype(np.int64)[:a.eval_tokens]
+    calib = fb.calibration_dir(a.cache, out_dir, 8)
+    ids = tokens[:512][None, :]
+    inputs = {}
+    for name, value in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("position_ids", np.arange(512, dtype=np.int64)[None, :])):
+        inputs[name] = os.path.join(out_dir, f"bench_{name}.npy")
+        np.save(inputs[name], value)
+    rows = results.setdefault("smollm2", {})
+    rows["dense"] = {"ppl": fb.perplexity(src, tokens, 2), "bytes": fb.size_of(src), "latency": fb.bench_runtime(a.compactor, src, inputs, [], a.runs)}
+    print(f"SmolLM2 dense: {json.dumps(rows['dense'])}", flush=True)
+    for keep in [0.9, 0.8, 0.7]:
+        for score in SCORES:
+            out = os.path.join(out_dir, f"{score}_{keep}.onnx")
+            row = prune(a.compactor, src, out, keep, score, calib)
+            row["ppl"] = fb.perplexity(out, tokens, 2)
+            row["latency"] = fb.bench_runtime(a.compactor, out, inputs, [], a.runs)
+            rows[f"{score} {keep}"] = row
+            print(f"SmolLM2 {score} {keep}: {json.dumps(row)}", flush=True)
+
+
+def table(results):
+    ms = fb.ms
+    lines = []
+    for model, metric, label in (("minilm", "cosine", "sentence cosine (64 held-out paragraphs)"), ("smollm2", "ppl", "perplexity")):
+        rows = results.get(model)
+        if not rows:
+            continue
+        d = rows["dense"]
+        lines += [f"{model}:", "", f"| FFN width kept | score | {label} | MiB | Compactor runtime | onnxruntime |", "|---|---|---:|---:|---:|---:|"]
+        dense_metric = f"{d[metric]:.3f}" if metric in d else "1"
+        lines.append(f"| 100% | | {dense_metric} | {d['bytes'] / 2**20:.1f} | {ms(d['latency'], 'compactor'):.1f} ms | {ms(d['latency'], 'onnxruntime'):.1f} ms |")
+        for name, r in rows.items():
+            if name == "dense":
+                continue
+            score, keep = name.split(" ")
+            lines.append(f"| {float(keep) * 100:.0f}% | {score} | {r[metric]:.4f} | {r['bytes'] / 2**20:.1f} | {ms(r['latency'], 'compactor'):.1f} ms | {ms(r['latency'], 'onnxruntime'):.1f} ms |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compactor", default=os.path.join(HERE, "..", "target", "release", "compactor"))
+    ap.add_argument("--cache", default=os.path.join(HERE, "..", ".cache"))
+    ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "models"))
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "target", "channels-llm-bench"))
+    ap.add_argument("--models", default="minilm,smollm2")
+    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per runtime (0: no latency)")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    results = {}
+    if "minilm" in a.models:
+        minilm(a, results)
+    if "smollm2" in a.models:
+        smollm2(a, results)
+    with open(os.path.join(a.out, "RESULTS.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

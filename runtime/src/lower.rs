@@ -324,35 +324,18 @@ impl Builder<'_> {
 
     /// Adds a node writing into an existing value (which it then defines).
     fn op_into(&mut self, op_type: &str, inputs: &[ValueId], attributes: Vec<Attribute>, out: ValueId) {
-        let g = &mut self.lowering.model.graph;
-        let name = format!("{}.{}{}", self.prefix, op_type, self.pos);
-        let node = Node {
-            op_type: op_type.to_string(),
-            domain: None,
-            name: Some(name),
-            overload: None,
-            inputs: inputs.iter().map(|&v| Some(v)).collect(),
-            outputs: vec![Some(out)],
-            attributes,
-            doc_string: None,
-            metadata_props: Vec::new(),
-            device_configurations: Vec::new(),
-            region: self.region,
-        };
-        let id = g.add_node_detached(node);
-        g.region_mut(self.region).nodes.insert(self.pos, id);
-        self.pos += 1;
-        g.value_mut(out).def = ValueDef::Node { node: id, output: 0 };
+        let inputs: Vec<Option<ValueId>> = inputs.iter().map(|&v| Some(v)).collect();
+        self.node_into(None, op_type, &inputs, attributes, &[Some(out)]);
     }
 
-    /// Adds a node of any domain whose outputs are existing values (which it then defines);
-    /// `None` leaves an input or output out.
-    fn node_into(&mut self, domain: &str, op_type: &str, inputs: &[Option<ValueId>], attributes: Vec<Attribute>, outputs: &[Option<ValueId>]) {
+    /// Adds a node (of `domain`, or the default one) whose outputs are existing values (which
+    /// it then defines); `None` leaves an input or output out.
+    fn node_into(&mut self, domain: Option<&str>, op_type: &str, inputs: &[Option<ValueId>], attributes: Vec<Attribute>, outputs: &[Option<ValueId>]) {
         let g = &mut self.lowering.model.graph;
         let name = format!("{}.{}{}", self.prefix, op_type, self.pos);
         let node = Node {
             op_type: op_type.to_string(),
-            domain: Some(domain.to_string()),
+            domain: domain.map(str::to_string),
             name: Some(name),
             overload: None,
             inputs: inputs.to_vec(),

@@ -169,7 +169,7 @@ impl Lowering {
             let inputs = [Some(q), Some(k), key_value.map(|kv| kv.1), past.map(|p| p.0), past.map(|p| p.1), Some(seqlens_k), Some(total_sequence_length)];
             let attributes = node.attributes.iter().filter(|a| a.name != "do_rotary" && a.name != "rotary_interleaved").cloned().collect();
             let outputs: Vec<Option<ValueId>> = (0..3).map(|i| node.output(i)).collect();
-            b.node_into(super::contrib::MICROSOFT, "GroupQueryAttention", &inputs, attributes, &outputs);
+            b.node_into(Some(super::contrib::MICROSOFT), "GroupQueryAttention", &inputs, attributes, &outputs);
             return Ok(true);
         }
         let scale = match (scale, head_size) {

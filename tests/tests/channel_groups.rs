@@ -105,3 +105,39 @@ fn pruned_minilm_runs_in_both_runtimes() {
     let report = Pipeline::parse("infer-shapes,prune-channels(keep=1)").unwrap().run_with(&mut model, RunOptions::default()).unwrap();
     assert!(!report.passes[1].changed);
 }
+
+/// A depthwise-separable block with a residual, pooled into a classifier: the expanded width
+/// moves through the depthwise convolution as one group (both pointwise convolutions and the
+/// depthwise filters), the residual width is pinned by the graph input, and global pooling and
+/// Flatten carry the residual channels into the classifier's rows.
+#[test]
+fn depthwise_chain_groups_are_snapshotted() {
+    let text = "model ir_version=8 opset=[ai.onnx=17]
+graph g {
+  input %x: f32[1,8,6,6]
+  init %w1 = tensor<f32[16,8,1,1]> fill=seeded(1)
+  init %b1 = tensor<f32[16]> fill=seeded(2)
+  init %wd = tensor<f32[16,1,3,3]> fill=seeded(3)
+  init %w2 = tensor<f32[8,16,1,1]> fill=seeded(4)
+  init %wfc = tensor<f32[4,8]> fill=seeded(5)
+  init %bfc = tensor<f32[4]> fill=seeded(6)
+  %e = Conv(%x, %w1, %b1)
+  %r = Relu(%e)
+  %d = Conv(%r, %wd) {group=16, pads=[1, 1, 1, 1]}
+  %s = Relu(%d)
+  %p = Conv(%s, %w2)
+  %y = Add(%p, %x)
+  %g = GlobalAveragePool(%y)
+  %f = Flatten(%g)
+  %logits = Gemm(%f, %wfc, %bfc) {transB=1}
+  output %logits
+}
+";
+    let mut model = compactor_ir::text::parse(text).unwrap();
+    let report = Pipeline::parse("infer-shapes,channel-groups").unwrap().run_with(&mut model, RunOptions::default()).unwrap();
+    let groups = report.passes[1].details["groups"].as_array().unwrap().clone();
+    let movable: Vec<&serde_json::Value> = groups.iter().filter(|g| g["movable"] == true).collect();
+    assert_eq!(movable.len(), 1, "{groups:#?}");
+    assert_eq!(movable[0]["width"], 16);
+    insta::assert_snapshot!(serde_json::to_string_pretty(&groups).unwrap());
+}

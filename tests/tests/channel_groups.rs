@@ -141,3 +141,56 @@ graph g {
     assert_eq!(movable[0]["width"], 16);
     insta::assert_snapshot!(serde_json::to_string_pretty(&groups).unwrap());
 }
+
+/// Grouped-query attention as optimum exports it (KV heads repeated by Unsqueeze, Expand and
+/// Reshape): 4 query heads of 4 over 2 KV heads, so q's columns, k's and v's columns and the
+/// output projection's rows move in 2 units (a KV head with its query heads), never inside a
+/// head.
+#[test]
+fn gqa_groups_are_snapshotted() {
+    let text = "model ir_version=8 opset=[ai.onnx=17]
+graph g {
+  input %x: f32[1,5,16]
+  init %wq = tensor<f32[16,16]> fill=seeded(1)
+  init %wk = tensor<f32[16,8]> fill=seeded(2)
+  init %wv = tensor<f32[16,8]> fill=seeded(3)
+  init %wo = tensor<f32[16,16]> fill=seeded(4)
+  init %q_shape = tensor<i64[4]>[1, 5, 4, 4]
+  init %kv_shape = tensor<i64[4]>[1, 5, 2, 4]
+  init %axis2 = tensor<i64[1]>[2]
+  init %repeat = tensor<i64[5]>[1, 2, 2, 5, 4]
+  init %heads = tensor<i64[4]>[1, 4, 5, 4]
+  init %merged = tensor<i64[3]>[1, 5, 16]
+  %q = MatMul(%x, %wq)
+  %q4 = Reshape(%q, %q_shape)
+  %qh = Transpose(%q4) {perm=[0, 2, 1, 3]}
+  %k = MatMul(%x, %wk)
+  %k4 = Reshape(%k, %kv_shape)
+  %kh = Transpose(%k4) {perm=[0, 2, 1, 3]}
+  %k5 = Unsqueeze(%kh, %axis2)
+  %ke = Expand(%k5, %repeat)
+  %kr = Reshape(%ke, %heads)
+  %v = MatMul(%x, %wv)
+  %v4 = Reshape(%v, %kv_shape)
+  %vh = Transpose(%v4) {perm=[0, 2, 1, 3]}
+  %v5 = Unsqueeze(%vh, %axis2)
+  %ve = Expand(%v5, %repeat)
+  %vr = Reshape(%ve, %heads)
+  %kt = Transpose(%kr) {perm=[0, 1, 3, 2]}
+  %scores = MatMul(%qh, %kt)
+  %probs = Softmax(%scores) {axis=-1}
+  %ctx = MatMul(%probs, %vr)
+  %ct = Transpose(%ctx) {perm=[0, 2, 1, 3]}
+  %c = Reshape(%ct, %merged)
+  %o = MatMul(%c, %wo)
+  %y = Add(%o, %x)
+  output %y
+}
+";
+    let mut model = compactor_ir::text::parse(text).unwrap();
+    let report = Pipeline::parse("infer-shapes,channel-groups").unwrap().run_with(&mut model, RunOptions::default()).unwrap();
+    let groups = report.passes[1].details["groups"].as_array().unwrap().clone();
+    let heads = groups.iter().find(|g| g["params"].as_array().unwrap().iter().any(|p| p == "wq[1]")).unwrap();
+    assert_eq!((heads["movable"].clone(), heads["units"].clone()), (serde_json::json!(true), serde_json::json!(2)), "{groups:#?}");
+    insta::assert_snapshot!(serde_json::to_string_pretty(&groups).unwrap());
+}

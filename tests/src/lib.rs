@@ -274,21 +274,27 @@ pub fn random_npy_inputs(model: &Path, dir: &Path, dims: &[(String, i64)], seed:
 /// A model's outputs on `inputs` in onnxruntime (basic optimizations: the model's own
 /// semantics) and in the bundled runtime.
 pub fn both_runtimes(model: &Path, inputs: &[String]) -> (Vec<TensorValue>, Vec<TensorValue>) {
+    both_runtimes_at(model, inputs, "basic")
+}
+
+/// [`both_runtimes`] with onnxruntime's graph optimization level `opt` (`none`, `basic`,
+/// `all`: its extended fusions change numerics).
+pub fn both_runtimes_at(model: &Path, inputs: &[String], opt: &str) -> (Vec<TensorValue>, Vec<TensorValue>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), dir.path().as_os_str(), "--opt".as_ref(), "basic".as_ref()];
+    let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), dir.path().as_os_str(), "--opt".as_ref(), opt.as_ref()];
     for i in inputs {
         args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
     }
     run_python("run_ort.py", &args);
-    let feeds: Vec<(String, TensorValue)> = inputs
+    let feeds: Vec<(&str, TensorValue)> = inputs
         .iter()
         .map(|s| {
             let (name, file) = s.split_once('=').unwrap();
-            (name.to_string(), npy::read_npy(Path::new(file)).unwrap())
+            (name, npy::read_npy(Path::new(file)).unwrap())
         })
         .collect();
-    let named: Vec<(&str, TensorValue)> = feeds.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-    let ours: Vec<TensorValue> = Session::new(&Model::load(model).unwrap(), &SessionOptions::default()).unwrap().run(&named).unwrap().into_iter().map(|(_, v)| v).collect();
+    let session = Session::new(&Model::load(model).unwrap(), &SessionOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    let ours: Vec<TensorValue> = session.run(&feeds).unwrap_or_else(|e| panic!("{}: {e}", model.display())).into_iter().map(|(_, v)| v).collect();
     let theirs = (0..ours.len()).map(|i| npy::read_npy(&dir.path().join(format!("output_{i}.npy"))).unwrap()).collect();
     (theirs, ours)
 }

@@ -7,8 +7,8 @@
 use compactor_ir::{Model, verify};
 use compactor_passes::{Pipeline, RunOptions};
 use compactor_runtime::npy::read_npy;
-use compactor_runtime::{Session, SessionOptions, TensorValue};
-use compactor_tests::{regression_model, run_python, shared_models};
+use compactor_runtime::TensorValue;
+use compactor_tests::{both_runtimes_at, regression_model, shared_models};
 use std::path::{Path, PathBuf};
 
 /// Each model, and the largest difference from onnxruntime allowed on its outputs
@@ -35,28 +35,6 @@ fn inputs_for(model: &str) -> Vec<String> {
     }
     let input = regression_model(model).parent().unwrap().join("conv_input.npy");
     vec![format!("x={}", input.display())]
-}
-
-/// The model's outputs in onnxruntime (at `opt`) and on the bundled runtime.
-fn both_runtimes(model: &Path, inputs: &[String], opt: &str) -> (Vec<TensorValue>, Vec<TensorValue>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), dir.path().as_os_str(), "--opt".as_ref(), opt.as_ref()];
-    for i in inputs {
-        args.extend([std::ffi::OsStr::new("--input"), std::ffi::OsStr::new(i)]);
-    }
-    run_python("run_ort.py", &args);
-    let feeds: Vec<(String, TensorValue)> = inputs
-        .iter()
-        .map(|s| {
-            let (name, file) = s.split_once('=').unwrap();
-            (name.to_string(), read_npy(Path::new(file)).unwrap())
-        })
-        .collect();
-    let named: Vec<(&str, TensorValue)> = feeds.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-    let session = Session::new(&Model::load(model).unwrap(), &SessionOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
-    let ours: Vec<TensorValue> = session.run(&named).unwrap_or_else(|e| panic!("{}: {e}", model.display())).into_iter().map(|(_, v)| v).collect();
-    let theirs = (0..ours.len()).map(|i| read_npy(&dir.path().join(format!("output_{i}.npy"))).unwrap()).collect();
-    (theirs, ours)
 }
 
 /// The largest `|a - b|` over all outputs, or what is wrong: a shape mismatch, a NaN or
@@ -149,7 +127,7 @@ fn models_written_by_onnxruntime_pass_the_verifier_and_round_trip_losslessly() {
 fn bundled_runtime_matches_onnxruntime_on_models_onnxruntime_wrote() {
     for &(name, atol, rtol) in MODELS {
         let path = regression_model(name);
-        let (theirs, ours) = both_runtimes(&path, &inputs_for(name), "basic");
+        let (theirs, ours) = both_runtimes_at(&path, &inputs_for(name), "basic");
         let worst = assert_close(name, &theirs, &ours, atol, rtol);
         println!("{name}: {} {worst:.3e}", if atol.is_infinite() { "lowest per-token cosine with onnxruntime" } else { "max abs difference from onnxruntime" });
     }
@@ -161,7 +139,7 @@ fn fused_minilm_gives_the_reference_hidden_state() {
     let reference = read_npy(&shared_models().join("minilm_ref_hidden.npy")).unwrap();
     for name in ["minilm_ort_extended.onnx", "minilm_ort_fused.onnx"] {
         let path = regression_model(name);
-        let (_, ours) = both_runtimes(&path, &inputs_for(name), "none");
+        let (_, ours) = both_runtimes_at(&path, &inputs_for(name), "none");
         let worst = assert_close(name, std::slice::from_ref(&reference), &ours[..1], 1e-4, 1e-4);
         println!("{name}: max abs difference from the reference hidden state {worst:.3e}");
     }
@@ -203,9 +181,9 @@ fn quantized_models_load_and_run_in_onnxruntime_like_on_the_bundled_runtime() {
             // The bundled runtime against onnxruntime's plain kernels; then onnxruntime at its
             // full optimization level (its QDQ transformers, which refused the int8 QDQ
             // model at opset 21, included) against its plain kernels.
-            let (theirs, ours) = both_runtimes(&out, &inputs_for(name), "basic");
+            let (theirs, ours) = both_runtimes_at(&out, &inputs_for(name), "basic");
             let worst = assert_close(&format!("{name} {spec}"), &theirs, &ours, atol, rtol);
-            let (optimized, _) = both_runtimes(&out, &inputs_for(name), "all");
+            let (optimized, _) = both_runtimes_at(&out, &inputs_for(name), "all");
             close_in_direction(&format!("{name} {spec}: onnxruntime all vs basic"), &theirs, &optimized);
             println!("{name} {spec}: {layers} weights quantized, {} left to their integer or fused op; max abs difference from onnxruntime {worst:.3e}", left.len());
         }
@@ -225,11 +203,11 @@ fn raising_the_opset_keeps_int8_activation_qdq_valid_in_onnxruntime() {
     let out = dir.path().join("opset21.onnx");
     model.save(&out).unwrap();
     // The int8 -> uint8 rewrite is exact: onnxruntime's plain kernels give the same numbers.
-    let (before, _) = both_runtimes(&regression_model(name), &inputs_for(name), "basic");
-    let (after, ours) = both_runtimes(&out, &inputs_for(name), "basic");
+    let (before, _) = both_runtimes_at(&regression_model(name), &inputs_for(name), "basic");
+    let (after, ours) = both_runtimes_at(&out, &inputs_for(name), "basic");
     assert_close("opset 21 vs the original in onnxruntime", &before, &after, 1e-6, 0.0);
     // At its full optimization level onnxruntime now loads it (it refused it before).
-    let (theirs, _) = both_runtimes(&out, &inputs_for(name), "all");
+    let (theirs, _) = both_runtimes_at(&out, &inputs_for(name), "all");
     close_in_direction("opset 21: onnxruntime all vs basic", &after, &theirs);
     close_in_direction("opset 21: bundled runtime vs onnxruntime", &theirs, &ours);
 }

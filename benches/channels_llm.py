@@ -35,20 +35,7 @@ def prune(compactor, src, out, keep, score, calib):
 
 
 def minilm(a, results):
-    src = os.path.join(a.shared, "minilm-l6-v2.onnx")
-    out_dir = os.path.join(a.out, "minilm")
-    calib = os.path.join(out_dir, "calibration")
-    cal, held_out = fb.minilm_texts(a)
-    for b in range(4):
-        d = os.path.join(calib, f"{b:03}")
-        os.makedirs(d, exist_ok=True)
-        for name, value in fb.minilm_feeds(cal[4 * b:4 * b + 4]).items():
-            np.save(os.path.join(d, f"{name}.npy"), value)
-    held_out_feeds = fb.minilm_feeds(held_out)
-    inputs = {}
-    for name, value in fb.minilm_feeds(held_out[:1]).items():
-        inputs[name] = os.path.join(out_dir, f"bench_{name}.npy")
-        np.save(inputs[name], value)
+    src, out_dir, calib, held_out_feeds, inputs = fb.minilm_setup(a)
     rows = results.setdefault("minilm", {})
     rows["dense"] = {"bytes": fb.size_of(src), "latency": fb.bench_runtime(a.compactor, src, inputs, [], a.runs)}
     for keep in KEEPS:
@@ -62,16 +49,7 @@ def minilm(a, results):
 
 
 def smollm2(a, results):
-    src = os.path.join(a.cache, "smollm2", "prefill.onnx")
-    out_dir = os.path.join(a.out, "smollm2")
-    os.makedirs(out_dir, exist_ok=True)
-    tokens = np.load(os.path.join(a.cache, "smollm2", "text_evaluation.npy")).reshape(-1).astype(np.int64)[:a.eval_tokens]
-    calib = fb.calibration_dir(a.cache, out_dir, 8)
-    ids = tokens[:512][None, :]
-    inputs = {}
-    for name, value in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("position_ids", np.arange(512, dtype=np.int64)[None, :])):
-        inputs[name] = os.path.join(out_dir, f"bench_{name}.npy")
-        np.save(inputs[name], value)
+    src, out_dir, tokens, calib, inputs = fb.smollm2_setup(a)
     rows = results.setdefault("smollm2", {})
     rows["dense"] = {"ppl": fb.perplexity(src, tokens, 2), "bytes": fb.size_of(src), "latency": fb.bench_runtime(a.compactor, src, inputs, [], a.runs)}
     print(f"SmolLM2 dense: {json.dumps(rows['dense'])}", flush=True)

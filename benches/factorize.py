@@ -74,7 +74,10 @@ def factorize(compactor, src, out, spec, calib):
             "macs_share": macs / before if before else None, "params_share": sum(l["params_after"] for l in layers) / before if before else None}
 
 
-def smollm2(a, results):
+def smollm2_setup(a):
+    """SmolLM2's prefill graph, the evaluation tokens, the calibration directory (8 windows of
+    512 calibration tokens) and the latency inputs (the first 512 evaluation tokens), under
+    `a.out/smollm2`."""
     src = os.path.join(a.cache, "smollm2", "prefill.onnx")
     out_dir = os.path.join(a.out, "smollm2")
     os.makedirs(out_dir, exist_ok=True)
@@ -85,6 +88,11 @@ def smollm2(a, results):
     for name, value in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("position_ids", np.arange(512, dtype=np.int64)[None, :])):
         inputs[name] = os.path.join(out_dir, f"bench_{name}.npy")
         np.save(inputs[name], value)
+    return src, out_dir, tokens, calib, inputs
+
+
+def smollm2(a, results):
+    src, out_dir, tokens, calib, inputs = smollm2_setup(a)
     rows = results.setdefault("smollm2", {})
     base = rows.get("f32") if a.only else None
     if base is None:
@@ -135,7 +143,10 @@ def minilm_cosines(reference, candidate, feed_sets):
     return out
 
 
-def minilm(a, results):
+def minilm_setup(a):
+    """MiniLM, its calibration directory (4 batches of 4 calibration paragraphs), the held-out
+    paragraphs' feeds and the latency inputs (the first held-out paragraph), under
+    `a.out/minilm`."""
     src = os.path.join(a.shared, "minilm-l6-v2.onnx")
     out_dir = os.path.join(a.out, "minilm")
     calib = os.path.join(out_dir, "calibration")
@@ -145,12 +156,16 @@ def minilm(a, results):
         os.makedirs(d, exist_ok=True)
         for name, value in minilm_feeds(cal[4 * b:4 * b + 4]).items():
             np.save(os.path.join(d, f"{name}.npy"), value)
-    reference_feeds = {n: np.load(os.path.join(a.shared, f"minilm_{n}.npy")) for n in ("input_ids", "attention_mask", "token_type_ids")}
-    held_out_feeds = minilm_feeds(held_out)
     inputs = {}
     for name, value in minilm_feeds(held_out[:1]).items():
         inputs[name] = os.path.join(out_dir, f"bench_{name}.npy")
         np.save(inputs[name], value)
+    return src, out_dir, calib, minilm_feeds(held_out), inputs
+
+
+def minilm(a, results):
+    src, out_dir, calib, held_out_feeds, inputs = minilm_setup(a)
+    reference_feeds = {n: np.load(os.path.join(a.shared, f"minilm_{n}.npy")) for n in ("input_ids", "attention_mask", "token_type_ids")}
     rows = results.setdefault("minilm", {})
     rows["f32"] = {"bytes": size_of(src), "latency": bench_runtime(a.compactor, src, inputs, [], a.runs)}
     jobs = [(f"{m} {r}", f"factorize(method={m},ratio={r})") for m in METHODS for r in RATIOS]

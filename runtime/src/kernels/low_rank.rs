@@ -84,14 +84,7 @@ impl LowRankMatMul {
             // weight (each a contiguous stream), the chunks' partial sums added in chunk order:
             // `t = x · A` over chunks of k, then `y = t · B` over chunks of r, in one parallel
             // region.
-            let chunks = |len: usize| -> Vec<Range<usize>> { (0..len.div_ceil(matvec::CHUNK_ROWS)).map(|i| i * matvec::CHUNK_ROWS..((i + 1) * matvec::CHUNK_ROWS).min(len)).collect() };
-            let (k_chunks, r_chunks) = (chunks(k), chunks(r));
-            let sum = |partials: Vec<Vec<f32>>, out: &mut [f32]| {
-                out.copy_from_slice(&partials[0]);
-                for part in &partials[1..] {
-                    out.iter_mut().zip(part).for_each(|(s, p)| *s += p);
-                }
-            };
+            let (k_chunks, r_chunks) = (matvec::row_chunks(k), matvec::row_chunks(r));
             let first = |ls: &Range<usize>| {
                 let mut part = vec![0f32; m * r];
                 // SAFETY: rows `ls` of A are within it.
@@ -109,13 +102,13 @@ impl LowRankMatMul {
                 Some(pool) => {
                     use rayon::prelude::*;
                     pool.install(|| {
-                        sum(k_chunks.par_iter().map(first).collect(), &mut t);
-                        sum(r_chunks.par_iter().map(|ls| second(&t, ls)).collect(), y);
+                        matvec::add_in_order(&k_chunks.par_iter().map(first).collect::<Vec<_>>(), &mut t);
+                        matvec::add_in_order(&r_chunks.par_iter().map(|ls| second(&t, ls)).collect::<Vec<_>>(), y);
                     });
                 }
                 None => {
-                    sum(k_chunks.iter().map(first).collect(), &mut t);
-                    sum(r_chunks.iter().map(|ls| second(&t, ls)).collect(), y);
+                    matvec::add_in_order(&k_chunks.iter().map(first).collect::<Vec<_>>(), &mut t);
+                    matvec::add_in_order(&r_chunks.iter().map(|ls| second(&t, ls)).collect::<Vec<_>>(), y);
                 }
             }
             return;

@@ -246,7 +246,7 @@ impl GemmMatMul {
                 // streams a contiguous part of B; the chunks' partial sums are added in order.
                 let (oa, ob, oc) = offsets[0];
                 let rows = a_rows(oa);
-                let chunks: Vec<Range<usize>> = (0..k.div_ceil(matvec::CHUNK_ROWS)).map(|i| i * matvec::CHUNK_ROWS..((i + 1) * matvec::CHUNK_ROWS).min(k)).collect();
+                let chunks = matvec::row_chunks(k);
                 let partial = |ls: &Range<usize>| {
                     let mut out = vec![0f32; m * n];
                     // SAFETY: rows `ls` of B are within it.
@@ -260,10 +260,8 @@ impl GemmMatMul {
                     }
                     None => chunks.iter().map(partial).collect(),
                 };
-                let mut sum = partials[0].clone();
-                for part in &partials[1..] {
-                    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
-                }
+                let mut sum = vec![0f32; m * n];
+                matvec::add_in_order(&partials, &mut sum);
                 write(oc, 0..n, &sum);
                 return;
             }

@@ -29,6 +29,20 @@ pub enum Layout {
 /// partial sums are added in chunk order, whatever thread computed them.
 pub const CHUNK_ROWS: usize = 64;
 
+/// `0..len` in chunks of [`CHUNK_ROWS`]: how a product is split along its contracted rows.
+pub fn row_chunks(len: usize) -> Vec<Range<usize>> {
+    (0..len.div_ceil(CHUNK_ROWS)).map(|i| i * CHUNK_ROWS..((i + 1) * CHUNK_ROWS).min(len)).collect()
+}
+
+/// The chunks' partial products added into `out` in chunk order, whatever thread made each:
+/// the same bits on any number of threads.
+pub fn add_in_order(partials: &[Vec<f32>], out: &mut [f32]) {
+    out.copy_from_slice(&partials[0]);
+    for part in &partials[1..] {
+        out.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+    }
+}
+
 /// Row-major Bs at least this wide are split by columns: each thread still reads long runs.
 pub const WIDE_ROWS: usize = 4096;
 

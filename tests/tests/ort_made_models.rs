@@ -6,8 +6,8 @@
 
 use compactor_ir::{Model, verify};
 use compactor_passes::{Pipeline, RunOptions};
-use compactor_runtime::npy::read_npy;
 use compactor_runtime::TensorValue;
+use compactor_runtime::npy::read_npy;
 use compactor_tests::{both_runtimes_at, regression_model, shared_models};
 use std::path::{Path, PathBuf};
 

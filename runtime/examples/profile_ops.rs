@@ -18,8 +18,12 @@ fn main() -> TractResult<()> {
     let inputs = compactor_runtime::inputs::random_inputs(&ir, &dims, 0)?;
     let lowered = compactor_runtime::lower(&ir)?.model.to_bytes()?;
     let mut model = compactor_runtime::framework().model_for_read(&mut &lowered[..])?;
-    for (i, (_, v)) in inputs.iter().enumerate() {
-        model.set_input_fact(i, InferenceFact::dt_shape(v.tract().datum_type(), v.shape()))?;
+    // GENERIC=1: the plan for every input shape (as a session makes it for symbolic inputs).
+    let generic = std::env::var_os("GENERIC").is_some();
+    if !generic {
+        for (i, (_, v)) in inputs.iter().enumerate() {
+            model.set_input_fact(i, InferenceFact::dt_shape(v.tract().datum_type(), v.shape()))?;
+        }
     }
     // TRACT_MATMUL=1: tract's own matmuls, for comparison.
     let typed = if std::env::var_os("TRACT_MATMUL").is_some() {
@@ -29,12 +33,17 @@ fn main() -> TractResult<()> {
     } else {
         compactor_runtime::kernels::optimize(model.into_typed()?)?
     };
+    let mut typed = typed;
+    if generic {
+        compactor_runtime::kernels::bound_symbols::bind_symbolic_inputs(&mut typed)?;
+    }
     let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
     let plan = typed.into_runnable_with_options(&RunOptions { executor: Some(executor), ..Default::default() })?;
     let values: TVec<TValue> = inputs.iter().map(|(_, v)| v.tract().clone().into_tvalue()).collect();
     let rounds = 5;
     let mut times: HashMap<String, f64> = HashMap::new();
     for round in 0..=rounds {
+        let run_start = Instant::now();
         let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         state.run_plan_with_eval(values.clone(), |ctx, op_state, node, input| {
             let start = Instant::now();
@@ -46,10 +55,14 @@ fn main() -> TractResult<()> {
             }
             result
         })?;
+        drop(state);
+        if round > 0 {
+            *times.entry("(whole run, wall clock)".into()).or_default() += run_start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+        }
     }
     let mut by_op: Vec<_> = times.into_iter().collect();
     by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("total {:.2} ms per run", by_op.iter().map(|x| x.1).sum::<f64>());
+    println!("total {:.2} ms per run in ops", by_op.iter().filter(|x| !x.0.starts_with('(')).map(|x| x.1).sum::<f64>());
     for (op, ms) in by_op.iter().take(15) {
         println!("{ms:8.2} ms  {op}");
     }

@@ -456,7 +456,14 @@ impl Session {
     }
 
     fn execute(&self, plan: &Plan, inputs: TVec<TValue>) -> Result<TVec<TValue>, RuntimeError> {
-        let run = || tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || plan.run(inputs));
+        let scoped = || tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || plan.run(inputs));
+        // The plan runs on one of the pool's own threads: a kernel's parallel loop then starts
+        // in place and only wakes the other workers, instead of putting the caller to sleep and
+        // waking it again for every parallel op (a decode step has about 200 of them).
+        let run = || match &self.executor {
+            Executor::MultiThread(pool) => pool.install(scoped),
+            _ => scoped(),
+        };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(e)) => Err(RuntimeError::Execution { model: self.name.clone(), reason: tract_reason(&e) }),

@@ -262,6 +262,32 @@ fn transformer_blocks_of_minilm_and_tiny_bert() {
     }
 }
 
+/// Llama-style blocks in the four SmolLM2 graphs: q and k reached back through the rotary
+/// embedding (primitive ops or com.microsoft RotaryEmbedding), k and v through the repeated KV
+/// heads and the KV cache's Concat, or from com.microsoft GroupQueryAttention; gated FFNs.
+#[test]
+fn transformer_blocks_of_the_smollm2_graphs() {
+    let dir = compactor_tests::test_data().join("smollm2");
+    for graph in ["prefill", "decode", "prefill_fused", "decode_fused"] {
+        let model = load(&dir.join(format!("{graph}.onnx")));
+        let layers = linear_layers(&model.graph);
+        let blocks = transformer_blocks(&model.graph);
+        assert_eq!(blocks.len(), 30, "{graph}");
+        for (i, b) in blocks.iter().enumerate() {
+            let name = |l: LayerId| model.graph.value(layers[l].weight.value).name.clone();
+            let a = &b.attention;
+            for (l, role) in [(a.q, "q_proj"), (a.k, "k_proj"), (a.v, "v_proj"), (a.o, "o_proj")] {
+                assert!(name(l).contains(&format!("layers.{i}.")) && name(l).contains(role), "{graph} block {i}: {role} is {}", name(l));
+            }
+            assert_eq!((layers[a.k].in_features, layers[a.k].out_features), (576, 192), "{graph}: three KV heads of 64");
+            let f = b.ffn.as_ref().expect("every block has an FFN");
+            for (l, role) in [(f.gate.expect("a gated FFN"), "gate_proj"), (f.up, "up_proj"), (f.down, "down_proj")] {
+                assert!(name(l).contains(&format!("layers.{i}.")) && name(l).contains(role), "{graph} block {i}: {role} is {}", name(l));
+            }
+        }
+    }
+}
+
 #[test]
 fn cleanup_output_is_deterministic() {
     let spec = "lift-constants,eliminate-identity,fold-shapes,eliminate-dead-code,merge-duplicate-initializers";

@@ -1,8 +1,9 @@
 //! Finding transformer blocks (attention, FFN, norms, residual adds) in exported graphs.
 //!
 //! Structural, not name-based: attention is found from its Softmax — back to the `Q·Kᵀ` MatMul
-//! and through the head reshapes to the Q and K projections, forward to `P·V` and to the output
-//! projection. An FFN is a linear layer whose output reaches another linear layer of matching
+//! and through the head reshapes, rotary embedding and repeated KV heads to the Q and K
+//! projections, forward to `P·V` and to the output projection — or from a fused attention op
+//! (onnxruntime's GroupQueryAttention, MultiHeadAttention) back to its projections. An FFN is a linear layer whose output reaches another linear layer of matching
 //! width through activation arithmetic only (GELU as Erf arithmetic, Gelu, Relu, SiLU, and the
 //! gated `act(gate) * up` form).
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
 /// An attention sub-block: its projections (layers of the graph's [`LinearLayers`]) and the
-/// nodes of `softmax(Q·Kᵀ)·V`.
+/// nodes of `softmax(Q·Kᵀ)·V` (all three the same node when one op computes the attention).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Attention {
     pub q: LayerId,
@@ -48,6 +49,12 @@ const NORM_OPS: &[&str] = &["LayerNormalization", "RMSNormalization", "Simplifie
 const SCORE_OPS: &[&str] = &["Add", "Sub", "Div", "Mul", "Where", "Cast"];
 /// Ops between a projection and the attention matmuls (head split/merge, scaling).
 const HEAD_OPS: &[&str] = &["Transpose", "Reshape", "Mul", "Div", "Cast", "Identity", "Squeeze", "Unsqueeze"];
+/// Ops crossed going back from `Q·Kᵀ` or `P·V` to a projection: the head ops, the rotary
+/// embedding's `x·cos + rotate_half(x)·sin` (its first term leads back to x), the KV heads
+/// repeated for grouped-query attention and a KV cache's concatenation.
+const BACK_OPS: &[&str] = &["Transpose", "Reshape", "Mul", "Div", "Cast", "Identity", "Squeeze", "Unsqueeze", "Add", "Expand", "RotaryEmbedding", "Concat"];
+/// Attention as one op (onnxruntime's contrib ops) taking separate query, key and value.
+const FUSED_ATTENTION_OPS: &[&str] = &["GroupQueryAttention", "MultiHeadAttention"];
 const ACTIVATION_OPS: &[&str] =
     &["Erf", "Div", "Mul", "Add", "Sub", "Pow", "Tanh", "Sigmoid", "Relu", "Gelu", "FastGelu", "QuickGelu", "Softplus", "HardSigmoid", "HardSwish", "Clip", "Cast", "BiasGelu"];
 
@@ -74,7 +81,7 @@ impl Finder<'_> {
     /// The linear layer whose output `v` is, following `ops` backwards along non-constant inputs.
     fn layer_behind(&self, v: ValueId, ops: &[&str]) -> Option<LayerId> {
         let mut v = v;
-        for _ in 0..8 {
+        for _ in 0..12 {
             if let Some(&i) = self.by_output.get(&v) {
                 return Some(i);
             }
@@ -83,8 +90,9 @@ impl Finder<'_> {
                 return None;
             }
             let inputs = self.non_constant_inputs(n);
-            // Follow the data, not the shape arguments of Reshape.
-            v = *inputs.first()?;
+            // Follow the data, not the shape arguments of Reshape; a KV cache's Concat appends
+            // this step's keys or values to the past ones.
+            v = if op == "Concat" { *inputs.last()? } else { *inputs.first()? };
         }
         None
     }
@@ -147,13 +155,25 @@ impl Finder<'_> {
         let s = self.graph.node(softmax);
         let scores = self.scores_matmul(s.input(0)?)?;
         let qk = self.graph.node(scores);
-        let q = self.layer_behind(qk.input(0)?, HEAD_OPS)?;
-        let k = self.layer_behind(qk.input(1)?, HEAD_OPS)?;
+        let q = self.layer_behind(qk.input(0)?, BACK_OPS)?;
+        let k = self.layer_behind(qk.input(1)?, BACK_OPS)?;
         let Reached::Node(context) = self.forward(s.output(0)?, &["Cast", "Dropout", "Identity", "Where"], Target::Node("MatMul"))? else { return None };
-        let v = self.layer_behind(self.graph.node(context).input(1)?, HEAD_OPS)?;
+        let v = self.layer_behind(self.graph.node(context).input(1)?, BACK_OPS)?;
         let Reached::Layer(o) = self.forward(self.graph.node(context).output(0)?, HEAD_OPS, Target::LayerInput)? else { return None };
         let distinct: HashSet<LayerId> = [q, k, v, o].into_iter().collect();
         (distinct.len() == 4).then_some(Attention { q, k, v, o, scores, softmax, context })
+    }
+
+    /// A fused attention op with separate query, key and value inputs (scores, softmax and
+    /// context are all the op itself).
+    fn fused_attention(&self, n: NodeId) -> Option<Attention> {
+        let node = self.graph.node(n);
+        let q = self.layer_behind(node.input(0)?, BACK_OPS)?;
+        let k = self.layer_behind(node.input(1)?, BACK_OPS)?;
+        let v = self.layer_behind(node.input(2)?, BACK_OPS)?;
+        let Reached::Layer(o) = self.forward(node.output(0)?, HEAD_OPS, Target::LayerInput)? else { return None };
+        let distinct: HashSet<LayerId> = [q, k, v, o].into_iter().collect();
+        (distinct.len() == 4).then_some(Attention { q, k, v, o, scores: n, softmax: n, context: n })
     }
 
     /// Linear layers reached from `up`'s output through activation arithmetic only.
@@ -285,7 +305,14 @@ fn find_blocks(graph: &Graph, layers: &LinearLayers, uses: &compactor_ir::UseMap
     let position: HashMap<NodeId, usize> = all.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let finder = Finder { graph, layers, by_output, by_input, uses, position };
 
-    let mut attentions: Vec<Attention> = all.iter().filter(|&&n| graph.node(n).op_type == "Softmax").filter_map(|&n| finder.attention(n)).collect();
+    let mut attentions: Vec<Attention> = all
+        .iter()
+        .filter_map(|&n| match graph.node(n).op_type.as_str() {
+            "Softmax" => finder.attention(n),
+            op if FUSED_ATTENTION_OPS.contains(&op) => finder.fused_attention(n),
+            _ => None,
+        })
+        .collect();
     attentions.sort_by_key(|a| finder.position[&a.softmax]);
     let mut taken: HashSet<LayerId> = attentions.iter().flat_map(|a| [a.q, a.k, a.v, a.o]).collect();
 

@@ -100,9 +100,9 @@ pub fn width_name(width: f64) -> String {
 }
 
 #[derive(Clone, Debug, Serialize)]
-struct GroupReport {
+pub(crate) struct GroupReport {
     width_before: i64,
-    width_after: usize,
+    pub width_after: usize,
     params: Vec<String>,
     /// The scores of the units: mean, highest and lowest kept, highest cut (none when nothing is cut).
     score_mean: f64,
@@ -139,13 +139,13 @@ struct Skipped {
 type Cuts = BTreeMap<ValueId, Vec<(usize, Vec<usize>, usize)>>;
 
 /// One group to cut: its units most salient first, their scores, and what the cut changes.
-struct Plan<'g> {
-    group: &'g ChannelGroup,
-    consumers: &'g [Consumer],
-    order: Vec<usize>,
-    scores: Vec<f64>,
-    names: Vec<String>,
-    notes: Vec<String>,
+pub(crate) struct Plan<'g> {
+    pub group: &'g ChannelGroup,
+    pub consumers: &'g [Consumer],
+    pub order: Vec<usize>,
+    pub scores: Vec<f64>,
+    pub names: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 /// Where a consumer's compensation goes.
@@ -209,130 +209,131 @@ impl PruneChannels {
         plans.iter().zip(kept).map(|(p, k)| (k.div_ceil(self.multiple) * self.multiple).min(p.group.width as usize)).collect()
     }
 
-    /// Cuts every plan to its `kept` units (all of them: a permutation into saliency order),
-    /// compensating the consumers when `stats` hold the means of their inputs.
-    fn cut(&self, graph: &mut Graph, plans: &[Plan<'_>], kept: &[usize], stats: Option<&BTreeMap<ValueId, Stats>>) -> Result<Vec<GroupReport>, PassError> {
-        let mut cuts: Cuts = BTreeMap::new();
-        let mut patch = Patch::new();
-        let mut reports = Vec::new();
-        for (p, &kept) in plans.iter().zip(kept) {
-            let width = p.group.width as usize;
-            let keep_order = p.order[..kept].to_vec();
-            for &(v, axis) in &p.group.params {
-                cuts.entry(v).or_default().push((axis, keep_order.clone(), width));
-            }
-            if kept < width {
-                // The computed values of the group get narrower: their recorded types go.
-                for &(v, _) in &p.group.values {
-                    patch.set_type(v, None);
-                }
-                // A depthwise convolution over the group has one group per channel: as many as are kept.
-                for &n in &graph.main().nodes {
-                    let node = graph.node(n);
-                    if matches!(node.op_type.as_str(), "Conv" | "ConvTranspose")
-                        && node.attr_int("group") == Some(width as i64)
-                        && width > 1
-                        && node.input(0).is_some_and(|x| p.group.values.contains(&(x, 1)))
-                    {
-                        patch.set_attr(n, "group", compactor_ir::AttrValue::Int(kept as i64));
-                    }
-                    // A Reshape that spells out the group's width (a bias reshaped to [1, C, 1, 1])
-                    // gets a target shape of its own with the kept width.
-                    if node.op_type == "Reshape"
-                        && let (Some(out), Some(target)) = (node.output(0), node.input(1))
-                        && let Some(shape) = graph.constant(target).and_then(|t| t.to_i64().ok())
-                    {
-                        let axes: Vec<usize> = p.group.values.iter().filter(|&&(v, _)| v == out).map(|&(_, a)| a).filter(|&a| shape.get(a) == Some(&(width as i64))).collect();
-                        if !axes.is_empty() {
-                            let mut narrowed = shape.clone();
-                            axes.iter().for_each(|&a| narrowed[a] = kept as i64);
-                            let t = Tensor::from_i64(&[narrowed.len() as u64], &narrowed).map_err(|e| PassError::failed(Self::NAME, graph.value(target).name.clone(), e.to_string()))?;
-                            let new = patch.new_initializer(node.region, &format!("{}_pruned", graph.value(target).name), t);
-                            patch.set_input(n, 1, Some(new));
-                        }
-                    }
-                }
-            }
-            let score_mean = p.scores.iter().sum::<f64>() / p.scores.len().max(1) as f64;
-            reports.push(GroupReport {
-                width_before: p.group.width,
-                width_after: kept,
-                params: p.names.clone(),
-                score_mean,
-                score_kept_max: p.scores[0],
-                score_kept_min: p.scores[kept - 1],
-                score_cut_max: p.scores.get(kept).copied(),
-                notes: if kept < width { p.notes.clone() } else { Vec::new() },
-                compensation: Vec::new(),
-            });
+}
+
+/// Cuts every plan to its `kept` units (all of them: a permutation into saliency order),
+/// compensating the consumers when `stats` hold the means of their inputs.
+pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept: &[usize], stats: Option<&BTreeMap<ValueId, Stats>>) -> Result<Vec<GroupReport>, PassError> {
+    let mut cuts: Cuts = BTreeMap::new();
+    let mut patch = Patch::new();
+    let mut reports = Vec::new();
+    for (p, &kept) in plans.iter().zip(kept) {
+        let width = p.group.width as usize;
+        let keep_order = p.order[..kept].to_vec();
+        for &(v, axis) in &p.group.params {
+            cuts.entry(v).or_default().push((axis, keep_order.clone(), width));
         }
-        // Bias shifts of existing constants, at full width (the cuts below then apply to them).
-        let mut shifts: BTreeMap<ValueId, Vec<f64>> = BTreeMap::new();
-        if let Some(stats) = stats {
-            let uses = graph.uses();
-            for (index, (p, &kept)) in plans.iter().zip(kept).enumerate() {
-                let cut_channels = &p.order[kept..];
-                if cut_channels.is_empty() {
-                    continue;
+        if kept < width {
+            // The computed values of the group get narrower: their recorded types go.
+            for &(v, _) in &p.group.values {
+                patch.set_type(v, None);
+            }
+            // A depthwise convolution over the group has one group per channel: as many as are kept.
+            for &n in &graph.main().nodes {
+                let node = graph.node(n);
+                if matches!(node.op_type.as_str(), "Conv" | "ConvTranspose")
+                    && node.attr_int("group") == Some(width as i64)
+                    && width > 1
+                    && node.input(0).is_some_and(|x| p.group.values.contains(&(x, 1)))
+                {
+                    patch.set_attr(n, "group", compactor_ir::AttrValue::Int(kept as i64));
                 }
-                for c in p.consumers {
-                    let Some(mean) = stats.get(&c.input).and_then(|s| s.mean.as_ref()) else { continue };
-                    let Some(shift) = consumer_shift(graph, c, cut_channels, mean) else { continue };
-                    let consumer = graph.node(c.node).label(c.node);
-                    let max_abs_shift = shift.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-                    let entry = |bias: String, created| Compensation { consumer: consumer.clone(), bias, created, max_abs_shift };
-                    match bias_site(graph, &uses, c, shift.len()) {
-                        Some(BiasSite::Existing(b)) => {
-                            reports[index].compensation.push(entry(graph.value(b).name.clone(), false));
-                            let total = shifts.entry(b).or_insert_with(|| vec![0.0; shift.len()]);
-                            total.iter_mut().zip(&shift).for_each(|(t, s)| *t += s);
-                        }
-                        Some(BiasSite::NewInput) => {
-                            let (bias, name) = new_bias(graph, &mut patch, &cuts, c, &shift)?;
-                            patch.set_input(c.node, 2, Some(bias));
-                            reports[index].compensation.push(entry(name, true));
-                        }
-                        Some(BiasSite::NewAdd(out)) => {
-                            let (bias, name) = new_bias(graph, &mut patch, &cuts, c, &shift)?;
-                            let region = graph.node(c.node).region;
-                            let sum = patch.new_value(region, &format!("{}_compensated", graph.value(out).name), None);
-                            patch.replace_uses(out, sum);
-                            patch.node("Add", Anchor::After(c.node)).name(format!("{}/compensation", graph.value(c.weight).name)).input(out).input(bias).output(sum).add();
-                            reports[index].compensation.push(entry(name, true));
-                        }
-                        None => reports[index].notes.push(format!("{consumer}: not compensated (its bias is shared or not one per output, or its output is a graph output)")),
+                // A Reshape that spells out the group's width (a bias reshaped to [1, C, 1, 1])
+                // gets a target shape of its own with the kept width.
+                if node.op_type == "Reshape"
+                    && let (Some(out), Some(target)) = (node.output(0), node.input(1))
+                    && let Some(shape) = graph.constant(target).and_then(|t| t.to_i64().ok())
+                {
+                    let axes: Vec<usize> = p.group.values.iter().filter(|&&(v, _)| v == out).map(|&(_, a)| a).filter(|&a| shape.get(a) == Some(&(width as i64))).collect();
+                    if !axes.is_empty() {
+                        let mut narrowed = shape.clone();
+                        axes.iter().for_each(|&a| narrowed[a] = kept as i64);
+                        let t = Tensor::from_i64(&[narrowed.len() as u64], &narrowed).map_err(|e| PassError::failed(pass, graph.value(target).name.clone(), e.to_string()))?;
+                        let new = patch.new_initializer(node.region, &format!("{}_pruned", graph.value(target).name), t);
+                        patch.set_input(n, 1, Some(new));
                     }
                 }
             }
         }
-        for v in cuts.keys().chain(shifts.keys()).copied().collect::<std::collections::BTreeSet<_>>() {
-            let name = || graph.value(v).name.clone();
-            let mut t = graph.constant(v).ok_or_else(|| PassError::failed(Self::NAME, name(), "not a constant"))?;
-            if let Some(shift) = shifts.get(&v) {
-                let mut values = t.to_f32().map_err(|e| PassError::failed(Self::NAME, name(), e.to_string()))?;
-                values.iter_mut().zip(shift).for_each(|(x, s)| *x = (*x as f64 + s) as f32);
-                t = Tensor::from_f32(t.dims(), &values).map_err(|e| PassError::failed(Self::NAME, name(), e.to_string()))?;
-            }
-            for (axis, order, units) in cuts.get(&v).into_iter().flatten() {
-                t = permute(&t, *axis, order, *units).map_err(|e| PassError::failed(Self::NAME, name(), e.to_string()))?;
-            }
-            patch.set_initializer(v, t);
-        }
-        graph.apply(patch).map_err(|e| PassError::patch(Self::NAME, e))?;
-        Ok(reports)
+        let score_mean = p.scores.iter().sum::<f64>() / p.scores.len().max(1) as f64;
+        reports.push(GroupReport {
+            width_before: p.group.width,
+            width_after: kept,
+            params: p.names.clone(),
+            score_mean,
+            score_kept_max: p.scores[0],
+            score_kept_min: p.scores[kept - 1],
+            score_cut_max: p.scores.get(kept).copied(),
+            notes: if kept < width { p.notes.clone() } else { Vec::new() },
+            compensation: Vec::new(),
+        });
     }
+    // Bias shifts of existing constants, at full width (the cuts below then apply to them).
+    let mut shifts: BTreeMap<ValueId, Vec<f64>> = BTreeMap::new();
+    if let Some(stats) = stats {
+        let uses = graph.uses();
+        for (index, (p, &kept)) in plans.iter().zip(kept).enumerate() {
+            let cut_channels = &p.order[kept..];
+            if cut_channels.is_empty() {
+                continue;
+            }
+            for c in p.consumers {
+                let Some(mean) = stats.get(&c.input).and_then(|s| s.mean.as_ref()) else { continue };
+                let Some(shift) = consumer_shift(graph, c, cut_channels, mean) else { continue };
+                let consumer = graph.node(c.node).label(c.node);
+                let max_abs_shift = shift.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let entry = |bias: String, created| Compensation { consumer: consumer.clone(), bias, created, max_abs_shift };
+                match bias_site(graph, &uses, c, shift.len()) {
+                    Some(BiasSite::Existing(b)) => {
+                        reports[index].compensation.push(entry(graph.value(b).name.clone(), false));
+                        let total = shifts.entry(b).or_insert_with(|| vec![0.0; shift.len()]);
+                        total.iter_mut().zip(&shift).for_each(|(t, s)| *t += s);
+                    }
+                    Some(BiasSite::NewInput) => {
+                        let (bias, name) = new_bias(pass, graph, &mut patch, &cuts, c, &shift)?;
+                        patch.set_input(c.node, 2, Some(bias));
+                        reports[index].compensation.push(entry(name, true));
+                    }
+                    Some(BiasSite::NewAdd(out)) => {
+                        let (bias, name) = new_bias(pass, graph, &mut patch, &cuts, c, &shift)?;
+                        let region = graph.node(c.node).region;
+                        let sum = patch.new_value(region, &format!("{}_compensated", graph.value(out).name), None);
+                        patch.replace_uses(out, sum);
+                        patch.node("Add", Anchor::After(c.node)).name(format!("{}/compensation", graph.value(c.weight).name)).input(out).input(bias).output(sum).add();
+                        reports[index].compensation.push(entry(name, true));
+                    }
+                    None => reports[index].notes.push(format!("{consumer}: not compensated (its bias is shared or not one per output, or its output is a graph output)")),
+                }
+            }
+        }
+    }
+    for v in cuts.keys().chain(shifts.keys()).copied().collect::<std::collections::BTreeSet<_>>() {
+        let name = || graph.value(v).name.clone();
+        let mut t = graph.constant(v).ok_or_else(|| PassError::failed(pass, name(), "not a constant"))?;
+        if let Some(shift) = shifts.get(&v) {
+            let mut values = t.to_f32().map_err(|e| PassError::failed(pass, name(), e.to_string()))?;
+            values.iter_mut().zip(shift).for_each(|(x, s)| *x = (*x as f64 + s) as f32);
+            t = Tensor::from_f32(t.dims(), &values).map_err(|e| PassError::failed(pass, name(), e.to_string()))?;
+        }
+        for (axis, order, units) in cuts.get(&v).into_iter().flatten() {
+            t = permute(&t, *axis, order, *units).map_err(|e| PassError::failed(pass, name(), e.to_string()))?;
+        }
+        patch.set_initializer(v, t);
+    }
+    graph.apply(patch).map_err(|e| PassError::patch(pass, e))?;
+    Ok(reports)
 }
 
 /// A new bias initializer holding `shift`, cut like the consumer's output channels (`cuts`
 /// of its weight's output axis); with its name.
-fn new_bias(graph: &Graph, patch: &mut Patch, cuts: &Cuts, c: &Consumer, shift: &[f64]) -> Result<(PValue, String), PassError> {
+fn new_bias(pass: &str, graph: &Graph, patch: &mut Patch, cuts: &Cuts, c: &Consumer, shift: &[f64]) -> Result<(PValue, String), PassError> {
     let name = format!("{}_compensation", graph.value(c.weight).name);
     let values: Vec<f32> = shift.iter().map(|&x| x as f32).collect();
-    let mut tensor = Tensor::from_f32(&[values.len() as u64], &values).map_err(|e| PassError::ir(PruneChannels::NAME, e))?;
+    let mut tensor = Tensor::from_f32(&[values.len() as u64], &values).map_err(|e| PassError::ir(pass, e))?;
     let out_axis = if c.axis == 0 { 1 } else { 0 };
     for (axis, order, units) in cuts.get(&c.weight).into_iter().flatten() {
         if *axis == out_axis {
-            tensor = permute(&tensor, 0, order, *units).map_err(|e| PassError::ir(PruneChannels::NAME, e))?;
+            tensor = permute(&tensor, 0, order, *units).map_err(|e| PassError::ir(pass, e))?;
         }
     }
     Ok((patch.new_initializer(graph.node(c.node).region, &name, tensor), name))
@@ -449,7 +450,7 @@ impl Pass for PruneChannels {
         if plans.is_empty() {
             return Ok(PassOutcome::unchanged("no channel group cut").with_details(serde_json::json!({ "groups": Vec::<GroupReport>::new(), "skipped": skipped })));
         }
-        let reports = self.cut(graph, &plans, &kept, stats)?;
+        let reports = cut_groups(Self::NAME, graph, &plans, &kept, stats)?;
         let before: i64 = reports.iter().map(|r| r.width_before).sum();
         let after: usize = reports.iter().map(|r| r.width_after).sum();
         let compensated: usize = reports.iter().map(|r| r.compensation.len()).sum();
@@ -480,13 +481,13 @@ impl PruneChannels {
         for &w in &widths {
             let mut variant = graph.clone();
             let kept: Vec<usize> = plans.iter().map(|p| self.kept_of(w, p.group.width as usize)).collect();
-            let groups = self.cut(&mut variant, plans, &kept, stats)?;
+            let groups = cut_groups(Self::NAME, &mut variant, plans, &kept, stats)?;
             reports.push(WidthReport { name: width_name(w), width: w, groups });
             variants.push((width_name(w), variant));
         }
         let full: Vec<usize> = plans.iter().map(|p| p.group.width as usize).collect();
         if !plans.is_empty() {
-            self.cut(graph, plans, &full, None)?;
+            cut_groups(Self::NAME, graph, plans, &full, None)?;
         }
         let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
         Ok(PassOutcome::changed(format!("ordered {} channel groups by saliency; nested widths {} from that order; {} groups left", plans.len(), names.join(", "), skipped.len()))

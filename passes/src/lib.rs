@@ -6,11 +6,13 @@
 //! - [`analysis`]: facts several passes need (linear layers, transformer blocks, uses),
 //!   computed once and cached in [`PassCtx::analyses`] until the graph changes.
 //! - [`calib`]: the calibration driver: statistics of the activations a pass asks for.
+//! - [`micro_experts`]: micro-expert (FFN neuron) scores: CAMERA and its baselines.
 //! - [`quant`]: the numerics of blockwise weight quantization (RTN, MSE/HQQ, GPTQ) and packing.
 
 pub mod analysis;
 pub mod calib;
 pub mod lowrank;
+pub mod micro_experts;
 pub mod pass;
 pub mod passes;
 pub mod pipeline;

@@ -143,6 +143,8 @@ pub fn passes() -> Vec<PassInfo> {
         PassInfo::of::<channel_groups::ChannelGroupsPass>(),
         PassInfo::of::<permute_channels::PermuteChannels>(),
         PassInfo::of::<prune_channels::PruneChannels>(),
+        PassInfo::of::<micro_expert_scores::MicroExpertScores>(),
+        PassInfo::of::<prune_micro_experts::PruneMicroExperts>(),
     ]
 }
 

@@ -10,12 +10,15 @@
 //! - [`linear`]: linear layers (`MatMul`, `Gemm`, `Conv` with a constant weight, however the
 //!   exporter wrote it), the readers of a weight, trailing bias `Add`s.
 //! - [`transformer`]: attention, FFN, norms and residual adds, found structurally.
+//! - [`experts`]: FFN experts, whose intermediate neurons are micro-experts (a dense FFN is
+//!   one expert).
 //! - [`Uses`]: who reads each value.
 //!
 //! Analyses that later passes need (channel coupling groups for width pruning, MoE/FFN expert
 //! structure) belong here too, next to the ones they build on.
 
 pub mod channels;
+pub mod experts;
 pub mod linear;
 pub mod transformer;
 

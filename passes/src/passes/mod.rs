@@ -11,8 +11,10 @@ pub mod fuse_matmul_add;
 pub mod infer_shapes;
 pub mod lift_constants;
 pub mod merge_duplicate_initializers;
+pub mod micro_expert_scores;
 pub mod permute_channels;
 pub mod prune_channels;
+pub mod prune_micro_experts;
 pub mod quantize;
 pub mod upgrade_opset;
 

@@ -1,0 +1,185 @@
+//! CAMERA-P: removes the least useful micro-experts (intermediate neurons) of every FFN layer.
+//!
+//! Layer by layer in execution order (as CAMERA's code runs), each layer's neurons are scored
+//! on the calibration data flowing through the layers already pruned, and the `ratio` share
+//! with the lowest scores, pooled across all the experts of the layer, goes: their gate and up
+//! columns and down rows are cut from the weights (the layers get narrower). A dense FFN is
+//! one expert. `sequential=false` scores every layer on the unpruned model in one calibration
+//! pass instead (faster, as the baselines usually run).
+
+use super::micro_expert_scores::{SCORE_NEEDS, layer_scores, measure, validate_rho};
+use super::prune_channels::{GroupReport, Plan, cut_groups};
+use crate::analysis::experts::{ExpertLayer, FfnExperts};
+use crate::analysis::{ChannelGroups, LinearLayers};
+use crate::calib::Stats;
+use crate::micro_experts::{Score, pooled_keep};
+use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use compactor_ir::{Graph, ValueId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PruneMicroExperts {
+    /// The share of each layer's micro-experts removed (pooled across the layer's experts).
+    pub ratio: f64,
+    /// CAMERA's weight of the largest activation against the sum (reduce_ratio).
+    pub rho: f64,
+    /// camera, magnitude (no data), activation or wanda.
+    pub score: Score,
+    /// Score each layer on activations that went through the layers pruned before it (CAMERA); false: score every layer on the unpruned model in one calibration pass.
+    pub sequential: bool,
+    /// Leave this many leading FFN layers alone.
+    pub skip: usize,
+    /// Each expert keeps a multiple of this many neurons (rounded up).
+    pub multiple: usize,
+    /// Add the removed neurons' calibration mean contribution to the down projection's bias (needs calibration data).
+    pub compensate: bool,
+}
+
+impl Default for PruneMicroExperts {
+    fn default() -> Self {
+        PruneMicroExperts { ratio: 0.2, rho: 0.9, score: Score::Camera, sequential: true, skip: 0, multiple: 1, compensate: false }
+    }
+}
+
+impl PassDef for PruneMicroExperts {
+    const NAME: &'static str = "prune-micro-experts";
+    const SUMMARY: &'static str = "Remove the lowest-scoring FFN neurons (micro-experts) of every layer, CAMERA-P style (calibrated, layer by layer)";
+    const KIND: PassKind = PassKind::Transform;
+
+    fn validate(&self) -> Result<(), OptionError> {
+        if !(0.0..1.0).contains(&self.ratio) {
+            return Err(OptionError::new("ratio", format!("{} is not a share in [0, 1)", self.ratio)));
+        }
+        if self.multiple == 0 {
+            return Err(OptionError::new("multiple", "must be at least 1"));
+        }
+        validate_rho(self.rho)
+    }
+}
+
+#[derive(Serialize)]
+struct LayerReport {
+    block: usize,
+    /// Micro-experts before and after, all experts of the layer together.
+    before: usize,
+    after: usize,
+    experts: Vec<GroupReport>,
+}
+
+#[derive(Serialize)]
+struct Skipped {
+    block: usize,
+    reason: String,
+}
+
+impl Pass for PruneMicroExperts {
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        if self.score.needs_data() && ctx.calibrator.is_none() {
+            return Err(PassError::NeedsCalibration { pass: Self::NAME.into(), why: SCORE_NEEDS.into() });
+        }
+        let compensate = self.compensate && ctx.calibrator.is_some();
+        // Layers are named by their first down weight: ids of layers change as the graph does.
+        let targets: Vec<(usize, ValueId)> = {
+            let experts = ctx.analyses.get::<FfnExperts>(graph);
+            let layers = ctx.analyses.get::<LinearLayers>(graph);
+            experts.iter().skip(self.skip).map(|l| (l.block, layers[l.experts[0].down].weight.value)).collect()
+        };
+        let mut reports = Vec::new();
+        let mut skipped = Vec::new();
+        let batches: Vec<Vec<(usize, ValueId)>> = if self.sequential { targets.iter().map(|&t| vec![t]).collect() } else { vec![targets.clone()] };
+        ctx.progress.begin("pruning micro-experts", targets.len() as u64);
+        for batch in batches {
+            let experts = ctx.analyses.get::<FfnExperts>(graph);
+            let layers = ctx.analyses.get::<LinearLayers>(graph);
+            let chosen: Vec<&ExpertLayer> = batch.iter().filter_map(|&(_, w)| experts.iter().find(|l| layers[l.experts[0].down].weight.value == w)).collect();
+            let stats = measure(graph, ctx, Self::NAME, &chosen, self.score, compensate)?;
+            let groups = ctx.analyses.get::<ChannelGroups>(graph);
+            let uses = graph.uses();
+            let consumers: Vec<Vec<_>> = groups.groups.iter().map(|g| if g.is_movable() { g.consumers(graph, &uses) } else { Vec::new() }).collect();
+            let mut plans: Vec<Plan<'_>> = Vec::new();
+            let mut kept_counts = Vec::new();
+            let mut layer_spans = Vec::new();
+            for layer in &chosen {
+                let scores = layer_scores(Self::NAME, graph, &layers, layer, self.score, self.rho, &stats)?;
+                let total: usize = layer.experts.iter().map(|e| e.width).sum();
+                let drop = (self.ratio * total as f64).floor() as usize;
+                let keep = pooled_keep(&scores, drop, self.multiple);
+                let mut expert_plans = Vec::new();
+                let mut reason = None;
+                for ((e, s), kept) in layer.experts.iter().zip(&scores).zip(&keep) {
+                    let down = &layers[e.down];
+                    // The neuron axis of the stored down weight.
+                    let axis = usize::from(down.weight.transposed);
+                    let Some((index, group)) = groups.groups.iter().enumerate().find(|(_, g)| g.params.contains(&(down.weight.value, axis))) else {
+                        reason = Some(format!("{}: its neurons are in no channel group", down.label(graph)));
+                        break;
+                    };
+                    if !group.is_movable() || group.units != group.width || group.width as usize != e.width {
+                        let why = group.pinned.first().cloned().unwrap_or_else(|| format!("its neurons move in {} units of {} channels", group.units, group.width));
+                        reason = Some(format!("{}: its neurons cannot be cut ({why})", down.label(graph)));
+                        break;
+                    }
+                    let mut order = kept.clone();
+                    let mut rest: Vec<usize> = (0..e.width).filter(|j| !kept.contains(j)).collect();
+                    rest.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+                    order.extend(rest);
+                    let sorted = order.iter().map(|&j| s[j]).collect();
+                    let names = group.params.iter().map(|&(v, a)| format!("{}[{a}]", graph.value(v).name)).collect();
+                    expert_plans.push((Plan { group, consumers: &consumers[index], order, scores: sorted, names, notes: Vec::new() }, kept.len()));
+                }
+                if let Some(reason) = reason {
+                    skipped.push(Skipped { block: layer.block, reason });
+                    continue;
+                }
+                layer_spans.push((layer.block, total, expert_plans.len()));
+                for (plan, kept) in expert_plans {
+                    plans.push(plan);
+                    kept_counts.push(kept);
+                }
+            }
+            // Layers that keep every neuron are left as they are (ratio 0 is the identity).
+            let changed = plans.iter().zip(&kept_counts).any(|(p, &k)| k < p.group.width as usize);
+            let groups_reports = if changed {
+                let stats: Option<&BTreeMap<ValueId, Stats>> = compensate.then_some(&stats);
+                cut_groups(Self::NAME, graph, &plans, &kept_counts, stats)?
+            } else {
+                Vec::new()
+            };
+            let mut next = groups_reports.into_iter();
+            for (block, total, count) in layer_spans {
+                let experts: Vec<GroupReport> = next.by_ref().take(count).collect();
+                let after = if experts.is_empty() { total } else { experts.iter().map(|g| g.width_after).sum() };
+                reports.push(LayerReport { block, before: total, after, experts });
+            }
+            ctx.progress.advance(batch.len() as u64);
+        }
+        ctx.progress.end();
+        let before: usize = reports.iter().map(|r| r.before).sum();
+        let after: usize = reports.iter().map(|r| r.after).sum();
+        let details = serde_json::json!({ "layers": reports, "skipped": skipped });
+        if before == after {
+            return Ok(PassOutcome::unchanged(format!("no micro-expert removed ({} FFN layers, {} left alone)", reports.len(), skipped.len())).with_details(details));
+        }
+        Ok(PassOutcome::changed(format!("removed {} of {before} micro-experts in {} FFN layers (score={:?}); {} layers left alone", before - after, reports.len(), self.score, skipped.len())).with_details(details))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        let parse = |text: &str| -> Result<PruneMicroExperts, OptionError> {
+            let p: PruneMicroExperts = serde_json::from_str(text).unwrap();
+            p.validate().map(|()| p)
+        };
+        assert!(parse(r#"{}"#).is_ok());
+        assert!(parse(r#"{"ratio": 0.0}"#).is_ok());
+        assert_eq!(parse(r#"{"ratio": 1.0}"#).unwrap_err().option, "ratio");
+        assert_eq!(parse(r#"{"rho": 1.5}"#).unwrap_err().option, "rho");
+        assert_eq!(parse(r#"{"multiple": 0}"#).unwrap_err().option, "multiple");
+    }
+}

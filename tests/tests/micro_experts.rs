@@ -1,0 +1,214 @@
+//! Micro-expert scores and pruning (CAMERA-P) on dense FFNs: the pass's scores equal an
+//! independent onnxruntime + NumPy computation of each formula (tests/py/micro_expert_reference.py);
+//! ratio 0 is the identity; sequential pruning scores later layers on the pruned ones'
+//! activations; pruned models verify and run alike in both runtimes. Fixtures: tiny_bert (GELU
+//! FFN, weights [in, out], biases) and SmolLM2 (SwiGLU FFN, gate/up/down).
+
+use compactor::{Pipeline, RuntimeCalibrator};
+use compactor_ir::Model;
+use compactor_passes::analysis::experts::FfnExperts;
+use compactor_passes::analysis::{Analyses, LinearLayers};
+use compactor_passes::{PipelineReport, RunOptions};
+use compactor_runtime::{SessionOptions, TensorValue, npy};
+use compactor_tests::{both_runtimes, random_npy_inputs, relative_difference, repo_root, run_python, test_data};
+use std::path::Path;
+
+const RHO: f64 = 0.9;
+
+fn options() -> SessionOptions {
+    SessionOptions { threads: 2, ..Default::default() }
+}
+
+fn run(model: &mut Model, spec: &str, calibration: Option<&Path>) -> PipelineReport {
+    let mut pipeline = Pipeline::parse(spec).unwrap();
+    if let Some(dir) = calibration {
+        pipeline = pipeline.with_calibration(RuntimeCalibrator::from_dir(dir, options()).unwrap());
+    }
+    pipeline.run_with(model, RunOptions { verify_each: true, ..Default::default() }).unwrap()
+}
+
+/// Writes `batches` (each a list of named inputs) as `dir/NNN/<input>.npy`.
+fn write_batches(dir: &Path, batches: &[Vec<(String, TensorValue)>]) {
+    for (i, batch) in batches.iter().enumerate() {
+        let d = dir.join(format!("{i:03}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, value) in batch {
+            npy::write_npy(&d.join(format!("{name}.npy")), value).unwrap();
+        }
+    }
+}
+
+fn tiny_bert() -> Model {
+    Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap()
+}
+
+fn tiny_bert_batches(dir: &Path) {
+    let model = tiny_bert();
+    let dims = [("batch".to_string(), 2), ("seq".to_string(), 8)];
+    let batches: Vec<_> = (0..3).map(|seed| compactor_runtime::inputs::random_inputs(&model, &dims, seed).unwrap()).collect();
+    write_batches(dir, &batches);
+}
+
+/// Two batches of 48 real tokens of the calibration text.
+fn smollm2_batches(dir: &Path) {
+    let text = npy::read_npy(&test_data().join("smollm2/text_calibration.npy")).unwrap().to_f64_vec().unwrap();
+    let batches: Vec<_> = (0..2)
+        .map(|b| {
+            let ids: Vec<i64> = text[b * 48..(b + 1) * 48].iter().map(|&t| t as i64).collect();
+            vec![
+                ("input_ids".to_string(), TensorValue::from_i64(&[1, 48], &ids).unwrap()),
+                ("attention_mask".to_string(), TensorValue::from_i64(&[1, 48], &[1; 48]).unwrap()),
+                ("position_ids".to_string(), TensorValue::from_i64(&[1, 48], &(0..48).collect::<Vec<i64>>()).unwrap()),
+            ]
+        })
+        .collect();
+    write_batches(dir, &batches);
+}
+
+/// The FFN layers as the reference script reads them (value and initializer names).
+fn layer_spec(model: &Model) -> serde_json::Value {
+    let mut analyses = Analyses::new();
+    let experts = analyses.get::<FfnExperts>(&model.graph);
+    let layers = analyses.get::<LinearLayers>(&model.graph);
+    let g = &model.graph;
+    let name = |v| g.value(v).name.clone();
+    let spec: Vec<serde_json::Value> = experts
+        .iter()
+        .map(|l| {
+            let e = &l.experts[0];
+            let w = |id| &layers[id];
+            serde_json::json!({
+                "input": name(l.input),
+                "hidden": name(e.hidden),
+                "gate": e.gate.map(|id| name(w(id).weight.value)),
+                "up": name(w(e.up).weight.value),
+                "down": name(w(e.down).weight.value),
+                "transposed": [e.gate.is_some_and(|id| w(id).weight.transposed), w(e.up).weight.transposed, w(e.down).weight.transposed],
+            })
+        })
+        .collect();
+    serde_json::Value::Array(spec)
+}
+
+/// Every score of the pass against the reference, neuron by neuron (relative to each layer's
+/// largest score).
+fn scores_match_reference(model_path: &Path, calibration: &Path, expected_layers: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(model_path).unwrap();
+    let spec = layer_spec(&model);
+    assert_eq!(spec.as_array().unwrap().len(), expected_layers, "FFN layers found");
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let rho = RHO.to_string();
+    let reference: serde_json::Value = serde_json::from_str(&run_python("micro_expert_reference.py", &[model_path.as_os_str(), spec_path.as_os_str(), calibration.as_os_str(), rho.as_ref()])).unwrap();
+    for score in ["camera", "activation", "magnitude", "wanda"] {
+        let mut m = model.clone();
+        let report = run(&mut m, &format!("micro-expert-scores(score={score},rho={RHO},vectors=true)"), (score != "magnitude").then_some(calibration));
+        let layers = report.passes[0].details["layers"].as_array().unwrap().clone();
+        assert_eq!(layers.len(), expected_layers);
+        for (i, (ours, theirs)) in layers.iter().zip(reference.as_array().unwrap()).enumerate() {
+            let ours: Vec<f64> = serde_json::from_value(ours["experts"][0]["scores"].clone()).unwrap();
+            let theirs: Vec<f64> = serde_json::from_value(theirs[score].clone()).unwrap();
+            assert_eq!(ours.len(), theirs.len());
+            let scale = theirs.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max) / scale;
+            assert!(worst < 1e-4, "{}: layer {i} score={score}: relative difference {worst:e}", model_path.display());
+        }
+    }
+}
+
+#[test]
+fn scores_equal_the_numpy_reference_on_a_gelu_ffn() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_bert_batches(dir.path());
+    scores_match_reference(&repo_root().join("fixtures/tiny_bert.onnx"), dir.path(), 2);
+}
+
+#[test]
+fn scores_equal_the_numpy_reference_on_smollm2() {
+    let dir = tempfile::tempdir().unwrap();
+    smollm2_batches(dir.path());
+    scores_match_reference(&test_data().join("smollm2/prefill.onnx"), dir.path(), 30);
+}
+
+#[test]
+fn ratio_zero_is_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_bert_batches(dir.path());
+    let mut shaped = tiny_bert();
+    run(&mut shaped, "infer-shapes", None);
+    for score in ["camera", "magnitude"] {
+        let mut pruned = tiny_bert();
+        let report = run(&mut pruned, &format!("infer-shapes,prune-micro-experts(ratio=0,score={score})"), Some(dir.path()));
+        assert!(!report.passes[1].changed, "{score}");
+        assert_eq!(pruned.to_bytes().unwrap(), shaped.to_bytes().unwrap(), "score={score}: ratio 0 changed the model");
+    }
+}
+
+/// Sequential pruning scores the second layer on activations through the pruned first one:
+/// its scores differ from the one-shot ones while the first layer's are the same, and both
+/// remove the same number of neurons.
+#[test]
+fn sequential_pruning_scores_later_layers_after_earlier_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_bert_batches(dir.path());
+    let reports: Vec<serde_json::Value> = ["true", "false"]
+        .iter()
+        .map(|sequential| {
+            let mut m = tiny_bert();
+            let report = run(&mut m, &format!("infer-shapes,prune-micro-experts(ratio=0.25,sequential={sequential})"), Some(dir.path()));
+            report.passes[1].details["layers"].clone()
+        })
+        .collect();
+    let (seq, once) = (&reports[0], &reports[1]);
+    for layer in 0..2 {
+        assert_eq!(seq[layer]["before"], 128);
+        assert_eq!(seq[layer]["after"], 96, "floor(0.25 * 128) neurons go");
+        assert_eq!(once[layer]["after"], 96);
+    }
+    assert_eq!(seq[0]["experts"][0]["score_mean"], once[0]["experts"][0]["score_mean"]);
+    assert_ne!(seq[1]["experts"][0]["score_mean"], once[1]["experts"][0]["score_mean"]);
+}
+
+/// Pruned models (every score, CAMERA sequential and one-shot) verify, shrink the FFN weights
+/// and run alike in onnxruntime and the bundled runtime.
+#[test]
+fn pruned_models_run_alike_in_both_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let calibration = dir.path().join("calibration");
+    tiny_bert_batches(&calibration);
+    for spec in ["prune-micro-experts(ratio=0.3)", "prune-micro-experts(ratio=0.3,sequential=false,score=wanda)", "prune-micro-experts(ratio=0.2,score=magnitude,multiple=8)"] {
+        let mut m = tiny_bert();
+        let before = m.graph.main().initializers.len();
+        let report = run(&mut m, &format!("infer-shapes,{spec}"), Some(&calibration));
+        assert!(report.passes[1].changed, "{spec}");
+        assert_eq!(m.graph.main().initializers.len(), before);
+        let path = dir.path().join("pruned.onnx");
+        m.save(&path).unwrap();
+        let feeds = random_npy_inputs(&path, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 11);
+        let (ort, ours) = both_runtimes(&path, &feeds);
+        assert!(relative_difference(&ort, &ours) < 1e-5, "{spec}: the runtimes differ");
+    }
+    let mut m = tiny_bert();
+    let report = run(&mut m, "infer-shapes,prune-micro-experts(ratio=0.2,score=magnitude,multiple=8)", None);
+    // floor(0.2 * 128) = 25 go, the kept 103 round up to 104.
+    assert_eq!(report.passes[1].details["layers"][0]["after"], 104);
+}
+
+#[test]
+fn smollm2_pruned_one_shot_runs_alike_in_both_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let calibration = dir.path().join("calibration");
+    smollm2_batches(&calibration);
+    let mut m = Model::load(test_data().join("smollm2/prefill.onnx")).unwrap();
+    let report = run(&mut m, "infer-shapes,prune-micro-experts(ratio=0.2,sequential=false),eliminate-dead-code", Some(&calibration));
+    let layers = report.passes[1].details["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    assert!(layers.iter().all(|l| l["before"] == 1536 && l["after"] == 1536 - 307), "{layers:?}");
+    let path = dir.path().join("pruned.onnx");
+    m.save(&path).unwrap();
+    let feeds = [("input_ids", "calibration/000/input_ids.npy"), ("attention_mask", "calibration/000/attention_mask.npy"), ("position_ids", "calibration/000/position_ids.npy")]
+        .map(|(n, f)| format!("{n}={}", dir.path().join(f).display()));
+    let (ort, ours) = both_runtimes(&path, &feeds);
+    assert!(relative_difference(&ort, &ours) < 1e-4, "the runtimes differ on the pruned SmolLM2");
+}

@@ -212,3 +212,40 @@ fn smollm2_pruned_one_shot_runs_alike_in_both_runtimes() {
     let (ort, ours) = both_runtimes(&path, &feeds);
     assert!(relative_difference(&ort, &ours) < 1e-4, "the runtimes differ on the pruned SmolLM2");
 }
+
+/// CAMERA-Q: three tiers at equal bits give the one-tier model (the whole permuted FFN
+/// quantized at once: tiers are block multiples, so the down projection's blocks are the same),
+/// and an 8/4/2 split reports its average bits; every model runs alike in both runtimes.
+#[test]
+fn tiered_quantization_at_equal_bits_equals_one_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let calibration = dir.path().join("calibration");
+    tiny_bert_batches(&calibration);
+    let mut outputs = Vec::new();
+    for (name, spec, tiers) in [
+        ("three", "quantize-micro-experts(bits=[4,4,4],shares=[0.25,0.25,0.5],block=16)", 3),
+        ("one", "quantize-micro-experts(bits=[4],shares=[1],block=16)", 1),
+        ("mixed", "quantize-micro-experts(block=16)", 3),
+    ] {
+        let mut m = tiny_bert();
+        let report = run(&mut m, &format!("infer-shapes,{spec}"), Some(&calibration));
+        let details = &report.passes[1].details;
+        assert!(details["skipped"].as_array().unwrap().is_empty(), "{name}: {details}");
+        if name == "mixed" {
+            // 16, 32 and 80 of 128 neurons at 8, 4 and 2 bits.
+            assert_eq!(details["average_bits"], (16.0 * 8.0 + 32.0 * 4.0 + 80.0 * 2.0) / 128.0);
+            let tiers: Vec<(u64, u64)> = details["layers"][0]["experts"][0].as_array().unwrap().iter().map(|t| (t["bits"].as_u64().unwrap(), t["neurons"].as_u64().unwrap())).collect();
+            assert_eq!(tiers, vec![(8, 16), (4, 32), (2, 80)]);
+        }
+        let nbits = m.graph.all_nodes().into_iter().filter(|&n| m.graph.node(n).op_type == "MatMulNBits").count();
+        assert_eq!(nbits, 2 * 2 * tiers, "{name}: two layers, up and down, a MatMulNBits per tier");
+        let path = dir.path().join(format!("{name}.onnx"));
+        m.save(&path).unwrap();
+        let feeds = random_npy_inputs(&path, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 5);
+        let (ort, ours) = both_runtimes(&path, &feeds);
+        assert!(relative_difference(&ort, &ours) < 1e-5, "{name}: the runtimes differ");
+        outputs.push(ours);
+    }
+    assert!(relative_difference(&outputs[0], &outputs[1]) < 1e-5, "three 4-bit tiers differ from one");
+    assert!(relative_difference(&outputs[0], &outputs[2]) > 1e-3, "8/4/2 bits should differ from 4 bits");
+}

@@ -16,6 +16,7 @@ pub mod permute_channels;
 pub mod prune_channels;
 pub mod prune_micro_experts;
 pub mod quantize;
+pub mod quantize_micro_experts;
 pub mod upgrade_opset;
 
 /// Selected weights of at least this many bytes in all are rewritten streaming: each layer's

@@ -95,6 +95,9 @@ pub struct Request {
     /// Inputs per row.
     pub k: usize,
     pub wanted: Wanted,
+    /// Each row multiplied by the matching element of this value first (one per row, e.g. a
+    /// `[tokens, 1]` routing weight): statistics of `g(x)·x` rather than `x`.
+    pub row_scale: Option<ValueId>,
 }
 
 /// The statistics of one activation's rows, as requested.
@@ -148,6 +151,69 @@ impl AttentionSums {
 
     fn means(sums: &[(f64, u64)]) -> Vec<f32> {
         sums.iter().map(|&(s, n)| (s / n.max(1) as f64) as f32).collect()
+    }
+}
+
+/// Pairs activations with the per-row scales they are multiplied by ([`Request::row_scale`]):
+/// the n-th capture of an activation goes with the n-th capture of its scale (one of each per
+/// batch), whichever comes first waiting for the other.
+#[derive(Default)]
+struct Pairing {
+    /// Activation -> its scale.
+    scale_of: BTreeMap<ValueId, ValueId>,
+    /// Scale -> how many activations it scales.
+    dependents: BTreeMap<ValueId, usize>,
+    arrivals: BTreeMap<ValueId, usize>,
+    /// (scale, arrival) -> its values and how many activations still need them.
+    scales: BTreeMap<(ValueId, usize), (Vec<f32>, usize)>,
+    /// (scale, arrival) -> activations that came first: (activation, shape, values).
+    waiting: BTreeMap<(ValueId, usize), Vec<(ValueId, Vec<usize>, Vec<f32>)>>,
+}
+
+impl Pairing {
+    fn arrive(&mut self, v: ValueId, a: Activation<'_>, accumulators: &mut BTreeMap<ValueId, Accumulator>) -> Result<(), String> {
+        let arrival = {
+            let n = self.arrivals.entry(v).or_default();
+            *n += 1;
+            *n - 1
+        };
+        if let Some(&count) = self.dependents.get(&v) {
+            let key = (v, arrival);
+            self.scales.insert(key, (a.data.to_vec(), count));
+            for (act, shape, data) in self.waiting.remove(&key).unwrap_or_default() {
+                self.scaled(act, &shape, &data, key, accumulators)?;
+            }
+        }
+        let Some(acc) = accumulators.get_mut(&v) else { return Ok(()) };
+        match self.scale_of.get(&v) {
+            None => acc.add_captured(a.shape, a.data),
+            Some(&scale) => {
+                let key = (scale, arrival);
+                if self.scales.contains_key(&key) {
+                    self.scaled(v, a.shape, a.data, key, accumulators)
+                } else {
+                    self.waiting.entry(key).or_default().push((v, a.shape.to_vec(), a.data.to_vec()));
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Adds activation `v`'s rows, each times its scale, and lets the scale go once every
+    /// activation it scales has had it.
+    fn scaled(&mut self, v: ValueId, shape: &[usize], data: &[f32], key: (ValueId, usize), accumulators: &mut BTreeMap<ValueId, Accumulator>) -> Result<(), String> {
+        let acc = accumulators.get_mut(&v).expect("only requested activations wait");
+        let rows = acc.layout.rows(shape, data, acc.k)?;
+        let (scale, remaining) = self.scales.get_mut(&key).expect("the scale arrived");
+        if scale.len() * acc.k != rows.len() {
+            return Err(format!("has {} rows, its row scale {} values", rows.len() / acc.k.max(1), scale.len()));
+        }
+        let scaled: Vec<f32> = rows.chunks_exact(acc.k).zip(scale.iter()).flat_map(|(row, &g)| row.iter().map(move |&x| x * g)).collect();
+        *remaining -= 1;
+        if *remaining == 0 {
+            self.scales.remove(&key);
+        }
+        acc.add(&scaled)
     }
 }
 
@@ -249,11 +315,11 @@ impl Accumulator {
 /// measure, no calibration runs (and none is needed). `pass` and `needs` name who asks and
 /// why, for the error when the pipeline has no calibration data.
 pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str, requests: &[Request]) -> Result<BTreeMap<ValueId, Stats>, PassError> {
-    let mut accumulators: BTreeMap<ValueId, (usize, RowLayout, Wanted)> = BTreeMap::new();
+    let mut accumulators: BTreeMap<ValueId, (usize, RowLayout, Wanted, Option<ValueId>)> = BTreeMap::new();
     let mut conflicting = Vec::new();
     for r in requests.iter().filter(|r| r.wanted.any()) {
-        let entry = accumulators.entry(r.value).or_insert_with(|| (r.k, r.layout.clone(), r.wanted));
-        if entry.0 != r.k || entry.1 != r.layout {
+        let entry = accumulators.entry(r.value).or_insert_with(|| (r.k, r.layout.clone(), r.wanted, r.row_scale));
+        if entry.0 != r.k || entry.1 != r.layout || entry.3 != r.row_scale {
             conflicting.push(r.value);
         }
         entry.2 = entry.2.union(r.wanted);
@@ -264,16 +330,23 @@ pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str
     if accumulators.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let mut accumulators: BTreeMap<ValueId, Accumulator> = accumulators.into_iter().map(|(v, (k, layout, wanted))| (v, Accumulator::new(k, layout, wanted))).collect();
+    let mut pairing = Pairing::default();
+    for (&v, entry) in &accumulators {
+        if let Some(scale) = entry.3 {
+            pairing.scale_of.insert(v, scale);
+            *pairing.dependents.entry(scale).or_default() += 1;
+        }
+    }
+    let mut accumulators: BTreeMap<ValueId, Accumulator> = accumulators.into_iter().map(|(v, (k, layout, wanted, _))| (v, Accumulator::new(k, layout, wanted))).collect();
     let model = ctx.snapshot(graph);
     let Some(calibrator) = ctx.calibrator.as_deref_mut() else {
         return Err(PassError::NeedsCalibration { pass: pass.into(), why: needs.into() });
     };
-    let values: Vec<ValueId> = accumulators.keys().copied().collect();
+    let mut values: Vec<ValueId> = accumulators.keys().copied().collect();
+    values.extend(pairing.dependents.keys().copied().filter(|s| !accumulators.contains_key(s)));
     let mut error = None;
     let mut sink = |v: ValueId, a: Activation<'_>| {
-        let Some(acc) = accumulators.get_mut(&v) else { return };
-        let result = acc.add_captured(a.shape, a.data);
+        let result = pairing.arrive(v, a, &mut accumulators);
         if let Err(e) = result {
             error.get_or_insert_with(|| format!("captured '{}' {e}", graph.value(v).name));
         }
@@ -327,7 +400,7 @@ mod tests {
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
         let all = Wanted { gram: true, mean_abs: true, max_abs: true, mean_square: true, mean: true, ..Default::default() };
-        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted: all }]).unwrap();
+        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { row_scale: None, value: x, layout: RowLayout::LastAxis, k: 2, wanted: all }]).unwrap();
         let s = &stats[&x];
         assert_eq!(s.rows, 3);
         assert_eq!(s.mean_abs.as_deref(), Some(&[3.0, 2.0][..]));
@@ -350,7 +423,7 @@ mod tests {
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: None, analyses: &mut analyses };
         let wanted = Wanted { mean_abs: true, ..Default::default() };
-        let e = collect(&model.graph, &mut ctx, "factorize", "method=asvd scales by activations", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted }]).err().unwrap();
+        let e = collect(&model.graph, &mut ctx, "factorize", "method=asvd scales by activations", &[Request { row_scale: None, value: x, layout: RowLayout::LastAxis, k: 2, wanted }]).err().unwrap();
         assert!(matches!(&e, PassError::NeedsCalibration { pass, why } if pass == "factorize" && why == "method=asvd scales by activations"), "{e}");
         assert_eq!(e.to_string(), "pass 'factorize' needs calibration data (method=asvd scales by activations), which this pipeline was not given");
         // Nothing to measure: no calibration needed.
@@ -364,7 +437,7 @@ mod tests {
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
         let wanted = Wanted { mean_abs: true, ..Default::default() };
-        let requests = [Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted }, Request { value: x, layout: RowLayout::Channels { strides: vec![] }, k: 2, wanted }];
+        let requests = [Request { row_scale: None, value: x, layout: RowLayout::LastAxis, k: 2, wanted }, Request { row_scale: None, value: x, layout: RowLayout::Channels { strides: vec![] }, k: 2, wanted }];
         assert!(collect(&model.graph, &mut ctx, "test", "testing", &requests).unwrap().is_empty());
     }
 
@@ -403,7 +476,7 @@ mod tests {
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
         let wanted = Wanted { attention: true, ..Default::default() };
-        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::Attention, k: 0, wanted }]).unwrap();
+        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { row_scale: None, value: x, layout: RowLayout::Attention, k: 0, wanted }]).unwrap();
         let s = &stats[&x];
         // Key 0: (0.5 + 0.25 + 1 + 0 + 0.2) / 5, key 1: (0.5 + 0.75 + 0 + 1 + 0.3) / 5, key 2: 0.5 / 1.
         let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
@@ -412,5 +485,46 @@ mod tests {
         // First query: head 0 (0.5, 0.5), head 1 (1, 0), the second input (0.2, 0.3, 0.5).
         let from_first = s.attention_from_first.as_deref().unwrap();
         assert!(close(from_first, &[1.7 / 3.0, 0.8 / 3.0, 0.5]), "{from_first:?}");
+    }
+
+    /// Hands out given activations per value, batch by batch, in the order listed.
+    struct Ordered(Vec<Vec<(ValueId, Vec<usize>, Vec<f32>)>>);
+
+    impl Calibrator for Ordered {
+        fn batches(&self) -> usize {
+            self.0.len()
+        }
+
+        fn capture(&mut self, _: &Model, _: &[ValueId], _: &dyn Progress, sink: &mut dyn FnMut(ValueId, Activation<'_>)) -> Result<(), String> {
+            for batch in &self.0 {
+                for (v, shape, data) in batch {
+                    sink(*v, Activation { shape, data });
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Rows scaled by another value's per-row entries, whichever of the two is captured first
+    /// in a batch.
+    #[test]
+    fn row_scales_pair_with_their_batch() {
+        let mut model = compactor_ir::text::parse("model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[2,2]\n  input %g: f32[2,1]\n  %y = Mul(%x, %g)\n  output %y\n}\n").unwrap();
+        let (x, g) = (model.graph.main().inputs[0], model.graph.main().inputs[1]);
+        // Batch 1: scale after the rows; batch 2: before.
+        let mut calibrator = Ordered(vec![
+            vec![(x, vec![2, 2], vec![1.0, -2.0, 3.0, 4.0]), (g, vec![2, 1], vec![2.0, 0.0])],
+            vec![(g, vec![1, 1], vec![-1.0]), (x, vec![1, 2], vec![5.0, 1.0])],
+        ]);
+        let mut analyses = Analyses::new();
+        let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
+        let wanted = Wanted { mean_square: true, max_abs: true, ..Default::default() };
+        let stats = collect(&model.graph, &mut ctx, "test", "testing", &[Request { value: x, layout: RowLayout::LastAxis, k: 2, wanted, row_scale: Some(g) }]).unwrap();
+        // Scaled rows: (2, -4), (0, 0), (-5, -1).
+        let s = &stats[&x];
+        assert_eq!(s.rows, 3);
+        assert_eq!(s.max_abs.as_deref(), Some(&[5.0f32, 4.0][..]));
+        assert_eq!(s.mean_square.as_deref(), Some(&[(4.0f32 + 25.0) / 3.0, (16.0 + 1.0) / 3.0][..]));
+        assert!(!stats.contains_key(&g), "the scale itself was not asked for");
     }
 }

@@ -75,16 +75,22 @@ fn layer_spec(model: &Model) -> serde_json::Value {
     let spec: Vec<serde_json::Value> = experts
         .iter()
         .map(|l| {
-            let e = &l.experts[0];
             let w = |id| &layers[id];
-            serde_json::json!({
-                "input": name(l.input),
-                "hidden": name(e.hidden),
-                "gate": e.gate.map(|id| name(w(id).weight.value)),
-                "up": name(w(e.up).weight.value),
-                "down": name(w(e.down).weight.value),
-                "transposed": [e.gate.is_some_and(|id| w(id).weight.transposed), w(e.up).weight.transposed, w(e.down).weight.transposed],
-            })
+            let experts: Vec<serde_json::Value> = l
+                .experts
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "hidden": name(e.hidden),
+                        "gate": e.gate.map(|id| name(w(id).weight.value)),
+                        "up": name(w(e.up).weight.value),
+                        "down": name(w(e.down).weight.value),
+                        "transposed": [e.gate.is_some_and(|id| w(id).weight.transposed), w(e.up).weight.transposed, w(e.down).weight.transposed],
+                        "routing": e.routing.map(name),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "input": name(l.input), "experts": experts })
         })
         .collect();
     serde_json::Value::Array(spec)
@@ -107,12 +113,16 @@ fn scores_match_reference(model_path: &Path, calibration: &Path, expected_layers
         let layers = report.passes[0].details["layers"].as_array().unwrap().clone();
         assert_eq!(layers.len(), expected_layers);
         for (i, (ours, theirs)) in layers.iter().zip(reference.as_array().unwrap()).enumerate() {
-            let ours: Vec<f64> = serde_json::from_value(ours["experts"][0]["scores"].clone()).unwrap();
-            let theirs: Vec<f64> = serde_json::from_value(theirs[score].clone()).unwrap();
-            assert_eq!(ours.len(), theirs.len());
-            let scale = theirs.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max) / scale;
-            assert!(worst < 1e-4, "{}: layer {i} score={score}: relative difference {worst:e}", model_path.display());
+            // Per layer, relative to the largest score of any of its experts (pooled, as pruning ranks them).
+            let ours: Vec<Vec<f64>> = ours["experts"].as_array().unwrap().iter().map(|e| serde_json::from_value(e["scores"].clone()).unwrap()).collect();
+            let theirs: Vec<Vec<f64>> = theirs.as_array().unwrap().iter().map(|e| serde_json::from_value(e[score].clone()).unwrap()).collect();
+            assert_eq!(ours.len(), theirs.len(), "layer {i}: experts");
+            let scale = theirs.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs()));
+            for (e, (ours, theirs)) in ours.iter().zip(&theirs).enumerate() {
+                assert_eq!(ours.len(), theirs.len());
+                let worst = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max) / scale;
+                assert!(worst < 1e-4, "{}: layer {i} expert {e} score={score}: relative difference {worst:e}", model_path.display());
+            }
         }
     }
 }
@@ -129,6 +139,56 @@ fn scores_equal_the_numpy_reference_on_smollm2() {
     let dir = tempfile::tempdir().unwrap();
     smollm2_batches(dir.path());
     scores_match_reference(&test_data().join("smollm2/prefill.onnx"), dir.path(), 30);
+}
+
+/// The tiny decoder of tests/py/make_tiny_moe.py (Hugging Face MoE form, a shared expert in
+/// its second layer), written to `dir`, with three batches of random calibration inputs.
+fn tiny_moe(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let path = dir.join("tiny_moe.onnx");
+    run_python("make_tiny_moe.py", &[path.as_os_str()]);
+    let model = Model::load(&path).unwrap();
+    let dims = [("batch".to_string(), 2), ("seq".to_string(), 8)];
+    let batches: Vec<_> = (0..3).map(|seed| compactor_runtime::inputs::random_inputs(&model, &dims, seed).unwrap()).collect();
+    let calibration = dir.join("calibration");
+    write_batches(&calibration, &batches);
+    (path, calibration)
+}
+
+/// Routed experts' neurons are scored on their activation times their routing weight (zero on
+/// the tokens not routed to them), the shared expert's on the activation alone.
+#[test]
+fn scores_equal_the_numpy_reference_on_a_mixture_of_experts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, calibration) = tiny_moe(dir.path());
+    let model = Model::load(&path).unwrap();
+    let spec = layer_spec(&model);
+    let experts: Vec<usize> = spec.as_array().unwrap().iter().map(|l| l["experts"].as_array().unwrap().len()).collect();
+    assert_eq!(experts, vec![4, 5], "four routed experts, and a shared one in the second layer");
+    let routed: Vec<bool> = spec[1]["experts"].as_array().unwrap().iter().map(|e| !e["routing"].is_null()).collect();
+    assert_eq!(routed, vec![false, true, true, true, true]);
+    scores_match_reference(&path, &calibration, 2);
+}
+
+/// Pruning pools a layer's micro-experts across its experts (ragged widths), and the pruned
+/// mixture runs alike in both runtimes.
+#[test]
+fn pruning_a_mixture_of_experts_pools_its_experts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, calibration) = tiny_moe(dir.path());
+    let mut m = Model::load(&path).unwrap();
+    let report = run(&mut m, "infer-shapes,prune-micro-experts(ratio=0.25)", Some(&calibration));
+    let layers = report.passes[1].details["layers"].as_array().unwrap().clone();
+    for (layer, total) in layers.iter().zip([32, 30]) {
+        assert_eq!(layer["before"], total);
+        assert_eq!(layer["after"], total - total / 4);
+        let widths: Vec<u64> = layer["experts"].as_array().unwrap().iter().map(|e| e["width_after"].as_u64().unwrap()).collect();
+        assert_eq!(widths.iter().sum::<u64>(), (total - total / 4) as u64);
+    }
+    let pruned = dir.path().join("pruned.onnx");
+    m.save(&pruned).unwrap();
+    let feeds = random_npy_inputs(&pruned, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 3);
+    let (ort, ours) = both_runtimes(&pruned, &feeds);
+    assert!(relative_difference(&ort, &ours) < 1e-5, "the runtimes differ on the pruned mixture");
 }
 
 #[test]

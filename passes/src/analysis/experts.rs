@@ -2,13 +2,15 @@
 //!
 //! A micro-expert is one intermediate neuron `j` of an FFN expert: column `j` of the gate and
 //! up projections (in the `[in, out]` sense of [`LinearLayer`]) and row `j` of the down
-//! projection. A dense FFN is one expert with no routing weight. Every pass that scores,
+//! projection. A dense FFN is one expert with no routing weight; a mixture of experts (the
+//! exported Hugging Face form) has one per FFN, each with the routing weight its output is
+//! multiplied by. Every pass that scores,
 //! prunes or re-quantizes neurons reads its layers from here.
 //!
 //! [`LinearLayer`]: super::LinearLayer
 
 use super::linear::{LayerId, LinearLayers};
-use super::transformer::TransformerBlocks;
+use super::transformer::{Ffn, TransformerBlocks};
 use super::{Analyses, Analysis};
 use compactor_ir::{Graph, ValueId};
 
@@ -23,9 +25,13 @@ pub struct Expert {
     pub width: usize,
     /// The activation the down projection reads: `act(gate x) * (up x)`, or `act(up x)`.
     pub hidden: ValueId,
+    /// The expert's routing weight (one per token), which its output is multiplied by; none
+    /// for a dense FFN or a shared expert.
+    pub routing: Option<ValueId>,
 }
 
-/// The experts that read one FFN input (one transformer block's FFN).
+/// The experts that read one FFN input (one transformer block's FFN: a dense FFN, or a mixture
+/// of experts with its shared experts).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpertLayer {
     /// The index of the transformer block the FFN belongs to.
@@ -55,20 +61,25 @@ impl Analysis for FfnExperts {
         let blocks = analyses.get::<TransformerBlocks>(graph);
         let mut out = Vec::new();
         for (block, b) in blocks.iter().enumerate() {
-            let Some(ffn) = &b.ffn else { continue };
-            let (up, down) = (&layers[ffn.up], &layers[ffn.down]);
+            let Some(first) = &b.ffn else { continue };
+            let ffns: Vec<(&Ffn, Option<ValueId>)> = match &b.moe {
+                Some(moe) => moe.experts.iter().zip(moe.weights.iter().copied()).collect(),
+                None => vec![(first, None)],
+            };
             // Only plain layers: the neuron axis of a quantized or convolutional weight is not
             // one axis of one constant.
-            let plain = [Some(ffn.up), ffn.gate, Some(ffn.down)].into_iter().flatten().all(|l| layers[l].op != super::LinearOp::Conv && !layers[l].weight.is_quantized());
-            if !plain || down.in_features != up.out_features {
+            let plain = |f: &Ffn| {
+                [Some(f.up), f.gate, Some(f.down)].into_iter().flatten().all(|l| layers[l].op != super::LinearOp::Conv && !layers[l].weight.is_quantized()) && layers[f.down].in_features == layers[f.up].out_features
+            };
+            if !ffns.iter().all(|(f, _)| plain(f)) {
                 continue;
             }
-            out.push(ExpertLayer {
-                block,
-                input: up.input,
-                input_width: up.in_features as usize,
-                experts: vec![Expert { gate: ffn.gate, up: ffn.up, down: ffn.down, width: down.in_features as usize, hidden: down.input }],
-            });
+            let up = &layers[first.up];
+            let experts = ffns
+                .into_iter()
+                .map(|(f, routing)| Expert { gate: f.gate, up: f.up, down: f.down, width: layers[f.down].in_features as usize, hidden: layers[f.down].input, routing })
+                .collect();
+            out.push(ExpertLayer { block, input: up.input, input_width: up.in_features as usize, experts });
         }
         FfnExperts(out)
     }

@@ -34,10 +34,26 @@ pub struct Ffn {
     pub down: LayerId,
 }
 
+/// A mixture-of-experts FFN as exported Hugging Face models write it: a router layer whose
+/// probabilities go through TopK, and several FFNs reading the same input, each one's output
+/// multiplied by its routing weight (an always-on shared expert's is not).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Moe {
+    pub router: LayerId,
+    /// Every FFN reading the layer's input, in graph order (the block's `ffn` is the first).
+    pub experts: Vec<Ffn>,
+    /// Per expert, the value its output is multiplied by (computed from the router's output),
+    /// or none for a shared expert.
+    #[serde(skip)]
+    pub weights: Vec<Option<ValueId>>,
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TransformerBlock {
     pub attention: Attention,
     pub ffn: Option<Ffn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moe: Option<Moe>,
     /// LayerNormalization-style nodes of the block, in order.
     pub norms: Vec<NodeId>,
     /// Adds that close residual connections, in order.
@@ -230,6 +246,49 @@ impl Finder<'_> {
         Some(Ffn { up: first, gate: None, down })
     }
 
+    /// The mixture of experts `first` belongs to, if it is one: the other FFNs reading its
+    /// input (taken from here on) and a router whose output reaches a TopK.
+    fn moe(&self, first: &Ffn, taken: &mut HashSet<LayerId>) -> Option<Moe> {
+        let input = self.layers[first.up].input;
+        let mut readers: Vec<LayerId> = self.by_input.get(&input)?.clone();
+        readers.sort_by_key(|&l| self.position[&self.layers[l].node]);
+        let router = readers.iter().copied().find(|&l| {
+            !taken.contains(&l) && matches!(self.forward(self.layers[l].output, &["Softmax", "Sigmoid", "Reshape", "Cast"], Target::Node("TopK")), Some(Reached::Node(_)))
+        })?;
+        let mut experts = vec![first.clone()];
+        for l in readers {
+            if l == router || taken.contains(&l) {
+                continue;
+            }
+            if let Some(f) = self.ffn(l, taken) {
+                taken.extend([Some(f.up), f.gate, Some(f.down)].into_iter().flatten());
+                experts.push(f);
+            }
+        }
+        // Values computed from the router's output: the routing weights are among them.
+        let mut routed = HashSet::new();
+        let mut frontier = vec![self.layers[router].output];
+        for _ in 0..16 {
+            let mut next = Vec::new();
+            for v in frontier {
+                if routed.insert(v) {
+                    for n in self.uses.consumers(v) {
+                        next.extend(self.graph.node(n).outputs.iter().flatten().copied());
+                    }
+                }
+            }
+            frontier = next;
+        }
+        let weights = experts
+            .iter()
+            .map(|e| {
+                let out = self.layers[e.down].output;
+                self.uses.consumers(out).into_iter().filter(|&n| self.graph.node(n).is("Mul")).find_map(|n| self.non_constant_inputs(n).into_iter().find(|&w| w != out && routed.contains(&w)))
+            })
+            .collect();
+        Some(Moe { router, experts, weights })
+    }
+
     /// Whether the layer's output goes through a nonlinear op before anything else.
     fn passes_activation(&self, layer: LayerId) -> bool {
         self.uses
@@ -331,6 +390,7 @@ fn find_blocks(graph: &Graph, layers: &LinearLayers, uses: &compactor_ir::UseMap
         if let Some(f) = &ffn {
             taken.extend([Some(f.up), f.gate, Some(f.down)].into_iter().flatten());
         }
+        let moe = ffn.as_ref().and_then(|f| finder.moe(f, &mut taken));
         let mut residual_adds = Vec::new();
         let mut norms = Vec::new();
         let ends = [Some(attention.o), ffn.as_ref().map(|f| f.down)];
@@ -352,7 +412,7 @@ fn find_blocks(graph: &Graph, layers: &LinearLayers, uses: &compactor_ir::UseMap
         }
         norms.sort_by_key(|n| finder.position[n]);
         norms.dedup();
-        blocks.push(TransformerBlock { attention: attention.clone(), ffn, norms, residual_adds });
+        blocks.push(TransformerBlock { attention: attention.clone(), ffn, moe, norms, residual_adds });
     }
     blocks
 }

@@ -248,7 +248,7 @@ impl Factorize {
             return Ok(targets.iter().map(|_| LayerStats::default()).collect());
         }
         let wanted = Wanted { gram: true, mean_abs: self.method == Method::Asvd, ..Default::default() };
-        let requests: Vec<Request> = targets.iter().flat_map(|t| t.readers.iter().map(move |r| Request { value: r.input, layout: r.rows.clone(), k: t.k, wanted })).collect();
+        let requests: Vec<Request> = targets.iter().flat_map(|t| t.readers.iter().map(move |r| Request { row_scale: None, value: r.input, layout: r.rows.clone(), k: t.k, wanted })).collect();
         let why = match self.method {
             Method::Asvd => "method=asvd scales by activations",
             _ => "method=svd-llm whitens by the activations' Gram matrix",

@@ -89,10 +89,14 @@ pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, laye
     let mut requests = Vec::new();
     for l in layers {
         for e in &l.experts {
-            requests.push(Request { value: e.hidden, layout: RowLayout::LastAxis, k: e.width, wanted: Wanted { mean_square: score.needs_data(), max_abs: score.needs_data(), mean, ..Default::default() } });
+            // The routing weight scales the neuron's contribution (CAMERA's φ = g(x)·act·up).
+            // Compensation adds the mean the down projection reads to its bias, which a routed
+            // expert's weight would then scale: routed experts are not compensated.
+            let mean = mean && e.routing.is_none();
+            requests.push(Request { row_scale: e.routing, value: e.hidden, layout: RowLayout::LastAxis, k: e.width, wanted: Wanted { mean_square: score.needs_data(), max_abs: score.needs_data(), mean, ..Default::default() } });
         }
         if score == Score::Wanda {
-            requests.push(Request { value: l.input, layout: RowLayout::LastAxis, k: l.input_width, wanted: Wanted { mean_square: true, ..Default::default() } });
+            requests.push(Request { row_scale: None, value: l.input, layout: RowLayout::LastAxis, k: l.input_width, wanted: Wanted { mean_square: true, ..Default::default() } });
         }
     }
     calib::collect(graph, ctx, pass, SCORE_NEEDS, &requests)

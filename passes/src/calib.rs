@@ -157,6 +157,9 @@ impl AttentionSums {
 /// Pairs activations with the per-row scales they are multiplied by ([`Request::row_scale`]):
 /// the n-th capture of an activation goes with the n-th capture of its scale (one of each per
 /// batch), whichever comes first waiting for the other.
+/// An activation captured before its row scale: (activation, shape, values).
+type Waiting = (ValueId, Vec<usize>, Vec<f32>);
+
 #[derive(Default)]
 struct Pairing {
     /// Activation -> its scale.
@@ -166,8 +169,8 @@ struct Pairing {
     arrivals: BTreeMap<ValueId, usize>,
     /// (scale, arrival) -> its values and how many activations still need them.
     scales: BTreeMap<(ValueId, usize), (Vec<f32>, usize)>,
-    /// (scale, arrival) -> activations that came first: (activation, shape, values).
-    waiting: BTreeMap<(ValueId, usize), Vec<(ValueId, Vec<usize>, Vec<f32>)>>,
+    /// (scale, arrival) -> activations that came first.
+    waiting: BTreeMap<(ValueId, usize), Vec<Waiting>>,
 }
 
 impl Pairing {
@@ -437,7 +440,8 @@ mod tests {
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
         let wanted = Wanted { mean_abs: true, ..Default::default() };
-        let requests = [Request { row_scale: None, value: x, layout: RowLayout::LastAxis, k: 2, wanted }, Request { row_scale: None, value: x, layout: RowLayout::Channels { strides: vec![] }, k: 2, wanted }];
+        let requests =
+            [Request { row_scale: None, value: x, layout: RowLayout::LastAxis, k: 2, wanted }, Request { row_scale: None, value: x, layout: RowLayout::Channels { strides: vec![] }, k: 2, wanted }];
         assert!(collect(&model.graph, &mut ctx, "test", "testing", &requests).unwrap().is_empty());
     }
 
@@ -487,8 +491,8 @@ mod tests {
         assert!(close(from_first, &[1.7 / 3.0, 0.8 / 3.0, 0.5]), "{from_first:?}");
     }
 
-    /// Hands out given activations per value, batch by batch, in the order listed.
-    struct Ordered(Vec<Vec<(ValueId, Vec<usize>, Vec<f32>)>>);
+    /// Hands out given activations (value, shape, data), batch by batch, in the order listed.
+    struct Ordered(Vec<Vec<Waiting>>);
 
     impl Calibrator for Ordered {
         fn batches(&self) -> usize {
@@ -512,10 +516,7 @@ mod tests {
         let mut model = compactor_ir::text::parse("model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[2,2]\n  input %g: f32[2,1]\n  %y = Mul(%x, %g)\n  output %y\n}\n").unwrap();
         let (x, g) = (model.graph.main().inputs[0], model.graph.main().inputs[1]);
         // Batch 1: scale after the rows; batch 2: before.
-        let mut calibrator = Ordered(vec![
-            vec![(x, vec![2, 2], vec![1.0, -2.0, 3.0, 4.0]), (g, vec![2, 1], vec![2.0, 0.0])],
-            vec![(g, vec![1, 1], vec![-1.0]), (x, vec![1, 2], vec![5.0, 1.0])],
-        ]);
+        let mut calibrator = Ordered(vec![vec![(x, vec![2, 2], vec![1.0, -2.0, 3.0, 4.0]), (g, vec![2, 1], vec![2.0, 0.0])], vec![(g, vec![1, 1], vec![-1.0]), (x, vec![1, 2], vec![5.0, 1.0])]]);
         let mut analyses = Analyses::new();
         let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
         let wanted = Wanted { mean_square: true, max_abs: true, ..Default::default() };

@@ -69,16 +69,15 @@ impl Analysis for FfnExperts {
             // Only plain layers: the neuron axis of a quantized or convolutional weight is not
             // one axis of one constant.
             let plain = |f: &Ffn| {
-                [Some(f.up), f.gate, Some(f.down)].into_iter().flatten().all(|l| layers[l].op != super::LinearOp::Conv && !layers[l].weight.is_quantized()) && layers[f.down].in_features == layers[f.up].out_features
+                [Some(f.up), f.gate, Some(f.down)].into_iter().flatten().all(|l| layers[l].op != super::LinearOp::Conv && !layers[l].weight.is_quantized())
+                    && layers[f.down].in_features == layers[f.up].out_features
             };
             if !ffns.iter().all(|(f, _)| plain(f)) {
                 continue;
             }
             let up = &layers[first.up];
-            let experts = ffns
-                .into_iter()
-                .map(|(f, routing)| Expert { gate: f.gate, up: f.up, down: f.down, width: layers[f.down].in_features as usize, hidden: layers[f.down].input, routing })
-                .collect();
+            let experts =
+                ffns.into_iter().map(|(f, routing)| Expert { gate: f.gate, up: f.up, down: f.down, width: layers[f.down].in_features as usize, hidden: layers[f.down].input, routing }).collect();
             out.push(ExpertLayer { block, input: up.input, input_width: up.in_features as usize, experts });
         }
         FfnExperts(out)

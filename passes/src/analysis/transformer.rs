@@ -252,9 +252,10 @@ impl Finder<'_> {
         let input = self.layers[first.up].input;
         let mut readers: Vec<LayerId> = self.by_input.get(&input)?.clone();
         readers.sort_by_key(|&l| self.position[&self.layers[l].node]);
-        let router = readers.iter().copied().find(|&l| {
-            !taken.contains(&l) && matches!(self.forward(self.layers[l].output, &["Softmax", "Sigmoid", "Reshape", "Cast"], Target::Node("TopK")), Some(Reached::Node(_)))
-        })?;
+        let router = readers
+            .iter()
+            .copied()
+            .find(|&l| !taken.contains(&l) && matches!(self.forward(self.layers[l].output, &["Softmax", "Sigmoid", "Reshape", "Cast"], Target::Node("TopK")), Some(Reached::Node(_))))?;
         let mut experts = vec![first.clone()];
         for l in readers {
             if l == router || taken.contains(&l) {

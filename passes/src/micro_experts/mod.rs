@@ -62,9 +62,7 @@ impl Weight<'_> {
 
     /// Per input row `j`: `(Σ_i |W[j, i]|, Σ_i W[j, i]²)`.
     pub fn row_norms(&self) -> (Vec<f64>, Vec<f64>) {
-        (0..self.k)
-            .map(|j| (0..self.n).map(|i| self.at(j, i) as f64).fold((0.0, 0.0), |(l1, sq), w| (l1 + w.abs(), sq + w * w)))
-            .unzip()
+        (0..self.k).map(|j| (0..self.n).map(|i| self.at(j, i) as f64).fold((0.0, 0.0), |(l1, sq), w| (l1 + w.abs(), sq + w * w))).unzip()
     }
 }
 
@@ -91,11 +89,7 @@ impl NeuronStats {
     /// and max |x| wanted) and, for `wanda`, of the FFN input (mean square).
     pub fn from_calibration(hidden: &Stats, input: Option<&Stats>) -> Option<NeuronStats> {
         let total = |s: &Stats| s.mean_square.as_ref().map(|m| m.iter().map(|&v| v as f64 * s.rows as f64).collect::<Vec<f64>>());
-        Some(NeuronStats {
-            sum_square: total(hidden)?,
-            max_square: hidden.max_abs.as_ref()?.iter().map(|&m| (m as f64) * (m as f64)).collect(),
-            input_sum_square: input.and_then(total),
-        })
+        Some(NeuronStats { sum_square: total(hidden)?, max_square: hidden.max_abs.as_ref()?.iter().map(|&m| (m as f64) * (m as f64)).collect(), input_sum_square: input.and_then(total) })
     }
 }
 
@@ -194,8 +188,16 @@ mod tests {
         let (g, u, d) = expert();
         let t = |m: &[f32], k: usize, n: usize| -> Vec<f32> { (0..n).flat_map(|j| (0..k).map(move |i| m[i * n + j])).collect() };
         let (gt, ut, dt) = (t(&g, 2, 3), t(&u, 2, 3), t(&d, 3, 2));
-        let plain = ExpertWeights { gate: Some(Weight { data: &g, k: 2, n: 3, transposed: false }), up: Weight { data: &u, k: 2, n: 3, transposed: false }, down: Weight { data: &d, k: 3, n: 2, transposed: false } };
-        let stored = ExpertWeights { gate: Some(Weight { data: &gt, k: 2, n: 3, transposed: true }), up: Weight { data: &ut, k: 2, n: 3, transposed: true }, down: Weight { data: &dt, k: 3, n: 2, transposed: true } };
+        let plain = ExpertWeights {
+            gate: Some(Weight { data: &g, k: 2, n: 3, transposed: false }),
+            up: Weight { data: &u, k: 2, n: 3, transposed: false },
+            down: Weight { data: &d, k: 3, n: 2, transposed: false },
+        };
+        let stored = ExpertWeights {
+            gate: Some(Weight { data: &gt, k: 2, n: 3, transposed: true }),
+            up: Weight { data: &ut, k: 2, n: 3, transposed: true },
+            down: Weight { data: &dt, k: 3, n: 2, transposed: true },
+        };
         let stats = NeuronStats { sum_square: vec![4.0, 1.0, 9.0], max_square: vec![2.0, 1.0, 3.0], input_sum_square: Some(vec![16.0, 1.0]) };
         for score in [Score::Camera, Score::Magnitude, Score::Activation, Score::Wanda] {
             assert_eq!(neuron_scores(score, 0.5, &plain, Some(&stats)).unwrap(), neuron_scores(score, 0.5, &stored, Some(&stats)).unwrap());

@@ -93,7 +93,13 @@ pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, laye
             // Compensation adds the mean the down projection reads to its bias, which a routed
             // expert's weight would then scale: routed experts are not compensated.
             let mean = mean && e.routing.is_none();
-            requests.push(Request { row_scale: e.routing, value: e.hidden, layout: RowLayout::LastAxis, k: e.width, wanted: Wanted { mean_square: score.needs_data(), max_abs: score.needs_data(), mean, ..Default::default() } });
+            requests.push(Request {
+                row_scale: e.routing,
+                value: e.hidden,
+                layout: RowLayout::LastAxis,
+                k: e.width,
+                wanted: Wanted { mean_square: score.needs_data(), max_abs: score.needs_data(), mean, ..Default::default() },
+            });
         }
         if score == Score::Wanda {
             requests.push(Request { row_scale: None, value: l.input, layout: RowLayout::LastAxis, k: l.input_width, wanted: Wanted { mean_square: true, ..Default::default() } });

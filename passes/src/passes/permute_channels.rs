@@ -182,7 +182,8 @@ pub(crate) type ActivationStats = BTreeMap<ValueId, Stats>;
 pub(crate) fn calibrate(graph: &Graph, ctx: &mut PassCtx<'_, '_>, groups: &[&ChannelGroup], wanted: Wanted, pass: &str, why: &str) -> Result<(Vec<Vec<Consumer>>, ActivationStats), PassError> {
     let uses = graph.uses();
     let consumers: Vec<Vec<Consumer>> = groups.iter().map(|g| g.consumers(graph, &uses)).collect();
-    let requests: Vec<Request> = groups.iter().zip(&consumers).flat_map(|(g, cs)| cs.iter().map(move |c| Request { row_scale: None, value: c.input, layout: c.layout.clone(), k: g.width as usize, wanted })).collect();
+    let requests: Vec<Request> =
+        groups.iter().zip(&consumers).flat_map(|(g, cs)| cs.iter().map(move |c| Request { row_scale: None, value: c.input, layout: c.layout.clone(), k: g.width as usize, wanted })).collect();
     let stats = calib::collect(graph, ctx, pass, why, &requests)?;
     Ok((consumers, stats))
 }

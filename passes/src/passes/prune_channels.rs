@@ -208,7 +208,6 @@ impl PruneChannels {
         }
         plans.iter().zip(kept).map(|(p, k)| (k.div_ceil(self.multiple) * self.multiple).min(p.group.width as usize)).collect()
     }
-
 }
 
 /// Cuts every plan to its `kept` units (all of them: a permutation into saliency order),

@@ -162,7 +162,8 @@ impl Pass for PruneMicroExperts {
         if before == after {
             return Ok(PassOutcome::unchanged(format!("no micro-expert removed ({} FFN layers, {} left alone)", reports.len(), skipped.len())).with_details(details));
         }
-        Ok(PassOutcome::changed(format!("removed {} of {before} micro-experts in {} FFN layers (score={:?}); {} layers left alone", before - after, reports.len(), self.score, skipped.len())).with_details(details))
+        Ok(PassOutcome::changed(format!("removed {} of {before} micro-experts in {} FFN layers (score={:?}); {} layers left alone", before - after, reports.len(), self.score, skipped.len()))
+            .with_details(details))
     }
 }
 

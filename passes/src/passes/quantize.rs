@@ -196,7 +196,8 @@ impl Quantize {
     /// and (for AWQ) the mean absolute value of each input channel.
     fn calibrate(&self, graph: &Graph, ctx: &mut PassCtx<'_, '_>, targets: &[&Target]) -> Result<Calibration, PassError> {
         let wanted = calib::Wanted { gram: true, mean_abs: self.awq, ..Default::default() };
-        let requests: Vec<calib::Request> = targets.iter().flat_map(|t| t.readers()).filter_map(|t| Some(calib::Request { row_scale: None, value: t.input?, layout: t.rows.clone()?, k: t.k, wanted })).collect();
+        let requests: Vec<calib::Request> =
+            targets.iter().flat_map(|t| t.readers()).filter_map(|t| Some(calib::Request { row_scale: None, value: t.input?, layout: t.rows.clone()?, k: t.k, wanted })).collect();
         let stats = calib::collect(graph, ctx, Self::NAME, "method=gptq, budget_bits and awq need activations", &requests)?;
         let mut calibration = Calibration::default();
         for (v, s) in stats {

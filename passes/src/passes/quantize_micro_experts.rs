@@ -58,7 +58,7 @@ impl PassDef for QuantizeMicroExperts {
         if let Some(b) = self.bits.iter().find(|b| !matches!(b, 2 | 4 | 8)) {
             return Err(OptionError::new("bits", format!("{b} is not one of 2, 4, 8")));
         }
-        if self.shares.iter().any(|s| !(*s >= 0.0)) || (self.shares.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
+        if self.shares.iter().any(|s| s.is_nan() || *s < 0.0) || (self.shares.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
             return Err(OptionError::new("shares", "must be non-negative and sum to 1"));
         }
         if !(self.block.is_power_of_two() && (16..=256).contains(&self.block)) {
@@ -67,6 +67,9 @@ impl PassDef for QuantizeMicroExperts {
         validate_rho(self.rho)
     }
 }
+
+/// One tier of an expert's (permuted) neurons: `start..end` at `bits`.
+type Tier = (usize, usize, u8);
 
 /// Tier boundaries over `width` neurons: cumulative shares rounded to multiples of `block`
 /// (the last tier ends at `width`); tiers may be empty.
@@ -114,7 +117,12 @@ impl QuantizeMicroExperts {
         for e in &layer.experts {
             for id in [e.gate, Some(e.up), Some(e.down)].into_iter().flatten() {
                 let l = &layers[id];
-                if l.op != LinearOp::MatMul || !l.weight.chain.is_empty() || l.weight.transposed || uses.of(l.weight.value).len() != 1 || graph.value(l.weight.value).def != compactor_ir::ValueDef::Initializer {
+                if l.op != LinearOp::MatMul
+                    || !l.weight.chain.is_empty()
+                    || l.weight.transposed
+                    || uses.of(l.weight.value).len() != 1
+                    || graph.value(l.weight.value).def != compactor_ir::ValueDef::Initializer
+                {
                     return Some(format!("{}: only a MatMul by its own [in, out] initializer is split into tiers", l.label(graph)));
                 }
             }
@@ -123,7 +131,7 @@ impl QuantizeMicroExperts {
     }
 
     /// Splits an up or gate projection into per-tier MatMuls concatenated on the last axis.
-    fn split_columns(graph: &Graph, patch: &mut Patch, layers: &LinearLayers, id: LayerId, tiers: &[(usize, usize, u8)]) -> Result<(), PassError> {
+    fn split_columns(graph: &Graph, patch: &mut Patch, layers: &LinearLayers, id: LayerId, tiers: &[Tier]) -> Result<(), PassError> {
         let l = &layers[id];
         let node = graph.node(l.node);
         let (k, n) = (l.in_features as usize, l.out_features as usize);
@@ -153,7 +161,7 @@ impl QuantizeMicroExperts {
     }
 
     /// Splits a down projection into per-tier MatMuls of slices of its input, summed.
-    fn split_rows(graph: &Graph, patch: &mut Patch, layers: &LinearLayers, id: LayerId, tiers: &[(usize, usize, u8)]) -> Result<(), PassError> {
+    fn split_rows(graph: &Graph, patch: &mut Patch, layers: &LinearLayers, id: LayerId, tiers: &[Tier]) -> Result<(), PassError> {
         let l = &layers[id];
         let node = graph.node(l.node);
         let n = l.out_features as usize;
@@ -162,7 +170,8 @@ impl QuantizeMicroExperts {
         let out = node.output(0).ok_or_else(|| PassError::failed(Self::NAME, l.label(graph), "no output"))?;
         let input = node.input(0).expect("a MatMul has inputs");
         let label = l.label(graph);
-        let i64s = |patch: &mut Patch, hint: &str, v: i64| -> Result<_, PassError> { Ok(patch.new_initializer(node.region, hint, Tensor::from_i64(&[1], &[v]).map_err(|e| PassError::ir(Self::NAME, e))?)) };
+        let i64s =
+            |patch: &mut Patch, hint: &str, v: i64| -> Result<_, PassError> { Ok(patch.new_initializer(node.region, hint, Tensor::from_i64(&[1], &[v]).map_err(|e| PassError::ir(Self::NAME, e))?)) };
         let axis = i64s(patch, &format!("{name}_tier_axis"), -1)?;
         let mut sum = None;
         for (t, &(start, end, bits)) in tiers.iter().enumerate() {
@@ -170,20 +179,20 @@ impl QuantizeMicroExperts {
             let weight = patch.new_initializer(node.region, &format!("{name}_tier{t}{}", tier_suffix(bits)), rows);
             let (s, e) = (i64s(patch, &format!("{name}_tier{t}_start"), start as i64)?, i64s(patch, &format!("{name}_tier{t}_end"), end as i64)?);
             let slice = patch.new_value(node.region, &format!("{}_tier{t}_in", graph.value(out).name), None);
-            patch.node("Slice", Anchor::Before(l.node)).name(format!("{label}/tier{t}/slice")).input(input).input(s).input(e).input(axis.clone()).output(slice.clone()).add();
+            patch.node("Slice", Anchor::Before(l.node)).name(format!("{label}/tier{t}/slice")).input(input).input(s).input(e).input(axis).output(slice).add();
             let part = patch.new_value(node.region, &format!("{}_tier{t}", graph.value(out).name), None);
-            patch.node("MatMul", Anchor::Before(l.node)).name(format!("{label}/tier{t}")).input(slice).input(weight).output(part.clone()).add();
+            patch.node("MatMul", Anchor::Before(l.node)).name(format!("{label}/tier{t}")).input(slice).input(weight).output(part).add();
             sum = Some(match sum {
                 None => part,
                 Some(acc) => {
                     let total = patch.new_value(node.region, &format!("{}_tiers{t}", graph.value(out).name), None);
-                    patch.node("Add", Anchor::Before(l.node)).name(format!("{label}/tier{t}/sum")).input(acc).input(part).output(total.clone()).add();
+                    patch.node("Add", Anchor::Before(l.node)).name(format!("{label}/tier{t}/sum")).input(acc).input(part).output(total).add();
                     total
                 }
             });
         }
         let sum = sum.expect("at least one tier");
-        patch.replace_uses(out, sum.clone());
+        patch.replace_uses(out, sum);
         patch.remove_node(l.node);
         patch.remove_value(l.weight.value);
         patch.rename(sum, graph.value(out).name.clone());
@@ -213,7 +222,7 @@ impl Pass for QuantizeMicroExperts {
         // 1. Each expert's neurons in rank order (a permutation of its coupling group).
         let groups = ctx.analyses.get::<ChannelGroups>(graph);
         let mut plans = Vec::new();
-        let mut layer_tiers: Vec<(usize, Vec<Vec<(usize, usize, u8)>>)> = Vec::new();
+        let mut layer_tiers: Vec<(usize, Vec<Vec<Tier>>)> = Vec::new();
         let mut downs: Vec<ValueId> = Vec::new();
         for layer in &chosen {
             let scores = layer_scores(Self::NAME, graph, &layers, layer, self.score, self.rho, &stats)?;
@@ -234,7 +243,7 @@ impl Pass for QuantizeMicroExperts {
                 let sorted = order.iter().map(|&j| s[j]).collect();
                 let names = group.params.iter().map(|&(v, a)| format!("{}[{a}]", graph.value(v).name)).collect();
                 expert_plans.push(Plan { group, consumers: &[], order, scores: sorted, names, notes: Vec::new() });
-                let tiers: Vec<(usize, usize, u8)> = tier_bounds(&self.shares, e.width, self.block).into_iter().zip(&self.bits).filter(|((a, b), _)| b > a).map(|((a, b), &bits)| (a, b, bits)).collect();
+                let tiers: Vec<Tier> = tier_bounds(&self.shares, e.width, self.block).into_iter().zip(&self.bits).filter(|((a, b), _)| b > a).map(|((a, b), &bits)| (a, b, bits)).collect();
                 expert_tiers.push(tiers);
             }
             if let Some(reason) = reason {
@@ -257,7 +266,10 @@ impl Pass for QuantizeMicroExperts {
         let mut patch = Patch::new();
         let (mut bits_weighted, mut params) = (0.0f64, 0usize);
         for ((_, tiers), down) in layer_tiers.iter().zip(&downs) {
-            let layer = experts.iter().find(|l| layers[l.experts[0].down].weight.value == *down).ok_or_else(|| PassError::failed(Self::NAME, graph.value(*down).name.clone(), "the FFN is not found again after the permutation"))?;
+            let layer = experts
+                .iter()
+                .find(|l| layers[l.experts[0].down].weight.value == *down)
+                .ok_or_else(|| PassError::failed(Self::NAME, graph.value(*down).name.clone(), "the FFN is not found again after the permutation"))?;
             for (e, tiers) in layer.experts.iter().zip(tiers) {
                 for id in [e.gate, Some(e.up)].into_iter().flatten() {
                     Self::split_columns(graph, &mut patch, &layers, id, tiers)?;

@@ -88,8 +88,8 @@ impl Pass for PruneMicroExperts {
         };
         let mut reports = Vec::new();
         let mut skipped = Vec::new();
-        let batches: Vec<Vec<(usize, ValueId)>> = if self.sequential { targets.iter().map(|&t| vec![t]).collect() } else { vec![targets.clone()] };
-        ctx.progress.begin("pruning micro-experts", targets.len() as u64);
+        let batches: Vec<Vec<(usize, ValueId)>> = if self.sequential { targets.into_iter().map(|t| vec![t]).collect() } else { vec![targets] };
+        // Progress: each calibration pass shows its own bar (one bar at a time).
         for batch in batches {
             let experts = ctx.analyses.get::<FfnExperts>(graph);
             let layers = ctx.analyses.get::<LinearLayers>(graph);
@@ -153,9 +153,7 @@ impl Pass for PruneMicroExperts {
                 let after = if experts.is_empty() { total } else { experts.iter().map(|g| g.width_after).sum() };
                 reports.push(LayerReport { block, before: total, after, experts });
             }
-            ctx.progress.advance(batch.len() as u64);
         }
-        ctx.progress.end();
         let before: usize = reports.iter().map(|r| r.before).sum();
         let after: usize = reports.iter().map(|r| r.after).sum();
         let details = serde_json::json!({ "layers": reports, "skipped": skipped });

@@ -1,6 +1,6 @@
-//! CAMERA-Q: mixed-precision FFNs by micro-expert rank. Each layer's neurons are ranked by
-//! their score ([`crate::micro_experts`]); the best `shares[0]` get `bits[0]`, the next
-//! `shares[1]` get `bits[1]`, and so on. Every expert's neurons are permuted so each tier is
+//! CAMERA-Q: mixed-precision FFNs by micro-expert rank. Each expert's neurons are ranked by
+//! their score ([`crate::micro_experts`]); the best `shares[0]` of them get `bits[0]`, the next
+//! `shares[1]` get `bits[1]`, and so on (the same shares in every expert of a mixture). Every expert's neurons are permuted so each tier is
 //! contiguous (function-preserving: the cut of `prune-channels` with nothing cut), then its
 //! projections are split by tier: the gate and up projections into one MatMul per tier,
 //! concatenated back to the full width before the activation, and the down projection into one
@@ -275,7 +275,7 @@ impl Pass for QuantizeMicroExperts {
                     Self::split_columns(graph, &mut patch, &layers, id, tiers)?;
                 }
                 Self::split_rows(graph, &mut patch, &layers, e.down, tiers)?;
-                let per_neuron = layer.input_width * (2 + usize::from(e.gate.is_some())) - layer.input_width + layers[e.down].out_features as usize;
+                let per_neuron = layer.input_width * (1 + usize::from(e.gate.is_some())) + layers[e.down].out_features as usize;
                 for &(start, end, bits) in tiers {
                     bits_weighted += ((end - start) * per_neuron) as f64 * bits as f64;
                     params += (end - start) * per_neuron;

@@ -184,6 +184,13 @@ fn pruning_a_mixture_of_experts_pools_its_experts() {
         let widths: Vec<u64> = layer["experts"].as_array().unwrap().iter().map(|e| e["width_after"].as_u64().unwrap()).collect();
         assert_eq!(widths.iter().sum::<u64>(), (total - total / 4) as u64);
     }
+    // per_expert: every expert of a layer keeps the same width.
+    let mut uniform = Model::load(&path).unwrap();
+    let report = run(&mut uniform, "infer-shapes,prune-micro-experts(ratio=0.25,per_expert=true)", Some(&calibration));
+    for (layer, width) in report.passes[1].details["layers"].as_array().unwrap().iter().zip([8u64, 6]) {
+        let widths: Vec<u64> = layer["experts"].as_array().unwrap().iter().map(|e| e["width_after"].as_u64().unwrap()).collect();
+        assert!(widths.iter().all(|&w| w == width - width / 4), "{widths:?}");
+    }
     let pruned = dir.path().join("pruned.onnx");
     m.save(&pruned).unwrap();
     let feeds = random_npy_inputs(&pruned, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 3);

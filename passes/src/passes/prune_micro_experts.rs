@@ -2,7 +2,8 @@
 //!
 //! Layer by layer in execution order (as CAMERA's code runs), each layer's neurons are scored
 //! on the calibration data flowing through the layers already pruned, and the `ratio` share
-//! with the lowest scores, pooled across all the experts of the layer, goes: their gate and up
+//! with the lowest scores, pooled across all the experts of the layer (or the same share of
+//! every expert, `per_expert=true`), goes: their gate and up
 //! columns and down rows are cut from the weights (the layers get narrower). A dense FFN is
 //! one expert. `sequential=false` scores every layer on the unpruned model in one calibration
 //! pass instead (faster, as the baselines usually run).
@@ -35,11 +36,13 @@ pub struct PruneMicroExperts {
     pub multiple: usize,
     /// Add the removed neurons' calibration mean contribution to the down projection's bias (needs calibration data).
     pub compensate: bool,
+    /// Remove the share from every expert of a mixture alike (all experts keep one width, as com.microsoft.MoE needs) instead of pooling a layer's experts (ragged widths).
+    pub per_expert: bool,
 }
 
 impl Default for PruneMicroExperts {
     fn default() -> Self {
-        PruneMicroExperts { ratio: 0.2, rho: 0.9, score: Score::Camera, sequential: true, skip: 0, multiple: 1, compensate: false }
+        PruneMicroExperts { ratio: 0.2, rho: 0.9, score: Score::Camera, sequential: true, skip: 0, multiple: 1, compensate: false, per_expert: false }
     }
 }
 
@@ -104,8 +107,11 @@ impl Pass for PruneMicroExperts {
             for layer in &chosen {
                 let scores = layer_scores(Self::NAME, graph, &layers, layer, self.score, self.rho, &stats)?;
                 let total: usize = layer.experts.iter().map(|e| e.width).sum();
-                let drop = (self.ratio * total as f64).floor() as usize;
-                let keep = pooled_keep(&scores, drop, self.multiple);
+                let keep = if self.per_expert {
+                    scores.iter().flat_map(|s| pooled_keep(std::slice::from_ref(s), (self.ratio * s.len() as f64).floor() as usize, self.multiple)).collect()
+                } else {
+                    pooled_keep(&scores, (self.ratio * total as f64).floor() as usize, self.multiple)
+                };
                 let mut expert_plans = Vec::new();
                 let mut reason = None;
                 for ((e, s), kept) in layer.experts.iter().zip(&scores).zip(&keep) {

@@ -11,7 +11,7 @@
 //!    CausalConvWithState, training-mode BatchNormalization, Attention
 //!    with softcap or qk output, bool ReduceMax/Min, vector·vector MatMul) into the ops
 //!    defining them, one file per op under `lower/`. f32 RotaryEmbedding and the common form of
-//!    GroupQueryAttention are left in place for the runtime's own kernels (`kernels/`).
+//!    GroupQueryAttention and f32 MoE are left in place for the runtime's own kernels (`kernels/`).
 //! 1. **Fuse** `DequantizeLinear(constant 2-D weight) -> MatMul` (directly, or through a
 //!    `Transpose` for an `[N, K]` weight) into `com.microsoft.MatMulNBits` (`lower/dequantize_matmul.rs`), which the runtime
 //!    registers with its own fused kernel: blocked, per-channel or per-tensor scales; int8,
@@ -30,6 +30,7 @@ mod embed_layer_norm;
 mod fused_matmul;
 mod gelu;
 mod group_query_attention;
+mod moe;
 mod ms_attention;
 mod rotary_embedding;
 mod simplified_layer_norm;

@@ -536,7 +536,7 @@ fn bind_dims(graph: &mut Graph, dims: &[(String, i64)]) {
 /// BitCast, LinearAttention, StringConcat, ReverseSequence, Det, Col2Im, LabelEncoder,
 /// RegexFullMatch, TensorScatter, Unique, StringSplit, AffineGrid, StringNormalizer,
 /// TfIdfVectorizer, DeformConv, TreeEnsemble, MaxUnpool and Upsample (as Resize), and the
-/// forms of GroupQueryAttention and RotaryEmbedding that the lowering keeps.
+/// forms of GroupQueryAttention and RotaryEmbedding that the lowering keeps, and MoE.
 pub fn framework() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("MatMulNBits", crate::kernels::nbits::build_matmul_nbits);
@@ -544,6 +544,7 @@ pub fn framework() -> tract_onnx::Onnx {
     onnx.op_register.insert("BitCast", crate::kernels::extra_ops::build_bitcast);
     onnx.op_register.insert("LinearAttention", crate::kernels::linear_attention::build_linear_attention);
     onnx.op_register.insert("GroupQueryAttention", crate::kernels::group_query_attention::build_group_query_attention);
+    onnx.op_register.insert("MoE", crate::kernels::moe::build_moe);
     // The standard op of the same name keeps tract's builder, which the contrib one delegates to.
     let _ = crate::kernels::rotary_embedding::STANDARD_ROTARY_EMBEDDING.set(onnx.op_register.0.get("RotaryEmbedding").copied());
     onnx.op_register.insert("RotaryEmbedding", crate::kernels::rotary_embedding::build_rotary_embedding);

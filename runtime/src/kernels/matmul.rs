@@ -144,6 +144,31 @@ impl GemmMatMul {
         Some((layout, from))
     }
 
+    /// `C[m, n] = Σ_k X[m, k] · W[n, k]`: a linear layer whose weight is stored `[out, in]`
+    /// (onnxruntime's MoE experts, Gemm's transB), read in place.
+    pub(crate) fn by_transposed_weight() -> GemmMatMul {
+        let axes = AxesMapping::from_strs(&["mk", "nk"], &["mn"]).expect("a valid einsum");
+        GemmMatMul::from_axes(&axes, |_| false).expect("a matmul")
+    }
+
+    /// The product on plain f32 buffers, for kernels that multiply their own operands, on the
+    /// session's thread pool like the op. Checks the shapes against the axes and the buffers
+    /// against the shapes; `c` must hold the output's shape.
+    pub(crate) fn product(&self, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], c: &mut [f32]) -> TractResult<Vec<usize>> {
+        let c_shape = self.check_shapes(a_shape, b_shape)?;
+        let len = |shape: &[usize]| shape.iter().product::<usize>();
+        ensure!(
+            a.len() == len(a_shape) && b.len() == len(b_shape) && c.len() == len(&c_shape),
+            "GemmMatMul: buffers of {}, {} and {} values for shapes {a_shape:?}, {b_shape:?} and {c_shape:?}",
+            a.len(),
+            b.len(),
+            c.len()
+        );
+        // SAFETY: shapes checked against the axes, buffers against the shapes.
+        unsafe { self.compute(a, a_shape, b, b_shape, c, &c_shape) };
+        Ok(c_shape)
+    }
+
     /// Runs the product on plain f32 buffers of the given shapes (`c` has `c_shape`).
     ///
     /// # Safety

@@ -11,6 +11,7 @@ pub mod low_rank;
 pub mod matmul;
 pub mod matvec;
 pub mod max_unpool;
+pub mod moe;
 pub mod nbits;
 pub mod rotary_embedding;
 pub mod tfidf_vectorizer;

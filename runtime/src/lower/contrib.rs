@@ -88,7 +88,7 @@ impl Opset {
 impl Lowering {
     /// Expands every contrib op listed in the module doc; other `com.microsoft` ops
     /// (MatMulNBits, which the runtime runs itself) are left alone, and so is the common form
-    /// of GroupQueryAttention, which the runtime's kernel takes.
+    /// of GroupQueryAttention and MoE, which the runtime's kernels take.
     pub(super) fn expand_contrib_ops(&mut self) -> Result<(), RuntimeError> {
         let opset = Opset(self.model.opset_version("").unwrap_or(13));
         let mut nodes: Vec<NodeId> = self
@@ -118,6 +118,7 @@ impl Lowering {
                 (MICROSOFT, "SkipSimplifiedLayerNormalization") => self.expand_skip_simplified_layer_norm(id, opset)?,
                 (MICROSOFT, "RotaryEmbedding") => self.expand_rotary_embedding(id, opset)?,
                 (MICROSOFT, "GroupQueryAttention") => self.expand_group_query_attention(id, opset)?,
+                (MICROSOFT, "MoE") => self.keep_moe(id)?,
                 _ => false,
             };
             if expanded {

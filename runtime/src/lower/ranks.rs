@@ -119,6 +119,7 @@ fn output_rank(g: &Graph, node: &Node, ranks: &HashMap<ValueId, usize>) -> Optio
             | "Gelu"
             | "QuickGelu"
             | "GroupQueryAttention"
+            | "MoE"
             | "MultiHeadAttention"
             | "Attention",
         ) => rank(0),

@@ -55,7 +55,10 @@ pub fn build_moe(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dy
         other => bail!("MoE: activation_type {other:?} is not supported (relu, gelu, silu, identity, swiglu)"),
     };
     let inputs: Vec<Option<usize>> = optional_inputs(node).take(node.input.len().max(6)).collect();
-    ensure!(inputs.len() >= 6 && inputs[0].is_some() && inputs[1].is_some() && inputs[2].is_some() && inputs[4].is_some(), "MoE: input, router_probs, fc1_experts_weights and fc2_experts_weights are needed");
+    ensure!(
+        inputs.len() >= 6 && inputs[0].is_some() && inputs[1].is_some() && inputs[2].is_some() && inputs[4].is_some(),
+        "MoE: input, router_probs, fc1_experts_weights and fc2_experts_weights are needed"
+    );
     ensure!(inputs[6..].iter().all(Option::is_none), "MoE: fc3 weights and bias are not supported (onnxruntime's CPU kernel refuses them too)");
     let op = MoE { k: k as usize, normalize: node.get_attr_opt::<i64>("normalize_routing_weights")?.unwrap_or(0) == 1, activation, fc1_bias: inputs[3].is_some(), fc2_bias: inputs[5].is_some() };
     Ok((expand(op), vec![]))
@@ -78,7 +81,12 @@ enum Activation {
     Gelu,
     Silu,
     Identity,
-    SwiGlu { gate_up: GateUp, alpha: u32, beta: u32, limit: Option<u32> },
+    SwiGlu {
+        gate_up: GateUp,
+        alpha: u32,
+        beta: u32,
+        limit: Option<u32>,
+    },
 }
 
 impl Activation {
@@ -232,10 +240,7 @@ impl MoE {
         let experts = router[1];
         ensure!(self.k <= experts, "MoE: k = {} is more than the {experts} experts", self.k);
         let fusion = self.activation.fusion();
-        ensure!(
-            fc1.len() == 3 && fc1[0] == experts && fc1[2] == hidden && fc1[1] % fusion == 0,
-            "MoE: fc1_experts_weights is {fc1:?}, it must be [{experts}, {fusion}·inter_size, {hidden}]"
-        );
+        ensure!(fc1.len() == 3 && fc1[0] == experts && fc1[2] == hidden && fc1[1] % fusion == 0, "MoE: fc1_experts_weights is {fc1:?}, it must be [{experts}, {fusion}·inter_size, {hidden}]");
         let inter = fc1[1] / fusion;
         ensure!(fc2 == [experts, hidden, inter], "MoE: fc2_experts_weights is {fc2:?}, it must be [{experts}, {hidden}, {inter}]");
         if let Some(bias) = fc1_bias {

@@ -240,7 +240,7 @@ impl MoE {
         let experts = router[1];
         ensure!(self.k <= experts, "MoE: k = {} is more than the {experts} experts", self.k);
         let fusion = self.activation.fusion();
-        ensure!(fc1.len() == 3 && fc1[0] == experts && fc1[2] == hidden && fc1[1] % fusion == 0, "MoE: fc1_experts_weights is {fc1:?}, it must be [{experts}, {fusion}·inter_size, {hidden}]");
+        ensure!(fc1.len() == 3 && fc1[0] == experts && fc1[2] == hidden && fc1[1].is_multiple_of(fusion), "MoE: fc1_experts_weights is {fc1:?}, it must be [{experts}, {fusion}·inter_size, {hidden}]");
         let inter = fc1[1] / fusion;
         ensure!(fc2 == [experts, hidden, inter], "MoE: fc2_experts_weights is {fc2:?}, it must be [{experts}, {hidden}, {inter}]");
         if let Some(bias) = fc1_bias {

@@ -11,7 +11,7 @@
 use super::micro_expert_scores::{SCORE_NEEDS, layer_scores, measure, validate_rho};
 use super::prune_channels::{GroupReport, Plan, cut_groups};
 use crate::analysis::experts::{ExpertLayer, FfnExperts};
-use crate::analysis::{ChannelGroups, LinearLayers};
+use crate::analysis::{ChannelGroups, LinearLayers, Uses};
 use crate::calib::Stats;
 use crate::micro_experts::{Score, pooled_keep};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
@@ -99,8 +99,9 @@ impl Pass for PruneMicroExperts {
             let chosen: Vec<&ExpertLayer> = batch.iter().filter_map(|&(_, w)| experts.iter().find(|l| layers[l.experts[0].down].weight.value == w)).collect();
             let stats = measure(graph, ctx, Self::NAME, &chosen, self.score, compensate)?;
             let groups = ctx.analyses.get::<ChannelGroups>(graph);
-            let uses = graph.uses();
-            let consumers: Vec<Vec<_>> = groups.groups.iter().map(|g| if g.is_movable() { g.consumers(graph, &uses) } else { Vec::new() }).collect();
+            // The layers reading each group matter only to compensation.
+            let uses = ctx.analyses.get::<Uses>(graph);
+            let consumers: Vec<Vec<_>> = groups.groups.iter().map(|g| if compensate && g.is_movable() { g.consumers(graph, &uses) } else { Vec::new() }).collect();
             let mut plans: Vec<Plan<'_>> = Vec::new();
             let mut kept_counts = Vec::new();
             let mut layer_spans = Vec::new();

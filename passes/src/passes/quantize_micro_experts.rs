@@ -13,7 +13,7 @@ use super::micro_expert_scores::{SCORE_NEEDS, layer_scores, measure, validate_rh
 use super::prune_channels::{Plan, cut_groups};
 use super::quantize::{Format, Method, Quantize};
 use crate::analysis::experts::{ExpertLayer, FfnExperts};
-use crate::analysis::{ChannelGroups, LayerId, LinearLayers, LinearOp};
+use crate::analysis::{ChannelGroups, LayerId, LinearLayers, LinearOp, Uses};
 use crate::micro_experts::{Score, pooled_keep};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use compactor_ir::{Anchor, AttrValue, Graph, Patch, Tensor, ValueId};
@@ -112,8 +112,7 @@ fn tier_suffix(bits: u8) -> String {
 impl QuantizeMicroExperts {
     /// Why a layer cannot be split here, if it cannot: its projections must be MatMuls by
     /// `[in, out]` initializers read by them alone.
-    fn unsupported(graph: &Graph, layers: &LinearLayers, layer: &ExpertLayer) -> Option<String> {
-        let uses = graph.uses();
+    fn unsupported(graph: &Graph, uses: &Uses, layers: &LinearLayers, layer: &ExpertLayer) -> Option<String> {
         for e in &layer.experts {
             for id in [e.gate, Some(e.up), Some(e.down)].into_iter().flatten() {
                 let l = &layers[id];
@@ -207,10 +206,11 @@ impl Pass for QuantizeMicroExperts {
         }
         let experts = ctx.analyses.get::<FfnExperts>(graph);
         let layers = ctx.analyses.get::<LinearLayers>(graph);
+        let uses = ctx.analyses.get::<Uses>(graph);
         let mut skipped = Vec::new();
         let chosen: Vec<&ExpertLayer> = experts
             .iter()
-            .filter(|l| match Self::unsupported(graph, &layers, l) {
+            .filter(|l| match Self::unsupported(graph, &uses, &layers, l) {
                 Some(reason) => {
                     skipped.push(Skipped { block: l.block, reason });
                     false

@@ -10,7 +10,6 @@ the evaluation part is never calibrated on. Same texts, windows and calibration 
     .cache/venv/bin/python benches/channels_llm.py [--models minilm,smollm2] [--runs 3]
 """
 
-import argparse
 import json
 import os
 import sys
@@ -84,14 +83,7 @@ def table(results):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--compactor", default=os.path.join(HERE, "..", "target", "release", "compactor"))
-    ap.add_argument("--cache", default=os.path.join(HERE, "..", ".cache"))
-    ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "models"))
-    ap.add_argument("--out", default=os.path.join(HERE, "..", "target", "channels-llm-bench"))
-    ap.add_argument("--models", default="minilm,smollm2")
-    ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per runtime (0: no latency)")
+    ap = fb.arguments("channels-llm-bench", "minilm,smollm2")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = {}

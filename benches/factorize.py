@@ -257,16 +257,23 @@ def table(results):
     return "\n".join(lines)
 
 
-def main():
+def arguments(out, models):
+    """The options the MiniLM/SmolLM2 benches share: the binary, the cache, the shared models,
+    the output directory (target/OUT), which models, evaluation tokens and timed runs."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--compactor", default=os.path.join(HERE, "..", "target", "release", "compactor"))
     ap.add_argument("--cache", default=os.path.join(HERE, "..", ".cache"))
     ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "models"))
-    ap.add_argument("--out", default=os.path.join(HERE, "..", "target", "factorize-bench"))
-    ap.add_argument("--only", help="comma-separated substrings of row names")
-    ap.add_argument("--models", default="layers,minilm,smollm2")
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "target", out))
+    ap.add_argument("--models", default=models)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--runs", type=int, default=3, help="timed runs per runtime for the latency columns (0: no latency)")
+    return ap
+
+
+def main():
+    ap = arguments("factorize-bench", "layers,minilm,smollm2")
+    ap.add_argument("--only", help="comma-separated substrings of row names")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "RESULTS.json")

@@ -16,7 +16,6 @@ of the text, evaluation on the held-out part; same texts, windows and calibratio
 `moe` needs the MoE fixtures: `.cache/venv/bin/python fixtures/make_smollm2_moe.py .cache`.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -167,15 +166,8 @@ def table(results):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--compactor", default=os.path.join(HERE, "..", "target", "release", "compactor"))
-    ap.add_argument("--cache", default=os.path.join(HERE, "..", ".cache"))
-    ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "models"))
-    ap.add_argument("--out", default=os.path.join(HERE, "..", "target", "micro-experts-bench"))
-    ap.add_argument("--models", default="minilm,smollm2")
+    ap = fb.arguments("micro-experts-bench", "minilm,smollm2")
     ap.add_argument("--only", help="comma-separated substrings of row names (keeps the other rows of RESULTS.json)")
-    ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per runtime (0: no latency)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "RESULTS.json")

@@ -105,6 +105,8 @@ pub struct Patch {
     doc_changes: Vec<(ValueId, Option<String>)>,
     /// New tensors of existing initializers (same name and uses).
     initializer_changes: Vec<(ValueId, Tensor)>,
+    /// Values appended to a region's outputs.
+    new_outputs: Vec<(RegionId, PValue)>,
 }
 
 /// Builder for a new node; finish with [`NodeBuilder::add`].
@@ -169,6 +171,7 @@ impl Patch {
             && self.type_changes.is_empty()
             && self.doc_changes.is_empty()
             && self.initializer_changes.is_empty()
+            && self.new_outputs.is_empty()
     }
 
     /// A new value, to be produced by a new node. Its name is `name_hint`, made unique.
@@ -220,6 +223,11 @@ impl Patch {
     /// new value can take the name of one the patch removes.
     pub fn rename(&mut self, value: impl Into<PValue>, name: impl Into<String>) {
         self.renames.push((value.into(), name.into()));
+    }
+
+    /// Appends `value` to the outputs of `region` (a new graph output when it is the main one).
+    pub fn add_output(&mut self, region: RegionId, value: impl Into<PValue>) {
+        self.new_outputs.push((region, value.into()));
     }
 
     /// Sets an attribute of an existing node (replacing one of the same name, else appended).
@@ -335,6 +343,12 @@ impl Graph {
             }
         }
         for (v, _) in &patch.renames {
+            new_index(*v)?;
+        }
+        for (r, v) in &patch.new_outputs {
+            if self.try_region(*r).is_none() {
+                return Err(err(format!("output region {r} does not exist")));
+            }
             new_index(*v)?;
         }
         for (n, _, _) in &patch.attribute_edits {
@@ -561,6 +575,10 @@ impl Graph {
             let value = self.value_mut(v);
             value.ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
             value.initializer = Some(tensor.with_name(Some(value.name.clone())));
+        }
+        for (r, v) in patch.new_outputs {
+            let v = resolve(v, &summary.new_values);
+            self.region_mut(r).outputs.push(v);
         }
         summary
     }

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod quant;
 pub mod registry;
 pub mod spec;
+pub mod tokens;
 
 pub use pass::{Activation, Calibrator, ConstantEvaluator, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome, Progress, Silent};
 pub use pipeline::{GraphStats, PassReport, Pipeline, PipelineReport, RunOptions, Variant};

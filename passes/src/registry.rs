@@ -145,6 +145,7 @@ pub fn passes() -> Vec<PassInfo> {
         PassInfo::of::<prune_channels::PruneChannels>(),
         PassInfo::of::<micro_expert_scores::MicroExpertScores>(),
         PassInfo::of::<prune_micro_experts::PruneMicroExperts>(),
+        PassInfo::of::<prune_tokens::PruneTokens>(),
         PassInfo::of::<quantize_micro_experts::QuantizeMicroExperts>(),
     ]
 }

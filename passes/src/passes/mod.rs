@@ -15,6 +15,7 @@ pub mod micro_expert_scores;
 pub mod permute_channels;
 pub mod prune_channels;
 pub mod prune_micro_experts;
+pub mod prune_tokens;
 pub mod quantize;
 pub mod quantize_micro_experts;
 pub mod upgrade_opset;

@@ -1,0 +1,271 @@
+//! Token pruning inserted into the graph: from block `layer` on, the transformer runs on the
+//! kept share of the tokens, chosen at run time from the previous block's attention.
+//!
+//! - `attention` (encoders): a token's score is the attention it receives in block `layer - 1`,
+//!   averaged over heads and real query rows.
+//! - `fastv` (decoders, prefill): the attention the last token pays it in block `layer - 1`,
+//!   averaged over heads (FastV).
+//!
+//! Per batch row, the `ratio` share of the row's span (its real tokens but the first
+//! `protect_first` and last `protect_last`) with the lowest scores goes; the rest keep their
+//! order, and everything the pruned blocks read from before the cut (masks, position-derived
+//! tensors, rotary tables) is gathered at the kept positions, so positions are the original
+//! ones. Outputs computed from the pruned blocks are scattered back to the full length
+//! (`output=scatter`: pruned tokens read zero, or their state at the cut with `fill=carry`) or
+//! left short (`output=gather`, with a `kept_token_positions` output saying which tokens they
+//! are).
+
+use crate::analysis::{LinearLayers, TransformerBlocks};
+use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use crate::tokens::emit::Emitter;
+use crate::tokens::{Scoring, Selection, TokenCut, gather_tokens, scatter_tokens, select_kept};
+use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, PValue, Patch, Shape, Tensor, ValueType};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenMethod {
+    /// Attention received, averaged over heads and real queries (encoders).
+    Attention,
+    /// The last token's attention, averaged over heads (FastV, decoder prefill).
+    Fastv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputMode {
+    /// Outputs keep the original length: kept tokens at their positions.
+    Scatter,
+    /// Outputs have the kept tokens only; an extra output gives their positions.
+    Gather,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fill {
+    /// Pruned tokens read zero in scattered outputs.
+    Zero,
+    /// Pruned tokens read their hidden state at the cut (outputs of the hidden state's shape).
+    Carry,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PruneTokens {
+    /// attention (encoders) or fastv (decoder prefill).
+    pub method: TokenMethod,
+    /// The first block (0-based) that sees fewer tokens; its predecessor's attention scores them.
+    pub layer: usize,
+    /// The share of each row's span removed.
+    pub ratio: f64,
+    /// Real tokens at the start of each row that are always kept (e.g. [CLS], BOS).
+    pub protect_first: usize,
+    /// Real tokens at the end of each row that are always kept (e.g. [SEP], the prompt's tail).
+    pub protect_last: usize,
+    /// The graph input holding the attention mask (nonzero: a real token); when the model has no such input every token is real.
+    pub mask: String,
+    /// scatter: outputs keep the original length; gather: outputs hold the kept tokens, with their positions as an extra output.
+    pub output: OutputMode,
+    /// What pruned tokens read in scattered outputs: zero, or carry (their state at the cut).
+    pub fill: Fill,
+}
+
+impl Default for PruneTokens {
+    fn default() -> Self {
+        PruneTokens { method: TokenMethod::Attention, layer: 2, ratio: 0.5, protect_first: 1, protect_last: 1, mask: "attention_mask".into(), output: OutputMode::Scatter, fill: Fill::Zero }
+    }
+}
+
+/// The extra output of `output=gather`.
+pub const KEPT_POSITIONS: &str = "kept_token_positions";
+
+impl PassDef for PruneTokens {
+    const NAME: &'static str = "prune-tokens";
+    const SUMMARY: &'static str = "Insert run-time token pruning: from a chosen block on, the transformer runs on the best-scored share of the tokens (attention received, or FastV)";
+    const KIND: PassKind = PassKind::Transform;
+
+    fn validate(&self) -> Result<(), OptionError> {
+        if !(0.0..1.0).contains(&self.ratio) {
+            return Err(OptionError::new("ratio", format!("{} is not a share in [0, 1)", self.ratio)));
+        }
+        if self.layer == 0 {
+            return Err(OptionError::new("layer", "must be at least 1: the block before it scores the tokens"));
+        }
+        Ok(())
+    }
+}
+
+impl Pass for PruneTokens {
+    fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
+        let name = Self::NAME;
+        let opset = ctx.opset("").unwrap_or(0);
+        if opset < 13 {
+            return Err(PassError::failed(name, "model", format!("opset {opset}: token pruning emits opset-13 ops; run upgrade-opset(target=13) first")));
+        }
+        ctx.infer_shapes(graph);
+        let blocks = ctx.analyses.get::<TransformerBlocks>(graph);
+        let layers = ctx.analyses.get::<LinearLayers>(graph);
+        let location = format!("block {}", self.layer);
+        if let Some(scorer) = blocks.get(self.layer - 1).map(|b| &b.attention)
+            && scorer.softmax == scorer.context
+        {
+            return Err(PassError::failed(name, format!("block {}", self.layer - 1), "its attention is one fused op; scoring tokens needs the attention probabilities (a Softmax)"));
+        }
+        let cut = TokenCut::find(graph, &layers, &blocks, self.layer).map_err(|e| PassError::failed(name, location.clone(), e))?;
+        let scorer = &blocks[self.layer - 1].attention;
+        let probs = graph.node(scorer.softmax).output(0).ok_or_else(|| PassError::failed(name, location.clone(), "the scoring Softmax has no output"))?;
+        let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
+        if let Some(m) = mask {
+            let dims = graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone());
+            if !matches!(dims.as_deref(), Some([_, Dim::Sym(s)]) if *s == cut.seq) {
+                return Err(PassError::failed(name, format!("input '{}'", self.mask), format!("the mask must be [batch, {}] (the hidden state's sequence length)", cut.seq)));
+            }
+        }
+        let hidden_batch = graph.value(cut.hidden).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims[0].clone());
+
+        let mut patch = Patch::new();
+        let label = format!("prune_tokens_{}", self.layer);
+        let mut e = Emitter::new(&mut patch, Graph::MAIN, Anchor::Before(cut.first), &label, opset);
+        let scoring = match self.method {
+            TokenMethod::Attention => Scoring::Received,
+            TokenMethod::Fastv => Scoring::LastQuery,
+        };
+        let selection = Selection { probs, hidden: cut.hidden, mask, scoring, ratio: self.ratio, protect_first: self.protect_first, protect_last: self.protect_last };
+        let kept = select_kept(&mut e, &selection);
+
+        // The hidden state and every crossing value with a sequence axis, gathered.
+        let mut gathered = 0;
+        let hidden = gather_tokens(&mut e, cut.hidden.into(), 3, false, &[1], kept);
+        for c in cut.crossings.iter().filter(|c| !c.token_axes.is_empty()) {
+            let dims = graph.value(c.value).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).unwrap_or_default();
+            let batch_is_one = dims.first() != hidden_batch.as_ref() && dims.first() == Some(&Dim::Known(1));
+            let g = gather_tokens(&mut e, c.value.into(), dims.len(), batch_is_one, &c.token_axes, kept);
+            for &(node, input) in &c.readers {
+                e.patch.set_input(node, input, Some(g));
+            }
+            gathered += 1;
+        }
+        let uses = graph.uses();
+        for u in uses.of(cut.hidden) {
+            if let compactor_ir::Use::Node { node, input } = *u
+                && cut.region.contains(&node)
+            {
+                e.patch.set_input(node, input as usize, Some(hidden));
+            }
+        }
+
+        // Types inside the region change length: inference gives them again.
+        for &n in &cut.region {
+            for &o in graph.node(n).outputs.iter().flatten() {
+                if graph.value(o).ty.is_some() && !graph.main().outputs.contains(&o) {
+                    e.patch.set_type(o, None);
+                }
+            }
+        }
+        let kept_seq = format!("{}_kept", cut.seq);
+        let renamed_type = |ty: &ValueType| -> ValueType {
+            let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if matches!(d, Dim::Sym(x) if *x == cut.seq) { Dim::Sym(kept_seq.clone()) } else { d.clone() }).collect()));
+            ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)
+        };
+        let mut outputs_done = Vec::new();
+        match self.output {
+            OutputMode::Gather => {
+                for &(o, ref axes) in &cut.outputs {
+                    if !axes.is_empty()
+                        && let Some(ty) = graph.value(o).ty.as_ref()
+                    {
+                        e.patch.set_type(o, Some(renamed_type(ty)));
+                        outputs_done.push(graph.value(o).name.clone());
+                    }
+                }
+            }
+            OutputMode::Scatter => {
+                e.anchor = Anchor::End(Graph::MAIN);
+                for &(o, ref axes) in &cut.outputs {
+                    if axes.is_empty() {
+                        continue;
+                    }
+                    let [axis] = axes[..] else {
+                        return Err(PassError::failed(name, format!("output '{}'", graph.value(o).name), "has more than one sequence axis; use output=gather"));
+                    };
+                    let ty = graph.value(o).ty.clone();
+                    let rank = ty.as_ref().and_then(|t| t.shape()).map(|s| s.rank()).unwrap_or(0);
+                    let base = match self.fill {
+                        Fill::Carry => {
+                            if ty.as_ref().and_then(|t| t.shape()) != graph.value(cut.hidden).ty.as_ref().and_then(|t| t.shape()) {
+                                return Err(PassError::failed(name, format!("output '{}'", graph.value(o).name), "fill=carry needs outputs shaped like the hidden state at the cut; use fill=zero"));
+                            }
+                            cut.hidden.into()
+                        }
+                        Fill::Zero => {
+                            // Zeros of the output's type and original length.
+                            let shape = e.op("Shape", &[o.into()], &[]);
+                            let seq = e.dims(cut.hidden.into(), 1, 2);
+                            let keep_mask: Vec<i64> = (0..rank).map(|i| (i != axis) as i64).collect();
+                            let keep_mask = e.i64s(&keep_mask);
+                            let shape = e.op("Mul", &[shape, keep_mask], &[]);
+                            let pad_mask: Vec<i64> = (0..rank).map(|i| (i == axis) as i64).collect();
+                            let pad_mask = e.i64s(&pad_mask);
+                            let seq = e.op("Mul", &[seq, pad_mask], &[]);
+                            let shape = e.op("Add", &[shape, seq], &[]);
+                            let elem = ty.as_ref().and_then(|t| t.elem()).unwrap_or(DataType::Float);
+                            let zero = Tensor::from_f32(&[1], &[0.0]).map_err(|err| PassError::ir(name, err))?;
+                            let zeros = e.op("ConstantOfShape", &[shape], &[("value", AttrValue::Tensor(zero))]);
+                            if elem == DataType::Float { zeros } else { e.cast(zeros, elem) }
+                        }
+                    };
+                    let full = scatter_tokens(&mut e, base, o.into(), rank, axis, kept);
+                    let out_name = graph.value(o).name.clone();
+                    e.patch.replace_uses(o, full);
+                    e.patch.rename(PValue::Existing(o), graph.fresh_name(&format!("{out_name}_kept")));
+                    e.patch.rename(full, out_name.clone());
+                    e.patch.set_type(o, None);
+                    outputs_done.push(out_name);
+                }
+            }
+        }
+        if self.output == OutputMode::Gather {
+            let batch = hidden_batch.clone().unwrap_or(Dim::Unknown);
+            let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![batch, Dim::Sym(kept_seq.clone())])));
+            let positions = e.patch.new_value(Graph::MAIN, KEPT_POSITIONS, Some(ty));
+            e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{KEPT_POSITIONS}")).input(kept).output(positions).add();
+            e.patch.add_output(Graph::MAIN, positions);
+        }
+        graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
+        #[derive(Serialize)]
+        struct Gathered {
+            name: String,
+            axes: Vec<usize>,
+        }
+        #[derive(Serialize)]
+        struct Details {
+            layer: usize,
+            /// The hidden state at the cut and the attention probabilities that score it.
+            hidden: String,
+            probs: String,
+            /// Values computed before the cut, read after it, gathered along these axes.
+            gathered: Vec<Gathered>,
+            outputs: Vec<String>,
+        }
+        let details = Details {
+            layer: self.layer,
+            hidden: graph.value(cut.hidden).name.clone(),
+            probs: graph.value(probs).name.clone(),
+            gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| Gathered { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
+            outputs: outputs_done,
+        };
+        Ok(PassOutcome::changed(format!(
+            "tokens pruned from block {} on ({:?}, ratio {}): {} values gathered besides the hidden state, {} outputs {}",
+            self.layer,
+            self.method,
+            self.ratio,
+            gathered,
+            details.outputs.len(),
+            match self.output {
+                OutputMode::Scatter => "scattered back",
+                OutputMode::Gather => "shortened",
+            }
+        ))
+        .with_details(details))
+    }
+}

@@ -1,0 +1,341 @@
+//! Token reduction as graph rewrites: the pieces every token-pruning method shares.
+//!
+//! From block `layer` on a transformer sees fewer tokens. [`TokenCut`] finds where the
+//! sequence gets shorter: the hidden state entering that block, every node computed from it
+//! (the *pruned region*), and the values computed before it that the region reads — the
+//! attention mask, rotary tables, position-derived tensors. Each of those is gathered along its
+//! sequence axes (found by shape inference: the axes whose size is the hidden state's sequence
+//! symbol) with the same kept indices, so masks, positions and rotary angles stay those of the
+//! kept tokens. [`select_kept`] builds the selection: per batch row, the best-scored share of
+//! the row's real tokens plus its protected ones, padded to one count for the batch with the
+//! row's own padding positions (which its gathered mask keeps masked), in original order.
+
+pub(crate) mod emit;
+
+use crate::analysis::TransformerBlock;
+use compactor_ir::{AttrValue, DataType, Dim, Graph, NodeId, PValue, Tensor, ValueDef, ValueId};
+use emit::Emitter;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Scores standing in for "always keep" and "never keep" (finite, so arithmetic stays exact).
+const ALWAYS: f32 = 3.0e38;
+const NEVER: f32 = -3.0e38;
+
+/// A value computed before the pruned region and read inside it.
+#[derive(Clone, Debug)]
+pub struct Crossing {
+    pub value: ValueId,
+    /// The axes whose size is the sequence length (gathered); empty: read as it is.
+    pub token_axes: Vec<usize>,
+    /// The (node, input index) uses inside the region.
+    pub readers: Vec<(NodeId, usize)>,
+}
+
+/// Where the sequence gets shorter; see the module documentation.
+#[derive(Clone, Debug)]
+pub struct TokenCut {
+    /// The hidden state entering the first block that sees fewer tokens, `[batch, seq, C]`.
+    pub hidden: ValueId,
+    /// The sequence symbol of the hidden state's axis 1.
+    pub seq: String,
+    /// Nodes computed from the hidden state.
+    pub region: HashSet<NodeId>,
+    /// The first region node in graph order (new nodes computing the selection go before it).
+    pub first: NodeId,
+    pub crossings: Vec<Crossing>,
+    /// Graph outputs computed in the region, with their sequence axes.
+    pub outputs: Vec<(ValueId, Vec<usize>)>,
+}
+
+fn is_constant(graph: &Graph, v: ValueId) -> bool {
+    match graph.value(v).def {
+        ValueDef::Initializer => true,
+        ValueDef::Node { node, .. } => graph.node(node).is("Constant"),
+        _ => false,
+    }
+}
+
+fn dims(graph: &Graph, v: ValueId) -> Option<Vec<Dim>> {
+    graph.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone())
+}
+
+fn token_axes(graph: &Graph, v: ValueId, seq: &str) -> Vec<usize> {
+    dims(graph, v).unwrap_or_default().iter().enumerate().filter(|(_, d)| matches!(d, Dim::Sym(s) if s == seq)).map(|(i, _)| i).collect()
+}
+
+/// The hidden state entering `block`: the input of its first residual Add that the block's
+/// query projection reads (post-norm) or normalizes (pre-norm).
+pub fn block_input(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
+    let add = graph.node(*block.residual_adds.first()?);
+    let q_input = layers[block.attention.q].input;
+    // Values the query projection's input is computed from, a few ops back.
+    let mut behind = HashSet::from([q_input]);
+    let mut frontier = vec![q_input];
+    for _ in 0..8 {
+        let mut next = Vec::new();
+        for v in frontier {
+            if let Some((n, _)) = graph.producer(v) {
+                for i in graph.node(n).inputs.iter().flatten() {
+                    if !is_constant(graph, *i) && behind.insert(*i) {
+                        next.push(*i);
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    add.inputs.iter().flatten().copied().find(|v| behind.contains(v))
+}
+
+impl TokenCut {
+    /// The cut before `block` (an index into `blocks`).
+    pub fn find(graph: &Graph, layers: &crate::analysis::LinearLayers, blocks: &[TransformerBlock], block: usize) -> Result<TokenCut, String> {
+        let b = blocks.get(block).ok_or_else(|| format!("the model has {} transformer blocks; there is no block {block}", blocks.len()))?;
+        let hidden = block_input(graph, layers, b).ok_or_else(|| "its input (the residual stream read by its first residual Add) was not found".to_string())?;
+        let hidden_dims = dims(graph, hidden).ok_or_else(|| format!("the shape of its input '{}' is unknown", graph.value(hidden).name))?;
+        let seq = match hidden_dims.as_slice() {
+            [_, Dim::Sym(s), _] => s.clone(),
+            d => {
+                return Err(format!(
+                    "its input '{}' has shape [{}]; token pruning needs [batch, sequence, hidden] with a symbolic sequence length",
+                    graph.value(hidden).name,
+                    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        };
+        let uses = graph.uses();
+        let mut region = HashSet::new();
+        let mut produced = HashSet::from([hidden]);
+        let mut queue = VecDeque::from([hidden]);
+        while let Some(v) = queue.pop_front() {
+            for n in uses.consumers(v) {
+                if region.insert(n) {
+                    for o in graph.node(n).outputs.iter().flatten() {
+                        if produced.insert(*o) {
+                            queue.push_back(*o);
+                        }
+                    }
+                }
+            }
+        }
+        let order = graph.all_nodes();
+        let first = *order.iter().find(|n| region.contains(n)).ok_or("the hidden state is read by no node")?;
+        if region.iter().any(|&n| graph.node(n).region != Graph::MAIN) {
+            return Err("the pruned region reaches into a subgraph (If/Loop/Scan); not supported".into());
+        }
+        let mut crossing: HashMap<ValueId, Vec<(NodeId, usize)>> = HashMap::new();
+        let mut crossing_order = Vec::new();
+        for &n in order.iter().filter(|n| region.contains(n)) {
+            for (i, v) in graph.node(n).inputs.iter().enumerate() {
+                let Some(v) = *v else { continue };
+                if produced.contains(&v) || is_constant(graph, v) {
+                    continue;
+                }
+                if !crossing.contains_key(&v) {
+                    crossing_order.push(v);
+                }
+                crossing.entry(v).or_default().push((n, i));
+            }
+        }
+        let mut crossings = Vec::new();
+        for v in crossing_order {
+            let axes = token_axes(graph, v, &seq);
+            if axes.is_empty() && carries_length(graph, v, &seq) {
+                return Err(format!(
+                    "value '{}' (computed before block {block} and read after it) is computed from the sequence length; the pruned blocks would read the unpruned length",
+                    graph.value(v).name
+                ));
+            }
+            crossings.push(Crossing { value: v, token_axes: axes, readers: crossing.remove(&v).unwrap_or_default() });
+        }
+        let outputs = graph.main().outputs.iter().filter(|o| produced.contains(o)).map(|&o| (o, token_axes(graph, o, &seq))).collect();
+        Ok(TokenCut { hidden, seq, region, first, crossings, outputs })
+    }
+}
+
+/// Whether `v`, a value without a sequence axis, is computed (through small integer tensors)
+/// from the shape of a tensor that has one: a length that pruning would make stale.
+fn carries_length(graph: &Graph, v: ValueId, seq: &str) -> bool {
+    let small_int = |v: ValueId| {
+        let ty = graph.value(v).ty.as_ref();
+        let int = ty.and_then(|t| t.elem()).is_some_and(|e| matches!(e, DataType::Int64 | DataType::Int32));
+        let rank = ty.and_then(|t| t.shape()).map(|s| s.rank());
+        int && rank.is_some_and(|r| r <= 1)
+    };
+    if !small_int(v) {
+        return false;
+    }
+    let mut work = vec![v];
+    let mut seen = HashSet::new();
+    while let Some(v) = work.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        let Some((n, _)) = graph.producer(v) else { continue };
+        let node = graph.node(n);
+        if node.is("Shape") || node.is("Size") {
+            if node.input(0).is_some_and(|x| !token_axes(graph, x, seq).is_empty()) {
+                return true;
+            }
+            continue;
+        }
+        work.extend(node.inputs.iter().flatten().copied().filter(|&i| !is_constant(graph, i) && small_int(i)));
+    }
+    false
+}
+
+/// How tokens are scored from the attention probabilities `[B, H, Sq, Sk]` of the block
+/// before the cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scoring {
+    /// Attention received: the mean over heads and real query rows (encoders).
+    Received,
+    /// FastV: the last query row's attention, averaged over heads (decoders).
+    LastQuery,
+}
+
+/// The token selection's inputs.
+pub struct Selection {
+    pub probs: ValueId,
+    pub hidden: ValueId,
+    /// The `[B, S]` attention mask input (nonzero: a real token); none: every token is real.
+    pub mask: Option<ValueId>,
+    pub scoring: Scoring,
+    /// The share of each row's span (its real tokens but the protected ones) removed.
+    pub ratio: f64,
+    /// The first and last real tokens of a row always kept.
+    pub protect_first: usize,
+    pub protect_last: usize,
+}
+
+/// Emits the kept token positions, `[B, k]` int64 in increasing order; see the module
+/// documentation for how rows of different lengths share `k`.
+pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
+    let hidden: PValue = s.hidden.into();
+    let (valid_b, valid_f) = match s.mask {
+        Some(m) => {
+            let b = e.cast(m.into(), DataType::Bool);
+            (b, e.cast(b, DataType::Float))
+        }
+        None => {
+            let bs = e.dims(hidden, 0, 2);
+            let ones = e.op("ConstantOfShape", &[bs], &[("value", AttrValue::Tensor(Tensor::from_f32(&[1], &[1.0]).expect("one")))]);
+            (e.cast(ones, DataType::Bool), ones)
+        }
+    };
+    let probs: PValue = s.probs.into();
+    let score = match s.scoring {
+        Scoring::Received => {
+            // Σ_i w_i · mean_h P[b, h, i, j] over real query rows i.
+            let per_query = e.reduce("ReduceMean", probs, &[1], false);
+            let weights = e.unsqueeze(valid_f, &[1]);
+            let received = e.op("MatMul", &[weights, per_query], &[]);
+            e.squeeze(received, &[1])
+        }
+        Scoring::LastQuery => {
+            let last = e.slice(probs, &[-1], &[i64::MAX], &[2]);
+            e.reduce("ReduceMean", last, &[1, 2], false)
+        }
+    };
+    let len = e.reduce("ReduceSum", valid_f, &[1], true);
+    let axis1 = e.i64_scalar(1);
+    let rank_real = e.op("CumSum", &[valid_f, axis1], &[]);
+    let first = e.f32_scalar(s.protect_first as f32);
+    let last = e.f32_scalar(s.protect_last as f32);
+    let head = e.op("LessOrEqual", &[rank_real, first], &[]);
+    let tail_start = e.op("Sub", &[len, last], &[]);
+    let tail = e.op("Greater", &[rank_real, tail_start], &[]);
+    let ends = e.op("Or", &[head, tail], &[]);
+    let protected = e.op("And", &[valid_b, ends], &[]);
+    let reserved = e.f32_scalar((s.protect_first + s.protect_last) as f32);
+    let span = e.op("Sub", &[len, reserved], &[]);
+    let zero = e.f32_scalar(0.0);
+    let span = e.op("Max", &[span, zero], &[]);
+    let ratio = e.f32_scalar(s.ratio as f32);
+    let removed = e.op("Mul", &[span, ratio], &[]);
+    let removed = e.op("Floor", &[removed], &[]);
+    let keep = e.op("Sub", &[len, removed], &[]);
+    let (always, never) = (e.f32_scalar(ALWAYS), e.f32_scalar(NEVER));
+    let real_score = e.op("Where", &[valid_b, score, never], &[]);
+    let score = e.op("Where", &[protected, always, real_score], &[]);
+    // Each token's rank in its row (0: best), from a full sort.
+    let seq_len = e.dims(hidden, 1, 2);
+    let (_, order) = e.top_k(score, seq_len, 1);
+    let limit = e.squeeze(seq_len, &[0]);
+    let (start, step) = (e.i64_scalar(0), e.i64_scalar(1));
+    let positions = e.op("Range", &[start, limit, step], &[]);
+    let positions = e.cast(positions, DataType::Float);
+    let positions = e.unsqueeze(positions, &[0]);
+    let score_shape = e.op("Shape", &[score], &[]);
+    let positions = e.op("Expand", &[positions, score_shape], &[]);
+    let rank = e.op("ScatterElements", &[positions, order, positions], &[("axis", AttrValue::Int(1))]);
+    let selected = e.op("Less", &[rank, keep], &[]);
+    // One count for the batch; a shorter row fills up with its first padding positions.
+    let k = e.reduce("ReduceMax", keep, &[0, 1], false);
+    let spare = e.op("Sub", &[k, keep], &[]);
+    let one = e.f32_scalar(1.0);
+    let padding_f = e.op("Sub", &[one, valid_f], &[]);
+    let rank_padding = e.op("CumSum", &[padding_f, axis1], &[]);
+    let within = e.op("LessOrEqual", &[rank_padding, spare], &[]);
+    let padding_b = e.op("Not", &[valid_b], &[]);
+    let fill = e.op("And", &[padding_b, within], &[]);
+    let chosen = e.op("Or", &[selected, fill], &[]);
+    // The chosen positions in increasing order: the largest of -position.
+    let negated = e.op("Neg", &[positions], &[]);
+    let key = e.op("Where", &[chosen, negated, never], &[]);
+    let k = e.cast(k, DataType::Int64);
+    let k = e.unsqueeze(k, &[0]);
+    let (_, kept) = e.top_k(key, k, 1);
+    kept
+}
+
+/// `x` gathered along each of `axes` at the kept positions `[B, k]` (a batch-1 tensor is
+/// broadcast to the batch first).
+pub(crate) fn gather_tokens(e: &mut Emitter<'_>, x: PValue, rank: usize, batch_is_one: bool, axes: &[usize], kept: PValue) -> PValue {
+    let mut x = x;
+    if batch_is_one {
+        let batch = e.dims(kept, 0, 1);
+        let ones = e.i64s(&vec![1; rank - 1]);
+        let shape = e.op("Concat", &[batch, ones], &[("axis", AttrValue::Int(0))]);
+        x = e.op("Expand", &[x, shape], &[]);
+    }
+    for &axis in axes {
+        let index = broadcast_index(e, x, rank, axis, kept);
+        x = e.op("GatherElements", &[x, index], &[("axis", AttrValue::Int(axis as i64))]);
+    }
+    x
+}
+
+/// The kept positions `[B, k]` laid along `axis` of a rank-`rank` tensor shaped like `like`
+/// (all of its sizes but `k` on `axis`), for GatherElements/ScatterElements.
+fn broadcast_index(e: &mut Emitter<'_>, like: PValue, rank: usize, axis: usize, kept: PValue) -> PValue {
+    let layout: Vec<i64> = (0..rank)
+        .map(|i| {
+            if i == 0 {
+                0
+            } else if i == axis {
+                -1
+            } else {
+                1
+            }
+        })
+        .collect();
+    let layout = e.i64s(&layout);
+    let index = e.op("Reshape", &[kept, layout], &[]);
+    // Shape(like) with 1 on `axis`: Expand keeps k there.
+    let keep_mask: Vec<i64> = (0..rank).map(|i| (i != axis) as i64).collect();
+    let one_hot: Vec<i64> = (0..rank).map(|i| (i == axis) as i64).collect();
+    let shape = e.op("Shape", &[like], &[]);
+    let keep_mask = e.i64s(&keep_mask);
+    let one_hot = e.i64s(&one_hot);
+    let shape = e.op("Mul", &[shape, keep_mask], &[]);
+    let shape = e.op("Add", &[shape, one_hot], &[]);
+    e.op("Expand", &[index, shape], &[])
+}
+
+/// `pruned` (the kept tokens along `axis`) written back at their positions into `base`, a
+/// tensor of the original length.
+pub(crate) fn scatter_tokens(e: &mut Emitter<'_>, base: PValue, pruned: PValue, rank: usize, axis: usize, kept: PValue) -> PValue {
+    let index = broadcast_index(e, pruned, rank, axis, kept);
+    e.op("ScatterElements", &[base, index, pruned], &[("axis", AttrValue::Int(axis as i64))])
+}

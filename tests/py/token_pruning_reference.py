@@ -1,0 +1,115 @@
+"""An independent check of a model rewritten by `prune-tokens`.
+
+    python token_pruning_reference.py ORIGINAL.onnx PRUNED.onnx SPEC.json INPUT_DIR
+
+SPEC.json: the pass's options (method, ratio, protect_first, protect_last, mask, output, fill)
+and its report's details (hidden, probs, gathered: [{name, axes}], outputs). The reference runs
+the ORIGINAL model in onnxruntime up to the cut (the hidden state, the scoring attention
+probabilities and the values the later blocks read), chooses the kept tokens in NumPy from the
+method's definition, gathers those values at the kept positions in NumPy, and runs the
+original model's later blocks (cut out with onnx.utils.extract_model) on them. Prints JSON: the
+largest absolute and relative difference of each output from the pruned model's, and whether
+the pruned model's kept positions (output=gather) are the reference's.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
+
+ALWAYS, NEVER = 3.0e38, -3.0e38
+
+
+def session(model):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def kept_positions(spec, probs, valid):
+    """Per row: the protected real tokens and the best-scored share of the others; rows padded
+    to one count with their first padding positions; increasing order."""
+    B, S = valid.shape
+    if spec["method"] == "attention":
+        # Attention received: mean over heads, summed over real query rows.
+        score = (probs.mean(1) * valid[:, :, None]).sum(1)
+    else:
+        # FastV: the last query row, mean over heads.
+        score = probs[:, :, -1, :].mean(1)
+    pf, pl, ratio = spec["protect_first"], spec["protect_last"], spec["ratio"]
+    rows = []
+    for b in range(B):
+        real = np.flatnonzero(valid[b])
+        n = len(real)
+        protected = set(real[:pf].tolist()) | set(real[max(n - pl, 0):].tolist())
+        s = np.where(valid[b], score[b], NEVER).astype(np.float32)
+        s[list(protected)] = ALWAYS
+        keep = n - int(np.floor(np.float32(max(n - pf - pl, 0)) * np.float32(ratio)))
+        rows.append(np.argsort(-s, kind="stable")[:keep])
+    k = max(len(r) for r in rows)
+    out = []
+    for b, r in enumerate(rows):
+        padding = np.flatnonzero(~valid[b])[: k - len(r)]
+        out.append(np.sort(np.concatenate([r, padding])))
+    return np.array(out, np.int64)
+
+
+def gather(x, axes, idx):
+    B = idx.shape[0]
+    if x.shape[0] == 1 and B > 1:
+        x = np.broadcast_to(x, (B,) + x.shape[1:])
+    for a in axes:
+        shape = [B] + [1] * (x.ndim - 1)
+        shape[a] = idx.shape[1]
+        x = np.take_along_axis(x, idx.reshape(shape), a)
+    return x
+
+
+def main():
+    original, pruned, spec_path, input_dir = sys.argv[1:5]
+    spec = json.load(open(spec_path))
+    feeds = {f[:-4]: np.load(os.path.join(input_dir, f)) for f in sorted(os.listdir(input_dir)) if f.endswith(".npy")}
+    model = onnx.load(original)
+    outputs = [o.name for o in model.graph.output]
+    taps = [spec["hidden"], spec["probs"]] + [g["name"] for g in spec["gathered"]]
+    for t in taps:
+        model.graph.output.append(onnx.ValueInfoProto(name=t))
+    with tempfile.TemporaryDirectory() as tmp:
+        tapped = os.path.join(tmp, "tapped.onnx")
+        onnx.save(model, tapped)
+        values = session(tapped).run(None, feeds)
+        full = dict(zip(outputs + taps, values))
+        mask = feeds.get(spec["mask"])
+        hidden = full[spec["hidden"]]
+        valid = (mask != 0) if mask is not None else np.ones(hidden.shape[:2], bool)
+        idx = kept_positions(spec, full[spec["probs"]], valid)
+        sub_feeds = {spec["hidden"]: gather(hidden, [1], idx)}
+        for g in spec["gathered"]:
+            sub_feeds[g["name"]] = np.ascontiguousarray(gather(full[g["name"]], g["axes"], idx))
+        sub = os.path.join(tmp, "later_blocks.onnx")
+        onnx.utils.extract_model(original, sub, list(sub_feeds), outputs)
+        expected = dict(zip(outputs, session(sub).run(None, sub_feeds)))
+    got_names = [o.name for o in session(pruned).get_outputs()]
+    got = dict(zip(got_names, session(pruned).run(None, feeds)))
+    report = {"kept_positions": idx.tolist(), "outputs": {}}
+    for name in outputs:
+        want = expected[name]
+        if spec["output"] == "scatter" and name in spec["outputs"]:
+            base = hidden.copy() if spec["fill"] == "carry" else np.zeros(full[name].shape, want.dtype)
+            axis = 1
+            np.put_along_axis(base, np.broadcast_to(idx.reshape(idx.shape + (1,) * (want.ndim - 2)), want.shape), want, axis)
+            want = base
+        diff = np.abs(got[name].astype(np.float64) - want)
+        report["outputs"][name] = {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(want).max(), 1e-30)), "shape": list(got[name].shape)}
+    if "kept_token_positions" in got:
+        report["positions_equal"] = bool(np.array_equal(got["kept_token_positions"], idx))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+//! Token pruning inserted by `prune-tokens`: on an encoder (tiny_bert, MiniLM; attention
+//! received, outputs scattered back or shortened) and a decoder (a tiny Llama built by SmolLM2's
+//! converter; FastV, causal mask and rotary tables gathered), the pruned model's outputs and kept
+//! positions equal an independent reference (tests/py/token_pruning_reference.py: the selection
+//! in NumPy, the original model's later blocks run on NumPy-gathered values) for several lengths
+//! and for a batch of two with padding; ratio 0 gives the original outputs exactly; both
+//! runtimes agree on every pruned model; the inserted subgraph is snapshotted.
+
+use compactor::Pipeline;
+use compactor_ir::Model;
+use compactor_passes::{PipelineReport, RunOptions};
+use compactor_runtime::{TensorValue, npy};
+use compactor_tests::{both_runtimes, relative_difference, repo_root, run_python, shared_models};
+use std::path::{Path, PathBuf};
+
+fn prune(model: &mut Model, spec: &str) -> PipelineReport {
+    Pipeline::parse(spec).unwrap().run_with(model, RunOptions { verify_each: true, ..Default::default() }).unwrap()
+}
+
+fn tiny_llama(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny_llama.onnx");
+    run_python("make_tiny_llama.py", &[path.as_os_str()]);
+    path
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// input_ids, attention_mask (and token_type_ids when `token_types`); right padding.
+    Encoder { vocab: i64, token_types: bool },
+    /// input_ids, attention_mask, position_ids; left padding, positions counting real tokens.
+    Decoder { vocab: i64 },
+}
+
+/// Inputs of `batch` rows of `len` tokens (deterministic ids); with `padding`, the last row has
+/// that many padding tokens. Written as `.npy` into `dir`; returns `name=path` strings.
+fn inputs(dir: &Path, kind: Kind, batch: usize, len: usize, padding: usize) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let (vocab, left) = match kind {
+        Kind::Encoder { vocab, .. } => (vocab, false),
+        Kind::Decoder { vocab } => (vocab, true),
+    };
+    let mut state = 12345u64 + len as u64;
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    let mut extra = Vec::new();
+    for b in 0..batch {
+        let pad = if b + 1 == batch { padding } else { 0 };
+        for t in 0..len {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // Special-looking first and last tokens: the ends are protected anyway.
+            ids.push(((state >> 33) as i64 % (vocab - 3)) + 3);
+            let real = if left { t >= pad } else { t < len - pad };
+            mask.push(real as i64);
+            extra.push(match kind {
+                Kind::Encoder { .. } => 0,
+                Kind::Decoder { .. } => t.saturating_sub(pad) as i64,
+            });
+        }
+    }
+    let shape = [batch, len];
+    let third = match kind {
+        Kind::Encoder { token_types: false, .. } => None,
+        Kind::Encoder { .. } => Some("token_type_ids"),
+        Kind::Decoder { .. } => Some("position_ids"),
+    };
+    [("input_ids", ids), ("attention_mask", mask)]
+        .into_iter()
+        .chain(third.map(|t| (t, extra)))
+        .map(|(name, values)| {
+            let path = dir.join(format!("{name}.npy"));
+            npy::write_npy(&path, &TensorValue::from_i64(&shape, &values).unwrap()).unwrap();
+            format!("{name}={}", path.display())
+        })
+        .collect()
+}
+
+/// Prunes `original` with `spec`, checks the result against the reference and both runtimes on
+/// each input set; returns the pruned model's path.
+fn check(original: &Path, spec: &str, kind: Kind, shapes: &[(usize, usize, usize)], dir: &Path) -> PathBuf {
+    let mut model = Model::load(original).unwrap();
+    let report = prune(&mut model, spec);
+    let pass = &report.passes[0];
+    let pruned = dir.join("pruned.onnx");
+    model.save(&pruned).unwrap();
+    let mut details = pass.details.clone();
+    for (k, v) in pass.options.as_object().unwrap() {
+        details[k] = v.clone();
+    }
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, details.to_string()).unwrap();
+    for &(batch, len, padding) in shapes {
+        let input_dir = dir.join(format!("inputs_{batch}x{len}_{padding}"));
+        let feeds = inputs(&input_dir, kind, batch, len, padding);
+        let out = run_python("token_pruning_reference.py", &[original.as_os_str(), pruned.as_os_str(), spec_path.as_os_str(), input_dir.as_os_str()]);
+        let reference: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for (name, o) in reference["outputs"].as_object().unwrap() {
+            let rel = o["max_rel"].as_f64().unwrap();
+            assert!(rel < 1e-5, "{spec} on {batch}x{len} (padding {padding}): output {name} differs from the reference by {rel:e}: {out}");
+        }
+        if let Some(equal) = reference.get("positions_equal") {
+            assert_eq!(equal, &serde_json::Value::Bool(true), "{spec} on {batch}x{len}: kept positions differ: {out}");
+        }
+        let (theirs, ours) = both_runtimes(&pruned, &feeds);
+        let rel = relative_difference(&theirs, &ours);
+        assert!(rel < 1e-4, "{spec} on {batch}x{len}: the bundled runtime differs from onnxruntime by {rel:e}");
+        // The same kept positions in both runtimes.
+        if ours.len() > 1 {
+            assert_eq!(ours[1].to_f64_vec().unwrap(), theirs[1].to_f64_vec().unwrap(), "{spec}: kept positions differ between runtimes");
+        }
+    }
+    pruned
+}
+
+/// (batch, length, padding of the last row); tiny_bert has 32 positions.
+const SHAPES: &[(usize, usize, usize)] = &[(1, 7, 0), (1, 16, 0), (1, 31, 0), (2, 21, 6)];
+const TINY_BERT: Kind = Kind::Encoder { vocab: 100, token_types: false };
+const MINILM: Kind = Kind::Encoder { vocab: 30522, token_types: true };
+
+#[test]
+fn attention_pruning_matches_the_reference_on_tiny_bert() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = repo_root().join("fixtures/tiny_bert.onnx");
+    for (i, spec) in ["prune-tokens(layer=1,ratio=0.5)", "prune-tokens(layer=1,ratio=0.3,output=gather)", "prune-tokens(layer=1,ratio=0.6,fill=carry,protect_last=2)"].iter().enumerate() {
+        let d = dir.path().join(i.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        check(&original, spec, TINY_BERT, SHAPES, &d);
+    }
+}
+
+#[test]
+fn attention_pruning_matches_the_reference_on_minilm() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = shared_models().join("minilm-l6-v2.onnx");
+    check(&original, "prune-tokens(layer=2,ratio=0.5)", MINILM, &[(1, 40, 0), (2, 29, 9)], dir.path());
+}
+
+#[test]
+fn fastv_matches_the_reference_on_a_tiny_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = tiny_llama(dir.path());
+    for (i, spec) in
+        ["prune-tokens(method=fastv,layer=2,ratio=0.5,output=gather)", "prune-tokens(method=fastv,layer=1,ratio=0.75,protect_last=3,output=gather)", "prune-tokens(method=fastv,layer=3,ratio=0.4)"]
+            .iter()
+            .enumerate()
+    {
+        let d = dir.path().join(i.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        check(&original, spec, Kind::Decoder { vocab: 96 }, SHAPES, &d);
+    }
+}
+
+/// Ratio 0 keeps every token: the inserted selection, gathers and scatter change nothing.
+#[test]
+fn ratio_zero_gives_the_original_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = tiny_llama(dir.path());
+    let cases = [
+        (repo_root().join("fixtures/tiny_bert.onnx"), "prune-tokens(layer=1,ratio=0)", TINY_BERT),
+        (shared_models().join("minilm-l6-v2.onnx"), "prune-tokens(layer=3,ratio=0)", MINILM),
+        (llama, "prune-tokens(method=fastv,layer=2,ratio=0)", Kind::Decoder { vocab: 96 }),
+    ];
+    for (i, (original, spec, kind)) in cases.into_iter().enumerate() {
+        let mut model = Model::load(&original).unwrap();
+        prune(&mut model, spec);
+        let pruned = dir.path().join(format!("pruned_{i}.onnx"));
+        model.save(&pruned).unwrap();
+        // Unpadded rows: every position is kept, in order.
+        let feeds = inputs(&dir.path().join(format!("in_{i}")), kind, 2, 19, 0);
+        let (before, _) = both_runtimes(&original, &feeds);
+        let (after, ours) = both_runtimes(&pruned, &feeds);
+        assert_eq!(before[0].to_f64_vec().unwrap(), after[0].to_f64_vec().unwrap(), "{spec}: onnxruntime's outputs changed");
+        assert!(relative_difference(&before[..1], &ours[..1]) < 1e-4, "{spec}: the bundled runtime's outputs changed");
+    }
+}
+
+/// The inserted subgraph (nodes and constants the pass adds), in the text form.
+fn inserted(model: &Model) -> String {
+    compactor_ir::model_to_text(model).lines().filter(|l| l.contains("prune_tokens_") || l.contains("kept_token_positions")).map(|l| l.trim()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn inserted_subgraphs_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
+    prune(&mut bert, "prune-tokens(layer=1,ratio=0.5)");
+    insta::assert_snapshot!("prune_tokens_attention_scatter", inserted(&bert));
+    let mut llama = Model::load(tiny_llama(dir.path())).unwrap();
+    prune(&mut llama, "prune-tokens(method=fastv,layer=2,ratio=0.5,output=gather)");
+    insta::assert_snapshot!("prune_tokens_fastv_gather", inserted(&llama));
+}
+
+/// What the pass refuses, with the reason.
+#[test]
+fn unsupported_graphs_are_refused_with_a_reason() {
+    let fused = compactor_tests::test_data().join("smollm2/prefill_fused.onnx");
+    let mut model = Model::load(&fused).unwrap();
+    let err = Pipeline::parse("prune-tokens(method=fastv,layer=2)").unwrap().run_with(&mut model, RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("fused op"), "{err}");
+    let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
+    let err = Pipeline::parse("prune-tokens(layer=9)").unwrap().run_with(&mut bert, RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("no block 9"), "{err}");
+    let err = Pipeline::parse("prune-tokens(layer=0)").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("at least 1"), "{err}");
+}

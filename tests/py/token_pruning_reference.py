@@ -35,27 +35,43 @@ def kept_positions(spec, probs, valid):
     """Per row: the protected real tokens and the best-scored share of the others; rows padded
     to one count with their first padding positions; increasing order."""
     B, S = valid.shape
-    if spec["method"] == "attention":
+    kind = spec.get("score", "auto")
+    if kind == "auto":
+        kind = "last-query" if spec["method"] == "fastv" else "received"
+    if kind == "received":
         # Attention received: mean over heads, summed over real query rows.
         score = (probs.mean(1) * valid[:, :, None]).sum(1)
     else:
         # FastV: the last query row, mean over heads.
         score = probs[:, :, -1, :].mean(1)
     pf, pl, ratio = spec["protect_first"], spec["protect_last"], spec["ratio"]
-    rows = []
+    rows, orders = [], []
     for b in range(B):
         real = np.flatnonzero(valid[b])
         n = len(real)
         protected = set(real[:pf].tolist()) | set(real[max(n - pl, 0):].tolist())
         s = np.where(valid[b], score[b], NEVER).astype(np.float32)
         s[list(protected)] = ALWAYS
-        keep = n - int(np.floor(np.float32(max(n - pf - pl, 0)) * np.float32(ratio)))
-        rows.append(np.argsort(-s, kind="stable")[:keep])
+        span = max(n - pf - pl, 0)
+        if spec["method"] == "adaptive":
+            # ZipVL: the fewest best span tokens holding tau of the span's attention mass.
+            in_span = valid[b].copy()
+            in_span[list(protected)] = False
+            span_scores = np.where(in_span, score[b], 0).astype(np.float32)
+            cumulative = np.cumsum(np.sort(span_scores)[::-1], dtype=np.float32)
+            p = 1 + int((cumulative < span_scores.sum(dtype=np.float32) * np.float32(spec["tau"])).sum())
+            keep = n - span + min(p, span)
+        else:
+            keep = n - int(np.floor(np.float32(span) * np.float32(ratio)))
+        orders.append(np.argsort(-s, kind="stable"))
+        rows.append(orders[-1][:keep])
     k = max(len(r) for r in rows)
     out = []
     for b, r in enumerate(rows):
-        padding = np.flatnonzero(~valid[b])[: k - len(r)]
-        out.append(np.sort(np.concatenate([r, padding])))
+        padding = np.flatnonzero(~valid[b])
+        # Too little padding to fill up to k: the row's next best tokens stay too.
+        r = orders[b][: max(len(r), k - len(padding))]
+        out.append(np.sort(np.concatenate([r, padding[: k - len(r)]])))
     return np.array(out, np.int64)
 
 

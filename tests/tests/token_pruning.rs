@@ -120,7 +120,15 @@ const MINILM: Kind = Kind::Encoder { vocab: 30522, token_types: true };
 fn attention_pruning_matches_the_reference_on_tiny_bert() {
     let dir = tempfile::tempdir().unwrap();
     let original = repo_root().join("fixtures/tiny_bert.onnx");
-    for (i, spec) in ["prune-tokens(layer=1,ratio=0.5)", "prune-tokens(layer=1,ratio=0.3,output=gather)", "prune-tokens(layer=1,ratio=0.6,fill=carry,protect_last=2)"].iter().enumerate() {
+    for (i, spec) in [
+        "prune-tokens(layer=1,ratio=0.5)",
+        "prune-tokens(layer=1,ratio=0.3,output=gather)",
+        "prune-tokens(layer=1,ratio=0.6,fill=carry,protect_last=2)",
+        "prune-tokens(method=adaptive,layer=1,tau=0.8,output=gather)",
+    ]
+    .iter()
+    .enumerate()
+    {
         let d = dir.path().join(i.to_string());
         std::fs::create_dir_all(&d).unwrap();
         check(&original, spec, TINY_BERT, SHAPES, &d);
@@ -138,10 +146,14 @@ fn attention_pruning_matches_the_reference_on_minilm() {
 fn fastv_matches_the_reference_on_a_tiny_llama() {
     let dir = tempfile::tempdir().unwrap();
     let original = tiny_llama(dir.path());
-    for (i, spec) in
-        ["prune-tokens(method=fastv,layer=2,ratio=0.5,output=gather)", "prune-tokens(method=fastv,layer=1,ratio=0.75,protect_last=3,output=gather)", "prune-tokens(method=fastv,layer=3,ratio=0.4)"]
-            .iter()
-            .enumerate()
+    for (i, spec) in [
+        "prune-tokens(method=fastv,layer=2,ratio=0.5,output=gather)",
+        "prune-tokens(method=fastv,layer=1,ratio=0.75,protect_last=3,output=gather)",
+        "prune-tokens(method=fastv,layer=3,ratio=0.4)",
+        "prune-tokens(method=adaptive,layer=2,tau=0.7,score=last-query,output=gather)",
+    ]
+    .iter()
+    .enumerate()
     {
         let d = dir.path().join(i.to_string());
         std::fs::create_dir_all(&d).unwrap();

@@ -5,6 +5,8 @@
 //!   averaged over heads and real query rows.
 //! - `fastv` (decoders, prefill): the attention the last token pays it in block `layer - 1`,
 //!   averaged over heads (FastV).
+//! - `adaptive` (ZipVL): scored as `attention` (or as `score` says); per row, the fewest
+//!   best-scored tokens that hold the `tau` share of the span's attention mass stay.
 //!
 //! Per batch row, the `ratio` share of the row's span (its real tokens but the first
 //! `protect_first` and last `protect_last`) with the lowest scores goes; the rest keep their
@@ -18,7 +20,7 @@
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
-use crate::tokens::{Scoring, Selection, TokenCut, gather_tokens, scatter_tokens, select_kept};
+use crate::tokens::{KeepCount, Scoring, Selection, TokenCut, gather_tokens, scatter_tokens, select_kept};
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, PValue, Patch, Shape, Tensor, ValueType};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,20 @@ pub enum TokenMethod {
     Attention,
     /// The last token's attention, averaged over heads (FastV, decoder prefill).
     Fastv,
+    /// ZipVL: per row, the fewest best-scored tokens holding `tau` of the attention mass (scored as `attention`, or as set by `score`).
+    Adaptive,
+}
+
+/// What a token's score is, from the attention probabilities of the block before the cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenScore {
+    /// The method's own: attention received for `attention` and `adaptive`, the last query's for `fastv`.
+    Auto,
+    /// Attention received, averaged over heads and real query rows.
+    Received,
+    /// The last query row's attention, averaged over heads.
+    LastQuery,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -52,12 +68,16 @@ pub enum Fill {
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PruneTokens {
-    /// attention (encoders) or fastv (decoder prefill).
+    /// attention (encoders), fastv (decoder prefill) or adaptive (ZipVL's mass-based count).
     pub method: TokenMethod,
     /// The first block (0-based) that sees fewer tokens; its predecessor's attention scores them.
     pub layer: usize,
-    /// The share of each row's span removed.
+    /// The share of each row's span removed (attention, fastv).
     pub ratio: f64,
+    /// The share of the span's attention mass the kept tokens hold (adaptive).
+    pub tau: f64,
+    /// How tokens are scored: auto (the method's own), received or last-query.
+    pub score: TokenScore,
     /// Real tokens at the start of each row that are always kept (e.g. [CLS], BOS).
     pub protect_first: usize,
     /// Real tokens at the end of each row that are always kept (e.g. [SEP], the prompt's tail).
@@ -72,7 +92,18 @@ pub struct PruneTokens {
 
 impl Default for PruneTokens {
     fn default() -> Self {
-        PruneTokens { method: TokenMethod::Attention, layer: 2, ratio: 0.5, protect_first: 1, protect_last: 1, mask: "attention_mask".into(), output: OutputMode::Scatter, fill: Fill::Zero }
+        PruneTokens {
+            method: TokenMethod::Attention,
+            layer: 2,
+            ratio: 0.5,
+            tau: 0.9,
+            score: TokenScore::Auto,
+            protect_first: 1,
+            protect_last: 1,
+            mask: "attention_mask".into(),
+            output: OutputMode::Scatter,
+            fill: Fill::Zero,
+        }
     }
 }
 
@@ -81,12 +112,16 @@ pub const KEPT_POSITIONS: &str = "kept_token_positions";
 
 impl PassDef for PruneTokens {
     const NAME: &'static str = "prune-tokens";
-    const SUMMARY: &'static str = "Insert run-time token pruning: from a chosen block on, the transformer runs on the best-scored share of the tokens (attention received, or FastV)";
+    const SUMMARY: &'static str =
+        "Insert run-time token pruning: from a chosen block on, the transformer runs on the best-scored share of the tokens (attention received, FastV, or ZipVL's adaptive count)";
     const KIND: PassKind = PassKind::Transform;
 
     fn validate(&self) -> Result<(), OptionError> {
         if !(0.0..1.0).contains(&self.ratio) {
             return Err(OptionError::new("ratio", format!("{} is not a share in [0, 1)", self.ratio)));
+        }
+        if !(self.tau > 0.0 && self.tau <= 1.0) {
+            return Err(OptionError::new("tau", format!("{} is not a share in (0, 1]", self.tau)));
         }
         if self.layer == 0 {
             return Err(OptionError::new("layer", "must be at least 1: the block before it scores the tokens"));
@@ -126,11 +161,15 @@ impl Pass for PruneTokens {
         let mut patch = Patch::new();
         let label = format!("prune_tokens_{}", self.layer);
         let mut e = Emitter::new(&mut patch, Graph::MAIN, Anchor::Before(cut.first), &label, opset);
-        let scoring = match self.method {
-            TokenMethod::Attention => Scoring::Received,
-            TokenMethod::Fastv => Scoring::LastQuery,
+        let scoring = match (self.score, self.method) {
+            (TokenScore::Received, _) | (TokenScore::Auto, TokenMethod::Attention | TokenMethod::Adaptive) => Scoring::Received,
+            (TokenScore::LastQuery, _) | (TokenScore::Auto, TokenMethod::Fastv) => Scoring::LastQuery,
         };
-        let selection = Selection { probs, hidden: cut.hidden, mask, scoring, ratio: self.ratio, protect_first: self.protect_first, protect_last: self.protect_last };
+        let count = match self.method {
+            TokenMethod::Adaptive => KeepCount::Mass(self.tau),
+            _ => KeepCount::Ratio(self.ratio),
+        };
+        let selection = Selection { probs, hidden: cut.hidden, mask, scoring, count, protect_first: self.protect_first, protect_last: self.protect_last };
         let kept = select_kept(&mut e, &selection);
 
         // The hidden state and every crossing value with a sequence axis, gathered.
@@ -255,10 +294,13 @@ impl Pass for PruneTokens {
             outputs: outputs_done,
         };
         Ok(PassOutcome::changed(format!(
-            "tokens pruned from block {} on ({:?}, ratio {}): {} values gathered besides the hidden state, {} outputs {}",
+            "tokens pruned from block {} on ({:?}, {}): {} values gathered besides the hidden state, {} outputs {}",
             self.layer,
             self.method,
-            self.ratio,
+            match count {
+                KeepCount::Ratio(r) => format!("ratio {r}"),
+                KeepCount::Mass(t) => format!("tau {t}"),
+            },
             gathered,
             details.outputs.len(),
             match self.output {

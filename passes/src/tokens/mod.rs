@@ -8,7 +8,8 @@
 //! symbol) with the same kept indices, so masks, positions and rotary angles stay those of the
 //! kept tokens. [`select_kept`] builds the selection: per batch row, the best-scored share of
 //! the row's real tokens plus its protected ones, padded to one count for the batch with the
-//! row's own padding positions (which its gathered mask keeps masked), in original order.
+//! row's own padding positions (which its gathered mask keeps masked; a row without enough
+//! padding keeps its next best tokens instead), in original order.
 
 pub(crate) mod emit;
 
@@ -194,6 +195,15 @@ pub enum Scoring {
     LastQuery,
 }
 
+/// How many of a row's span tokens stay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KeepCount {
+    /// All but this share (rounded down) of the span.
+    Ratio(f64),
+    /// ZipVL: the fewest best-scored tokens whose scores sum to this share of the span's total.
+    Mass(f64),
+}
+
 /// The token selection's inputs.
 pub struct Selection {
     pub probs: ValueId,
@@ -201,8 +211,8 @@ pub struct Selection {
     /// The `[B, S]` attention mask input (nonzero: a real token); none: every token is real.
     pub mask: Option<ValueId>,
     pub scoring: Scoring,
-    /// The share of each row's span (its real tokens but the protected ones) removed.
-    pub ratio: f64,
+    /// How many of each row's span (its real tokens but the protected ones) stay.
+    pub count: KeepCount,
     /// The first and last real tokens of a row always kept.
     pub protect_first: usize,
     pub protect_last: usize,
@@ -251,15 +261,38 @@ pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
     let span = e.op("Sub", &[len, reserved], &[]);
     let zero = e.f32_scalar(0.0);
     let span = e.op("Max", &[span, zero], &[]);
-    let ratio = e.f32_scalar(s.ratio as f32);
-    let removed = e.op("Mul", &[span, ratio], &[]);
-    let removed = e.op("Floor", &[removed], &[]);
-    let keep = e.op("Sub", &[len, removed], &[]);
+    let seq_len = e.dims(hidden, 1, 2);
+    let keep = match s.count {
+        KeepCount::Ratio(ratio) => {
+            let ratio = e.f32_scalar(ratio as f32);
+            let removed = e.op("Mul", &[span, ratio], &[]);
+            let removed = e.op("Floor", &[removed], &[]);
+            e.op("Sub", &[len, removed], &[])
+        }
+        KeepCount::Mass(tau) => {
+            // p = 1 + #{j : Σ_{i≤j} sorted_i < τ·Σ}, at most the span.
+            let not_protected = e.op("Not", &[protected], &[]);
+            let in_span = e.op("And", &[valid_b, not_protected], &[]);
+            let span_score = e.op("Where", &[in_span, score, zero], &[]);
+            let (sorted, _) = e.top_k(span_score, seq_len, 1);
+            let cumulative = e.op("CumSum", &[sorted, axis1], &[]);
+            let total = e.reduce("ReduceSum", span_score, &[1], true);
+            let tau = e.f32_scalar(tau as f32);
+            let target = e.op("Mul", &[total, tau], &[]);
+            let short = e.op("Less", &[cumulative, target], &[]);
+            let short = e.cast(short, DataType::Float);
+            let below = e.reduce("ReduceSum", short, &[1], true);
+            let one = e.f32_scalar(1.0);
+            let p = e.op("Add", &[below, one], &[]);
+            let p = e.op("Min", &[p, span], &[]);
+            let fixed = e.op("Sub", &[len, span], &[]);
+            e.op("Add", &[fixed, p], &[])
+        }
+    };
     let (always, never) = (e.f32_scalar(ALWAYS), e.f32_scalar(NEVER));
     let real_score = e.op("Where", &[valid_b, score, never], &[]);
     let score = e.op("Where", &[protected, always, real_score], &[]);
     // Each token's rank in its row (0: best), from a full sort.
-    let seq_len = e.dims(hidden, 1, 2);
     let (_, order) = e.top_k(score, seq_len, 1);
     let limit = e.squeeze(seq_len, &[0]);
     let (start, step) = (e.i64_scalar(0), e.i64_scalar(1));
@@ -269,9 +302,15 @@ pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
     let score_shape = e.op("Shape", &[score], &[]);
     let positions = e.op("Expand", &[positions, score_shape], &[]);
     let rank = e.op("ScatterElements", &[positions, order, positions], &[("axis", AttrValue::Int(1))]);
-    let selected = e.op("Less", &[rank, keep], &[]);
-    // One count for the batch; a shorter row fills up with its first padding positions.
+    // One count k for the batch: a row with fewer fills up with its first padding positions,
+    // and where it has too little padding (counts need not grow with length) keeps its next
+    // best tokens too.
     let k = e.reduce("ReduceMax", keep, &[0, 1], false);
+    let seq_f = e.cast(seq_len, DataType::Float);
+    let padding_count = e.op("Sub", &[seq_f, len], &[]);
+    let least = e.op("Sub", &[k, padding_count], &[]);
+    let keep = e.op("Max", &[keep, least], &[]);
+    let selected = e.op("Less", &[rank, keep], &[]);
     let spare = e.op("Sub", &[k, keep], &[]);
     let one = e.f32_scalar(1.0);
     let padding_f = e.op("Sub", &[one, valid_f], &[]);

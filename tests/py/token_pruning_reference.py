@@ -75,6 +75,29 @@ def kept_positions(spec, probs, valid):
     return np.array(out, np.int64)
 
 
+def pooled(spec, hidden, valid):
+    """LLaVolta pooling of the span [first, S - last) in windows of `stride`: each position's
+    window, the masked window means and each window's representative (floored mean real
+    position)."""
+    B, S = valid.shape
+    a, b, stride = spec["protect_first"], spec["protect_last"], spec["stride"]
+    end = max(S - b, a)
+    windows = -(-(end - a) // stride)
+    window_of = np.array([i if i < a else a + (i - a) // stride if i < end else a + windows + i - end for i in range(S)])
+    n = a + windows + (S - end)
+    member = (window_of[:, None] == np.arange(n)[None, :]).astype(np.float32)  # [S, n]
+    out = np.zeros((B, n, hidden.shape[2]), np.float32)
+    reps = np.zeros((B, n), np.int64)
+    for r in range(B):
+        for j in range(n):
+            members = np.flatnonzero(member[:, j])
+            real = members[valid[r, members]]
+            use = real if len(real) else members
+            out[r, j] = hidden[r, use].mean(0)
+            reps[r, j] = use[0] + (len(real) - 1) // 2 if len(real) else members[0]
+    return out, reps, window_of
+
+
 def gather(x, axes, idx):
     B = idx.shape[0]
     if x.shape[0] == 1 and B > 1:
@@ -92,7 +115,7 @@ def main():
     feeds = {f[:-4]: np.load(os.path.join(input_dir, f)) for f in sorted(os.listdir(input_dir)) if f.endswith(".npy")}
     model = onnx.load(original)
     outputs = [o.name for o in model.graph.output]
-    taps = [spec["hidden"], spec["probs"]] + [g["name"] for g in spec["gathered"]]
+    taps = [spec["hidden"]] + ([spec["probs"]] if spec.get("probs") else []) + [g["name"] for g in spec["gathered"]]
     for t in taps:
         model.graph.output.append(onnx.ValueInfoProto(name=t))
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,8 +126,12 @@ def main():
         mask = feeds.get(spec["mask"])
         hidden = full[spec["hidden"]]
         valid = (mask != 0) if mask is not None else np.ones(hidden.shape[:2], bool)
-        idx = kept_positions(spec, full[spec["probs"]], valid)
-        sub_feeds = {spec["hidden"]: gather(hidden, [1], idx)}
+        if spec["method"] == "pool":
+            reduced, idx, window_of = pooled(spec, hidden, valid)
+        else:
+            idx = kept_positions(spec, full[spec["probs"]], valid)
+            reduced = gather(hidden, [1], idx)
+        sub_feeds = {spec["hidden"]: reduced}
         for g in spec["gathered"]:
             sub_feeds[g["name"]] = np.ascontiguousarray(gather(full[g["name"]], g["axes"], idx))
         sub = os.path.join(tmp, "later_blocks.onnx")
@@ -115,7 +142,9 @@ def main():
     report = {"kept_positions": idx.tolist(), "outputs": {}}
     for name in outputs:
         want = expected[name]
-        if spec["output"] == "scatter" and name in spec["outputs"]:
+        if spec["output"] == "scatter" and name in spec["outputs"] and spec["method"] == "pool":
+            want = np.take(want, window_of, axis=1)
+        elif spec["output"] == "scatter" and name in spec["outputs"]:
             base = hidden.copy() if spec["fill"] == "carry" else np.zeros(full[name].shape, want.dtype)
             axis = 1
             np.put_along_axis(base, np.broadcast_to(idx.reshape(idx.shape + (1,) * (want.ndim - 2)), want.shape), want, axis)

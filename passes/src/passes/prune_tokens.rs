@@ -20,7 +20,7 @@
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
-use crate::tokens::{KeepCount, Scoring, Selection, TokenCut, gather_tokens, scatter_tokens, select_kept};
+use crate::tokens::{KeepCount, Scoring, Selection, TokenCut, gather_tokens, pool_tokens, scatter_tokens, select_kept, spread_tokens};
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, PValue, Patch, Shape, Tensor, ValueType};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,8 @@ pub enum TokenMethod {
     Fastv,
     /// ZipVL: per row, the fewest best-scored tokens holding `tau` of the attention mass (scored as `attention`, or as set by `score`).
     Adaptive,
+    /// LLaVolta: the span averaged in windows of `stride` tokens (no scores).
+    Pool,
 }
 
 /// What a token's score is, from the attention probabilities of the block before the cut.
@@ -76,6 +78,8 @@ pub struct PruneTokens {
     pub ratio: f64,
     /// The share of the span's attention mass the kept tokens hold (adaptive).
     pub tau: f64,
+    /// Tokens per pooling window (pool).
+    pub stride: usize,
     /// How tokens are scored: auto (the method's own), received or last-query.
     pub score: TokenScore,
     /// Real tokens at the start of each row that are always kept (e.g. [CLS], BOS).
@@ -97,6 +101,7 @@ impl Default for PruneTokens {
             layer: 2,
             ratio: 0.5,
             tau: 0.9,
+            stride: 2,
             score: TokenScore::Auto,
             protect_first: 1,
             protect_last: 1,
@@ -123,7 +128,10 @@ impl PassDef for PruneTokens {
         if !(self.tau > 0.0 && self.tau <= 1.0) {
             return Err(OptionError::new("tau", format!("{} is not a share in (0, 1]", self.tau)));
         }
-        if self.layer == 0 {
+        if self.stride < 2 {
+            return Err(OptionError::new("stride", "must be at least 2"));
+        }
+        if self.layer == 0 && self.method != TokenMethod::Pool {
             return Err(OptionError::new("layer", "must be at least 1: the block before it scores the tokens"));
         }
         Ok(())
@@ -141,14 +149,20 @@ impl Pass for PruneTokens {
         let blocks = ctx.analyses.get::<TransformerBlocks>(graph);
         let layers = ctx.analyses.get::<LinearLayers>(graph);
         let location = format!("block {}", self.layer);
-        if let Some(scorer) = blocks.get(self.layer - 1).map(|b| &b.attention)
+        let scored = self.method != TokenMethod::Pool;
+        if scored
+            && let Some(scorer) = blocks.get(self.layer - 1).map(|b| &b.attention)
             && scorer.softmax == scorer.context
         {
             return Err(PassError::failed(name, format!("block {}", self.layer - 1), "its attention is one fused op; scoring tokens needs the attention probabilities (a Softmax)"));
         }
         let cut = TokenCut::find(graph, &layers, &blocks, self.layer).map_err(|e| PassError::failed(name, location.clone(), e))?;
-        let scorer = &blocks[self.layer - 1].attention;
-        let probs = graph.node(scorer.softmax).output(0).ok_or_else(|| PassError::failed(name, location.clone(), "the scoring Softmax has no output"))?;
+        let probs = if scored {
+            let scorer = &blocks[self.layer - 1].attention;
+            Some(graph.node(scorer.softmax).output(0).ok_or_else(|| PassError::failed(name, location.clone(), "the scoring Softmax has no output"))?)
+        } else {
+            None
+        };
         let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
         if let Some(m) = mask {
             let dims = graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone());
@@ -161,20 +175,30 @@ impl Pass for PruneTokens {
         let mut patch = Patch::new();
         let label = format!("prune_tokens_{}", self.layer);
         let mut e = Emitter::new(&mut patch, Graph::MAIN, Anchor::Before(cut.first), &label, opset);
-        let scoring = match (self.score, self.method) {
-            (TokenScore::Received, _) | (TokenScore::Auto, TokenMethod::Attention | TokenMethod::Adaptive) => Scoring::Received,
-            (TokenScore::LastQuery, _) | (TokenScore::Auto, TokenMethod::Fastv) => Scoring::LastQuery,
+        // The hidden state reduced, the position each remaining token stands at, and (pooling)
+        // each original position's pooled token.
+        let (hidden, kept, window_of) = match probs {
+            Some(probs) => {
+                let scoring = match (self.score, self.method) {
+                    (TokenScore::Received, _) | (TokenScore::Auto, TokenMethod::Attention | TokenMethod::Adaptive | TokenMethod::Pool) => Scoring::Received,
+                    (TokenScore::LastQuery, _) | (TokenScore::Auto, TokenMethod::Fastv) => Scoring::LastQuery,
+                };
+                let count = match self.method {
+                    TokenMethod::Adaptive => KeepCount::Mass(self.tau),
+                    _ => KeepCount::Ratio(self.ratio),
+                };
+                let selection = Selection { probs, hidden: cut.hidden, mask, scoring, count, protect_first: self.protect_first, protect_last: self.protect_last };
+                let kept = select_kept(&mut e, &selection);
+                (gather_tokens(&mut e, cut.hidden.into(), 3, false, &[1], kept), kept, None)
+            }
+            None => {
+                let (pooled, representative, window_of) = pool_tokens(&mut e, cut.hidden.into(), mask, self.stride, self.protect_first, self.protect_last);
+                (pooled, representative, Some(window_of))
+            }
         };
-        let count = match self.method {
-            TokenMethod::Adaptive => KeepCount::Mass(self.tau),
-            _ => KeepCount::Ratio(self.ratio),
-        };
-        let selection = Selection { probs, hidden: cut.hidden, mask, scoring, count, protect_first: self.protect_first, protect_last: self.protect_last };
-        let kept = select_kept(&mut e, &selection);
 
-        // The hidden state and every crossing value with a sequence axis, gathered.
+        // Every crossing value with a sequence axis, gathered.
         let mut gathered = 0;
-        let hidden = gather_tokens(&mut e, cut.hidden.into(), 3, false, &[1], kept);
         for c in cut.crossings.iter().filter(|c| !c.token_axes.is_empty()) {
             let dims = graph.value(c.value).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).unwrap_or_default();
             let batch_is_one = dims.first() != hidden_batch.as_ref() && dims.first() == Some(&Dim::Known(1));
@@ -229,6 +253,17 @@ impl Pass for PruneTokens {
                     };
                     let ty = graph.value(o).ty.clone();
                     let rank = ty.as_ref().and_then(|t| t.shape()).map(|s| s.rank()).unwrap_or(0);
+                    if let Some(window_of) = window_of {
+                        let seq = e.dims(cut.hidden.into(), 1, 2);
+                        let full = spread_tokens(&mut e, o.into(), rank, axis, window_of, seq);
+                        let out_name = graph.value(o).name.clone();
+                        e.patch.replace_uses(o, full);
+                        e.patch.rename(PValue::Existing(o), graph.fresh_name(&format!("{out_name}_pooled")));
+                        e.patch.rename(full, out_name.clone());
+                        e.patch.set_type(o, None);
+                        outputs_done.push(out_name);
+                        continue;
+                    }
                     let base = match self.fill {
                         Fill::Carry => {
                             if ty.as_ref().and_then(|t| t.shape()) != graph.value(cut.hidden).ty.as_ref().and_then(|t| t.shape()) {
@@ -281,7 +316,7 @@ impl Pass for PruneTokens {
             layer: usize,
             /// The hidden state at the cut and the attention probabilities that score it.
             hidden: String,
-            probs: String,
+            probs: Option<String>,
             /// Values computed before the cut, read after it, gathered along these axes.
             gathered: Vec<Gathered>,
             outputs: Vec<String>,
@@ -289,7 +324,7 @@ impl Pass for PruneTokens {
         let details = Details {
             layer: self.layer,
             hidden: graph.value(cut.hidden).name.clone(),
-            probs: graph.value(probs).name.clone(),
+            probs: probs.map(|p| graph.value(p).name.clone()),
             gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| Gathered { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
             outputs: outputs_done,
         };
@@ -297,9 +332,10 @@ impl Pass for PruneTokens {
             "tokens pruned from block {} on ({:?}, {}): {} values gathered besides the hidden state, {} outputs {}",
             self.layer,
             self.method,
-            match count {
-                KeepCount::Ratio(r) => format!("ratio {r}"),
-                KeepCount::Mass(t) => format!("tau {t}"),
+            match self.method {
+                TokenMethod::Adaptive => format!("tau {}", self.tau),
+                TokenMethod::Pool => format!("stride {}", self.stride),
+                _ => format!("ratio {}", self.ratio),
             },
             gathered,
             details.outputs.len(),

@@ -378,3 +378,94 @@ pub(crate) fn scatter_tokens(e: &mut Emitter<'_>, base: PValue, pruned: PValue, 
     let index = broadcast_index(e, pruned, rank, axis, kept);
     e.op("ScatterElements", &[base, index, pruned], &[("axis", AttrValue::Int(axis as i64))])
 }
+
+/// LLaVolta's pooling: the span `[first, S - last)` of every row (padded positions, alike for
+/// the batch) averaged in windows of `stride` (the last one may be shorter; padding tokens left
+/// out of the average unless a window has only padding), the tokens outside it kept. Returns
+/// the pooled hidden state `[B, n, C]`, each pooled token's representative position `[B, n]`
+/// (the window's floored mean real position; masks, positions and rotary tables are gathered
+/// there) and each position's pooled token `[S]` (to spread outputs back).
+pub(crate) fn pool_tokens(e: &mut Emitter<'_>, hidden: PValue, mask: Option<ValueId>, stride: usize, first: usize, last: usize) -> (PValue, PValue, PValue) {
+    let seq_len = e.dims(hidden, 1, 2);
+    let s = e.squeeze(seq_len, &[0]);
+    let (zero, one) = (e.i64_scalar(0), e.i64_scalar(1));
+    let positions = e.op("Range", &[zero, s, one], &[]);
+    let (a, b, stride_v) = (e.i64_scalar(first as i64), e.i64_scalar(last as i64), e.i64_scalar(stride as i64));
+    let span_end = e.op("Sub", &[s, b], &[]);
+    let span_end = e.op("Max", &[span_end, a], &[]);
+    let span = e.op("Sub", &[span_end, a], &[]);
+    // Windows of the span: ceil(span / stride).
+    let stride_less_one = e.i64_scalar(stride as i64 - 1);
+    let windows = e.op("Add", &[span, stride_less_one], &[]);
+    let windows = e.op("Div", &[windows, stride_v], &[]);
+    let offset = e.op("Sub", &[positions, a], &[]);
+    let in_window = e.op("Div", &[offset, stride_v], &[]);
+    let in_window = e.op("Add", &[in_window, a], &[]);
+    let after = e.op("Sub", &[positions, span_end], &[]);
+    let after = e.op("Add", &[after, a], &[]);
+    let after = e.op("Add", &[after, windows], &[]);
+    let before_end = e.op("Less", &[positions, span_end], &[]);
+    let window_of = e.op("Where", &[before_end, in_window, after], &[]);
+    let before_start = e.op("Less", &[positions, a], &[]);
+    let window_of = e.op("Where", &[before_start, positions, window_of], &[]);
+    let tail = e.op("Sub", &[s, span_end], &[]);
+    let count = e.op("Add", &[a, windows], &[]);
+    let count = e.op("Add", &[count, tail], &[]);
+    let pooled_index = e.op("Range", &[zero, count, one], &[]);
+    // One-hot [S, n]: position i belongs to pooled token j.
+    let column = e.unsqueeze(window_of, &[1]);
+    let member = e.op("Equal", &[column, pooled_index], &[]);
+    let member = e.cast(member, DataType::Float);
+    let valid = match mask {
+        Some(m) => {
+            let b = e.cast(m.into(), DataType::Bool);
+            e.cast(b, DataType::Float)
+        }
+        None => {
+            let bs = e.dims(hidden, 0, 2);
+            e.op("ConstantOfShape", &[bs], &[("value", AttrValue::Tensor(Tensor::from_f32(&[1], &[1.0]).expect("one")))])
+        }
+    };
+    let valid_col = e.unsqueeze(valid, &[2]);
+    let real = e.op("Mul", &[member, valid_col], &[]); // [B, S, n]
+    let real_count = e.reduce("ReduceSum", real, &[1], true); // [B, 1, n]
+    let zero_f = e.f32_scalar(0.0);
+    let empty = e.op("Equal", &[real_count, zero_f], &[]);
+    let weights = e.op("Where", &[empty, member, real], &[]);
+    let total = e.reduce("ReduceSum", weights, &[1], true);
+    let weights = e.op("Div", &[weights, total], &[]);
+    let weights_t = e.op("Transpose", &[weights], &[("perm", AttrValue::Ints(vec![0, 2, 1]))]);
+    let pooled = e.op("MatMul", &[weights_t, hidden], &[]);
+    // Representative: the first real member (else the first member), moved on by
+    // floor((real members - 1) / 2).
+    let two = e.f32_scalar(2.0);
+    let one_f = e.f32_scalar(1.0);
+    let preference = e.op("Add", &[real, member], &[]);
+    let first_member = e.op("ArgMax", &[preference], &[("axis", AttrValue::Int(1)), ("keepdims", AttrValue::Int(0))]);
+    let half = e.op("Sub", &[real_count, one_f], &[]);
+    let half = e.op("Div", &[half, two], &[]);
+    let half = e.op("Floor", &[half], &[]);
+    let half = e.op("Max", &[half, zero_f], &[]);
+    let half = e.squeeze(half, &[1]);
+    let half = e.cast(half, DataType::Int64);
+    let representative = e.op("Add", &[first_member, half], &[]);
+    (pooled, representative, window_of)
+}
+
+/// Each original position reads its pooled token's value: `pooled` (pooled tokens along `axis`)
+/// spread back to `seq_len` positions by `window_of` (`[S]`).
+pub(crate) fn spread_tokens(e: &mut Emitter<'_>, pooled: PValue, rank: usize, axis: usize, window_of: PValue, seq_len: PValue) -> PValue {
+    let layout: Vec<i64> = (0..rank).map(|i| if i == axis { -1 } else { 1 }).collect();
+    let layout = e.i64s(&layout);
+    let index = e.op("Reshape", &[window_of, layout], &[]);
+    let keep_mask: Vec<i64> = (0..rank).map(|i| (i != axis) as i64).collect();
+    let one_hot: Vec<i64> = (0..rank).map(|i| (i == axis) as i64).collect();
+    let shape = e.op("Shape", &[pooled], &[]);
+    let keep_mask = e.i64s(&keep_mask);
+    let one_hot = e.i64s(&one_hot);
+    let shape = e.op("Mul", &[shape, keep_mask], &[]);
+    let length = e.op("Mul", &[seq_len, one_hot], &[]);
+    let shape = e.op("Add", &[shape, length], &[]);
+    let index = e.op("Expand", &[index, shape], &[]);
+    e.op("GatherElements", &[pooled, index], &[("axis", AttrValue::Int(axis as i64))])
+}

@@ -98,6 +98,83 @@ def pooled(spec, hidden, valid):
     return out, reps, window_of
 
 
+def interleave(a, b):
+    """A-then-B halves back to the current order (A at even positions)."""
+    out = np.empty((a.shape[0], a.shape[1] + b.shape[1]) + a.shape[2:], a.dtype)
+    out[:, 0::2], out[:, 1::2] = a, b
+    return out
+
+
+def tome_merge(x, keys, heads, r, st):
+    """One ToMe merge (bipartite soft matching, size-weighted means), as tokens/tome.rs
+    defines it; `st` holds size, valid, protected, representative, holder."""
+    B, n = x.shape[:2]
+    m = keys.reshape(B, n, heads, -1).mean(2) if heads > 1 else keys
+    m = (m / np.sqrt((m * m).sum(-1, keepdims=True))).astype(np.float32)
+    ma, mb = m[:, 0::2], m[:, 1::2]
+    scores = ma @ mb.transpose(0, 2, 1)
+    p, v = st["protected"], st["valid"]
+    forbid = p[:, 0::2, None] | p[:, None, 1::2] | (v[:, 0::2, None] ^ v[:, None, 1::2])
+    scores = np.where(forbid, np.float32(NEVER), scores)
+    best, partner = scores.max(2), scores.argmax(2)
+    merged = int(min(r, (best > NEVER / 2).sum(1).min()))
+    rank = np.empty(best.shape, np.int64)
+    for row in range(B):
+        rank[row, np.argsort(-best[row], kind="stable")] = np.arange(best.shape[1])
+    source = rank < merged
+    xa, xb = x[:, 0::2], x[:, 1::2]
+    sa, sb = st["size"][:, 0::2], st["size"][:, 1::2]
+    xb_sum, sb_new = xb * sb[..., None], sb.copy()
+    for row in range(B):
+        for a in np.flatnonzero(source[row]):
+            xb_sum[row, partner[row, a]] += xa[row, a] * sa[row, a]
+            sb_new[row, partner[row, a]] += sa[row, a]
+    xb_new = xb_sum / sb_new[..., None]
+    survives = interleave(~source, np.ones(sb.shape, bool))
+    kept = np.stack([np.flatnonzero(s) for s in survives])
+    pick = lambda t: np.take_along_axis(t, kept.reshape(kept.shape + (1,) * (t.ndim - 2)), 1)  # noqa: E731
+    places = np.cumsum(survives, 1) - 1
+    new_a = np.where(~source, places[:, 0::2], np.take_along_axis(places[:, 1::2], partner, 1))
+    new_of_current = interleave(new_a, places[:, 1::2])
+    new = {
+        "size": pick(interleave(sa, sb_new)), "valid": pick(v), "protected": pick(p), "representative": pick(st["representative"]),
+        "holder": np.take_along_axis(new_of_current, st["holder"], 1),
+    }
+    return pick(interleave(xa, xb_new)), new
+
+
+def tome_reference(spec, original, full, feeds, valid, tmp):
+    """The original model's blocks between merge points (cut out with extract_model) run on
+    NumPy-merged tokens; proportional attention enters through the additive mask."""
+    B, S = valid.shape
+    pf, pl = spec["protect_first"], spec["protect_last"]
+    real_rank = np.cumsum(valid, 1)
+    lengths = valid.sum(1, keepdims=True)
+    st = {
+        "size": np.ones((B, S), np.float32), "valid": valid.copy(),
+        "protected": valid & ((real_rank <= pf) | (real_rank > lengths - pl)),
+        "representative": np.tile(np.arange(S), (B, 1)), "holder": np.tile(np.arange(S), (B, 1)),
+    }
+    middles, keys = spec["middles"], spec["keys"]
+    x, k = full[middles[0]], full[keys[0]]
+    outputs = spec["all_outputs"]
+    for i in range(len(middles)):
+        x, st = tome_merge(x, k, spec["heads"][i], spec["r"], st)
+        sub_feeds = {middles[i]: x}
+        for g in spec["gathered"]:
+            value = gather(full[g], [a for a, d in enumerate(full[g].shape) if d == S and a > 0], st["representative"])
+            # The mask is added to the logits: log(size) joins it on the key axis.
+            sub_feeds[g] = np.ascontiguousarray(value + np.log(st["size"])[:, None, None, :]).astype(np.float32)
+        last = i + 1 == len(middles)
+        wanted = outputs if last else [middles[i + 1], keys[i + 1]]
+        sub = os.path.join(tmp, f"segment{i}.onnx")
+        onnx.utils.extract_model(original, sub, list(sub_feeds), wanted)
+        got = dict(zip(wanted, session(sub).run(None, sub_feeds)))
+        if not last:
+            x, k = got[middles[i + 1]], got[keys[i + 1]]
+    return got, st
+
+
 def gather(x, axes, idx):
     B = idx.shape[0]
     if x.shape[0] == 1 and B > 1:
@@ -115,7 +192,10 @@ def main():
     feeds = {f[:-4]: np.load(os.path.join(input_dir, f)) for f in sorted(os.listdir(input_dir)) if f.endswith(".npy")}
     model = onnx.load(original)
     outputs = [o.name for o in model.graph.output]
-    taps = [spec["hidden"]] + ([spec["probs"]] if spec.get("probs") else []) + [g["name"] for g in spec["gathered"]]
+    if spec["method"] == "tome":
+        taps = [spec["middles"][0], spec["keys"][0]] + spec["gathered"]
+    else:
+        taps = [spec["hidden"]] + ([spec["probs"]] if spec.get("probs") else []) + [g["name"] for g in spec["gathered"]]
     for t in taps:
         model.graph.output.append(onnx.ValueInfoProto(name=t))
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,25 +204,32 @@ def main():
         values = session(tapped).run(None, feeds)
         full = dict(zip(outputs + taps, values))
         mask = feeds.get(spec["mask"])
-        hidden = full[spec["hidden"]]
+        hidden = full[spec["middles"][0] if spec["method"] == "tome" else spec["hidden"]]
         valid = (mask != 0) if mask is not None else np.ones(hidden.shape[:2], bool)
-        if spec["method"] == "pool":
+        if spec["method"] == "tome":
+            spec["all_outputs"] = outputs
+            expected, st = tome_reference(spec, original, full, feeds, valid, tmp)
+            idx = st["representative"]
+        elif spec["method"] == "pool":
             reduced, idx, window_of = pooled(spec, hidden, valid)
         else:
             idx = kept_positions(spec, full[spec["probs"]], valid)
             reduced = gather(hidden, [1], idx)
-        sub_feeds = {spec["hidden"]: reduced}
-        for g in spec["gathered"]:
-            sub_feeds[g["name"]] = np.ascontiguousarray(gather(full[g["name"]], g["axes"], idx))
-        sub = os.path.join(tmp, "later_blocks.onnx")
-        onnx.utils.extract_model(original, sub, list(sub_feeds), outputs)
-        expected = dict(zip(outputs, session(sub).run(None, sub_feeds)))
+        if spec["method"] != "tome":
+            sub_feeds = {spec["hidden"]: reduced}
+            for g in spec["gathered"]:
+                sub_feeds[g["name"]] = np.ascontiguousarray(gather(full[g["name"]], g["axes"], idx))
+            sub = os.path.join(tmp, "later_blocks.onnx")
+            onnx.utils.extract_model(original, sub, list(sub_feeds), outputs)
+            expected = dict(zip(outputs, session(sub).run(None, sub_feeds)))
     got_names = [o.name for o in session(pruned).get_outputs()]
     got = dict(zip(got_names, session(pruned).run(None, feeds)))
     report = {"kept_positions": idx.tolist(), "outputs": {}}
     for name in outputs:
         want = expected[name]
-        if spec["output"] == "scatter" and name in spec["outputs"] and spec["method"] == "pool":
+        if spec["output"] == "scatter" and name in spec["outputs"] and spec["method"] == "tome":
+            want = np.take_along_axis(want, st["holder"].reshape(st["holder"].shape + (1,) * (want.ndim - 2)), 1)
+        elif spec["output"] == "scatter" and name in spec["outputs"] and spec["method"] == "pool":
             want = np.take(want, window_of, axis=1)
         elif spec["output"] == "scatter" and name in spec["outputs"]:
             base = hidden.copy() if spec["fill"] == "carry" else np.zeros(full[name].shape, want.dtype)

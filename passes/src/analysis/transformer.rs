@@ -298,11 +298,14 @@ impl Finder<'_> {
             .any(|&n| ["Sigmoid", "Relu", "Gelu", "Erf", "Tanh", "Softplus", "HardSwish", "QuickGelu", "FastGelu"].contains(&self.graph.node(n).op_type.as_str()))
     }
 
-    /// The Add closing a residual: it reads `v` and a computed value, not a constant.
+    /// The Add closing a residual: it reads `v` (or `v` times a constant, as LayerScale
+    /// writes it) and a computed value, not a constant.
     fn residual_add(&self, v: ValueId) -> Option<NodeId> {
-        self.uses.consumers(v).into_iter().find(|&n| {
-            let node = self.graph.node(n);
-            node.is("Add") && self.non_constant_inputs(n).len() == 2
+        let closes = |n: NodeId| self.graph.node(n).is("Add") && self.non_constant_inputs(n).len() == 2;
+        let consumers = self.uses.consumers(v);
+        consumers.iter().copied().find(|&n| closes(n)).or_else(|| {
+            let scale = consumers.into_iter().find(|&n| self.graph.node(n).is("Mul") && self.non_constant_inputs(n).len() == 1)?;
+            self.uses.consumers(self.graph.node(scale).output(0)?).into_iter().find(|&n| closes(n))
         })
     }
 

@@ -26,7 +26,8 @@ use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
 use crate::tokens::{
-    KeepCount, Scoring, Selection, TokenCut, block_middle, carries_length, downstream, gather_tokens, is_constant, pool_tokens, scatter_tokens, select_kept, spread_tokens, token_axes, tome,
+    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, is_constant, pool_tokens, scatter_tokens, select_kept, spread_tokens, token_axes,
+    tome,
 };
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Shape, Tensor, ValueId, ValueType};
 use serde::{Deserialize, Serialize};
@@ -183,7 +184,7 @@ impl Pass for PruneTokens {
         let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
         if let Some(m) = mask {
             let dims = graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone());
-            if !matches!(dims.as_deref(), Some([_, Dim::Sym(s)]) if *s == cut.seq) {
+            if !matches!(dims.as_deref(), Some([_, d]) if *d == cut.seq) {
                 return Err(PassError::failed(name, format!("input '{}'", self.mask), format!("the mask must be [batch, {}] (the hidden state's sequence length)", cut.seq)));
             }
         }
@@ -242,85 +243,13 @@ impl Pass for PruneTokens {
                 }
             }
         }
-        let kept_seq = format!("{}_kept", cut.seq);
-        let renamed_type = |ty: &ValueType| -> ValueType {
-            let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if matches!(d, Dim::Sym(x) if *x == cut.seq) { Dim::Sym(kept_seq.clone()) } else { d.clone() }).collect()));
-            ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)
+        let restore = match window_of {
+            Some(window_of) => Restore::Spread { window_of, hidden: cut.hidden },
+            None => Restore::Scatter { fill: self.fill, kept, hidden: cut.hidden },
         };
-        let mut outputs_done = Vec::new();
-        match self.output {
-            OutputMode::Gather => {
-                for &(o, ref axes) in &cut.outputs {
-                    if !axes.is_empty()
-                        && let Some(ty) = graph.value(o).ty.as_ref()
-                    {
-                        e.patch.set_type(o, Some(renamed_type(ty)));
-                        outputs_done.push(graph.value(o).name.clone());
-                    }
-                }
-            }
-            OutputMode::Scatter => {
-                e.anchor = Anchor::End(Graph::MAIN);
-                for &(o, ref axes) in &cut.outputs {
-                    if axes.is_empty() {
-                        continue;
-                    }
-                    let [axis] = axes[..] else {
-                        return Err(PassError::failed(name, format!("output '{}'", graph.value(o).name), "has more than one sequence axis; use output=gather"));
-                    };
-                    let ty = graph.value(o).ty.clone();
-                    let rank = ty.as_ref().and_then(|t| t.shape()).map(|s| s.rank()).unwrap_or(0);
-                    if let Some(window_of) = window_of {
-                        let seq = e.dims(cut.hidden.into(), 1, 2);
-                        let full = spread_tokens(&mut e, o.into(), rank, axis, window_of, seq);
-                        let out_name = graph.value(o).name.clone();
-                        e.patch.replace_uses(o, full);
-                        e.patch.rename(PValue::Existing(o), graph.fresh_name(&format!("{out_name}_pooled")));
-                        e.patch.rename(full, out_name.clone());
-                        e.patch.set_type(o, None);
-                        outputs_done.push(out_name);
-                        continue;
-                    }
-                    let base = match self.fill {
-                        Fill::Carry => {
-                            if ty.as_ref().and_then(|t| t.shape()) != graph.value(cut.hidden).ty.as_ref().and_then(|t| t.shape()) {
-                                return Err(PassError::failed(name, format!("output '{}'", graph.value(o).name), "fill=carry needs outputs shaped like the hidden state at the cut; use fill=zero"));
-                            }
-                            cut.hidden.into()
-                        }
-                        Fill::Zero => {
-                            // Zeros of the output's type and original length.
-                            let shape = e.op("Shape", &[o.into()], &[]);
-                            let seq = e.dims(cut.hidden.into(), 1, 2);
-                            let keep_mask: Vec<i64> = (0..rank).map(|i| (i != axis) as i64).collect();
-                            let keep_mask = e.i64s(&keep_mask);
-                            let shape = e.op("Mul", &[shape, keep_mask], &[]);
-                            let pad_mask: Vec<i64> = (0..rank).map(|i| (i == axis) as i64).collect();
-                            let pad_mask = e.i64s(&pad_mask);
-                            let seq = e.op("Mul", &[seq, pad_mask], &[]);
-                            let shape = e.op("Add", &[shape, seq], &[]);
-                            let elem = ty.as_ref().and_then(|t| t.elem()).unwrap_or(DataType::Float);
-                            let zero = Tensor::from_f32(&[1], &[0.0]).map_err(|err| PassError::ir(name, err))?;
-                            let zeros = e.op("ConstantOfShape", &[shape], &[("value", AttrValue::Tensor(zero))]);
-                            if elem == DataType::Float { zeros } else { e.cast(zeros, elem) }
-                        }
-                    };
-                    let full = scatter_tokens(&mut e, base, o.into(), rank, axis, kept);
-                    let out_name = graph.value(o).name.clone();
-                    e.patch.replace_uses(o, full);
-                    e.patch.rename(PValue::Existing(o), graph.fresh_name(&format!("{out_name}_kept")));
-                    e.patch.rename(full, out_name.clone());
-                    e.patch.set_type(o, None);
-                    outputs_done.push(out_name);
-                }
-            }
-        }
+        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &layers, &cut.produced, &cut.seq, "kept", restore)?;
         if self.output == OutputMode::Gather {
-            let batch = hidden_batch.clone().unwrap_or(Dim::Unknown);
-            let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![batch, Dim::Sym(kept_seq.clone())])));
-            let positions = e.patch.new_value(Graph::MAIN, KEPT_POSITIONS, Some(ty));
-            e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{KEPT_POSITIONS}")).input(kept).output(positions).add();
-            e.patch.add_output(Graph::MAIN, positions);
+            positions_output(&mut e, &label, kept, hidden_batch.clone(), &cut.seq, "kept");
         }
         graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
         #[derive(Serialize)]
@@ -336,7 +265,9 @@ impl Pass for PruneTokens {
             probs: Option<String>,
             /// Values computed before the cut, read after it, gathered along these axes.
             gathered: Vec<Gathered>,
+            /// Outputs computed from the reduced tokens; the value given its full length back.
             outputs: Vec<String>,
+            restored: Option<String>,
         }
         let details = Details {
             layer: self.layer,
@@ -344,6 +275,7 @@ impl Pass for PruneTokens {
             probs: probs.map(|p| graph.value(p).name.clone()),
             gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| Gathered { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
             outputs: outputs_done,
+            restored,
         };
         Ok(PassOutcome::changed(format!(
             "tokens pruned from block {} on ({:?}, {}): {} values gathered besides the hidden state, {} outputs {}",
@@ -363,6 +295,38 @@ impl Pass for PruneTokens {
         ))
         .with_details(details))
     }
+}
+
+/// How `output=scatter` gives the last block's output its full length back.
+enum Restore {
+    /// The kept tokens at their positions; the others zero or their state at the cut.
+    Scatter { fill: Fill, kept: PValue, hidden: ValueId },
+    /// Every position reads its window's pooled token.
+    Spread { window_of: PValue, hidden: ValueId },
+    /// Every position reads the token holding it.
+    Unmerge { holder: PValue },
+}
+
+/// `ty` with its sequence dimensions renamed `short` (a fresh symbol: the reduced length).
+fn shortened(ty: &ValueType, seq: &Dim, short: &str) -> ValueType {
+    let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if d == seq { Dim::Sym(short.to_string()) } else { d.clone() }).collect()));
+    ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)
+}
+
+/// The reduced length's symbol: `seq_kept` for a symbolic `seq`, else `tokens_kept`.
+fn short_symbol(seq: &Dim, what: &str) -> String {
+    match seq {
+        Dim::Sym(s) => format!("{s}_{what}"),
+        _ => format!("tokens_{what}"),
+    }
+}
+
+/// The `kept_token_positions` output: each remaining token's original position.
+fn positions_output(e: &mut Emitter<'_>, label: &str, positions: PValue, batch: Option<Dim>, seq: &Dim, what: &str) {
+    let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![batch.unwrap_or(Dim::Unknown), Dim::Sym(short_symbol(seq, what))])));
+    let out = e.patch.new_value(Graph::MAIN, KEPT_POSITIONS, Some(ty));
+    e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{KEPT_POSITIONS}")).input(positions).output(out).add();
+    e.patch.add_output(Graph::MAIN, out);
 }
 
 /// The key projection's head size, when the reshape splitting its output into heads has a
@@ -404,6 +368,105 @@ fn last_constant(graph: &Graph, v: ValueId) -> Option<i64> {
 }
 
 impl PruneTokens {
+    /// Types and outputs after the reduction. Values computed from the reduced tokens lose
+    /// their types (inference gives them again). `output=scatter` gives the last block's output
+    /// its full length back (so a head after it, and every output computed from it, sees every
+    /// position); outputs computed from the reduced tokens otherwise stay short, their types
+    /// saying so.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_outputs(
+        &self,
+        e: &mut Emitter<'_>,
+        graph: &Graph,
+        blocks: &[crate::analysis::TransformerBlock],
+        layers: &LinearLayers,
+        reduced: &HashSet<ValueId>,
+        seq: &Dim,
+        what: &str,
+        restore: Restore,
+    ) -> Result<(Vec<String>, Option<String>), PassError> {
+        let name = Self::NAME;
+        let outputs = &graph.main().outputs;
+        let mut restored = None;
+        for &v in reduced {
+            if graph.value(v).ty.is_some() && !outputs.contains(&v) && graph.producer(v).is_some() {
+                e.patch.set_type(v, None);
+            }
+        }
+        let mut full_again = HashSet::new();
+        let mut done = Vec::new();
+        if self.output == OutputMode::Scatter {
+            let last = blocks.last().expect("a block was reduced");
+            let at = block_output(graph, layers, last).filter(|v| reduced.contains(v)).ok_or_else(|| PassError::failed(name, format!("block {}", blocks.len() - 1), "its output was not found"))?;
+            let at_name = graph.value(at).name.clone();
+            let ty = graph.value(at).ty.clone();
+            if ty.as_ref().and_then(|t| t.shape()).is_none_or(|s| s.rank() != 3) {
+                return Err(PassError::failed(name, format!("value '{at_name}'"), "the last block's output must be [batch, sequence, hidden]; use output=gather"));
+            }
+            // Right after the output is made: before its first reader, if any.
+            let uses = graph.uses();
+            let readers = uses.consumers(at);
+            e.anchor = graph.all_nodes().into_iter().find(|n| readers.contains(n)).map_or(Anchor::End(Graph::MAIN), Anchor::Before);
+            let full = match restore {
+                Restore::Unmerge { holder } => gather_tokens(e, at.into(), 3, false, &[1], holder),
+                Restore::Spread { window_of, hidden } => {
+                    let length = e.dims(hidden.into(), 1, 2);
+                    spread_tokens(e, at.into(), 3, 1, window_of, length)
+                }
+                Restore::Scatter { fill, kept, hidden } => {
+                    let base = match fill {
+                        Fill::Carry => {
+                            if ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims[2].clone()) != graph.value(hidden).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims[2].clone()) {
+                                return Err(PassError::failed(name, format!("value '{at_name}'"), "fill=carry needs the last block's output as wide as the hidden state at the cut; use fill=zero"));
+                            }
+                            hidden.into()
+                        }
+                        Fill::Zero => {
+                            // Zeros [B, S, C]: the reduced output's shape with the original length.
+                            let shape = e.op("Shape", &[at.into()], &[]);
+                            let length = e.dims(hidden.into(), 1, 2);
+                            let (keep_mask, one_hot) = (e.i64s(&[1, 0, 1]), e.i64s(&[0, 1, 0]));
+                            let shape = e.op("Mul", &[shape, keep_mask], &[]);
+                            let length = e.op("Mul", &[length, one_hot], &[]);
+                            let shape = e.op("Add", &[shape, length], &[]);
+                            let zero = Tensor::from_f32(&[1], &[0.0]).map_err(|err| PassError::ir(name, err))?;
+                            let zeros = e.op("ConstantOfShape", &[shape], &[("value", AttrValue::Tensor(zero))]);
+                            let elem = ty.as_ref().and_then(|t| t.elem()).unwrap_or(DataType::Float);
+                            if elem == DataType::Float { zeros } else { e.cast(zeros, elem) }
+                        }
+                    };
+                    scatter_tokens(e, base, at.into(), 3, 1, kept)
+                }
+            };
+            e.patch.replace_uses(at, full);
+            e.patch.rename(PValue::Existing(at), graph.fresh_name(&format!("{at_name}_{what}")));
+            e.patch.rename(full, at_name.clone());
+            // The restored value takes the name and type the reduced one had.
+            e.patch.set_type(at, None);
+            e.patch.set_type(full, ty);
+            if outputs.contains(&at) {
+                done.push(at_name.clone());
+            }
+            restored = Some(at_name);
+            full_again = downstream(graph, &uses, at).1;
+            full_again.remove(&at);
+        }
+        for &o in outputs.iter().filter(|o| reduced.contains(o) && !full_again.contains(o)) {
+            if token_axes(graph, o, seq).is_empty() {
+                continue;
+            }
+            if let Some(ty) = graph.value(o).ty.as_ref()
+                && !(self.output == OutputMode::Scatter && done.contains(&graph.value(o).name))
+            {
+                e.patch.set_type(o, Some(shortened(ty, seq, &short_symbol(seq, what))));
+            }
+            if !done.contains(&graph.value(o).name) {
+                done.push(graph.value(o).name.clone());
+            }
+        }
+        Ok((done, restored))
+    }
+
     /// ToMe: a merge in every block from `layer` on (see [`crate::tokens::tome`]).
     fn merge_tokens(&self, graph: &mut Graph, blocks: &[crate::analysis::TransformerBlock], layers: &LinearLayers, mask: Option<ValueId>, opset: i64) -> Result<PassOutcome, PassError> {
         let name = Self::NAME;
@@ -422,11 +485,12 @@ impl PruneTokens {
             middles.push(middle);
         }
         let seq = match graph.value(middles[0]).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).as_deref() {
-            Some([_, Dim::Sym(s), _]) => s.clone(),
-            _ => return Err(PassError::failed(name, format!("block {}", self.layer), "the hidden state must be [batch, sequence, hidden] with a symbolic sequence length")),
+            Some([_, d @ Dim::Sym(_), _]) => d.clone(),
+            Some([_, Dim::Known(n), _]) if *n > 1 => Dim::Known(*n),
+            _ => return Err(PassError::failed(name, format!("block {}", self.layer), "the hidden state must be [batch, sequence, hidden]")),
         };
         if let Some(m) = mask
-            && !matches!(graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).as_deref(), Some([_, Dim::Sym(s)]) if *s == seq)
+            && !matches!(graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).as_deref(), Some([_, d]) if *d == seq)
         {
             return Err(PassError::failed(name, format!("input '{}'", self.mask), format!("the mask must be [batch, {seq}] (the hidden state's sequence length)")));
         }
@@ -518,43 +582,9 @@ impl PruneTokens {
                 }
             }
         }
-        let merged_seq = format!("{seq}_merged");
-        let mut outputs_done = Vec::new();
-        e.anchor = Anchor::End(Graph::MAIN);
-        for &o in graph.main().outputs.iter().filter(|o| reach[0].1.contains(o)) {
-            let axes = token_axes(graph, o, &seq);
-            if axes.is_empty() {
-                continue;
-            }
-            let ty = graph.value(o).ty.clone();
-            let out_name = graph.value(o).name.clone();
-            match self.output {
-                OutputMode::Gather => {
-                    if let Some(ty) = ty.as_ref() {
-                        let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if matches!(d, Dim::Sym(x) if *x == seq) { Dim::Sym(merged_seq.clone()) } else { d.clone() }).collect()));
-                        e.patch.set_type(o, Some(ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)));
-                    }
-                }
-                OutputMode::Scatter => {
-                    if axes != [1] {
-                        return Err(PassError::failed(name, format!("output '{out_name}'"), "unmerging needs the sequence on axis 1; use output=gather"));
-                    }
-                    let rank = ty.as_ref().and_then(|t| t.shape()).map(|s| s.rank()).unwrap_or(0);
-                    // Unmerge: every original position reads the token holding it.
-                    let full = gather_tokens(&mut e, o.into(), rank, false, &[1], last.holder);
-                    e.patch.replace_uses(o, full);
-                    e.patch.rename(PValue::Existing(o), graph.fresh_name(&format!("{out_name}_merged")));
-                    e.patch.rename(full, out_name.clone());
-                    e.patch.set_type(o, None);
-                }
-            }
-            outputs_done.push(out_name);
-        }
+        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, layers, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
         if self.output == OutputMode::Gather {
-            let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![hidden_batch.unwrap_or(Dim::Unknown), Dim::Sym(merged_seq)])));
-            let positions = e.patch.new_value(Graph::MAIN, KEPT_POSITIONS, Some(ty));
-            e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{KEPT_POSITIONS}")).input(last.representative).output(positions).add();
-            e.patch.add_output(Graph::MAIN, positions);
+            positions_output(&mut e, &label, last.representative, hidden_batch, &seq, "merged");
         }
         graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
         #[derive(Serialize)]
@@ -568,6 +598,7 @@ impl PruneTokens {
             /// Values from before the first merge read after it, gathered at representative positions.
             gathered: Vec<String>,
             outputs: Vec<String>,
+            restored: Option<String>,
         }
         let details = Details {
             layer: self.layer,
@@ -577,6 +608,7 @@ impl PruneTokens {
             heads: heads.clone(),
             gathered: gathered_names,
             outputs: outputs_done.clone(),
+            restored,
         };
         Ok(PassOutcome::changed(format!(
             "tokens merged (ToMe, r={}) in {} blocks from block {} on; {} outputs {}",

@@ -39,9 +39,10 @@ pub struct TokenCut {
     /// The hidden state entering the first block that sees fewer tokens, `[batch, seq, C]`.
     pub hidden: ValueId,
     /// The sequence symbol of the hidden state's axis 1.
-    pub seq: String,
-    /// Nodes computed from the hidden state.
+    pub seq: Dim,
+    /// Nodes computed from the hidden state, and the values they produce (with it).
     pub region: HashSet<NodeId>,
+    pub produced: HashSet<ValueId>,
     /// The first region node in graph order (new nodes computing the selection go before it).
     pub first: NodeId,
     pub crossings: Vec<Crossing>,
@@ -61,8 +62,8 @@ fn dims(graph: &Graph, v: ValueId) -> Option<Vec<Dim>> {
     graph.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone())
 }
 
-pub(crate) fn token_axes(graph: &Graph, v: ValueId, seq: &str) -> Vec<usize> {
-    dims(graph, v).unwrap_or_default().iter().enumerate().filter(|(_, d)| matches!(d, Dim::Sym(s) if s == seq)).map(|(i, _)| i).collect()
+pub(crate) fn token_axes(graph: &Graph, v: ValueId, seq: &Dim) -> Vec<usize> {
+    dims(graph, v).unwrap_or_default().iter().enumerate().filter(|(_, d)| *d == seq).map(|(i, _)| i).collect()
 }
 
 /// The hidden state entering `block`: the input of its first residual Add that the block's
@@ -76,6 +77,15 @@ pub fn block_input(graph: &Graph, layers: &crate::analysis::LinearLayers, block:
 pub fn block_middle(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
     let ffn = block.ffn.as_ref()?;
     stream_read_by(graph, *block.residual_adds.get(1)?, layers[ffn.gate.unwrap_or(ffn.up)].input)
+}
+
+/// The hidden state leaving `block`: its last residual Add's output, or the norm after it
+/// (post-norm).
+pub fn block_output(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
+    let _ = layers;
+    let add = graph.node(*block.residual_adds.last()?).output(0)?;
+    let after = block.norms.iter().find(|&&n| graph.node(n).input(0) == Some(add));
+    Some(after.and_then(|&n| graph.node(n).output(0)).unwrap_or(add))
 }
 
 /// The input of the residual `add` that `reader` is computed from within a few ops (itself, or
@@ -126,10 +136,11 @@ impl TokenCut {
         let hidden = block_input(graph, layers, b).ok_or_else(|| "its input (the residual stream read by its first residual Add) was not found".to_string())?;
         let hidden_dims = dims(graph, hidden).ok_or_else(|| format!("the shape of its input '{}' is unknown", graph.value(hidden).name))?;
         let seq = match hidden_dims.as_slice() {
-            [_, Dim::Sym(s), _] => s.clone(),
+            [_, d @ Dim::Sym(_), _] => d.clone(),
+            [_, Dim::Known(n), _] if *n > 1 => Dim::Known(*n),
             d => {
                 return Err(format!(
-                    "its input '{}' has shape [{}]; token pruning needs [batch, sequence, hidden] with a symbolic sequence length",
+                    "its input '{}' has shape [{}]; token pruning needs [batch, sequence, hidden]",
                     graph.value(hidden).name,
                     d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                 ));
@@ -168,13 +179,13 @@ impl TokenCut {
             crossings.push(Crossing { value: v, token_axes: axes, readers: crossing.remove(&v).unwrap_or_default() });
         }
         let outputs = graph.main().outputs.iter().filter(|o| produced.contains(o)).map(|&o| (o, token_axes(graph, o, &seq))).collect();
-        Ok(TokenCut { hidden, seq, region, first, crossings, outputs })
+        Ok(TokenCut { hidden, seq, region, produced, first, crossings, outputs })
     }
 }
 
 /// Whether `v`, a value without a sequence axis, is computed (through small integer tensors)
 /// from the shape of a tensor that has one: a length that pruning would make stale.
-pub(crate) fn carries_length(graph: &Graph, v: ValueId, seq: &str) -> bool {
+pub(crate) fn carries_length(graph: &Graph, v: ValueId, seq: &Dim) -> bool {
     let small_int = |v: ValueId| {
         let ty = graph.value(v).ty.as_ref();
         let int = ty.and_then(|t| t.elem()).is_some_and(|e| matches!(e, DataType::Int64 | DataType::Int32));

@@ -18,7 +18,7 @@ pub struct Args {
     b: PathBuf,
     #[command(flatten)]
     inputs: InputArgs,
-    /// Timed runs of each model (the median is reported).
+    /// Timed runs of each model, alternating between them (the median is reported).
     #[arg(long, default_value_t = 10)]
     runs: usize,
     /// Fail (exit 1) when any output's max abs error exceeds this.
@@ -54,15 +54,22 @@ fn model_bytes(path: &Path, model: &Model) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-fn timed(session: &Session, inputs: &[(String, TensorValue)], runs: usize) -> anyhow::Result<(Vec<(String, TensorValue)>, f64)> {
-    let outputs = session.run(&named(inputs))?; // also the warm-up
-    let mut times = Vec::with_capacity(runs);
+/// Both models' outputs and median run times. Runs alternate between the two models, so a
+/// change in the machine's speed while measuring weighs on both alike.
+type Timed = (Vec<(String, TensorValue)>, f64);
+fn timed_pair(a: (&Session, &[(String, TensorValue)]), b: (&Session, &[(String, TensorValue)]), runs: usize) -> anyhow::Result<(Timed, Timed)> {
+    // The first runs are also the warm-up.
+    let outputs_a = a.0.run(&named(a.1))?;
+    let outputs_b = b.0.run(&named(b.1))?;
+    let (mut times_a, mut times_b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        let start = Instant::now();
-        session.run(&named(inputs))?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        for ((session, inputs), times) in [(a, &mut times_a), (b, &mut times_b)] {
+            let start = Instant::now();
+            session.run(&named(inputs))?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    Ok((outputs, median(&mut times)))
+    Ok(((outputs_a, median(&mut times_a)), (outputs_b, median(&mut times_b))))
 }
 
 pub fn median(times: &mut [f64]) -> f64 {
@@ -87,8 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
     }
     let inputs_b: Vec<(String, TensorValue)> = inputs.iter().filter(|(n, _)| session_b.inputs().iter().any(|s| s.name == *n)).cloned().collect();
-    let (outputs_a, ms_a) = timed(&session_a, &inputs, args.runs)?;
-    let (outputs_b, ms_b) = timed(&session_b, &inputs_b, args.runs)?;
+    let ((outputs_a, ms_a), (outputs_b, ms_b)) = timed_pair((&session_a, &inputs), (&session_b, &inputs_b), args.runs)?;
     // Outputs pair by name when every name of A is in B, else by position.
     let by_name = outputs_a.iter().all(|(n, _)| outputs_b.iter().any(|(m, _)| m == n));
     let mut comparisons: Vec<OutputComparison> = Vec::new();

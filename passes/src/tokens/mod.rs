@@ -368,8 +368,14 @@ pub(crate) fn gather_tokens(e: &mut Emitter<'_>, x: PValue, rank: usize, batch_i
         x = e.op("Expand", &[x, shape], &[]);
     }
     for &axis in axes {
-        let index = broadcast_index(e, x, rank, axis, kept);
-        x = e.op("GatherElements", &[x, index], &[("axis", AttrValue::Int(axis as i64))]);
+        x = if axis == 1 {
+            // Whole rows: GatherND over the batch reads each row once, with a [B, k, 1] index.
+            let index = e.unsqueeze(kept, &[2]);
+            e.op("GatherND", &[x, index], &[("batch_dims", AttrValue::Int(1))])
+        } else {
+            let index = broadcast_index(e, x, rank, axis, kept);
+            e.op("GatherElements", &[x, index], &[("axis", AttrValue::Int(axis as i64))])
+        };
     }
     x
 }

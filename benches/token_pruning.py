@@ -65,6 +65,8 @@ def session(path):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
+    # Two sessions take turns: idle threads must not spin while the other one runs.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 

@@ -212,6 +212,12 @@ fn inserted_subgraphs_snapshot() {
     let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
     prune(&mut bert, "prune-tokens(method=tome,layer=1,r=4)");
     insta::assert_snapshot!("prune_tokens_tome_unmerge", inserted(&bert));
+    let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
+    prune(&mut bert, "prune-tokens(method=adaptive,layer=1,tau=0.9,output=gather)");
+    insta::assert_snapshot!("prune_tokens_adaptive_gather", inserted(&bert));
+    let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
+    prune(&mut bert, "prune-tokens(method=pool,layer=1,stride=2)");
+    insta::assert_snapshot!("prune_tokens_pool_spread", inserted(&bert));
 }
 
 /// What the pass refuses, with the reason.

@@ -23,6 +23,8 @@ unpruned one's, and the continuation's perplexity; prefill latency of one 1088-t
 Latency: each reduced model is timed together with the unreduced one, runs alternating between
 the two (onnxruntime in this process, the bundled runtime by `compactor compare`), 2 threads,
 so the speedup (unreduced median / reduced median) holds while the machine's speed drifts.
+SmolLM2's shortened outputs are not comparable by `compare`: its bundled-runtime column needs
+--separate-compactor-latency (each model timed apart, minutes per row).
 Prints Markdown tables and writes RESULTS.json.
 """
 import json
@@ -93,7 +95,7 @@ def embeddings(path, feeds):
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
-def paired_latency(a, base, model, inputs):
+def paired_latency(a, base, model, inputs, same_outputs=True):
     """Median latency of the unreduced and the reduced model, measured together (runs
     alternating between them) in each runtime: onnxruntime in this process, the bundled
     runtime by `compactor compare` (2 threads each)."""
@@ -111,14 +113,19 @@ def paired_latency(a, base, model, inputs):
             start = time.perf_counter()
             s.run(None, feeds)
             t.append((time.perf_counter() - start) * 1e3)
-    cmd = [a.compactor, "compare", base, model, "--threads", "2", "--runs", str(a.runs), "--json"]
-    for name, path in inputs.items():
-        cmd += ["--input", f"{name}={path}"]
-    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    return {
-        "onnxruntime": {"base_ms": float(np.median(times[0])), "ms": float(np.median(times[1]))},
-        "compactor": {"base_ms": ours["a"]["median_ms"], "ms": ours["b"]["median_ms"]},
-    }
+    if same_outputs:
+        cmd = [a.compactor, "compare", base, model, "--threads", "2", "--runs", str(a.runs), "--json"]
+        for name, path in inputs.items():
+            cmd += ["--input", f"{name}={path}"]
+        ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        compactor = {"base_ms": ours["a"]["median_ms"], "ms": ours["b"]["median_ms"]}
+    elif a.separate_compactor_latency:
+        # Outputs of another length (output=gather), which `compare` refuses: the two models
+        # one after the other in `compactor bench runtime` (not paired).
+        compactor = {name: fb.bench_runtime(a.compactor, m, inputs, [], a.runs)["compactor_median_ms"] for name, m in (("base_ms", base), ("ms", model))}
+    else:
+        compactor = None
+    return {"onnxruntime": {"base_ms": float(np.median(times[0])), "ms": float(np.median(times[1]))}, "compactor": compactor}
 
 
 def latency_inputs(out_dir, prefix, feeds):
@@ -227,7 +234,7 @@ def smollm2(a, results):
             options += f",protect_last={CONTINUATION}"
         prune(a.compactor, src, out, f"prune-tokens({options},output=gather)")
         kept = [session(out).run(["kept_token_positions"], feeds(ids))[0].shape[1] / ids.shape[1] for ids in windows[:1]]
-        row = {**metrics(continuation_logits(out)), "kept_share": float(np.mean(kept)), "latency": paired_latency(a, src, out, bench)}
+        row = {**metrics(continuation_logits(out)), "kept_share": float(np.mean(kept)), "latency": paired_latency(a, src, out, bench, same_outputs=False)}
         rows[name] = row
         print(f"SmolLM2 {name}: {json.dumps(row)}", flush=True)
         save(a, results)
@@ -241,7 +248,7 @@ def save(a, results):
 
 def cell(lat, which):
     """The reduced model's median and its speedup over the unreduced one, measured together."""
-    if not lat:
+    if not lat or not lat.get(which):
         return "-"
     m = lat[which]
     return f"{m['ms']:.1f} ms ({m['base_ms'] / m['ms']:.2f}x)"
@@ -288,6 +295,7 @@ def table(results):
 
 def main():
     ap = fb.arguments("token-pruning-bench", "minilm,smollm2,vit")
+    ap.add_argument("--separate-compactor-latency", action="store_true", help="SmolLM2: also time the bundled runtime, each model apart (minutes per row)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = {}

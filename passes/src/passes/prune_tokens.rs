@@ -63,7 +63,7 @@ pub enum TokenScore {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputMode {
-    /// Outputs keep the original length: kept tokens at their positions.
+    /// The last block's output gets its full length back: kept tokens at their positions, merged or pooled ones reading their token.
     Scatter,
     /// Outputs have the kept tokens only; an extra output gives their positions.
     Gather,
@@ -72,9 +72,9 @@ pub enum OutputMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fill {
-    /// Pruned tokens read zero in scattered outputs.
+    /// Pruned tokens read zero in the restored output.
     Zero,
-    /// Pruned tokens read their hidden state at the cut (outputs of the hidden state's shape).
+    /// Pruned tokens read their hidden state at the cut.
     Carry,
 }
 
@@ -235,19 +235,11 @@ impl Pass for PruneTokens {
             }
         }
 
-        // Types inside the region change length: inference gives them again.
-        for &n in &cut.region {
-            for &o in graph.node(n).outputs.iter().flatten() {
-                if graph.value(o).ty.is_some() && !graph.main().outputs.contains(&o) {
-                    e.patch.set_type(o, None);
-                }
-            }
-        }
         let restore = match window_of {
             Some(window_of) => Restore::Spread { window_of, hidden: cut.hidden },
             None => Restore::Scatter { fill: self.fill, kept, hidden: cut.hidden },
         };
-        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &layers, &cut.produced, &cut.seq, "kept", restore)?;
+        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &cut.produced, &cut.seq, "kept", restore)?;
         if self.output == OutputMode::Gather {
             positions_output(&mut e, &label, kept, hidden_batch.clone(), &cut.seq, "kept");
         }
@@ -379,7 +371,6 @@ impl PruneTokens {
         e: &mut Emitter<'_>,
         graph: &Graph,
         blocks: &[crate::analysis::TransformerBlock],
-        layers: &LinearLayers,
         reduced: &HashSet<ValueId>,
         seq: &Dim,
         what: &str,
@@ -397,7 +388,7 @@ impl PruneTokens {
         let mut done = Vec::new();
         if self.output == OutputMode::Scatter {
             let last = blocks.last().expect("a block was reduced");
-            let at = block_output(graph, layers, last).filter(|v| reduced.contains(v)).ok_or_else(|| PassError::failed(name, format!("block {}", blocks.len() - 1), "its output was not found"))?;
+            let at = block_output(graph, last).filter(|v| reduced.contains(v)).ok_or_else(|| PassError::failed(name, format!("block {}", blocks.len() - 1), "its output was not found"))?;
             let at_name = graph.value(at).name.clone();
             let ty = graph.value(at).ty.clone();
             if ty.as_ref().and_then(|t| t.shape()).is_none_or(|s| s.rank() != 3) {
@@ -574,15 +565,7 @@ impl PruneTokens {
             }
         }
         let last = *states.last().expect("at least one merge");
-        // Types inside the merged blocks change length: inference gives them again.
-        for &n in &reach[0].0 {
-            for &o in graph.node(n).outputs.iter().flatten() {
-                if graph.value(o).ty.is_some() && !graph.main().outputs.contains(&o) {
-                    e.patch.set_type(o, None);
-                }
-            }
-        }
-        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, layers, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
+        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
         if self.output == OutputMode::Gather {
             positions_output(&mut e, &label, last.representative, hidden_batch, &seq, "merged");
         }

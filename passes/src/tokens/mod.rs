@@ -46,8 +46,6 @@ pub struct TokenCut {
     /// The first region node in graph order (new nodes computing the selection go before it).
     pub first: NodeId,
     pub crossings: Vec<Crossing>,
-    /// Graph outputs computed in the region, with their sequence axes.
-    pub outputs: Vec<(ValueId, Vec<usize>)>,
 }
 
 pub(crate) fn is_constant(graph: &Graph, v: ValueId) -> bool {
@@ -81,8 +79,7 @@ pub fn block_middle(graph: &Graph, layers: &crate::analysis::LinearLayers, block
 
 /// The hidden state leaving `block`: its last residual Add's output, or the norm after it
 /// (post-norm).
-pub fn block_output(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
-    let _ = layers;
+pub fn block_output(graph: &Graph, block: &TransformerBlock) -> Option<ValueId> {
     let add = graph.node(*block.residual_adds.last()?).output(0)?;
     let after = block.norms.iter().find(|&&n| graph.node(n).input(0) == Some(add));
     Some(after.and_then(|&n| graph.node(n).output(0)).unwrap_or(add))
@@ -178,8 +175,7 @@ impl TokenCut {
             }
             crossings.push(Crossing { value: v, token_axes: axes, readers: crossing.remove(&v).unwrap_or_default() });
         }
-        let outputs = graph.main().outputs.iter().filter(|o| produced.contains(o)).map(|&o| (o, token_axes(graph, o, &seq))).collect();
-        Ok(TokenCut { hidden, seq, region, produced, first, crossings, outputs })
+        Ok(TokenCut { hidden, seq, region, produced, first, crossings })
     }
 }
 

@@ -243,11 +243,9 @@ pub struct Selection {
     pub protect_last: usize,
 }
 
-/// Emits the kept token positions, `[B, k]` int64 in increasing order; see the module
-/// documentation for how rows of different lengths share `k`.
-pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
-    let hidden: PValue = s.hidden.into();
-    let (valid_b, valid_f) = match s.mask {
+/// Each row's real tokens, `[B, S]` as bool and as f32 (every token when there is no mask).
+pub(crate) fn real_tokens(e: &mut Emitter<'_>, hidden: PValue, mask: Option<ValueId>) -> (PValue, PValue) {
+    match mask {
         Some(m) => {
             let b = e.cast(m.into(), DataType::Bool);
             (b, e.cast(b, DataType::Float))
@@ -257,7 +255,29 @@ pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
             let ones = e.op("ConstantOfShape", &[bs], &[("value", AttrValue::Tensor(Tensor::from_f32(&[1], &[1.0]).expect("one")))]);
             (e.cast(ones, DataType::Bool), ones)
         }
-    };
+    }
+}
+
+/// The first `first` and last `last` real tokens of each row (`[B, S]` bool), each row's real
+/// token count (`[B, 1]` f32) and the axis-1 constant the counting used.
+pub(crate) fn protected_ends(e: &mut Emitter<'_>, valid_b: PValue, valid_f: PValue, first: usize, last: usize) -> (PValue, PValue, PValue) {
+    let len = e.reduce("ReduceSum", valid_f, &[1], true);
+    let axis1 = e.i64_scalar(1);
+    let rank_real = e.op("CumSum", &[valid_f, axis1], &[]);
+    let first = e.f32_scalar(first as f32);
+    let last = e.f32_scalar(last as f32);
+    let head = e.op("LessOrEqual", &[rank_real, first], &[]);
+    let tail_start = e.op("Sub", &[len, last], &[]);
+    let tail = e.op("Greater", &[rank_real, tail_start], &[]);
+    let ends = e.op("Or", &[head, tail], &[]);
+    (e.op("And", &[valid_b, ends], &[]), len, axis1)
+}
+
+/// Emits the kept token positions, `[B, k]` int64 in increasing order; see the module
+/// documentation for how rows of different lengths share `k`.
+pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
+    let hidden: PValue = s.hidden.into();
+    let (valid_b, valid_f) = real_tokens(e, hidden, s.mask);
     let probs: PValue = s.probs.into();
     let score = match s.scoring {
         Scoring::Received => {
@@ -272,16 +292,7 @@ pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
             e.reduce("ReduceMean", last, &[1, 2], false)
         }
     };
-    let len = e.reduce("ReduceSum", valid_f, &[1], true);
-    let axis1 = e.i64_scalar(1);
-    let rank_real = e.op("CumSum", &[valid_f, axis1], &[]);
-    let first = e.f32_scalar(s.protect_first as f32);
-    let last = e.f32_scalar(s.protect_last as f32);
-    let head = e.op("LessOrEqual", &[rank_real, first], &[]);
-    let tail_start = e.op("Sub", &[len, last], &[]);
-    let tail = e.op("Greater", &[rank_real, tail_start], &[]);
-    let ends = e.op("Or", &[head, tail], &[]);
-    let protected = e.op("And", &[valid_b, ends], &[]);
+    let (protected, len, axis1) = protected_ends(e, valid_b, valid_f, s.protect_first, s.protect_last);
     let reserved = e.f32_scalar((s.protect_first + s.protect_last) as f32);
     let span = e.op("Sub", &[len, reserved], &[]);
     let zero = e.f32_scalar(0.0);
@@ -447,16 +458,7 @@ pub(crate) fn pool_tokens(e: &mut Emitter<'_>, hidden: PValue, mask: Option<Valu
     let column = e.unsqueeze(window_of, &[1]);
     let member = e.op("Equal", &[column, pooled_index], &[]);
     let member = e.cast(member, DataType::Float);
-    let valid = match mask {
-        Some(m) => {
-            let b = e.cast(m.into(), DataType::Bool);
-            e.cast(b, DataType::Float)
-        }
-        None => {
-            let bs = e.dims(hidden, 0, 2);
-            e.op("ConstantOfShape", &[bs], &[("value", AttrValue::Tensor(Tensor::from_f32(&[1], &[1.0]).expect("one")))])
-        }
-    };
+    let (_, valid) = real_tokens(e, hidden, mask);
     let valid_col = e.unsqueeze(valid, &[2]);
     let real = e.op("Mul", &[member, valid_col], &[]); // [B, S, n]
     let real_count = e.reduce("ReduceSum", real, &[1], true); // [B, 1, n]

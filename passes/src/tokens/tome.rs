@@ -36,24 +36,10 @@ pub(crate) struct MergeState {
 
 /// The state before the first merge: every token itself.
 pub(crate) fn initial_state(e: &mut Emitter<'_>, hidden: PValue, mask: Option<ValueId>, protect_first: usize, protect_last: usize) -> MergeState {
+    let (valid, valid_f) = super::real_tokens(e, hidden, mask);
+    let (protected, _, _) = super::protected_ends(e, valid, valid_f, protect_first, protect_last);
     let batch_seq = e.dims(hidden, 0, 2);
     let ones = e.op("ConstantOfShape", &[batch_seq], &[("value", AttrValue::Tensor(Tensor::from_f32(&[1], &[1.0]).expect("one")))]);
-    let valid = match mask {
-        Some(m) => e.cast(m.into(), DataType::Bool),
-        None => e.cast(ones, DataType::Bool),
-    };
-    let valid_f = e.cast(valid, DataType::Float);
-    // The first and last real tokens of each row.
-    let axis1 = e.i64_scalar(1);
-    let rank = e.op("CumSum", &[valid_f, axis1], &[]);
-    let len = e.reduce("ReduceSum", valid_f, &[1], true);
-    let first = e.f32_scalar(protect_first as f32);
-    let last = e.f32_scalar(protect_last as f32);
-    let head = e.op("LessOrEqual", &[rank, first], &[]);
-    let tail_start = e.op("Sub", &[len, last], &[]);
-    let tail = e.op("Greater", &[rank, tail_start], &[]);
-    let ends = e.op("Or", &[head, tail], &[]);
-    let protected = e.op("And", &[valid, ends], &[]);
     let seq = e.dims(hidden, 1, 2);
     let s = e.squeeze(seq, &[0]);
     let (zero, one) = (e.i64_scalar(0), e.i64_scalar(1));

@@ -159,7 +159,7 @@ def minilm(a, results):
             row[f"latency_{length}"] = paired_latency(a, src, out, bench[length])
         rows[name] = row
         print(f"MiniLM {name}: {json.dumps(row)}", flush=True)
-        save(a, results)
+        fb.save(a, results)
 
 
 def kept_share(compactor, src, options, feeds, out_dir):
@@ -190,7 +190,7 @@ def vit(a, results):
         row["latency"] = paired_latency(a, src, out, {"input_image": image})
         rows[name] = row
         print(f"ViT {name}: {json.dumps(row)}", flush=True)
-        save(a, results)
+        fb.save(a, results)
 
 
 def log_softmax(x):
@@ -237,13 +237,7 @@ def smollm2(a, results):
         row = {**metrics(continuation_logits(out)), "kept_share": float(np.mean(kept)), "latency": paired_latency(a, src, out, bench, same_outputs=False)}
         rows[name] = row
         print(f"SmolLM2 {name}: {json.dumps(row)}", flush=True)
-        save(a, results)
-
-
-def save(a, results):
-    with open(os.path.join(a.out, "RESULTS.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(a.out, "RESULTS.json.tmp"), os.path.join(a.out, "RESULTS.json"))
+        fb.save(a, results)
 
 
 def cell(lat, which):

@@ -26,8 +26,8 @@ use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
 use crate::tokens::{
-    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, is_constant, pool_tokens, scatter_tokens, select_kept, spread_tokens, token_axes,
-    tome,
+    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, is_constant, pool_tokens, scatter_tokens, select_kept, shape_with_axis,
+    spread_tokens, token_axes, tome,
 };
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Shape, Tensor, ValueId, ValueType};
 use serde::{Deserialize, Serialize};
@@ -323,9 +323,8 @@ fn positions_output(e: &mut Emitter<'_>, label: &str, positions: PValue, batch: 
 
 /// The key projection's head size, when the reshape splitting its output into heads has a
 /// constant last size: `[.., heads, d]` (keys are averaged over heads for ToMe's metric).
-fn key_heads(graph: &Graph, layers: &LinearLayers, block: &crate::analysis::TransformerBlock) -> usize {
+fn key_heads(graph: &Graph, uses: &compactor_ir::UseMap, layers: &LinearLayers, block: &crate::analysis::TransformerBlock) -> usize {
     let k = &layers[block.attention.k];
-    let uses = graph.uses();
     let mut frontier = vec![k.output];
     for _ in 0..4 {
         let mut next = Vec::new();
@@ -414,12 +413,8 @@ impl PruneTokens {
                         }
                         Fill::Zero => {
                             // Zeros [B, S, C]: the reduced output's shape with the original length.
-                            let shape = e.op("Shape", &[at.into()], &[]);
                             let length = e.dims(hidden.into(), 1, 2);
-                            let (keep_mask, one_hot) = (e.i64s(&[1, 0, 1]), e.i64s(&[0, 1, 0]));
-                            let shape = e.op("Mul", &[shape, keep_mask], &[]);
-                            let length = e.op("Mul", &[length, one_hot], &[]);
-                            let shape = e.op("Add", &[shape, length], &[]);
+                            let shape = shape_with_axis(e, at.into(), 3, 1, Some(length));
                             let zero = Tensor::from_f32(&[1], &[0.0]).map_err(|err| PassError::ir(name, err))?;
                             let zeros = e.op("ConstantOfShape", &[shape], &[("value", AttrValue::Tensor(zero))]);
                             let elem = ty.as_ref().and_then(|t| t.elem()).unwrap_or(DataType::Float);
@@ -506,7 +501,7 @@ impl PruneTokens {
                 e.anchor = Anchor::Before(n);
             }
             let keys = layers[b.attention.k].output;
-            heads.push(key_heads(graph, layers, b));
+            heads.push(key_heads(graph, &uses, layers, b));
             let (x, next) = tome::merge(&mut e, middles[i].into(), keys.into(), heads[i], self.r, &state);
             state = next;
             states.push(state);

@@ -404,14 +404,24 @@ fn broadcast_index(e: &mut Emitter<'_>, like: PValue, rank: usize, axis: usize, 
     let layout = e.i64s(&layout);
     let index = e.op("Reshape", &[kept, layout], &[]);
     // Shape(like) with 1 on `axis`: Expand keeps k there.
+    let shape = shape_with_axis(e, like, rank, axis, None);
+    e.op("Expand", &[index, shape], &[])
+}
+
+/// `Shape(like)` (rank `rank`) with its `axis` entry replaced by `length` (a `[1]` int64), or
+/// by 1 when none.
+pub(crate) fn shape_with_axis(e: &mut Emitter<'_>, like: PValue, rank: usize, axis: usize, length: Option<PValue>) -> PValue {
     let keep_mask: Vec<i64> = (0..rank).map(|i| (i != axis) as i64).collect();
     let one_hot: Vec<i64> = (0..rank).map(|i| (i == axis) as i64).collect();
     let shape = e.op("Shape", &[like], &[]);
     let keep_mask = e.i64s(&keep_mask);
     let one_hot = e.i64s(&one_hot);
     let shape = e.op("Mul", &[shape, keep_mask], &[]);
-    let shape = e.op("Add", &[shape, one_hot], &[]);
-    e.op("Expand", &[index, shape], &[])
+    let along = match length {
+        Some(length) => e.op("Mul", &[length, one_hot], &[]),
+        None => one_hot,
+    };
+    e.op("Add", &[shape, along], &[])
 }
 
 /// `pruned` (the kept tokens along `axis`) written back at their positions into `base`, a
@@ -491,14 +501,7 @@ pub(crate) fn spread_tokens(e: &mut Emitter<'_>, pooled: PValue, rank: usize, ax
     let layout: Vec<i64> = (0..rank).map(|i| if i == axis { -1 } else { 1 }).collect();
     let layout = e.i64s(&layout);
     let index = e.op("Reshape", &[window_of, layout], &[]);
-    let keep_mask: Vec<i64> = (0..rank).map(|i| (i != axis) as i64).collect();
-    let one_hot: Vec<i64> = (0..rank).map(|i| (i == axis) as i64).collect();
-    let shape = e.op("Shape", &[pooled], &[]);
-    let keep_mask = e.i64s(&keep_mask);
-    let one_hot = e.i64s(&one_hot);
-    let shape = e.op("Mul", &[shape, keep_mask], &[]);
-    let length = e.op("Mul", &[seq_len, one_hot], &[]);
-    let shape = e.op("Add", &[shape, length], &[]);
+    let shape = shape_with_axis(e, pooled, rank, axis, Some(seq_len));
     let index = e.op("Expand", &[index, shape], &[]);
     e.op("GatherElements", &[pooled, index], &[("axis", AttrValue::Int(axis as i64))])
 }

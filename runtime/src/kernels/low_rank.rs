@@ -6,11 +6,12 @@
 //! intermediate out to memory, so a factorized layer with fewer multiply-adds than the dense one
 //! could still take longer (one row: 0.105 against 0.038 ms at 384x1536).
 //!
-//! With a few rows (a decoder step) each product is split along what it contracts, in fixed
-//! chunks of the weight's rows (contiguous streams), and the chunks' partial sums are added in
-//! chunk order, so the result does not depend on the thread count; both run in one parallel
-//! region. With
-//! more rows, each task takes a block of rows through both products on `gemm`.
+//! With a few rows (a decoder step) the rank is cut into a fixed number of slices; a task takes
+//! one slice `js` through both products, `t[.., js] = x · A[.., js]` then `t[.., js] · B[js, ..]`,
+//! and the slices' shares of y are added in slice order, so the result does not depend on the
+//! thread count and no task waits for another between the products. A is stored transposed
+//! for it (when fused), so that each slice reads a contiguous block of A and one of B. With more
+//! rows, each task takes a block of rows through both products on `gemm`.
 
 use super::SendPtr;
 use super::matmul::{GemmMatMul, WeightLayout};
@@ -21,8 +22,15 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::konst::Const;
 
 /// Rows of activations per task on the `gemm` path at most: the `rows × r` intermediate of a
-/// task stays in cache. Below it, one task per thread (as a lone product is split).
-const MAX_ROWS_PER_TASK: usize = 128;
+/// task stays in L2 for the ranks `factorize` gives. Below it, one task per thread (as a lone
+/// product is split): each task packs the weights again, and at 128 rows per task that cost
+/// 4-6% at 512 rows (384x1536, 576x1536).
+const MAX_ROWS_PER_TASK: usize = 512;
+
+/// Slices of the rank a few rows are split into (fewer when the rank is small): a fixed number,
+/// so that the sum order does not depend on the thread count, and a multiple of common thread
+/// counts, so that the slices share out evenly.
+const RANK_SLICES: usize = 8;
 
 /// Multiply-adds below which the layer runs on the calling thread.
 const MIN_PARALLEL_WORK: usize = 1 << 16;
@@ -80,37 +88,30 @@ impl LowRankMatMul {
         let (b_rs, b_cs, b_layout) = strides(self.b, r, n);
         let (pa, pb, py) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(y.as_mut_ptr()));
         if m <= matvec::MAX_ROWS {
-            // Both products split along what they contract, in fixed chunks of rows of the
-            // weight (each a contiguous stream), the chunks' partial sums added in chunk order:
-            // `t = x · A` over chunks of k, then `y = t · B` over chunks of r, in one parallel
-            // region.
-            let (k_chunks, r_chunks) = (matvec::row_chunks(k), matvec::row_chunks(r));
-            let first = |ls: &Range<usize>| {
-                let mut part = vec![0f32; m * r];
-                // SAFETY: rows `ls` of A are within it.
-                unsafe { matvec::product(&x[ls.start..], k, m, ls.len(), pa.get().offset(ls.start as isize * a_rs), a_layout, 0..r, &mut part) };
-                part
-            };
-            let mut t = vec![0f32; m * r];
-            let second = |t: &[f32], ls: &Range<usize>| {
+            // One parallel region: each task takes a fixed slice `js` of the rank, computes its
+            // part of the intermediate `t[.., js] = x · A[.., js]` (every element summed over all
+            // of k) and that part's share `t[.., js] · B[js, ..]` of y; the shares are added in
+            // slice order. The slices do not depend on the thread count, so neither do the bits;
+            // and no task waits for another between the two products.
+            let slice = |js: &Range<usize>| {
+                let mut t = vec![0f32; m * js.len()];
                 let mut part = vec![0f32; m * n];
-                // SAFETY: rows `ls` of B are within it.
-                unsafe { matvec::product(&t[ls.start..], r, m, ls.len(), pb.get().offset(ls.start as isize * b_rs), b_layout, 0..n, &mut part) };
+                // SAFETY: columns `js` of A and rows `js` of B are within them.
+                unsafe {
+                    matvec::product(x, k, m, k, pa.get(), a_layout, js.clone(), &mut t);
+                    matvec::product(&t, js.len(), m, js.len(), pb.get().offset(js.start as isize * b_rs), b_layout, 0..n, &mut part);
+                }
                 part
             };
-            match pool {
+            let slices = matvec::column_ranges(r, RANK_SLICES.min(r.div_ceil(matvec::COLUMN_ALIGN)));
+            let parts: Vec<Vec<f32>> = match pool {
                 Some(pool) => {
                     use rayon::prelude::*;
-                    pool.install(|| {
-                        matvec::add_in_order(&k_chunks.par_iter().map(first).collect::<Vec<_>>(), &mut t);
-                        matvec::add_in_order(&r_chunks.par_iter().map(|ls| second(&t, ls)).collect::<Vec<_>>(), y);
-                    });
+                    pool.install(|| slices.par_iter().map(slice).collect())
                 }
-                None => {
-                    matvec::add_in_order(&k_chunks.iter().map(first).collect::<Vec<_>>(), &mut t);
-                    matvec::add_in_order(&r_chunks.iter().map(|ls| second(&t, ls)).collect::<Vec<_>>(), y);
-                }
-            }
+                None => slices.iter().map(slice).collect(),
+            };
+            matvec::add_in_order(&parts, y);
             return;
         }
         let px = SendPtr(x.as_ptr() as *mut f32);
@@ -211,7 +212,18 @@ pub fn fuse_low_rank(model: &mut TypedModel) -> TractResult<()> {
         let out_axes = out_axes.iter().map(|a| a.and_then(|j| middle_axes[j])).collect();
         let inputs = [first_node.inputs[0], first_node.inputs[1], node.inputs[1]];
         let mut patch = TypedModelPatch::default();
-        let taps = inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+        let mut taps = inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+        // A stored transposed: the few-rows path reads each of A's columns as one contiguous
+        // run (see `compute`). Its only reader is this op, so the original goes.
+        let a = match a {
+            WeightLayout::RowMajor if model.outlet_successors(first_node.inputs[1]).len() == 1 => {
+                let original = model.nodes()[first_node.inputs[1].node].op_as::<Const>().expect("checked above").val();
+                let transposed = (**original).clone().permute_axes(&[1, 0])?;
+                taps[1] = patch.add_const(format!("{}.transposed", model.nodes()[first_node.inputs[1].node].name), transposed)?;
+                WeightLayout::Transposed
+            }
+            a => a,
+        };
         let out = patch.wire_node(&node.name, LowRankMatMul { a, b, out_axes }, &taps)?;
         patch.shunt_outside(model, id.into(), out[0])?;
         patch.apply(model)?;

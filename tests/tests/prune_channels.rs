@@ -241,3 +241,65 @@ fn nested_widths_share_their_first_channels() {
         runs_in_both(&v.model, dir.path(), &v.name);
     }
 }
+
+/// The original model with the output-projection rows of every head a pruned group cut set to
+/// zero: what cutting those heads must compute (each head's output reaches the rest of the
+/// model only through its rows).
+fn zero_cut_heads(original: &Model, groups: &[serde_json::Value]) -> Model {
+    let mut model = original.clone();
+    let g = &model.graph;
+    let mut patch = compactor_ir::Patch::new();
+    for group in groups {
+        let kept: Vec<usize> = group["kept_heads"].as_array().unwrap().iter().map(|u| u.as_u64().unwrap() as usize).collect();
+        let (before, after) = (group["width_before"].as_u64().unwrap() as usize, group["width_after"].as_u64().unwrap() as usize);
+        let units = kept.len() * before / after;
+        let unit = before / units;
+        // The output projection: the group's matrix whose rows (axis 0) are the heads' channels.
+        let consumer = group["params"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).filter_map(|p| p.strip_suffix("[0]")).find(|name| weights(original, name).0.len() == 2).expect("an output projection");
+        let v = g.main().initializers.iter().copied().find(|&v| g.value(v).name == consumer).unwrap();
+        let (dims, mut w) = weights(original, consumer);
+        let row = dims[1] as usize;
+        for u in (0..units).filter(|u| !kept.contains(u)) {
+            w[u * unit * row..(u + 1) * unit * row].fill(0.0);
+        }
+        patch.set_initializer(v, compactor_ir::Tensor::from_f32(&dims, &w).unwrap());
+    }
+    model.graph.apply(patch).unwrap();
+    model
+}
+
+/// Cutting whole heads computes what the original computes with those heads' rows of the output
+/// projection zeroed: MiniLM's 12 heads of 32 (reshape targets [B, S, -1, 32]) and a tiny Llama's
+/// 2 KV heads, each with its 2 query heads (reshape targets spelling out the head counts and the
+/// width, narrowed with the cut). Only the groups `groups` names are cut (keep=1 for the rest);
+/// both runtimes agree on the pruned models.
+#[test]
+fn cut_heads_equal_the_original_with_their_output_rows_zeroed() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = dir.path().join("tiny_llama.onnx");
+    compactor_tests::run_python("make_tiny_llama.py", &[llama.as_os_str()]);
+    let cases = [
+        (compactor_tests::minilm(), "*attention.self.query.bias=0.75", 6, 288, vec![("batch".to_string(), 2), ("seq".to_string(), 16)]),
+        (llama, "*q_proj*=0.5", 4, 16, vec![("batch_size".to_string(), 2), ("sequence_length".to_string(), 9)]),
+    ];
+    for (src, share, groups_cut, width_after, dims) in cases {
+        let original = Model::load(&src).unwrap();
+        let mut model = original.clone();
+        let spec = format!("infer-shapes,prune-channels(keep=1,heads=true,groups=[\"{share}\"])");
+        let report = run(&mut model, &spec, false).unwrap();
+        let groups = report.passes[1].details["groups"].as_array().unwrap().clone();
+        assert_eq!(groups.len(), groups_cut, "{}: {}", src.display(), report.passes[1].summary);
+        assert!(groups.iter().all(|g| g["width_after"] == width_after && g["kept_heads"].is_array()), "{groups:?}");
+        let (pruned_path, zeroed_path) = (dir.path().join("pruned.onnx"), dir.path().join("zeroed.onnx"));
+        model.save(&pruned_path).unwrap();
+        zero_cut_heads(&original, &groups).save(&zeroed_path).unwrap();
+        let feeds = random_npy_inputs(&src, dir.path(), &dims, 3);
+        let (pruned_ort, pruned_ours) = both_runtimes(&pruned_path, &feeds);
+        let (zeroed_ort, _) = both_runtimes(&zeroed_path, &feeds);
+        let (against_zeroed, runtimes) = (relative_difference(&zeroed_ort, &pruned_ort), relative_difference(&pruned_ort, &pruned_ours));
+        assert!(against_zeroed < 1e-5 && runtimes < 1e-5, "{}: against the zeroed original {against_zeroed:e}, runtimes {runtimes:e}", src.display());
+        // The cut changed the outputs (the check above is not between two unchanged models).
+        let (original_ort, _) = both_runtimes(&src, &feeds);
+        assert!(relative_difference(&original_ort, &pruned_ort) > 1e-3, "{}", src.display());
+    }
+}

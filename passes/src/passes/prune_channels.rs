@@ -10,10 +10,11 @@
 //! With calibration data, each layer reading a cut group gets the cut channels' mean
 //! contribution added to its bias (`compensate`): the output then stays right on average.
 //!
-//! Built for groups whose members all have the group's width (an FFN's hidden width, a CNN's
-//! channels between convolutions). Groups that split into heads are left, with the reason;
-//! groups a normalisation or reduction reads (a cut changes its statistics) are left unless
-//! `allow_norms` is given.
+//! A group moves in units: channels (an FFN's hidden width, a CNN's channels between
+//! convolutions), or whole heads for attention (under GQA a KV head with its query heads), which
+//! are cut only with `heads` (attention is the more sensitive part); the reshapes that spell out
+//! a head count or width follow the cut. Groups a normalisation or reduction reads (a cut changes
+//! its statistics) are left unless `allow_norms` is given.
 
 use super::permute_channels::{ACTIVATION_NEEDS, PermuteChannels, Score, calibrate, permute};
 use crate::analysis::channels::Consumer;
@@ -46,11 +47,15 @@ pub struct PruneChannels {
     pub allow_norms: bool,
     /// Nested widths, e.g. [0.5, 0.75]: from one ordering, one model per width (each group keeps that share, its channels the first channels of every wider model). The pass's own result is the full-width model with every prunable group in saliency order; `compactor optimize` writes each width next to the output as <stem>.w50.<ext>.
     pub widths: Vec<f64>,
+    /// Also cut attention heads: a group that moves in whole heads (under GQA, a KV head with its query heads) keeps that share of its heads, at least one; reshape targets spelling a head count or width follow.
+    pub heads: bool,
+    /// Shares for particular groups, as "GLOB=SHARE" (e.g. "*intermediate*=0.5"): a group keeps the share of the first entry whose glob matches one of its constants' names, the others `keep`.
+    pub groups: Vec<String>,
 }
 
 impl Default for PruneChannels {
     fn default() -> Self {
-        PruneChannels { keep: 0.0, threshold: 0.0, score: Score::Magnitude, seed: 0, multiple: 8, compensate: true, allow_norms: false, widths: Vec::new() }
+        PruneChannels { keep: 0.0, threshold: 0.0, score: Score::Magnitude, seed: 0, multiple: 8, compensate: true, allow_norms: false, widths: Vec::new(), heads: false, groups: Vec::new() }
     }
 }
 
@@ -90,7 +95,35 @@ impl PassDef for PruneChannels {
         if self.multiple == 0 {
             return Err(OptionError::new("multiple", "must be at least 1"));
         }
-        Ok(())
+        if !self.groups.is_empty() && (self.threshold != 0.0 || !self.widths.is_empty()) {
+            return Err(OptionError::new("groups", "per-group shares go with keep, not with threshold or widths"));
+        }
+        self.group_shares().map(|_| ())
+    }
+}
+
+impl PruneChannels {
+    /// `groups` parsed: (glob, share) in order.
+    fn group_shares(&self) -> Result<Vec<(glob::Pattern, f64)>, OptionError> {
+        self.groups
+            .iter()
+            .map(|entry| {
+                let bad = |why: String| OptionError::new("groups", format!("'{entry}': {why}"));
+                let (pattern, share) = entry.rsplit_once('=').ok_or_else(|| bad("not GLOB=SHARE".into()))?;
+                let share: f64 = share.trim().parse().map_err(|_| bad(format!("'{share}' is not a number")))?;
+                if !(share > 0.0 && share <= 1.0) {
+                    return Err(bad(format!("{share} is not a share in (0, 1]")));
+                }
+                Ok((glob::Pattern::new(pattern.trim()).map_err(|e| bad(e.to_string()))?, share))
+            })
+            .collect()
+    }
+
+    /// The share group `names` (its constants' names) keeps: the first matching `groups`
+    /// entry's, else `keep`.
+    fn share_for(&self, shares: &[(glob::Pattern, f64)], names: &[String]) -> f64 {
+        let keep = if self.keep != 0.0 { self.keep } else { DEFAULT_KEEP };
+        shares.iter().find(|(p, _)| names.iter().any(|n| p.matches(n.rsplit_once('[').map_or(n, |(name, _)| name)))).map_or(keep, |&(_, share)| share)
     }
 }
 
@@ -103,6 +136,10 @@ pub fn width_name(width: f64) -> String {
 pub(crate) struct GroupReport {
     width_before: i64,
     pub width_after: usize,
+    /// A group of heads: the heads kept, in their new order (indices of the original heads;
+    /// under GQA, of the KV heads, each with its query heads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept_heads: Option<Vec<usize>>,
     params: Vec<String>,
     /// The scores of the units: mean, highest and lowest kept, highest cut (none when nothing is cut).
     score_mean: f64,
@@ -159,8 +196,13 @@ enum BiasSite {
 }
 
 impl PruneChannels {
-    /// Channels kept of `width` for a share, a multiple of `multiple` (at least one multiple).
-    fn kept_of(&self, share: f64, width: usize) -> usize {
+    /// Units of `g` kept for a share: heads (at least one), or channels in a multiple of
+    /// `multiple` (at least one multiple).
+    fn kept_of(&self, share: f64, g: &ChannelGroup) -> usize {
+        let (units, width) = (g.units as usize, g.width as usize);
+        if units < width {
+            return ((share * units as f64).round() as usize).clamp(1, units);
+        }
         (((share * width as f64) / self.multiple as f64).round() as usize * self.multiple).clamp(self.multiple.min(width), width)
     }
 
@@ -186,7 +228,9 @@ impl PruneChannels {
         }
         // Ascending normalised score; ties go to the later unit of the earlier group (deterministic).
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
-        let mut kept: Vec<usize> = plans.iter().map(|p| p.group.width as usize).collect();
+        let mut kept: Vec<usize> = plans.iter().map(|p| p.group.units as usize).collect();
+        // What one unit is along each constant's axis (a head spans several channels).
+        let unit_of: BTreeMap<(usize, ValueId), usize> = plans.iter().enumerate().flat_map(|(i, p)| p.group.params.iter().map(move |&(v, axis)| ((i, v), axis, p.group.units as usize))).filter_map(|(key, axis, units)| dims.get(&key.1).map(|d| (key, d[axis] / units.max(1)))).collect();
         let mut cut = 0usize;
         for (_, i, rank) in candidates {
             if cut as f64 >= threshold * total as f64 {
@@ -194,35 +238,41 @@ impl PruneChannels {
             }
             // A group's cut runs from its tail: a unit goes only after every lower-ranked one
             // (its scores descend, so the ascending walk meets them tail first).
-            let floor = self.multiple.min(plans[i].group.width as usize);
+            let g = plans[i].group;
+            let floor = if g.units < g.width { 1 } else { self.multiple.min(g.width as usize) };
             if rank + 1 != kept[i] || kept[i] <= floor {
                 continue;
             }
             kept[i] -= 1;
-            for &(v, axis) in &plans[i].group.params {
-                if let Some(d) = dims.get_mut(&v) {
-                    cut += d.iter().enumerate().filter(|&(a, _)| a != axis).map(|(_, &n)| n).product::<usize>();
-                    d[axis] -= 1;
+            for &(v, axis) in &g.params {
+                if let (Some(d), Some(&unit)) = (dims.get_mut(&v), unit_of.get(&(i, v))) {
+                    cut += unit * d.iter().enumerate().filter(|&(a, _)| a != axis).map(|(_, &n)| n).product::<usize>();
+                    d[axis] -= unit;
                 }
             }
         }
-        plans.iter().zip(kept).map(|(p, k)| (k.div_ceil(self.multiple) * self.multiple).min(p.group.width as usize)).collect()
+        plans.iter().zip(kept).map(|(p, k)| if p.group.units < p.group.width { k } else { (k.div_ceil(self.multiple) * self.multiple).min(p.group.width as usize) }).collect()
     }
 }
 
-/// Cuts every plan to its `kept` units (all of them: a permutation into saliency order),
-/// compensating the consumers when `stats` hold the means of their inputs.
+/// Cuts every plan to its `kept` units (channels, or heads; all of them: a permutation into
+/// saliency order), compensating the consumers when `stats` hold the means of their inputs.
 pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept: &[usize], stats: Option<&BTreeMap<ValueId, Stats>>) -> Result<Vec<GroupReport>, PassError> {
     let mut cuts: Cuts = BTreeMap::new();
     let mut patch = Patch::new();
     let mut reports = Vec::new();
+    // Narrowed reshape targets, one per original and shape (layers share their targets), and
+    // how many readers of each original moved to one.
+    let mut narrowed_targets: BTreeMap<(ValueId, Vec<i64>, compactor_ir::RegionId), PValue> = BTreeMap::new();
+    let mut moved_readers: BTreeMap<ValueId, usize> = BTreeMap::new();
     for (p, &kept) in plans.iter().zip(kept) {
-        let width = p.group.width as usize;
+        let (width, units) = (p.group.width as usize, p.group.units as usize);
+        let kept_channels = kept * (width / units);
         let keep_order = p.order[..kept].to_vec();
         for &(v, axis) in &p.group.params {
-            cuts.entry(v).or_default().push((axis, keep_order.clone(), width));
+            cuts.entry(v).or_default().push((axis, keep_order.clone(), units));
         }
-        if kept < width {
+        if kept < units {
             // The computed values of the group get narrower: their recorded types go.
             for &(v, _) in &p.group.values {
                 patch.set_type(v, None);
@@ -235,21 +285,29 @@ pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept
                     && width > 1
                     && node.input(0).is_some_and(|x| p.group.values.contains(&(x, 1)))
                 {
-                    patch.set_attr(n, "group", compactor_ir::AttrValue::Int(kept as i64));
+                    patch.set_attr(n, "group", compactor_ir::AttrValue::Int(kept_channels as i64));
                 }
-                // A Reshape that spells out the group's width (a bias reshaped to [1, C, 1, 1])
-                // gets a target shape of its own with the kept width.
-                if node.op_type == "Reshape"
+                // A Reshape or Expand that spells out the size of one of the group's axes (a
+                // bias reshaped to [1, C, 1, 1], attention's [0, 0, heads, head_dim] or
+                // [0, 0, width]) gets a target shape of its own with the kept size.
+                if matches!(node.op_type.as_str(), "Reshape" | "Expand")
                     && let (Some(out), Some(target)) = (node.output(0), node.input(1))
                     && let Some(shape) = graph.constant(target).and_then(|t| t.to_i64().ok())
                 {
-                    let axes: Vec<usize> = p.group.values.iter().filter(|&&(v, _)| v == out).map(|&(_, a)| a).filter(|&a| shape.get(a) == Some(&(width as i64))).collect();
+                    let size_of = |a: usize| graph.value(out).shape().and_then(|s| s.dims.get(a).and_then(|d| d.known()));
+                    let axes: Vec<(usize, i64)> = p.group.values.iter().filter(|&&(v, _)| v == out).filter_map(|&(_, a)| size_of(a).filter(|&size| shape.get(a) == Some(&size)).map(|size| (a, size))).collect();
                     if !axes.is_empty() {
                         let mut narrowed = shape.clone();
-                        axes.iter().for_each(|&a| narrowed[a] = kept as i64);
-                        let t = Tensor::from_i64(&[narrowed.len() as u64], &narrowed).map_err(|e| PassError::failed(pass, graph.value(target).name.clone(), e.to_string()))?;
-                        let new = patch.new_initializer(node.region, &format!("{}_pruned", graph.value(target).name), t);
+                        axes.iter().for_each(|&(a, size)| narrowed[a] = size / units as i64 * kept as i64);
+                        let new = match narrowed_targets.entry((target, narrowed.clone(), node.region)) {
+                            std::collections::btree_map::Entry::Occupied(e) => *e.get(),
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                let t = Tensor::from_i64(&[narrowed.len() as u64], &narrowed).map_err(|e| PassError::failed(pass, graph.value(target).name.clone(), e.to_string()))?;
+                                *e.insert(patch.new_initializer(node.region, &format!("{}_pruned", graph.value(target).name), t))
+                            }
+                        };
                         patch.set_input(n, 1, Some(new));
+                        *moved_readers.entry(target).or_default() += 1;
                     }
                 }
             }
@@ -257,28 +315,37 @@ pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept
         let score_mean = p.scores.iter().sum::<f64>() / p.scores.len().max(1) as f64;
         reports.push(GroupReport {
             width_before: p.group.width,
-            width_after: kept,
+            width_after: kept_channels,
+            kept_heads: (units < width).then(|| keep_order.clone()),
             params: p.names.clone(),
             score_mean,
             score_kept_max: p.scores[0],
             score_kept_min: p.scores[kept - 1],
             score_cut_max: p.scores.get(kept).copied(),
-            notes: if kept < width { p.notes.clone() } else { Vec::new() },
+            notes: if kept < units { p.notes.clone() } else { Vec::new() },
             compensation: Vec::new(),
         });
+    }
+    // An original target none of whose readers is left goes.
+    let uses = graph.uses();
+    for (&target, &moved) in &moved_readers {
+        if moved == uses.of(target).len() && matches!(graph.value(target).def, ValueDef::Initializer) {
+            patch.remove_value(target);
+        }
     }
     // Bias shifts of existing constants, at full width (the cuts below then apply to them).
     let mut shifts: BTreeMap<ValueId, Vec<f64>> = BTreeMap::new();
     if let Some(stats) = stats {
-        let uses = graph.uses();
         for (index, (p, &kept)) in plans.iter().zip(kept).enumerate() {
-            let cut_channels = &p.order[kept..];
+            // The cut units' channels (a head's channels are consecutive).
+            let unit = (p.group.width / p.group.units) as usize;
+            let cut_channels: Vec<usize> = p.order[kept..].iter().flat_map(|&u| u * unit..(u + 1) * unit).collect();
             if cut_channels.is_empty() {
                 continue;
             }
             for c in p.consumers {
                 let Some(mean) = stats.get(&c.input).and_then(|s| s.mean.as_ref()) else { continue };
-                let Some(shift) = consumer_shift(graph, c, cut_channels, mean) else { continue };
+                let Some(shift) = consumer_shift(graph, c, &cut_channels, mean) else { continue };
                 let consumer = graph.node(c.node).label(c.node);
                 let max_abs_shift = shift.iter().fold(0.0f64, |m, x| m.max(x.abs()));
                 let entry = |bias: String, created| Compensation { consumer: consumer.clone(), bias, created, max_abs_shift };
@@ -406,8 +473,8 @@ impl Pass for PruneChannels {
         for (i, g) in groups.groups.iter().enumerate().filter(|(_, g)| g.is_movable()) {
             let names: Vec<String> = g.params.iter().map(|&(v, a)| format!("{}[{a}]", graph.value(v).name)).collect();
             let reducers: Vec<String> = g.reducers.iter().map(|&n| graph.node(n).label(n)).collect();
-            let reason = if g.units != g.width {
-                Some(format!("moves in {} units of {} channels (heads): head pruning is not built yet", g.units, g.width / g.units))
+            let reason = if g.units != g.width && !self.heads {
+                Some(format!("moves in {} units of {} channels (heads): heads=true cuts whole heads", g.units, g.width / g.units))
             } else if !reducers.is_empty() && !self.allow_norms {
                 Some(format!("{} normalises or reduces over it: a cut changes its statistics (allow_norms=true cuts it anyway)", reducers[0]))
             } else if g.params.iter().any(|&(v, _)| !matches!(graph.value(v).def, ValueDef::Initializer)) {
@@ -441,11 +508,11 @@ impl Pass for PruneChannels {
         let kept: Vec<usize> = if self.threshold != 0.0 {
             self.kept_under_threshold(graph, &plans, self.threshold)
         } else {
-            let keep = if self.keep != 0.0 { self.keep } else { DEFAULT_KEEP };
-            plans.iter().map(|p| self.kept_of(keep, p.group.width as usize)).collect()
+            let shares = self.group_shares().map_err(|e| PassError::BadOption { pass: Self::NAME.into(), option: e.option, reason: e.reason })?;
+            plans.iter().map(|p| self.kept_of(self.share_for(&shares, &p.names), p.group)).collect()
         };
-        // Groups that keep every channel are left as they are.
-        let (plans, kept): (Vec<Plan<'_>>, Vec<usize>) = plans.into_iter().zip(kept).filter(|(p, k)| *k < p.group.width as usize).unzip();
+        // Groups that keep every unit are left as they are.
+        let (plans, kept): (Vec<Plan<'_>>, Vec<usize>) = plans.into_iter().zip(kept).filter(|(p, k)| *k < p.group.units as usize).unzip();
         if plans.is_empty() {
             return Ok(PassOutcome::unchanged("no channel group cut").with_details(serde_json::json!({ "groups": Vec::<GroupReport>::new(), "skipped": skipped })));
         }
@@ -479,12 +546,12 @@ impl PruneChannels {
         let mut reports = Vec::new();
         for &w in &widths {
             let mut variant = graph.clone();
-            let kept: Vec<usize> = plans.iter().map(|p| self.kept_of(w, p.group.width as usize)).collect();
+            let kept: Vec<usize> = plans.iter().map(|p| self.kept_of(w, p.group)).collect();
             let groups = cut_groups(Self::NAME, &mut variant, plans, &kept, stats)?;
             reports.push(WidthReport { name: width_name(w), width: w, groups });
             variants.push((width_name(w), variant));
         }
-        let full: Vec<usize> = plans.iter().map(|p| p.group.width as usize).collect();
+        let full: Vec<usize> = plans.iter().map(|p| p.group.units as usize).collect();
         if !plans.is_empty() {
             cut_groups(Self::NAME, graph, plans, &full, None)?;
         }
@@ -516,5 +583,9 @@ mod tests {
         assert_eq!(options(r#"{"threshold": 0.3, "score": "random"}"#).unwrap_err().option, "threshold");
         assert_eq!(options(r#"{"threshold": 1.0}"#).unwrap_err().option, "threshold");
         assert_eq!(width_name(0.75), "w75");
+        assert!(options(r#"{"groups": ["*attn*=0.5", "onnx::MatMul_1=1"]}"#).is_ok());
+        for bad in [r#"{"groups": ["*attn*"]}"#, r#"{"groups": ["*attn*=1.5"]}"#, r#"{"groups": ["*attn*=half"]}"#, r#"{"groups": ["[=0.5"]}"#, r#"{"groups": ["*=0.5"], "threshold": 0.3}"#] {
+            assert_eq!(options(bad).unwrap_err().option, "groups", "{bad}");
+        }
     }
 }

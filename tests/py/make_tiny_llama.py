@@ -3,7 +3,11 @@ from primitives, rotary embedding from position_ids, grouped-query attention by 
 heads, causal plus padding mask), with random weights (seed 0): 4 blocks, hidden 32, 4 query
 and 2 KV heads, FFN 64, vocabulary 96.
 
-    python make_tiny_llama.py OUT.onnx
+    python make_tiny_llama.py OUT.onnx [--fused]
+
+With --fused, the same network with onnxruntime's fused LLM ops (SimplifiedLayerNormalization,
+SkipSimplifiedLayerNormalization, RotaryEmbedding, GroupQueryAttention), as make_smollm2.py
+writes SmolLM2's fused form.
 
 Inputs: input_ids, attention_mask, position_ids [batch, sequence_length]. Output: logits.
 """
@@ -37,8 +41,10 @@ def main():
             f"{b}.attn_output.weight": w(H, nh * hd), f"{b}.ffn_gate.weight": w(F, H), f"{b}.ffn_up.weight": w(F, H),
             f"{b}.ffn_down.weight": w(H, F),
         })
-    model = build_graph(CFG, weights, with_past=False)
-    onnx.checker.check_model(model)
+    fused = "--fused" in sys.argv[2:]
+    model = build_graph(CFG, weights, with_past=False, fused=fused)
+    if not fused:  # the checker knows no onnxruntime contrib ops
+        onnx.checker.check_model(model)
     onnx.save(model, sys.argv[1])
 
 

@@ -46,6 +46,19 @@ fn smollm2_moves_kv_head_groups_and_its_residual_stream() {
     assert!(residual["reducers"].as_array().unwrap().len() >= 61, "two RMSNorms per block and the final one");
 }
 
+/// The same network in onnxruntime's fused form: GroupQueryAttention ties each KV head to its
+/// query heads (3 units), RotaryEmbedding keeps heads whole, the fused norms carry the residual
+/// stream (their skip sums included) and reduce over it.
+#[test]
+fn fused_smollm2_has_the_same_groups() {
+    let g = groups(&cache_dir().join("smollm2").join("prefill_fused.onnx"));
+    assert_eq!(movable_with(&g, 576, 3, 4), 30, "{:#?}", &g[..4]);
+    assert_eq!(movable_with(&g, 1536, 1536, 3), 30);
+    let residual = g.iter().find(|g| g["params"].as_array().unwrap().len() > 200).unwrap();
+    assert_eq!((residual["movable"].clone(), residual["width"].clone()), (serde_json::json!(true), serde_json::json!(576)));
+    assert!(residual["reducers"].as_array().unwrap().len() >= 61);
+}
+
 #[test]
 fn tiny_bert_groups_are_snapshotted() {
     let g = groups(&repo_root().join("fixtures").join("tiny_bert.onnx"));
@@ -58,16 +71,17 @@ fn tiny_bert_groups_are_snapshotted() {
 #[test]
 fn permutation_is_exact_in_both_runtimes() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(std::path::PathBuf, Vec<(String, i64)>); 3] = [
+    let cases: [(std::path::PathBuf, Vec<(String, i64)>); 4] = [
         (repo_root().join("fixtures").join("tiny_bert.onnx"), vec![("batch".into(), 2), ("seq".into(), 16)]),
         (minilm(), vec![("batch".into(), 2), ("seq".into(), 24)]),
         (cache_dir().join("smollm2").join("prefill.onnx"), vec![("batch_size".into(), 1), ("sequence_length".into(), 24)]),
+        (cache_dir().join("smollm2").join("prefill_fused.onnx"), vec![("batch_size".into(), 1), ("sequence_length".into(), 24)]),
     ];
     for (i, (src, dims)) in cases.iter().enumerate() {
         let feeds = random_npy_inputs(src, dir.path(), dims, 3);
         let (reference, _) = both_runtimes(src, &feeds);
-        // Every score on the encoders; SmolLM2 (the slow one) by magnitude.
-        let scores: &[&str] = if i == 2 { &["magnitude"] } else { &["magnitude", "l1", "iscs", "random"] };
+        // Every score on the encoders; SmolLM2 (the slow one, plain and fused) by magnitude.
+        let scores: &[&str] = if i >= 2 { &["magnitude"] } else { &["magnitude", "l1", "iscs", "random"] };
         for score in scores {
             let out = dir.path().join(format!("{i}_{score}.onnx"));
             let mut model = Model::load(src).unwrap();

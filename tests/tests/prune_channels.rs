@@ -255,7 +255,14 @@ fn zero_cut_heads(original: &Model, groups: &[serde_json::Value]) -> Model {
         let units = kept.len() * before / after;
         let unit = before / units;
         // The output projection: the group's matrix whose rows (axis 0) are the heads' channels.
-        let consumer = group["params"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).filter_map(|p| p.strip_suffix("[0]")).find(|name| weights(original, name).0.len() == 2).expect("an output projection");
+        let consumer = group["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .filter_map(|p| p.strip_suffix("[0]"))
+            .find(|name| weights(original, name).0.len() == 2)
+            .expect("an output projection");
         let v = g.main().initializers.iter().copied().find(|&v| g.value(v).name == consumer).unwrap();
         let (dims, mut w) = weights(original, consumer);
         let row = dims[1] as usize;
@@ -271,16 +278,20 @@ fn zero_cut_heads(original: &Model, groups: &[serde_json::Value]) -> Model {
 /// Cutting whole heads computes what the original computes with those heads' rows of the output
 /// projection zeroed: MiniLM's 12 heads of 32 (reshape targets [B, S, -1, 32]) and a tiny Llama's
 /// 2 KV heads, each with its 2 query heads (reshape targets spelling out the head counts and the
-/// width, narrowed with the cut). Only the groups `groups` names are cut (keep=1 for the rest);
-/// both runtimes agree on the pruned models.
+/// width, narrowed with the cut), also in onnxruntime's fused form. Only the groups `groups`
+/// names are cut (keep=1 for the rest); both runtimes agree on the pruned models.
 #[test]
 fn cut_heads_equal_the_original_with_their_output_rows_zeroed() {
     let dir = tempfile::tempdir().unwrap();
-    let llama = dir.path().join("tiny_llama.onnx");
+    let (llama, fused) = (dir.path().join("tiny_llama.onnx"), dir.path().join("tiny_llama_fused.onnx"));
     compactor_tests::run_python("make_tiny_llama.py", &[llama.as_os_str()]);
+    compactor_tests::run_python("make_tiny_llama.py", &[fused.as_os_str(), "--fused".as_ref()]);
+    let llama_dims = vec![("batch_size".to_string(), 2), ("sequence_length".to_string(), 9)];
     let cases = [
         (compactor_tests::minilm(), "*attention.self.query.bias=0.75", 6, 288, vec![("batch".to_string(), 2), ("seq".to_string(), 16)]),
-        (llama, "*q_proj*=0.5", 4, 16, vec![("batch_size".to_string(), 2), ("sequence_length".to_string(), 9)]),
+        (llama, "*q_proj*=0.5", 4, 16, llama_dims.clone()),
+        // GroupQueryAttention and RotaryEmbedding: their head-count attributes follow the cut.
+        (fused, "*q_proj*=0.5", 4, 16, llama_dims),
     ];
     for (src, share, groups_cut, width_after, dims) in cases {
         let original = Model::load(&src).unwrap();

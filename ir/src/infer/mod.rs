@@ -26,6 +26,7 @@
 //! broadcasting `[batch, seq]` with `[1, ?]` give `[batch, seq]`, and `Squeeze` without axes
 //! keep a symbolic dimension. No fresh symbols are invented: what is not known stays unknown.
 
+mod contrib;
 mod control;
 mod elementwise;
 mod ml;
@@ -202,10 +203,12 @@ fn rule_for(domain: &str, op: &str) -> Option<Rule> {
             .or_else(|| control::rule(op))
             .or_else(|| sequence::rule(op))
             .or_else(|| signal::rule(op))
-            .or_else(|| text::rule(op)),
+            .or_else(|| text::rule(op))
+            .or_else(|| contrib::default_domain_rule(op)),
         "ai.onnx.ml" => ml::ml_rule(op),
         "ai.onnx.preview.training" => ml::training_rule(op),
         "ai.onnx.preview" => nn::preview_rule(op),
+        "com.microsoft" => contrib::rule(op),
         _ => None,
     }
 }

@@ -129,6 +129,9 @@ struct Axes {
     parent: Vec<usize>,
     reducers: Vec<Vec<NodeId>>,
     pins: Vec<Vec<String>>,
+    /// Block counts a set must move in whole blocks of (an op that works inside each of n
+    /// heads): its units divide each.
+    blocks: Vec<Vec<i64>>,
     roles: HashMap<(ValueId, usize), Role>,
 }
 
@@ -143,6 +146,7 @@ impl Axes {
         self.parent.push(i);
         self.reducers.push(Vec::new());
         self.pins.push(Vec::new());
+        self.blocks.push(Vec::new());
         i
     }
 
@@ -165,7 +169,16 @@ impl Axes {
             self.reducers[root].extend(reducers);
             let pins = std::mem::take(&mut self.pins[child]);
             self.pins[root].extend(pins);
+            let blocks = std::mem::take(&mut self.blocks[child]);
+            self.blocks[root].extend(blocks);
         }
+    }
+
+    /// The set of `(v, axis)` moves only in whole blocks of `n` equal blocks (heads).
+    fn whole_blocks(&mut self, v: ValueId, axis: usize, n: i64) {
+        let i = self.id(v, axis);
+        let r = self.find(i);
+        self.blocks[r].push(n);
     }
 
     fn pin(&mut self, v: ValueId, axis: usize, reason: String) {
@@ -261,6 +274,7 @@ fn find_groups(graph: &Graph) -> Vec<ChannelGroup> {
         .map(|(root, mut g)| {
             g.reducers = axes.reducers[root].clone();
             g.pinned = axes.pins[root].clone();
+            g.units = axes.blocks[root].iter().fold(g.units, |u, &n| gcd(u, n));
             g
         })
         .collect()

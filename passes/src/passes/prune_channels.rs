@@ -230,7 +230,12 @@ impl PruneChannels {
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
         let mut kept: Vec<usize> = plans.iter().map(|p| p.group.units as usize).collect();
         // What one unit is along each constant's axis (a head spans several channels).
-        let unit_of: BTreeMap<(usize, ValueId), usize> = plans.iter().enumerate().flat_map(|(i, p)| p.group.params.iter().map(move |&(v, axis)| ((i, v), axis, p.group.units as usize))).filter_map(|(key, axis, units)| dims.get(&key.1).map(|d| (key, d[axis] / units.max(1)))).collect();
+        let unit_of: BTreeMap<(usize, ValueId), usize> = plans
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.group.params.iter().map(move |&(v, axis)| ((i, v), axis, p.group.units as usize)))
+            .filter_map(|(key, axis, units)| dims.get(&key.1).map(|d| (key, d[axis] / units.max(1))))
+            .collect();
         let mut cut = 0usize;
         for (_, i, rank) in candidates {
             if cut as f64 >= threshold * total as f64 {
@@ -287,6 +292,17 @@ pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept
                 {
                     patch.set_attr(n, "group", compactor_ir::AttrValue::Int(kept_channels as i64));
                 }
+                // onnxruntime's attention and rotary ops name their head counts.
+                if matches!(node.op_type.as_str(), "GroupQueryAttention" | "RotaryEmbedding")
+                    && let Some(out) = node.output(0)
+                    && p.group.values.iter().any(|&(v, _)| v == out)
+                {
+                    for attr in ["num_heads", "kv_num_heads"] {
+                        if let Some(count) = node.attr_int(attr).filter(|&c| c > 0) {
+                            patch.set_attr(n, attr, compactor_ir::AttrValue::Int(count / units as i64 * kept as i64));
+                        }
+                    }
+                }
                 // A Reshape or Expand that spells out the size of one of the group's axes (a
                 // bias reshaped to [1, C, 1, 1], attention's [0, 0, heads, head_dim] or
                 // [0, 0, width]) gets a target shape of its own with the kept size.
@@ -295,7 +311,8 @@ pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept
                     && let Some(shape) = graph.constant(target).and_then(|t| t.to_i64().ok())
                 {
                     let size_of = |a: usize| graph.value(out).shape().and_then(|s| s.dims.get(a).and_then(|d| d.known()));
-                    let axes: Vec<(usize, i64)> = p.group.values.iter().filter(|&&(v, _)| v == out).filter_map(|&(_, a)| size_of(a).filter(|&size| shape.get(a) == Some(&size)).map(|size| (a, size))).collect();
+                    let axes: Vec<(usize, i64)> =
+                        p.group.values.iter().filter(|&&(v, _)| v == out).filter_map(|&(_, a)| size_of(a).filter(|&size| shape.get(a) == Some(&size)).map(|size| (a, size))).collect();
                     if !axes.is_empty() {
                         let mut narrowed = shape.clone();
                         axes.iter().for_each(|&(a, size)| narrowed[a] = size / units as i64 * kept as i64);

@@ -208,7 +208,60 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
                     unite_broadcast(graph, axes, p, out);
                 }
             }
+            // The skip variants' sum of input and skip (output 3) is the residual stream too.
+            if op.starts_with("Skip")
+                && let Some(sum) = node.output(3)
+            {
+                for a in 0..r {
+                    axes.union((x, a), (sum, a));
+                }
+            }
             axes.reducer(out, r - 1, id);
+        }
+        ("RotaryEmbedding", Some(out)) => {
+            let Some(&x) = inputs.first() else { return unknown(axes) };
+            let Some(r) = rank(x) else { return unknown(axes) };
+            for a in 0..r {
+                axes.union((x, a), (out, a));
+            }
+            // It pairs channels inside each head: heads move whole. [batch, length, hidden]
+            // with the head count an attribute (or from the cache's width), or [batch, heads,
+            // length, head_size].
+            if r == 4 {
+                axes.pin(out, 3, format!("{}: inside a head", label()));
+            } else {
+                let hidden = dims(graph, x).and_then(|d| d.last().and_then(known));
+                let from_cache = node.input(2).and_then(|c| dims(graph, c)).and_then(|d| d.get(1).and_then(known)).zip(hidden).map(|(half, h)| h / (2 * half).max(1));
+                match node.attr_int("num_heads").filter(|&n| n > 0).or(from_cache) {
+                    Some(heads) => axes.whole_blocks(out, r - 1, heads),
+                    None => axes.pin(out, r - 1, format!("{}: head count unknown", label())),
+                }
+            }
+        }
+        ("GroupQueryAttention", Some(out)) => {
+            // Query [batch, length, heads · d], key and value [batch, length, kv_heads · d]:
+            // KV head j serves query heads j·rep .. (j+1)·rep, so a KV head moves with its query
+            // heads (units divide kv_num_heads); the caches [batch, kv_heads, total, d] follow.
+            let (Some(q), Some(k), Some(v)) = (node.input(0), node.input(1), node.input(2)) else { return unknown(axes) };
+            let (Some(3), Some(3), Some(3), Some(kv_heads)) = (rank(q), rank(k), rank(v), node.attr_int("kv_num_heads")) else { return unknown(axes) };
+            for a in 0..3 {
+                axes.union((q, a), (out, a));
+            }
+            for a in 0..2 {
+                axes.union((k, a), (q, a));
+                axes.union((v, a), (q, a));
+            }
+            axes.union((q, 2), (k, 2));
+            axes.union((q, 2), (v, 2));
+            axes.whole_blocks(out, 2, kv_heads);
+            for (present, past) in [(node.output(1), node.input(3)), (node.output(2), node.input(4))] {
+                for cache in [present, past].into_iter().flatten() {
+                    if rank(cache) == Some(4) {
+                        axes.union((cache, 1), (q, 2));
+                        axes.pin(cache, 3, format!("{}: inside a head", label()));
+                    }
+                }
+            }
         }
         (op, Some(out)) if REDUCE.contains(&op) || op == "Softmax" || op == "LogSoftmax" => {
             let Some(&x) = inputs.first() else { return unknown(axes) };

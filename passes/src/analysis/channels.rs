@@ -13,7 +13,10 @@
 //! and nothing pins it; a graph input or output, an op the rules do not know, a grouped
 //! convolution or a reshape across channel boundaries pins it, with the reason. Reductions and
 //! normalisations over a group (LayerNorm, RMSNorm's ReduceMean, Softmax) commute with a
-//! permutation but change under a cut; they are listed so a pruning pass can decide.
+//! permutation but change under a cut; they are listed so a pruning pass can decide. The
+//! nodes of If branches take part (a branch's outputs are the If's outputs); a loop body's
+//! interface, and every node touching a value of unknown shape, pin what they touch (no axis is
+//! followed through them).
 
 use super::{Analyses, Analysis};
 use crate::calib::RowLayout;
@@ -247,7 +250,9 @@ fn find_groups(graph: &Graph) -> Vec<ChannelGroup> {
             }
         }
     }
-    for &id in &main.nodes {
+    // Every node, those of If branches and loop bodies too (a branch reads the weights of the
+    // graph around it by the same values).
+    for id in graph.all_nodes() {
         let node = graph.node(id);
         apply_rule(graph, id, node, &mut axes);
     }

@@ -283,7 +283,7 @@ pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept
                 patch.set_type(v, None);
             }
             // A depthwise convolution over the group has one group per channel: as many as are kept.
-            for &n in &graph.main().nodes {
+            for n in graph.all_nodes() {
                 let node = graph.node(n);
                 if matches!(node.op_type.as_str(), "Conv" | "ConvTranspose")
                     && node.attr_int("group") == Some(width as i64)

@@ -101,6 +101,18 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
             pin_all(graph, axes, v, &reason);
         }
     };
+    // A value of unknown rank breaks the chain of axes through this node: nothing is tied
+    // across it, so everything it touches stays where it is (a branch's outputs too).
+    if inputs.iter().chain(node.outputs.iter().flatten()).any(|&v| rank(v).is_none()) {
+        unknown(axes);
+        let reason = format!("{}: a value of unknown shape", label());
+        for sub in node.subgraphs() {
+            for &v in &graph.region(sub).outputs {
+                pin_all(graph, axes, v, &reason);
+            }
+        }
+        return;
+    }
     match (op, output) {
         (op, Some(out)) if ELEMENTWISE.contains(&op) => {
             for &v in &inputs {
@@ -421,6 +433,33 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         // A Constant node's output is a constant like an initializer (`lift-constants` makes it
         // one, which the transforms need to rewrite it).
         ("Shape" | "Size" | "Constant", _) => {}
+        ("If", _) => {
+            // Each branch's outputs are the node's outputs: their axes are the same axes.
+            for branch in node.subgraphs() {
+                for (i, &o) in graph.region(branch).outputs.iter().enumerate() {
+                    let Some(out) = node.output(i) else { continue };
+                    match (rank(o), rank(out)) {
+                        (Some(a), Some(b)) if a == b => (0..a).for_each(|k| axes.union((o, k), (out, k))),
+                        _ => {
+                            let reason = format!("{}: branch output {i} of another or unknown rank", label());
+                            pin_all(graph, axes, o, &reason);
+                            pin_all(graph, axes, out, &reason);
+                        }
+                    }
+                }
+            }
+        }
+        ("Loop" | "Scan", _) => {
+            // What a body carries from one iteration to the next is not followed.
+            unknown(axes);
+            let reason = format!("{}: loop body interface", label());
+            for body in node.subgraphs() {
+                let region = graph.region(body);
+                for &v in region.inputs.iter().chain(&region.outputs) {
+                    pin_all(graph, axes, v, &reason);
+                }
+            }
+        }
         _ => unknown(axes),
     }
 }

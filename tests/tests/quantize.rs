@@ -23,10 +23,12 @@ fn ort_check(path: &Path) -> serde_json::Value {
 }
 
 /// Every form the tests emit: bits, blocks, symmetry, scale types, methods, outliers, formats.
-const EMITTED_FORMS: [&str; 9] = [
+const EMITTED_FORMS: [&str; 11] = [
     "quantize",
     "quantize(format=matmulnbits)",
     "quantize(bits=8,symmetric=false,ops=[MatMul,Gemm,Gather])",
+    "quantize(bits=3,block=16)",
+    "quantize(bits=3,format=matmulnbits,symmetric=false)",
     "quantize(bits=2,block=16)",
     "quantize(bits=2,format=matmulnbits,symmetric=false)",
     "quantize(block=0,method=mse)",
@@ -34,6 +36,11 @@ const EMITTED_FORMS: [&str; 9] = [
     "quantize(outliers=0.01)",
     "quantize(outliers=0.01,format=matmulnbits)",
 ];
+
+/// 3-bit bounds from what was measured (2026-12-07, same fixtures): max abs error 0.46-0.61,
+/// cosine 0.966-0.986, between 4 bits' and 2 bits' (2 bits on the same run: 0.86-0.97, 0.912).
+const BITS3_ATOL: f64 = 1.0;
+const BITS3_COSINE: f64 = 0.95;
 
 #[test]
 fn every_form_is_valid_onnx_and_runs_in_onnxruntime() {
@@ -54,6 +61,8 @@ fn every_form_is_valid_onnx_and_runs_in_onnxruntime() {
             // unrelated output fails the cosine floor whatever its magnitude.
             let (atol, min_cosine) = if spec.contains("bits=2") {
                 (2.0, 0.85)
+            } else if spec.contains("bits=3") {
+                (BITS3_ATOL, BITS3_COSINE)
             } else if spec.contains("bits=8") {
                 (0.1, 0.9995)
             } else {
@@ -106,7 +115,7 @@ fn selection_options_pick_the_layers() {
 #[test]
 fn bad_options_are_refused_by_name() {
     for (spec, needle) in [
-        ("quantize(bits=3)", "option 'bits': 3 is not one of 2, 4, 8"),
+        ("quantize(bits=5)", "option 'bits': 5 is not one of 2, 3, 4, 8"),
         ("quantize(block=48)", "option 'block': 48 is not a power of two"),
         ("quantize(method=awq)", "option 'method'"),
         ("quantize(ops=[Softmax])", "option 'ops': 'Softmax' is not one of"),

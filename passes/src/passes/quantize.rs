@@ -66,7 +66,7 @@ pub enum Format {
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quantize {
-    /// Bits per weight: 2, 4 or 8.
+    /// Bits per weight: 2, 3, 4 or 8 (a 3-bit grid is stored in 4-bit containers: int4's file size, 3 bits' accuracy).
     pub bits: u8,
     /// Weights per scale along the reduction axis: a power of two from 16 to 256, or 0 for one scale per output channel.
     /// Conv weights are blocked along their input channels; with far fewer input channels than a block (depthwise) they get one scale per output channel.
@@ -134,12 +134,12 @@ const OPS: [&str; 4] = ["MatMul", "Gemm", "Conv", "Gather"];
 
 impl PassDef for Quantize {
     const NAME: &'static str = "quantize";
-    const SUMMARY: &'static str = "Blockwise weight quantization (8/4/2 bits; RTN, MSE/HQQ or GPTQ; optional AWQ scaling) to DequantizeLinear or MatMulNBits";
+    const SUMMARY: &'static str = "Blockwise weight quantization (8/4/3/2 bits; RTN, MSE/HQQ or GPTQ; optional AWQ scaling) to DequantizeLinear or MatMulNBits";
     const KIND: PassKind = PassKind::Transform;
 
     fn validate(&self) -> Result<(), OptionError> {
-        if !matches!(self.bits, 2 | 4 | 8) {
-            return Err(OptionError::new("bits", format!("{} is not one of 2, 4, 8", self.bits)));
+        if !matches!(self.bits, 2 | 3 | 4 | 8) {
+            return Err(OptionError::new("bits", format!("{} is not one of 2, 3, 4, 8", self.bits)));
         }
         if self.block != 0 && (!self.block.is_power_of_two() || !(quant::MIN_BLOCK_SIZE..=quant::MAX_BLOCK_SIZE).contains(&self.block)) {
             return Err(OptionError::new("block", format!("{} is not a power of two from 16 to 256 (or 0 for per-channel)", self.block)));

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuantizeMicroExperts {
-    /// Bits of each tier, most useful neurons first: 2, 4 or 8 each.
+    /// Bits of each tier, most useful neurons first: 2, 3, 4 or 8 each (3 is stored in 4-bit containers, as in quantize).
     pub bits: Vec<u8>,
     /// The share of each layer's neurons in each tier (summing to 1).
     pub shares: Vec<f64>,
@@ -55,8 +55,8 @@ impl PassDef for QuantizeMicroExperts {
         if self.bits.is_empty() || self.bits.len() != self.shares.len() {
             return Err(OptionError::new("shares", format!("{} shares for {} bit widths: give one share per tier", self.shares.len(), self.bits.len())));
         }
-        if let Some(b) = self.bits.iter().find(|b| !matches!(b, 2 | 4 | 8)) {
-            return Err(OptionError::new("bits", format!("{b} is not one of 2, 4, 8")));
+        if let Some(b) = self.bits.iter().find(|b| !matches!(b, 2 | 3 | 4 | 8)) {
+            return Err(OptionError::new("bits", format!("{b} is not one of 2, 3, 4, 8")));
         }
         if self.shares.iter().any(|s| s.is_nan() || *s < 0.0) || (self.shares.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
             return Err(OptionError::new("shares", "must be non-negative and sum to 1"));
@@ -333,7 +333,8 @@ mod tests {
         };
         assert!(parse("{}").is_ok());
         assert_eq!(parse(r#"{"bits": [8, 4]}"#).unwrap_err().option, "shares");
-        assert_eq!(parse(r#"{"bits": [8, 3, 2]}"#).unwrap_err().option, "bits");
+        assert_eq!(parse(r#"{"bits": [8, 5, 2]}"#).unwrap_err().option, "bits");
+        assert!(parse(r#"{"bits": [4, 3], "shares": [0.5, 0.5]}"#).is_ok());
         assert_eq!(parse(r#"{"shares": [0.5, 0.3, 0.3]}"#).unwrap_err().option, "shares");
         assert_eq!(parse(r#"{"block": 24}"#).unwrap_err().option, "block");
     }

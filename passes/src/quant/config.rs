@@ -87,6 +87,12 @@ impl QuantConfig {
         1u8 << (self.bits - 1)
     }
 
+    /// Bits each code is stored in: a 3-bit grid sits in 4-bit containers (ONNX and
+    /// onnxruntime have no 3-bit type), so its file is int4's size and its accuracy 3 bits'.
+    pub fn container_bits(&self) -> u8 {
+        if self.bits == 3 { 4 } else { self.bits }
+    }
+
     /// Rows of W per block for a weight with `k` rows.
     pub fn effective_block_size(&self, k: usize) -> usize {
         match self.block_size {

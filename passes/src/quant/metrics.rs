@@ -101,9 +101,9 @@ impl QuantMetrics {
     pub fn storage(quantized: &QuantizedWeight) -> (f64, u64) {
         let c = &quantized.config;
         let groups = (quantized.n * quantized.k_blocks()) as u64;
-        let code_bits = (quantized.k * quantized.n) as u64 * c.bits as u64;
+        let code_bits = (quantized.k * quantized.n) as u64 * c.container_bits() as u64;
         let scale_bits = groups * c.scale_dtype.bits() as u64;
-        let zero_point_bits = if quantized.zero_points.is_some() { groups * c.bits as u64 } else { 0 };
+        let zero_point_bits = if quantized.zero_points.is_some() { groups * c.container_bits() as u64 } else { 0 };
         let outlier_bits = quantized.outliers.len() as u64 * (16 + 32 + 32);
         let total_bits = code_bits + scale_bits + zero_point_bits + outlier_bits;
         (total_bits as f64 / (quantized.k * quantized.n) as f64, code_bits.div_ceil(8) + scale_bits / 8 + zero_point_bits.div_ceil(8) + outlier_bits / 8)

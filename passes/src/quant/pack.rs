@@ -8,9 +8,13 @@
 //!    weights become signed INT{bits} with no zero point (`code - 2^(bits-1)`), asymmetric ones
 //!    UINT{bits} with a UINT{bits} zero point. Per-channel uses `block_size = K`.
 //!    4- and 8-bit need opset 21, 2-bit opset 25. With f16 scales the operator outputs f16.
+//!    A 3-bit grid is stored in 4-bit containers: INT4 codes from -4 to 3, or UINT4 codes and
+//!    zero points from 0 to 7.
 //! b. `com.microsoft.MatMulNBits`: B uint8 `[N, k_blocks, B*bits/8]`, scales `[N*k_blocks]`,
 //!    zero points uint8 `[N * ceil(k_blocks*bits/8)]` (each column's zero points packed on their
 //!    own, low bits first), absent for symmetric weights (onnxruntime then uses `2^(bits-1)`).
+//!    A 3-bit grid is stored as `bits = 4`; its symmetric codes are moved up by 4 so that
+//!    onnxruntime's implied zero point 8 leaves them at -4 to 3.
 //!    K is padded up to a whole number of blocks; padded rows hold the block's zero-point code
 //!    so they dequantize to 0. Per-channel uses one block of `max(16, K.next_power_of_two())`.
 //!    Scales must have the activation's element type (f32 → float input, f16 → float16 input).
@@ -78,8 +82,8 @@ fn pack_bits(bits: u8, values: Vec<u8>) -> Vec<u8> {
 }
 
 fn check_packable(q: &QuantizedWeight, format: &'static str) -> Result<(), QuantError> {
-    if !matches!(q.config.bits, 2 | 4 | 8) {
-        return Err(QuantError::UnsupportedFormat { format, reason: format!("bits = {} (only 2, 4 and 8 have a container type)", q.config.bits) });
+    if !matches!(q.config.bits, 2 | 3 | 4 | 8) {
+        return Err(QuantError::UnsupportedFormat { format, reason: format!("bits = {} (only 2, 3, 4 and 8 have a container type)", q.config.bits) });
     }
     Ok(())
 }
@@ -159,7 +163,7 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
             reason: format!("a per-output-channel Conv layout of {dims:?} needs {} columns of one block each, not {} x {} in {} blocks", dims.first().unwrap_or(&0), q.k, q.n, q.k_blocks()),
         });
     }
-    let bits = q.config.bits;
+    let bits = q.config.container_bits();
     let k_blocks = q.k_blocks();
     let (dtype, offset) = match (bits, q.config.symmetric) {
         (2, true) => (DataType::Int2, q.config.mid_code()),
@@ -205,7 +209,7 @@ pub fn pack_qdq_as(q: &QuantizedWeight, layout: &QdqLayout) -> Result<QdqTensors
 /// The `com.microsoft.MatMulNBits` form (see the module docs).
 pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, QuantError> {
     check_packable(q, "MatMulNBits")?;
-    let bits = q.config.bits;
+    let bits = q.config.container_bits();
     let block_size = match q.config.block_size {
         BlockSize::Blocked(b) => b,
         BlockSize::PerChannel => q.k.next_power_of_two().max(16),
@@ -227,6 +231,9 @@ pub fn pack_matmul_nbits(q: &QuantizedWeight) -> Result<MatMulNBitsTensors, Quan
         }
         padded
     };
+    // A narrower grid's symmetric codes, around its own mid code, moved to the container's.
+    let shift = if q.zero_points.is_none() { (1u8 << (bits - 1)) - q.config.mid_code() } else { 0 };
+    let padded: Vec<u8> = if shift == 0 { padded } else { padded.into_iter().map(|c| c + shift).collect() };
     // Blocks hold whole bytes (block_size >= 16) and so do padded columns, so packing the
     // whole matrix packs each blob.
     let b = pack_bits(bits, padded);
@@ -289,13 +296,26 @@ mod tests {
 
     #[test]
     fn qdq_unpacks_to_the_reconstruction() {
-        for bits in [2u8, 4, 8] {
+        for grid in [2u8, 3, 4, 8] {
+            // A 3-bit grid sits in 4-bit containers.
+            let bits = if grid == 3 { 4 } else { grid };
             for symmetric in [false, true] {
                 for block_size in [BlockSize::Blocked(16), BlockSize::PerChannel] {
                     let (k, n) = (37, 5);
-                    let cfg = QuantConfig { bits, block_size, symmetric, scale_dtype: ScaleDtype::F32 };
+                    let cfg = QuantConfig { bits: grid, block_size, symmetric, scale_dtype: ScaleDtype::F32 };
                     let q = quantize_rtn(&weight(k, n), k, n, &cfg).unwrap();
                     let t = pack_qdq(&q).unwrap();
+                    assert_eq!(
+                        t.dtype,
+                        match (bits, symmetric) {
+                            (2, true) => DataType::Int2,
+                            (2, false) => DataType::Uint2,
+                            (4, true) => DataType::Int4,
+                            (4, false) => DataType::Uint4,
+                            (_, true) => DataType::Int8,
+                            (_, false) => DataType::Uint8,
+                        }
+                    );
                     assert_eq!(t.quantized.len(), (k * n * bits as usize).div_ceil(8));
                     assert_eq!(t.scales.len(), t.scale_shape[0] * t.scale_shape[1]);
                     let codes = unpack(bits, &t.quantized, k * n);
@@ -305,11 +325,17 @@ mod tests {
                         for col in 0..n {
                             let i = row * n + col;
                             let s = (row / t.block_size) * n + col;
-                            let value = match &zps {
-                                Some(zp) => (codes[i] as i32 - zp[s] as i32) as f32 * t.scales[s],
-                                None => signed(bits, codes[i]) as f32 * t.scales[s],
+                            let level = match &zps {
+                                Some(zp) => codes[i] as i32 - zp[s] as i32,
+                                None => signed(bits, codes[i]),
                             };
-                            assert_eq!(value, expected[i], "bits {bits} sym {symmetric} [{row},{col}]");
+                            if let (3, None) = (grid, &zps) {
+                                assert!((-4..=3).contains(&level), "a 3-bit level: {level}");
+                            }
+                            if let (3, Some(zp)) = (grid, &zps) {
+                                assert!(codes[i] < 8 && zp[s] < 8, "3-bit codes and zero points");
+                            }
+                            assert_eq!(level as f32 * t.scales[s], expected[i], "bits {grid} sym {symmetric} [{row},{col}]");
                         }
                     }
                 }
@@ -319,13 +345,15 @@ mod tests {
 
     #[test]
     fn matmul_nbits_unpacks_to_the_reconstruction() {
-        for bits in [2u8, 4, 8] {
+        for grid in [2u8, 3, 4, 8] {
+            let bits = if grid == 3 { 4 } else { grid };
             for symmetric in [false, true] {
                 for block_size in [BlockSize::Blocked(16), BlockSize::Blocked(32), BlockSize::PerChannel] {
                     let (k, n) = (37, 3);
-                    let cfg = QuantConfig { bits, block_size, symmetric, scale_dtype: ScaleDtype::F32 };
+                    let cfg = QuantConfig { bits: grid, block_size, symmetric, scale_dtype: ScaleDtype::F32 };
                     let q = quantize_rtn(&weight(k, n), k, n, &cfg).unwrap();
                     let t = pack_matmul_nbits(&q).unwrap();
+                    assert_eq!(t.bits, bits, "the container's width is the attribute");
                     let [bn, k_blocks, blob] = t.b_shape;
                     assert_eq!((bn, blob), (n, t.block_size * bits as usize / 8));
                     assert_eq!(t.b.len(), n * k_blocks * blob);
@@ -342,9 +370,12 @@ mod tests {
                         };
                         for (row, &c) in codes.iter().enumerate() {
                             let b = row / t.block_size;
-                            let value = (c as i32 - zps[b] as i32) as f32 * t.scales[col * k_blocks + b];
+                            let level = c as i32 - zps[b] as i32;
+                            if grid == 3 {
+                                assert!((-7..=7).contains(&level) && (!symmetric || (-4..=3).contains(&level)), "a 3-bit level: {level}");
+                            }
                             let want = if row < k { expected[row * n + col] } else { 0.0 };
-                            assert_eq!(value, want, "bits {bits} sym {symmetric} {block_size:?} [{row},{col}]");
+                            assert_eq!(level as f32 * t.scales[col * k_blocks + b], want, "bits {grid} sym {symmetric} {block_size:?} [{row},{col}]");
                         }
                     }
                 }
@@ -353,11 +384,11 @@ mod tests {
     }
 
     #[test]
-    fn three_bits_is_refused_by_both_packers() {
-        let cfg = QuantConfig { bits: 3, ..Default::default() };
-        let q = quantize_rtn(&weight(32, 2), 32, 2, &cfg).unwrap();
-        assert!(pack_qdq(&q).unwrap_err().to_string().contains("bits = 3"));
-        assert!(pack_matmul_nbits(&q).unwrap_err().to_string().contains("bits = 3"));
+    fn other_widths_are_refused_by_both_packers() {
+        let cfg = QuantConfig { bits: 5, ..Default::default() };
+        let q = QuantizedWeight { k: 32, n: 2, block_size: 32, config: cfg, codes: vec![0; 64], scales: vec![1.0; 2], zero_points: None, outliers: Vec::new() };
+        assert!(pack_qdq(&q).unwrap_err().to_string().contains("bits = 5"));
+        assert!(pack_matmul_nbits(&q).unwrap_err().to_string().contains("bits = 5"));
     }
 
     #[test]

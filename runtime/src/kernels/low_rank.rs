@@ -24,7 +24,7 @@ use tract_onnx::tract_core::ops::konst::Const;
 /// Rows of activations per task on the `gemm` path at most: the `rows × r` intermediate of a
 /// task stays in L2 for the ranks `factorize` gives. Below it, one task per thread (as a lone
 /// product is split): each task packs the weights again, and at 128 rows per task that cost
-/// 4-6% at 512 rows (384x1536, 576x1536).
+/// about 4% at 512 rows (384x1536, 576x1536).
 const MAX_ROWS_PER_TASK: usize = 512;
 
 /// Slices of the rank a few rows are split into (fewer when the rank is small): a fixed number,

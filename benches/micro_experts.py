@@ -26,13 +26,16 @@ import factorize as fb  # noqa: E402
 
 RATIOS = [0.1, 0.2, 0.3]
 ROWS = [("camera", "false", False), ("magnitude", "false", False), ("activation", "false", False), ("wanda", "false", False), ("camera", "true", False), ("camera", "false", True)]
-# CAMERA-Q (8/4/2-bit tiers by CAMERA rank) against uniform RTN of the same FFN weights, all
-# block 32 symmetric MatMulNBits. (name, spec; FFN weight globs filled in per model)
+# CAMERA-Q (bit tiers by CAMERA rank) against uniform RTN of the same FFN weights, all block 32
+# symmetric MatMulNBits (3-bit grids in 4-bit containers, so a 3-bit file is a 4-bit file's size).
+# (name, spec; FFN weight globs filled in per model)
 QUANT = [
     ("camera-q 2.6 bits (8/4/2 on 5/15/80%)", "quantize-micro-experts(bits=[8,4,2],shares=[0.05,0.15,0.8])"),
     ("camera-q 3.0 bits (8/4/2 on 10/20/70%)", "quantize-micro-experts(bits=[8,4,2],shares=[0.1,0.2,0.7])"),
     ("camera-q 3.2 bits (8/4/2 on 10/30/60%)", "quantize-micro-experts(bits=[8,4,2],shares=[0.1,0.3,0.6])"),
+    ("camera-q 3.0 bits (4/3/2 on 25/50/25%)", "quantize-micro-experts(bits=[4,3,2],shares=[0.25,0.5,0.25])"),
     ("uniform 2 bits", "quantize(bits=2,format=matmulnbits,min_elements=0,include={ffn})"),
+    ("uniform 3 bits", "quantize(bits=3,format=matmulnbits,min_elements=0,include={ffn})"),
     ("uniform 4 bits", "quantize(bits=4,format=matmulnbits,min_elements=0,include={ffn})"),
     ("uniform 8 bits", "quantize(bits=8,format=matmulnbits,min_elements=0,include={ffn})"),
 ]

@@ -125,6 +125,8 @@ def moe(a):
             if sequential == "true" or compensate:
                 continue
             name = f"{label(score, sequential, compensate)} {ratio}"
+            if a.only and not any(o in name for o in a.only.split(",")):
+                continue
             out = os.path.join(out_dir, f"{score}_{ratio}.onnx")
             row = prune(a.compactor, src, out, ratio, score, sequential, compensate, calib)
             row["ppl"] = fb.perplexity(out, tokens, 2)

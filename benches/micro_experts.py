@@ -38,6 +38,8 @@ QUANT = [
     ("uniform 3 bits", "quantize(bits=3,format=matmulnbits,min_elements=0,include={ffn})"),
     ("uniform 4 bits", "quantize(bits=4,format=matmulnbits,min_elements=0,include={ffn})"),
     ("uniform 8 bits", "quantize(bits=8,format=matmulnbits,min_elements=0,include={ffn})"),
+    ("camera-q 3.0 bits (4/3/2 on 25/50/25%), GPTQ tiers", "quantize-micro-experts(bits=[4,3,2],shares=[0.25,0.5,0.25],method=gptq)"),
+    ("uniform 3 bits, GPTQ", "quantize(bits=3,format=matmulnbits,min_elements=0,include={ffn},method=gptq)"),
 ]
 FFN_WEIGHTS = {"minilm": '["*/intermediate/dense/MatMul","*layer.?/output/dense/MatMul"]', "smollm2": "[*mlp*]"}
 
@@ -82,7 +84,7 @@ def quant_sweep(a, model, src, out_dir, calib, inputs, metric):
         out = os.path.join(out_dir, f"quant_{i}.onnx")
         spec = "infer-shapes," + spec.replace("{ffn}", FFN_WEIGHTS[model]) + ",eliminate-dead-code"
         cmd = [a.compactor, "optimize", src, "-o", out, "--passes", spec, "--report", out + ".json"]
-        if "micro-experts" in spec:
+        if "micro-experts" in spec or "gptq" in spec:
             cmd += ["--calibration", calib]
         row = {"seconds": fb.run(cmd), "bytes": fb.size_of(out)}
         details = [p["details"] for p in json.load(open(out + ".json"))["pipeline"]["passes"] if p["pass"] == "quantize-micro-experts"]

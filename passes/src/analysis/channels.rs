@@ -67,6 +67,12 @@ pub struct ChannelGroup {
 }
 
 impl ChannelGroup {
+    /// Whether the group moves in whole heads (units of several channels) rather than
+    /// channel by channel.
+    pub fn moves_in_heads(&self) -> bool {
+        self.units < self.width
+    }
+
     pub fn is_movable(&self) -> bool {
         self.pinned.is_empty() && !self.params.is_empty() && self.units > 1
     }

@@ -200,7 +200,7 @@ impl PruneChannels {
     /// `multiple` (at least one multiple).
     fn kept_of(&self, share: f64, g: &ChannelGroup) -> usize {
         let (units, width) = (g.units as usize, g.width as usize);
-        if units < width {
+        if g.moves_in_heads() {
             return ((share * units as f64).round() as usize).clamp(1, units);
         }
         (((share * width as f64) / self.multiple as f64).round() as usize * self.multiple).clamp(self.multiple.min(width), width)
@@ -244,7 +244,7 @@ impl PruneChannels {
             // A group's cut runs from its tail: a unit goes only after every lower-ranked one
             // (its scores descend, so the ascending walk meets them tail first).
             let g = plans[i].group;
-            let floor = if g.units < g.width { 1 } else { self.multiple.min(g.width as usize) };
+            let floor = if g.moves_in_heads() { 1 } else { self.multiple.min(g.width as usize) };
             if rank + 1 != kept[i] || kept[i] <= floor {
                 continue;
             }
@@ -256,7 +256,7 @@ impl PruneChannels {
                 }
             }
         }
-        plans.iter().zip(kept).map(|(p, k)| if p.group.units < p.group.width { k } else { (k.div_ceil(self.multiple) * self.multiple).min(p.group.width as usize) }).collect()
+        plans.iter().zip(kept).map(|(p, k)| if p.group.moves_in_heads() { k } else { (k.div_ceil(self.multiple) * self.multiple).min(p.group.width as usize) }).collect()
     }
 }
 
@@ -333,7 +333,7 @@ pub(crate) fn cut_groups(pass: &str, graph: &mut Graph, plans: &[Plan<'_>], kept
         reports.push(GroupReport {
             width_before: p.group.width,
             width_after: kept_channels,
-            kept_heads: (units < width).then(|| keep_order.clone()),
+            kept_heads: p.group.moves_in_heads().then(|| keep_order.clone()),
             params: p.names.clone(),
             score_mean,
             score_kept_max: p.scores[0],
@@ -490,7 +490,7 @@ impl Pass for PruneChannels {
         for (i, g) in groups.groups.iter().enumerate().filter(|(_, g)| g.is_movable()) {
             let names: Vec<String> = g.params.iter().map(|&(v, a)| format!("{}[{a}]", graph.value(v).name)).collect();
             let reducers: Vec<String> = g.reducers.iter().map(|&n| graph.node(n).label(n)).collect();
-            let reason = if g.units != g.width && !self.heads {
+            let reason = if g.moves_in_heads() && !self.heads {
                 Some(format!("moves in {} units of {} channels (heads): heads=true cuts whole heads", g.units, g.width / g.units))
             } else if !reducers.is_empty() && !self.allow_norms {
                 Some(format!("{} normalises or reduces over it: a cut changes its statistics (allow_norms=true cuts it anyway)", reducers[0]))

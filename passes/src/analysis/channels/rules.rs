@@ -94,7 +94,8 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
     let output = node.output(0);
     let op = node.op_type.as_str();
     let label = || node.label(id);
-    let rank = |v: ValueId| dims(graph, v).map(|d| d.len());
+    // Every value the node reads or writes has a known rank past the check below.
+    let rank = |v: ValueId| dims(graph, v).map_or(0, |d| d.len());
     let unknown = |axes: &mut Axes| {
         let reason = format!("{} (no channel rule)", label());
         for &v in inputs.iter().chain(node.outputs.iter().flatten()) {
@@ -103,7 +104,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
     };
     // A value of unknown rank breaks the chain of axes through this node: nothing is tied
     // across it, so everything it touches stays where it is (a branch's outputs too).
-    if inputs.iter().chain(node.outputs.iter().flatten()).any(|&v| rank(v).is_none()) {
+    if inputs.iter().chain(node.outputs.iter().flatten()).any(|&v| dims(graph, v).is_none()) {
         unknown(axes);
         let reason = format!("{}: a value of unknown shape", label());
         for sub in node.subgraphs() {
@@ -118,17 +119,14 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
             for &v in &inputs {
                 unite_broadcast(graph, axes, v, out);
                 // A constant vector added per channel: a bias.
-                if matches!(op, "Add" | "Sub")
-                    && let Some(r) = rank(v)
-                    && r >= 1
-                {
-                    axes.role(graph, v, r - 1, Role::Bias);
+                if matches!(op, "Add" | "Sub") && rank(v) >= 1 {
+                    axes.role(graph, v, rank(v) - 1, Role::Bias);
                 }
             }
         }
         ("MatMul", Some(out)) => {
             let (Some(&a), Some(&b)) = (inputs.first(), inputs.get(1)) else { return unknown(axes) };
-            let (Some(ra), Some(rb), Some(ro)) = (rank(a), rank(b), rank(out)) else { return unknown(axes) };
+            let (ra, rb, ro) = (rank(a), rank(b), rank(out));
             if ra < 2 || rb < 2 {
                 return unknown(axes);
             }
@@ -161,9 +159,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
             axes.role(graph, b, bn, Role::Producer);
             if let Some(c) = node.input(2) {
                 unite_broadcast(graph, axes, c, out);
-                if let Some(r) = rank(c) {
-                    axes.role(graph, c, r.saturating_sub(1), Role::Bias);
-                }
+                axes.role(graph, c, rank(c).saturating_sub(1), Role::Bias);
             }
         }
         ("Conv", Some(out)) => {
@@ -198,15 +194,13 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
                 axes.union((p, 0), (out, 1));
                 axes.role(graph, p, 0, if i == 0 { Role::BatchNormScale } else { Role::Other });
             }
-            if let Some(r) = rank(x) {
-                for a in 2..r {
-                    axes.union((x, a), (out, a));
-                }
+            for a in 2..rank(x) {
+                axes.union((x, a), (out, a));
             }
         }
         (op, Some(out)) if NORMS.contains(&op) || op == "SkipLayerNormalization" || op == "SkipSimplifiedLayerNormalization" => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             if axis_of(node.attr_int("axis").unwrap_or(-1), r) != Some(r - 1) {
                 return unknown(axes);
             }
@@ -214,7 +208,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
                 axes.union((x, a), (out, a));
             }
             for &p in &inputs[1..] {
-                if rank(p) == Some(1) {
+                if rank(p) == 1 {
                     axes.union((p, 0), (out, r - 1));
                 } else {
                     unite_broadcast(graph, axes, p, out);
@@ -232,7 +226,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         }
         ("RotaryEmbedding", Some(out)) => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             for a in 0..r {
                 axes.union((x, a), (out, a));
             }
@@ -255,7 +249,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
             // KV head j serves query heads j·rep .. (j+1)·rep, so a KV head moves with its query
             // heads (units divide kv_num_heads); the caches [batch, kv_heads, total, d] follow.
             let (Some(q), Some(k), Some(v)) = (node.input(0), node.input(1), node.input(2)) else { return unknown(axes) };
-            let (Some(3), Some(3), Some(3), Some(kv_heads)) = (rank(q), rank(k), rank(v), node.attr_int("kv_num_heads")) else { return unknown(axes) };
+            let (3, 3, 3, Some(kv_heads)) = (rank(q), rank(k), rank(v), node.attr_int("kv_num_heads")) else { return unknown(axes) };
             for a in 0..3 {
                 axes.union((q, a), (out, a));
             }
@@ -268,7 +262,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
             axes.whole_blocks(out, 2, kv_heads);
             for (present, past) in [(node.output(1), node.input(3)), (node.output(2), node.input(4))] {
                 for cache in [present, past].into_iter().flatten() {
-                    if rank(cache) == Some(4) {
+                    if rank(cache) == 4 {
                         axes.union((cache, 1), (q, 2));
                         axes.pin(cache, 3, format!("{}: inside a head", label()));
                     }
@@ -277,7 +271,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         }
         (op, Some(out)) if REDUCE.contains(&op) || op == "Softmax" || op == "LogSoftmax" => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             let reduced: Option<Vec<usize>> = if op == "Softmax" || op == "LogSoftmax" {
                 axis_of(node.attr_int("axis").unwrap_or(-1), r).map(|a| vec![a])
             } else if let Some(list) = node.attr_ints("axes").map(|a| a.to_vec()).or_else(|| node.input(1).and_then(|v| graph.constant(v)).and_then(|t| t.to_i64().ok())) {
@@ -305,7 +299,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         }
         ("Transpose", Some(out)) => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             let perm: Vec<usize> = node.attr_ints("perm").map(|p| p.iter().map(|&a| a as usize).collect()).unwrap_or_else(|| (0..r).rev().collect());
             for (o, &a) in perm.iter().enumerate() {
                 axes.union((x, a), (out, o));
@@ -314,7 +308,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         ("Gather", Some(out)) => {
             // An embedding lookup: the table's rows, indexed; its columns are the output's last axis.
             let (Some(&table), Some(&ids)) = (inputs.first(), inputs.get(1)) else { return unknown(axes) };
-            let (Some(rt), Some(ri)) = (rank(table), rank(ids)) else { return unknown(axes) };
+            let (rt, ri) = (rank(table), rank(ids));
             let Some(axis) = axis_of(node.attr_int("axis").unwrap_or(0), rt) else { return unknown(axes) };
             for a in 0..rt {
                 if a < axis {
@@ -331,7 +325,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         ("Slice", Some(out)) => {
             // Sliced axes are pinned (their channels change); the others pass through.
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             let sliced: Option<Vec<usize>> = match node.input(3) {
                 Some(v) => graph.constant(v).and_then(|t| t.to_i64().ok()).and_then(|a| axes_of(&a, r)),
                 None if node.input(1).is_some() => Some((0..graph.constant(node.input(1).unwrap()).map_or(r, |t| t.dims().first().copied().unwrap_or(0) as usize)).collect()),
@@ -343,9 +337,9 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         ("Concat", Some(out)) => {
             // The other axes are shared by every input; the concatenated one is pinned (offsets
             // into a group are not followed yet).
-            let Some(r) = rank(out) else { return unknown(axes) };
+            let r = rank(out);
             let Some(axis) = axis_of(node.attr_int("axis").unwrap_or(0), r) else { return unknown(axes) };
-            if inputs.iter().any(|&v| rank(v) != Some(r)) {
+            if inputs.iter().any(|&v| rank(v) != r) {
                 return unknown(axes);
             }
             for &v in &inputs {
@@ -356,7 +350,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         // are pinned); a global pool reduces them whole.
         ("GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" | "MaxPool" | "AveragePool" | "LpPool", Some(out)) => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             axes.union((x, 0), (out, 0));
             axes.union((x, 1), (out, 1));
             for a in 2..r {
@@ -406,7 +400,7 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         // Padding keeps the axes it does not pad.
         ("Pad", Some(out)) => {
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             let pads = node.input(1).and_then(|v| graph.constant(v)).and_then(|t| t.to_i64().ok()).or_else(|| node.attr_ints("pads").map(|p| p.to_vec()));
             let padded: Option<Vec<usize>> = match (pads, node.input(3).and_then(|v| graph.constant(v)).and_then(|t| t.to_i64().ok())) {
                 (Some(p), Some(list)) if p.len() == 2 * list.len() => {
@@ -421,9 +415,9 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
         ("Split", _) => {
             // Like Concat: the split axis is pinned, the others shared by every part.
             let Some(&x) = inputs.first() else { return unknown(axes) };
-            let Some(r) = rank(x) else { return unknown(axes) };
+            let r = rank(x);
             let Some(axis) = axis_of(node.attr_int("axis").unwrap_or(0), r) else { return unknown(axes) };
-            if node.outputs.iter().flatten().any(|&o| rank(o) != Some(r)) {
+            if node.outputs.iter().flatten().any(|&o| rank(o) != r) {
                 return unknown(axes);
             }
             for &o in node.outputs.iter().flatten() {
@@ -438,8 +432,9 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
             for branch in node.subgraphs() {
                 for (i, &o) in graph.region(branch).outputs.iter().enumerate() {
                     let Some(out) = node.output(i) else { continue };
-                    match (rank(o), rank(out)) {
-                        (Some(a), Some(b)) if a == b => (0..a).for_each(|k| axes.union((o, k), (out, k))),
+                    // A branch's outputs are not among the node's values: their rank may be unknown.
+                    match (dims(graph, o).map(|d| d.len()), rank(out)) {
+                        (Some(a), b) if a == b => (0..a).for_each(|k| axes.union((o, k), (out, k))),
                         _ => {
                             let reason = format!("{}: branch output {i} of another or unknown rank", label());
                             pin_all(graph, axes, o, &reason);
@@ -470,12 +465,8 @@ pub(super) fn apply_rule(graph: &Graph, id: NodeId, node: &Node, axes: &mut Axes
 fn reshape(graph: &Graph, id: NodeId, node: &Node, inputs: &[ValueId], out: ValueId, axes: &mut Axes) {
     let Some(&x) = inputs.first() else { return };
     let reason = format!("{}: reshape across channel boundaries", node.label(id));
-    let (Some(di), Some(dout)) = (dims(graph, x), dims(graph, out)) else {
-        let reason = format!("{}: shape unknown", node.label(id));
-        pin_all(graph, axes, x, &reason);
-        pin_all(graph, axes, out, &reason);
-        return;
-    };
+    // Known: `apply_rule` checks every value a node touches.
+    let (Some(di), Some(dout)) = (dims(graph, x), dims(graph, out)) else { return };
     if node.is("Expand") {
         // Broadcast axes of size 1 grow; the others map one to one.
         if di.len() <= dout.len() {

@@ -2,39 +2,25 @@
 //! normalisations, rotary embedding, grouped-query attention (the `com.microsoft` domain, and
 //! `SimplifiedLayerNormalization`, which onnxruntime registers in the default domain).
 
+use super::nn::layer_norm;
 use super::{InferError, NodeCtx, Rule, dim_add, dim_div};
 use crate::dtype::DataType;
 use crate::types::Dim;
 
-/// onnxruntime's ops in the default domain (no ONNX opset has them).
+/// onnxruntime's ops in the default domain (no ONNX opset has them). SimplifiedLayerNormalization
+/// types its outputs as LayerNormalization does (Y as X, statistics over the normalised axes).
 pub(super) fn default_domain_rule(op: &str) -> Option<Rule> {
-    (op == "SimplifiedLayerNormalization").then_some(simplified_layer_norm as Rule)
+    (op == "SimplifiedLayerNormalization").then_some(layer_norm as Rule)
 }
 
 pub(super) fn rule(op: &str) -> Option<Rule> {
     Some(match op {
-        "SimplifiedLayerNormalization" => simplified_layer_norm,
+        "SimplifiedLayerNormalization" => layer_norm,
         "SkipSimplifiedLayerNormalization" | "SkipLayerNormalization" => skip_layer_norm,
         "RotaryEmbedding" => rotary_embedding,
         "GroupQueryAttention" => group_query_attention,
         _ => return None,
     })
-}
-
-/// `(Y, mean, inv_std_var)`: Y as X; the statistics over the axes from `axis` on, kept as 1.
-fn simplified_layer_norm(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
-    ctx.require(0)?;
-    ctx.pass_through(0, 0);
-    let dims = ctx.dims(0).map(|x| {
-        let axis = super::normalize_axis(ctx.attr_int_or("axis", -1), x.len()).unwrap_or(x.len().saturating_sub(1));
-        let mut out = x[..axis].to_vec();
-        out.extend(std::iter::repeat_n(Dim::Known(1), x.len() - axis));
-        out
-    });
-    for i in 1..ctx.output_count().min(3) {
-        ctx.set(i, Some(DataType::Float), dims.clone());
-    }
-    Ok(())
 }
 
 /// `(output, mean, inv_std_var, input_skip_bias_sum)`: the output and the sum as the input; the

@@ -419,7 +419,7 @@ fn batch_norm(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     Ok(())
 }
 
-fn layer_norm(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+pub(super) fn layer_norm(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     ctx.require(0)?;
     ctx.pass_through(0, 0);
     let stash = ctx.attr_dtype("stash_type")?.unwrap_or(DataType::Float);

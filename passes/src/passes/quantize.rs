@@ -138,7 +138,7 @@ impl PassDef for Quantize {
     const KIND: PassKind = PassKind::Transform;
 
     fn validate(&self) -> Result<(), OptionError> {
-        if !matches!(self.bits, 2 | 3 | 4 | 8) {
+        if !quant::BIT_WIDTHS.contains(&self.bits) {
             return Err(OptionError::new("bits", format!("{} is not one of 2, 3, 4, 8", self.bits)));
         }
         if self.block != 0 && (!self.block.is_power_of_two() || !(quant::MIN_BLOCK_SIZE..=quant::MAX_BLOCK_SIZE).contains(&self.block)) {

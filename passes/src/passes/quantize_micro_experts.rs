@@ -55,7 +55,7 @@ impl PassDef for QuantizeMicroExperts {
         if self.bits.is_empty() || self.bits.len() != self.shares.len() {
             return Err(OptionError::new("shares", format!("{} shares for {} bit widths: give one share per tier", self.shares.len(), self.bits.len())));
         }
-        if let Some(b) = self.bits.iter().find(|b| !matches!(b, 2 | 3 | 4 | 8)) {
+        if let Some(b) = self.bits.iter().find(|b| !crate::quant::BIT_WIDTHS.contains(b)) {
             return Err(OptionError::new("bits", format!("{b} is not one of 2, 3, 4, 8")));
         }
         if self.shares.iter().any(|s| s.is_nan() || *s < 0.0) || (self.shares.iter().sum::<f64>() - 1.0).abs() > 1e-6 {

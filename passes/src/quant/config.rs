@@ -60,12 +60,15 @@ impl Default for QuantConfig {
     }
 }
 
+/// The bit widths quantization has (3 stored in 4-bit containers: see `container_bits`).
+pub const BIT_WIDTHS: [u8; 4] = [2, 3, 4, 8];
+
 pub const MIN_BLOCK_SIZE: usize = 16;
 pub const MAX_BLOCK_SIZE: usize = 256;
 
 impl QuantConfig {
     pub fn validate(&self) -> Result<(), QuantError> {
-        if !matches!(self.bits, 2 | 3 | 4 | 8) {
+        if !BIT_WIDTHS.contains(&self.bits) {
             return Err(QuantError::InvalidOption { option: "bits", value: self.bits.to_string(), expected: "one of 2, 3, 4, 8" });
         }
         if let BlockSize::Blocked(b) = self.block_size

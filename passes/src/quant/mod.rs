@@ -32,7 +32,7 @@ mod weight;
 
 pub use awq::{AwqResult, Scaling, effective_weight, search_awq_scales};
 pub use budget::{Promotion, choose_promotions};
-pub use config::{BlockSize, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, QuantConfig, ScaleDtype};
+pub use config::{BIT_WIDTHS, BlockSize, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, QuantConfig, ScaleDtype};
 pub use gptq::{GptqOptions, GptqResult, Hessian, HessianAccumulator, quantize_gptq};
 pub use grid::BlockParams;
 pub use metrics::{QuantMetrics, relative_error, relative_output_error};

@@ -82,7 +82,7 @@ fn pack_bits(bits: u8, values: Vec<u8>) -> Vec<u8> {
 }
 
 fn check_packable(q: &QuantizedWeight, format: &'static str) -> Result<(), QuantError> {
-    if !matches!(q.config.bits, 2 | 3 | 4 | 8) {
+    if !super::BIT_WIDTHS.contains(&q.config.bits) {
         return Err(QuantError::UnsupportedFormat { format, reason: format!("bits = {} (only 2, 3, 4 and 8 have a container type)", q.config.bits) });
     }
     Ok(())

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "py"))
 sys.path.insert(0, os.path.join(HERE, "..", "fixtures"))
 import eval_perplexity  # noqa: E402
 import make_eval_text  # noqa: E402
-from llm_quantize import calibration_dir, perplexity, size_of  # noqa: E402
+from llm_quantize import calibration_dir, perplexity, size_of, skipped  # noqa: E402
 
 METHODS = ["svd", "asvd", "svd-llm", "mpo"]
 RATIOS = [0.9, 0.8, 0.7, 0.6]
@@ -101,7 +101,7 @@ def smollm2(a, results):
     print(f"SmolLM2 f32: perplexity {base['ppl']:.3f}", flush=True)
     jobs = [(f"{m} {r}", f"factorize(method={m},ratio={r})") for m in METHODS for r in RATIOS] + COMBINED
     for name, spec in jobs:
-        if a.only and not any(s in name for s in a.only.split(",")):
+        if skipped(a, name):
             continue
         out = os.path.join(out_dir, name.replace(" ", "_").replace("+", "plus") + ".onnx")
         row = factorize(a.compactor, src, out, spec, calib)
@@ -170,7 +170,7 @@ def minilm(a, results):
     rows["f32"] = {"bytes": size_of(src), "latency": bench_runtime(a.compactor, src, inputs, [], a.runs)}
     jobs = [(f"{m} {r}", f"factorize(method={m},ratio={r})") for m in METHODS for r in RATIOS]
     for name, spec in jobs:
-        if a.only and not any(s in name for s in a.only.split(",")):
+        if skipped(a, name):
             continue
         out = os.path.join(out_dir, name.replace(" ", "_") + ".onnx")
         row = factorize(a.compactor, src, out, spec, calib)

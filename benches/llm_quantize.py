@@ -140,6 +140,11 @@ def ort_quantize(python, src, out, cfg, calib):
     return r["seconds"], r["versions"]
 
 
+def skipped(a, name):
+    """Whether `--only` (comma-separated substrings of row names) leaves row `name` out."""
+    return bool(a.only) and not any(s in name for s in a.only.split(","))
+
+
 def calibration_dir(cache, out, count):
     d = os.path.join(out, "calibration")
     tokens = np.load(os.path.join(cache, "smollm2", "text_calibration.npy")).reshape(-1)
@@ -180,7 +185,7 @@ def main():
     results["f32"] = {"ppl": base, "bytes": size_of(src), "seconds": 0.0, "aligned": False}
     print(f"f32: perplexity {base:.4f}, {size_of(src) / 2**20:.1f} MiB", flush=True)
     for name, tool, how, aligned in ROWS:
-        if a.only and not any(s in name for s in a.only.split(",")):
+        if skipped(a, name):
             continue
         out = os.path.join(a.out, name.replace(" ", "_") + ".onnx")
         versions = None

@@ -65,7 +65,7 @@ def sweep(a, model, src, out_dir, calib, inputs, metric):
     for ratio in RATIOS:
         for score, sequential, compensate in ROWS:
             name = f"{label(score, sequential, compensate)} {ratio}"
-            if a.only and not any(o in name for o in a.only.split(",")):
+            if fb.skipped(a, name):
                 continue
             out = os.path.join(out_dir, f"{score}_{sequential}_{compensate}_{ratio}.onnx")
             row = prune(a.compactor, src, out, ratio, score, sequential, compensate, calib)
@@ -79,7 +79,7 @@ def sweep(a, model, src, out_dir, calib, inputs, metric):
 def quant_sweep(a, model, src, out_dir, calib, inputs, metric):
     rows = a.results.setdefault(model, {})
     for i, (name, spec) in enumerate(QUANT):
-        if a.only and not any(o in name for o in a.only.split(",")):
+        if fb.skipped(a, name):
             continue
         out = os.path.join(out_dir, f"quant_{i}.onnx")
         spec = "infer-shapes," + spec.replace("{ffn}", FFN_WEIGHTS[model]) + ",eliminate-dead-code"
@@ -127,7 +127,7 @@ def moe(a):
             if sequential == "true" or compensate:
                 continue
             name = f"{label(score, sequential, compensate)} {ratio}"
-            if a.only and not any(o in name for o in a.only.split(",")):
+            if fb.skipped(a, name):
                 continue
             out = os.path.join(out_dir, f"{score}_{ratio}.onnx")
             row = prune(a.compactor, src, out, ratio, score, sequential, compensate, calib)

@@ -11,6 +11,7 @@ pub mod error;
 pub mod graph;
 pub mod infer;
 pub mod model;
+pub mod moe;
 pub mod onnx;
 pub mod patch;
 pub mod pattern;

@@ -1,5 +1,5 @@
 //! onnxruntime's own ops that its transformer optimizer and LLM exporters emit: fused
-//! normalisations, rotary embedding, grouped-query attention (the `com.microsoft` domain, and
+//! normalisations, rotary embedding, grouped-query attention, mixtures of experts (the `com.microsoft` domain, and
 //! `SimplifiedLayerNormalization`, which onnxruntime registers in the default domain).
 
 use super::nn::layer_norm;
@@ -17,7 +17,7 @@ pub(super) fn rule(op: &str) -> Option<Rule> {
     Some(match op {
         "SimplifiedLayerNormalization" => layer_norm,
         "SkipSimplifiedLayerNormalization" | "SkipLayerNormalization" => skip_layer_norm,
-        "RotaryEmbedding" => rotary_embedding,
+        "RotaryEmbedding" | "MoE" => as_input,
         "GroupQueryAttention" => group_query_attention,
         _ => return None,
     })
@@ -44,7 +44,8 @@ fn skip_layer_norm(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     Ok(())
 }
 
-fn rotary_embedding(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
+/// RotaryEmbedding and MoE: the output as the input.
+fn as_input(ctx: &mut NodeCtx<'_>) -> Result<(), InferError> {
     ctx.require(0)?;
     ctx.pass_through(0, 0);
     Ok(())
@@ -94,17 +95,21 @@ graph g {
   input %seqlens: i32[b]
   input %total: i32[]
   input %pos: i64[b,s]
+  input %router: f32[t,16]
   init %gamma = tensor<f32[32]> fill=seeded(1)
   init %wq = tensor<f32[32,32]> fill=seeded(2)
   init %wk = tensor<f32[32,16]> fill=seeded(3)
   init %cache = tensor<f32[64,4]> fill=seeded(4)
+  init %fc1 = tensor<f32[16,8,32]> fill=seeded(5)
+  init %fc2 = tensor<f32[16,32,4]> fill=seeded(6)
   %n = SimplifiedLayerNormalization(%x, %gamma) {axis=-1, epsilon=1e-5}
   %q = MatMul(%n, %wq)
   %k = MatMul(%n, %wk)
   %qr = com.microsoft::RotaryEmbedding(%q, %pos, %cache, %cache) {num_heads=4}
   %o, %pk, %pv = com.microsoft::GroupQueryAttention(%qr, %k, %k, %past, %past, %seqlens, %total) {kv_num_heads=2, num_heads=4}
   %y, _, _, %sum = com.microsoft::SkipSimplifiedLayerNormalization(%o, %x, %gamma) {epsilon=1e-5}
-  output %y, %sum, %pk
+  %moe = com.microsoft::MoE(%y, %router, %fc1, _, %fc2) {activation_type=\"swiglu\", k=2, swiglu_fusion=1}
+  output %y, %sum, %pk, %moe
 }
 ",
         )
@@ -118,5 +123,6 @@ graph g {
         assert_eq!(type_of("pk"), "f32[b,2,?,8]", "the past's symbolic length plus s is not a name");
         assert_eq!(type_of("y"), "f32[b,s,32]");
         assert_eq!(type_of("sum"), "f32[b,s,32]");
+        assert_eq!(type_of("moe"), "f32[b,s,32]");
     }
 }

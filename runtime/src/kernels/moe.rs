@@ -1,14 +1,10 @@
 //! `com.microsoft.MoE` (mixture of experts) as one kernel, in f32, with the semantics of
 //! onnxruntime's CPU kernel.
 //!
-//! Each token's row of `router_probs` holds its router's logits over the `E` experts: their
-//! softmax is taken, the `k` most probable experts are kept (the lower index first on a tie),
-//! their probabilities renormalised to sum to 1 with `normalize_routing_weights`. The output row
-//! is the sum over those experts of `weight · fc2(act(fc1(x)))`, each expert's layers stored
-//! `[out, in]`: fc1 `[E, f·I, H]` (`f` = 2 for a fused SwiGLU, whose gate and up neurons are
-//! interleaved with `swiglu_fusion = 1`, or concatenated with 2), fc2 `[E, H, I]`, optional biases
-//! `[E, f·I]` and `[E, H]`. SwiGLU is `g·sigmoid(alpha·g)·(u + beta)`, with `g` clamped from above
-//! and `u` on both sides by `swiglu_limit` when given; gelu is onnxruntime's tanh approximation.
+//! The routing and the activations follow [`compactor_ir::moe`] (shared with the passes that
+//! cut the experts' neurons): per token, the `k` most probable experts of the router's softmax,
+//! and the sum over them of `weight · fc2(act(fc1(x)))`, each expert's layers stored `[out, in]`
+//! (fc1 `[E, f·I, H]`, fc2 `[E, H, I]`, optional biases `[E, f·I]` and `[E, H]`).
 //!
 //! Why a kernel: tract has no such op, and written as standard ops every expert would run on
 //! every token. Here each expert gathers the tokens routed to it, runs fc1 and fc2 as one
@@ -21,120 +17,34 @@
 //! CUDA-only activations.
 
 use super::matmul::GemmMatMul;
+use compactor_ir::moe::{AttributeReader, MoeAttributes};
 use tract_onnx::model::{ParsingContext, optional_inputs};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
 pub fn build_moe(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let k: i64 = node.get_attr_opt("k")?.unwrap_or(1);
-    ensure!(k > 0, "MoE: k is {k}, it must be positive");
-    ensure!(node.get_attr_opt::<i64>("use_sparse_mixer")?.unwrap_or(0) == 0, "MoE: use_sparse_mixer is not supported");
-    ensure!(node.get_attr_opt::<i64>("swiglu_limit_after_activation")?.unwrap_or(0) == 0, "MoE: swiglu_limit_after_activation is not supported (onnxruntime runs it on CUDA only)");
-    let activation_name: String = node.get_attr_opt("activation_type")?.unwrap_or_else(|| "relu".to_string());
-    let fusion: i64 = node.get_attr_opt("swiglu_fusion")?.unwrap_or(0);
-    let activation = match activation_name.as_str() {
-        "relu" => Activation::Relu,
-        "gelu" => Activation::Gelu,
-        "silu" => Activation::Silu,
-        "identity" => Activation::Identity,
-        "swiglu" => {
-            let gate_up = match fusion {
-                1 => GateUp::Interleaved,
-                2 => GateUp::Concatenated,
-                0 => bail!("MoE: SwiGLU with separate fc1 and fc3 weights (swiglu_fusion=0) is not supported; fuse them into fc1 (swiglu_fusion=1)"),
-                other => bail!("MoE: swiglu_fusion is {other}, not 0, 1 or 2"),
-            };
-            Activation::SwiGlu {
-                gate_up,
-                alpha: node.get_attr_opt::<f32>("activation_alpha")?.unwrap_or(1.0).to_bits(),
-                beta: node.get_attr_opt::<f32>("activation_beta")?.unwrap_or(0.0).to_bits(),
-                limit: node.get_attr_opt::<f32>("swiglu_limit")?.map(f32::to_bits),
-            }
-        }
-        other => bail!("MoE: activation_type {other:?} is not supported (relu, gelu, silu, identity, swiglu)"),
-    };
+    let attrs = MoeAttributes::parse(&AttributeReader {
+        int: &|n| node.get_attr_opt::<i64>(n).ok().flatten(),
+        float: &|n| node.get_attr_opt::<f32>(n).ok().flatten(),
+        string: &|n| node.get_attr_opt::<String>(n).ok().flatten(),
+    })
+    .map_err(|e| format_err!("MoE: {e}"))?;
     let inputs: Vec<Option<usize>> = optional_inputs(node).take(node.input.len().max(6)).collect();
     ensure!(
         inputs.len() >= 6 && inputs[0].is_some() && inputs[1].is_some() && inputs[2].is_some() && inputs[4].is_some(),
         "MoE: input, router_probs, fc1_experts_weights and fc2_experts_weights are needed"
     );
     ensure!(inputs[6..].iter().all(Option::is_none), "MoE: fc3 weights and bias are not supported (onnxruntime's CPU kernel refuses them too)");
-    let op = MoE { k: k as usize, normalize: node.get_attr_opt::<i64>("normalize_routing_weights")?.unwrap_or(0) == 1, activation, fc1_bias: inputs[3].is_some(), fc2_bias: inputs[5].is_some() };
+    let op = MoE { attrs, fc1_bias: inputs[3].is_some(), fc2_bias: inputs[5].is_some() };
     Ok((expand(op), vec![]))
-}
-
-/// Where a fused SwiGLU's gate and up neurons sit in a row of fc1's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum GateUp {
-    /// `g0, u0, g1, u1, …` (`swiglu_fusion = 1`).
-    Interleaved,
-    /// `g0 … g(I-1), u0 … u(I-1)` (`swiglu_fusion = 2`).
-    Concatenated,
-}
-
-/// The activation between fc1 and fc2; floats kept as bits so the op can be `Eq` and `Hash`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Activation {
-    Relu,
-    /// onnxruntime's MoE gelu: the tanh approximation.
-    Gelu,
-    Silu,
-    Identity,
-    SwiGlu {
-        gate_up: GateUp,
-        alpha: u32,
-        beta: u32,
-        limit: Option<u32>,
-    },
-}
-
-impl Activation {
-    /// fc1's outputs per intermediate neuron: 2 (gate and up) for SwiGLU.
-    fn fusion(self) -> usize {
-        if matches!(self, Activation::SwiGlu { .. }) { 2 } else { 1 }
-    }
-
-    /// `act` (`rows × I`) from fc1's output `hidden` (`rows × f·I`).
-    fn apply(self, hidden: &[f32], act: &mut [f32], inter: usize) {
-        let Activation::SwiGlu { gate_up, alpha, beta, limit } = self else {
-            for (a, &h) in act.iter_mut().zip(hidden) {
-                *a = match self {
-                    Activation::Relu => h.max(0.0),
-                    Activation::Gelu => 0.5 * h * (1.0 + (0.797_884_6 * (h + 0.044715 * h * h * h)).tanh()),
-                    Activation::Silu => h / (1.0 + (-h).exp()),
-                    _ => h,
-                };
-            }
-            return;
-        };
-        let (alpha, beta, limit) = (f32::from_bits(alpha), f32::from_bits(beta), limit.map(f32::from_bits));
-        let swiglu = |g: f32, u: f32| {
-            let (g, u) = match limit {
-                Some(limit) => (g.min(limit), u.clamp(-limit, limit)),
-                None => (g, u),
-            };
-            g / (1.0 + (-alpha * g).exp()) * (u + beta)
-        };
-        for (out, row) in act.chunks_exact_mut(inter).zip(hidden.chunks_exact(2 * inter)) {
-            match gate_up {
-                GateUp::Interleaved => out.iter_mut().zip(row.chunks_exact(2)).for_each(|(a, gu)| *a = swiglu(gu[0], gu[1])),
-                GateUp::Concatenated => {
-                    let (gates, ups) = row.split_at(inter);
-                    out.iter_mut().zip(gates.iter().zip(ups)).for_each(|(a, (&g, &u))| *a = swiglu(g, u));
-                }
-            }
-        }
-    }
 }
 
 /// The op. Its inputs are the node's present ones, in order: input, router_probs, fc1 weights,
 /// fc1 bias (if any), fc2 weights, fc2 bias (if any).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MoE {
-    k: usize,
-    normalize: bool,
-    activation: Activation,
+    attrs: MoeAttributes,
     fc1_bias: bool,
     fc2_bias: bool,
 }
@@ -206,7 +116,7 @@ impl EvalOp for MoE {
         let fc2_bias = optional(self.fc2_bias);
         let (x, router, fc1) = (&inputs[0], &inputs[1], &inputs[2]);
         let dims = self.check_shapes(x.shape(), router.shape(), fc1.shape(), fc2.shape(), fc1_bias.map(|b| b.shape()), fc2_bias.map(|b| b.shape()))?;
-        let routes = self.route(slice(router)?, &dims);
+        let routes = self.attrs.route(slice(router)?, dims.experts);
         let mut out = Tensor::zero::<f32>(x.shape())?;
         {
             let mut plain = out.try_as_plain_ram_mut()?;
@@ -238,8 +148,8 @@ impl MoE {
         let tokens: usize = x[..x.len() - 1].iter().product();
         ensure!(router.len() == 2 && router[0] == tokens, "MoE: router_probs is {router:?}, it must be [{tokens}, experts] for input {x:?}");
         let experts = router[1];
-        ensure!(self.k <= experts, "MoE: k = {} is more than the {experts} experts", self.k);
-        let fusion = self.activation.fusion();
+        ensure!(self.attrs.k <= experts, "MoE: k = {} is more than the {experts} experts", self.attrs.k);
+        let fusion = self.attrs.activation.fusion();
         ensure!(fc1.len() == 3 && fc1[0] == experts && fc1[2] == hidden && fc1[1].is_multiple_of(fusion), "MoE: fc1_experts_weights is {fc1:?}, it must be [{experts}, {fusion}·inter_size, {hidden}]");
         let inter = fc1[1] / fusion;
         ensure!(fc2 == [experts, hidden, inter], "MoE: fc2_experts_weights is {fc2:?}, it must be [{experts}, {hidden}, {inter}]");
@@ -252,29 +162,6 @@ impl MoE {
         Ok(Dims { hidden, experts, inter })
     }
 
-    /// Per expert, the tokens routed to it (in token order) and their routing weights.
-    fn route(&self, logits: &[f32], dims: &Dims) -> Vec<Vec<(usize, f32)>> {
-        let mut routes = vec![Vec::new(); dims.experts];
-        let mut probs = vec![0f32; dims.experts];
-        let mut order: Vec<usize> = Vec::with_capacity(dims.experts);
-        for (token, row) in logits.chunks_exact(dims.experts).enumerate() {
-            let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            probs.iter_mut().zip(row).for_each(|(p, &l)| *p = (l - top).exp());
-            let sum: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= sum);
-            order.clear();
-            order.extend(0..dims.experts);
-            // Most probable first, the lower index first on a tie (a NaN logit sorts last).
-            order.sort_by(|&a, &b| probs[b].partial_cmp(&probs[a]).unwrap_or_else(|| probs[a].is_nan().cmp(&probs[b].is_nan())).then(a.cmp(&b)));
-            let chosen = &order[..self.k];
-            let scale = if self.normalize { 1.0 / chosen.iter().map(|&e| probs[e]).sum::<f32>() } else { 1.0 };
-            for &e in chosen {
-                routes[e].push((token, probs[e] * scale));
-            }
-        }
-        routes
-    }
-
     /// Each expert on its tokens, its weighted rows added into `out` (`tokens × hidden`, zeroed),
     /// experts in order.
     fn run_experts(&self, dims: &Dims, x: &[f32], weights: &Weights, routes: &[Vec<(usize, f32)>], out: &mut [f32]) -> TractResult<()> {
@@ -283,7 +170,7 @@ impl MoE {
             // No features, or experts of no neurons (whose fc2 then adds zero, bias aside).
             return self.run_empty_experts(dims, weights, routes, out);
         }
-        let wide = self.activation.fusion() * inter;
+        let wide = self.attrs.activation.fusion() * inter;
         let most = routes.iter().map(Vec::len).max().unwrap_or(0);
         let linear = GemmMatMul::by_transposed_weight();
         // Buffers sized for the busiest expert, reused by the others.
@@ -301,7 +188,7 @@ impl MoE {
             if let Some(bias) = weights.fc1_bias {
                 add_rows(&mut fc1_out[..n * wide], &bias[expert * wide..][..wide]);
             }
-            self.activation.apply(&fc1_out[..n * wide], &mut act[..n * inter], inter);
+            self.attrs.activation.apply(&fc1_out[..n * wide], &mut act[..n * inter], inter);
             let fc2 = &weights.fc2[expert * hidden * inter..][..hidden * inter];
             linear.product(&act[..n * inter], &[n, inter], fc2, &[hidden, inter], &mut fc2_out[..n * hidden])?;
             if let Some(bias) = weights.fc2_bias {

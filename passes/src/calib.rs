@@ -318,6 +318,49 @@ impl Accumulator {
 /// measure, no calibration runs (and none is needed). `pass` and `needs` name who asks and
 /// why, for the error when the pipeline has no calibration data.
 pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str, requests: &[Request]) -> Result<BTreeMap<ValueId, Stats>, PassError> {
+    collect_with(graph, ctx, pass, needs, requests, &mut [])
+}
+
+/// Values a statistic needs together: each batch's captures of `values` are handed to `visit`
+/// at once, in the order listed (e.g. a MoE node's input and router logits, from which the
+/// statistics of its experts' neurons are computed). Only the batch in flight is kept.
+pub struct Joint<'a> {
+    pub values: Vec<ValueId>,
+    pub visit: JointVisit<'a>,
+}
+
+/// What a [`Joint`] does with one batch's captures of its values.
+pub type JointVisit<'a> = Box<dyn FnMut(&[Activation<'_>]) -> Result<(), String> + 'a>;
+
+/// A joint's captures of the batches in flight, by arrival: (shape, values) per value.
+type Pending = BTreeMap<usize, Vec<Option<(Vec<usize>, Vec<f32>)>>>;
+
+/// Hands a capture of `v` to every joint that needs it, and each completed batch to its joint.
+fn arrive_joint(joints: &mut [Joint<'_>], pending: &mut [Pending], arrivals: &mut BTreeMap<ValueId, usize>, v: ValueId, a: &Activation<'_>) -> Result<(), String> {
+    if !joints.iter().any(|j| j.values.contains(&v)) {
+        return Ok(());
+    }
+    let arrival = {
+        let n = arrivals.entry(v).or_default();
+        *n += 1;
+        *n - 1
+    };
+    for (joint, pending) in joints.iter_mut().zip(pending.iter_mut()) {
+        for (slot, _) in joint.values.iter().enumerate().filter(|(_, w)| **w == v) {
+            let batch = pending.entry(arrival).or_insert_with(|| vec![None; joint.values.len()]);
+            batch[slot] = Some((a.shape.to_vec(), a.data.to_vec()));
+        }
+        if pending.get(&arrival).is_some_and(|b| b.iter().all(Option::is_some)) {
+            let batch = pending.remove(&arrival).expect("complete");
+            let activations: Vec<Activation<'_>> = batch.iter().flatten().map(|(shape, data)| Activation { shape, data }).collect();
+            (joint.visit)(&activations)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`collect`], and each [`Joint`] visited with its values batch by batch in the same run.
+pub fn collect_with(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str, requests: &[Request], joints: &mut [Joint<'_>]) -> Result<BTreeMap<ValueId, Stats>, PassError> {
     let mut accumulators: BTreeMap<ValueId, (usize, RowLayout, Wanted, Option<ValueId>)> = BTreeMap::new();
     let mut conflicting = Vec::new();
     for r in requests.iter().filter(|r| r.wanted.any()) {
@@ -330,7 +373,7 @@ pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str
     for v in conflicting {
         accumulators.remove(&v);
     }
-    if accumulators.is_empty() {
+    if accumulators.is_empty() && joints.is_empty() {
         return Ok(BTreeMap::new());
     }
     let mut pairing = Pairing::default();
@@ -347,9 +390,16 @@ pub fn collect(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs: &str
     };
     let mut values: Vec<ValueId> = accumulators.keys().copied().collect();
     values.extend(pairing.dependents.keys().copied().filter(|s| !accumulators.contains_key(s)));
+    for v in joints.iter().flat_map(|j| j.values.iter().copied()) {
+        if !values.contains(&v) {
+            values.push(v);
+        }
+    }
+    let mut pending: Vec<Pending> = vec![BTreeMap::new(); joints.len()];
+    let mut joint_arrivals = BTreeMap::new();
     let mut error = None;
     let mut sink = |v: ValueId, a: Activation<'_>| {
-        let result = pairing.arrive(v, a, &mut accumulators);
+        let result = arrive_joint(joints, &mut pending, &mut joint_arrivals, v, &a).and_then(|()| pairing.arrive(v, a, &mut accumulators));
         if let Err(e) = result {
             error.get_or_insert_with(|| format!("captured '{}' {e}", graph.value(v).name));
         }
@@ -527,5 +577,26 @@ mod tests {
         assert_eq!(s.max_abs.as_deref(), Some(&[5.0f32, 4.0][..]));
         assert_eq!(s.mean_square.as_deref(), Some(&[(4.0f32 + 25.0) / 3.0, (16.0 + 1.0) / 3.0][..]));
         assert!(!stats.contains_key(&g), "the scale itself was not asked for");
+    }
+
+    /// A joint's values come to its visitor together, batch by batch, in the order it lists
+    /// them, whichever was captured first.
+    #[test]
+    fn joint_values_are_visited_together_per_batch() {
+        let mut model = compactor_ir::text::parse("model ir_version=8 opset=[ai.onnx=17]\ngraph g {\n  input %x: f32[2,2]\n  input %g: f32[2,1]\n  %y = Mul(%x, %g)\n  output %y\n}\n").unwrap();
+        let (x, g) = (model.graph.main().inputs[0], model.graph.main().inputs[1]);
+        let mut calibrator = Ordered(vec![vec![(x, vec![1, 2], vec![1.0, 2.0]), (g, vec![1, 1], vec![3.0])], vec![(g, vec![1, 1], vec![4.0]), (x, vec![1, 2], vec![5.0, 6.0])]]);
+        let mut analyses = Analyses::new();
+        let mut ctx = PassCtx { opsets: &mut model.opset_import, ir_version: &mut model.ir_version, progress: &Silent, evaluator: None, calibrator: Some(&mut calibrator), analyses: &mut analyses };
+        let mut seen = Vec::new();
+        {
+            let visit: JointVisit<'_> = Box::new(|a: &[Activation<'_>]| {
+                seen.push((a[0].data.to_vec(), a[1].data.to_vec()));
+                Ok(())
+            });
+            let stats = collect_with(&model.graph, &mut ctx, "test", "testing", &[], &mut [Joint { values: vec![x, g], visit }]).unwrap();
+            assert!(stats.is_empty());
+        }
+        assert_eq!(seen, vec![(vec![1.0, 2.0], vec![3.0]), (vec![5.0, 6.0], vec![4.0])]);
     }
 }

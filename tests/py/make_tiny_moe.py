@@ -2,8 +2,10 @@
 that fixtures/make_smollm2_moe.py writes for SmolLM2 (its `hf_layer`: router MatMul -> Softmax
 -> TopK -> renormalized -> ScatterElements; per-expert SwiGLU MatMuls; each output times its
 routing weight; a Sum), one of them with a shared expert. Random weights (seed 0).
+With `--form ort`, the same network with each layer's routed experts in one com.microsoft.MoE
+node (the fixture's `ort_layer`; the shared expert's MatMuls added to its output).
 
-    python make_tiny_moe.py OUT.onnx
+    python make_tiny_moe.py OUT.onnx [--form hf|ort]
 
 Inputs: input_ids [batch, seq] (int64 below 64). Output: logits [batch, seq, 64].
 """
@@ -15,12 +17,13 @@ import onnx
 from onnx import helper, numpy_helper, TensorProto
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures"))
-from make_smollm2_moe import hf_layer  # noqa: E402
+from make_smollm2_moe import MS, hf_layer, ort_layer  # noqa: E402
 
 VOCAB, HIDDEN, FFN, EXPERTS, K = 64, 16, 32, 4, 2
 
 
 def main():
+    form = sys.argv[sys.argv.index("--form") + 1] if "--form" in sys.argv else "hf"
     rng = np.random.default_rng(0)
     w = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(np.float32)  # noqa: E731
     nodes, inits = [], []
@@ -51,7 +54,7 @@ def main():
         order = rng.permutation(FFN)
         groups = [order[(i + int(shared)) * size:(i + 1 + int(shared)) * size] for i in range(EXPERTS)]
         variant = {"groups": groups, "shared": order[:size] if shared else None, "R": w(HIDDEN, EXPERTS), "k": K, "c": float(K)}
-        sub = hf_layer(layer, {"x": x, "gate": "gate", "up": "up", "down": "down", "out": f"{p}/ffn_out"}, variant, weights)
+        sub = (hf_layer if form == "hf" else ort_layer)(layer, {"x": x, "gate": "gate", "up": "up", "down": "down", "out": f"{p}/ffn_out"}, variant, weights)
         nodes.extend(sub.nodes)
         inits.extend(sub.inits)
         h = node("Add", [x, f"{p}/ffn_out"], f"{p}/ffn_residual")
@@ -63,7 +66,7 @@ def main():
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="compactor-tests")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)] + ([helper.make_opsetid(MS, 1)] if form == "ort" else []), producer_name="compactor-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, sys.argv[1])

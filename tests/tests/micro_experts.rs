@@ -144,8 +144,14 @@ fn scores_equal_the_numpy_reference_on_smollm2() {
 /// The tiny decoder of tests/py/make_tiny_moe.py (Hugging Face MoE form, a shared expert in
 /// its second layer), written to `dir`, with three batches of random calibration inputs.
 fn tiny_moe(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let path = dir.join("tiny_moe.onnx");
-    run_python("make_tiny_moe.py", &[path.as_os_str()]);
+    tiny_moe_form(dir, "hf")
+}
+
+/// [`tiny_moe`] in the Hugging Face form (`hf`) or with com.microsoft.MoE nodes (`ort`): the
+/// same network, weights and calibration batches.
+fn tiny_moe_form(dir: &Path, form: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let path = dir.join(format!("tiny_moe_{form}.onnx"));
+    run_python("make_tiny_moe.py", &[path.as_os_str(), "--form".as_ref(), form.as_ref()]);
     let model = Model::load(&path).unwrap();
     let dims = [("batch".to_string(), 2), ("seq".to_string(), 8)];
     let batches: Vec<_> = (0..3).map(|seed| compactor_runtime::inputs::random_inputs(&model, &dims, seed).unwrap()).collect();
@@ -196,6 +202,95 @@ fn pruning_a_mixture_of_experts_pools_its_experts() {
     let feeds = random_npy_inputs(&pruned, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 3);
     let (ort, ours) = both_runtimes(&pruned, &feeds);
     assert!(relative_difference(&ort, &ours) < 1e-5, "the runtimes differ on the pruned mixture");
+}
+
+/// Per-expert score vectors of every layer, from `micro-expert-scores(vectors=true)`.
+fn score_vectors(path: &Path, calibration: &Path, score: &str) -> Vec<Vec<Vec<f64>>> {
+    let mut m = Model::load(path).unwrap();
+    let report = run(&mut m, &format!("infer-shapes,micro-expert-scores(score={score},vectors=true)"), Some(calibration));
+    let layers = report.passes[1].details["layers"].as_array().unwrap().clone();
+    layers.iter().map(|l| l["experts"].as_array().unwrap().iter().map(|e| e["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect()).collect()
+}
+
+/// A com.microsoft.MoE node's neurons are scored from its captured input and router logits
+/// (routed, its fc1 run and activated in the pass): every score equals the Hugging Face form's
+/// of the same network, whose activations the graph computes (and which the NumPy reference
+/// checks above). The layer with a shared expert beside the node pools both.
+#[test]
+fn scores_of_a_moe_node_equal_the_hugging_face_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hf, calibration) = tiny_moe_form(dir.path(), "hf");
+    let (ort, _) = tiny_moe_form(dir.path(), "ort");
+    let layers = {
+        let model = Model::load(&ort).unwrap();
+        let mut analyses = Analyses::new();
+        analyses.get::<FfnExperts>(&model.graph).iter().map(|l| (l.experts.len(), l.moe_op.as_ref().map(|op| (op.experts, op.width)))).collect::<Vec<_>>()
+    };
+    assert_eq!(layers, vec![(0, Some((4, 8))), (1, Some((4, 6)))], "a MoE node per layer, the second beside a shared expert");
+    for score in ["camera", "activation", "wanda", "magnitude"] {
+        let (want, got) = (score_vectors(&hf, &calibration, score), score_vectors(&ort, &calibration, score));
+        assert_eq!(want.len(), got.len());
+        for (l, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(w.len(), g.len(), "layer {l}: experts");
+            for (e, (w, g)) in w.iter().zip(g).enumerate() {
+                let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let worst = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(w.len() == g.len() && worst <= 1e-4 * scale, "score={score} layer {l} expert {e}: {worst} of {scale}\n{w:?}\n{g:?}");
+            }
+        }
+    }
+}
+
+/// Pruning a com.microsoft.MoE node cuts the neurons the Hugging Face form's pruning cuts:
+/// `per_expert=true` gives every expert one narrower width; pooled, each expert keeps its own
+/// neurons, padded with zero neurons to the widest. Either way the pruned node computes what
+/// the pruned Hugging Face graph computes, in onnxruntime and the bundled runtime; ratio 0
+/// leaves the model as it was.
+#[test]
+fn pruning_a_moe_node_equals_pruning_the_hugging_face_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hf, calibration) = tiny_moe_form(dir.path(), "hf");
+    let (ort, _) = tiny_moe_form(dir.path(), "ort");
+    let feeds = random_npy_inputs(&hf, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 5);
+    for (options, widths) in [("ratio=0.25,per_expert=true", [6usize, 5]), ("ratio=0.25", [0, 0]), ("ratio=0.4,score=wanda,sequential=false", [0, 0])] {
+        let spec = format!("infer-shapes,prune-micro-experts({options})");
+        let (mut pruned_hf, mut pruned_ort) = (Model::load(&hf).unwrap(), Model::load(&ort).unwrap());
+        let (report_hf, report_ort) = (run(&mut pruned_hf, &spec, Some(&calibration)), run(&mut pruned_ort, &spec, Some(&calibration)));
+        let (layers_hf, layers_ort) = (report_hf.passes[1].details["layers"].as_array().unwrap().clone(), report_ort.passes[1].details["layers"].as_array().unwrap().clone());
+        for (l, (h, o)) in layers_hf.iter().zip(&layers_ort).enumerate() {
+            assert_eq!((&h["before"], &h["after"]), (&o["before"], &o["after"]), "{options}: layer {l}");
+            // The routed experts' kept counts are the Hugging Face form's widths.
+            let routed: Vec<u64> = h["experts"].as_array().unwrap().iter().skip(l).map(|e| e["width_after"].as_u64().unwrap()).collect();
+            let moe = &o["moe"];
+            let kept: Vec<u64> = moe["kept"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(routed, kept, "{options}: layer {l}");
+            let width = moe["width_after"].as_u64().unwrap();
+            assert_eq!(width, *kept.iter().max().unwrap());
+            assert_eq!(moe["padded"].as_u64().unwrap(), kept.iter().map(|k| width - k).sum::<u64>());
+            if widths[l] > 0 {
+                assert!(kept.iter().all(|&k| k as usize == widths[l]) && moe["padded"] == 0, "{options}: layer {l}: {kept:?}");
+            }
+        }
+        let (path_hf, path_ort) = (dir.path().join("pruned_hf.onnx"), dir.path().join("pruned_ort.onnx"));
+        pruned_hf.save(&path_hf).unwrap();
+        pruned_ort.save(&path_ort).unwrap();
+        let (ort_hf, _) = both_runtimes(&path_hf, &feeds);
+        let (ort_ort, ours_ort) = both_runtimes(&path_ort, &feeds);
+        assert!(relative_difference(&ort_hf, &ort_ort) < 1e-5, "{options}: the pruned forms differ");
+        assert!(relative_difference(&ort_ort, &ours_ort) < 1e-5, "{options}: the runtimes differ on the pruned MoE node");
+    }
+    let mut shaped = Model::load(&ort).unwrap();
+    run(&mut shaped, "infer-shapes", None);
+    let mut unpruned = Model::load(&ort).unwrap();
+    let report = run(&mut unpruned, "infer-shapes,prune-micro-experts(ratio=0)", Some(&calibration));
+    assert!(!report.passes[1].changed);
+    assert_eq!(unpruned.to_bytes().unwrap(), shaped.to_bytes().unwrap(), "ratio 0 changed the model");
+    // Tiers are not built for a MoE node: its layers are left alone with the reason.
+    let mut tiered = Model::load(&ort).unwrap();
+    let report = run(&mut tiered, "infer-shapes,quantize-micro-experts", Some(&calibration));
+    let skipped = report.passes[1].details["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped.iter().all(|s| s["reason"].as_str().unwrap().contains("com.microsoft.MoE")), "{skipped:?}");
 }
 
 #[test]

@@ -4,15 +4,18 @@
 //! up projections (in the `[in, out]` sense of [`LinearLayer`]) and row `j` of the down
 //! projection. A dense FFN is one expert with no routing weight; a mixture of experts (the
 //! exported Hugging Face form) has one per FFN, each with the routing weight its output is
-//! multiplied by. Every pass that scores,
-//! prunes or re-quantizes neurons reads its layers from here.
+//! multiplied by. A `com.microsoft.MoE` node is a layer too: its experts are slices of its fc1
+//! and fc2 tensors rather than linear layers ([`MoeOp`]). Every pass that scores, prunes or
+//! re-quantizes neurons reads its layers from here.
 //!
 //! [`LinearLayer`]: super::LinearLayer
 
 use super::linear::{LayerId, LinearLayers};
 use super::transformer::{Ffn, TransformerBlocks};
 use super::{Analyses, Analysis};
-use compactor_ir::{Graph, ValueId};
+use compactor_ir::moe::MoeAttributes;
+use compactor_ir::{DataType, Graph, NodeId, ValueId};
+use std::collections::HashMap;
 
 /// One FFN expert.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,19 +43,96 @@ pub struct ExpertLayer {
     pub input: ValueId,
     /// The input width (the model's hidden size).
     pub input_width: usize,
+    /// Experts that are linear layers (a dense FFN, a mixture's experts, the shared experts
+    /// beside a MoE node).
     pub experts: Vec<Expert>,
+    /// The `com.microsoft.MoE` node reading the input, if any.
+    pub moe_op: Option<MoeOp>,
+}
+
+impl ExpertLayer {
+    /// The constant that names this layer across edits (ids of linear layers change as the
+    /// graph does): its first expert's down weight, or the MoE node's fc2 weights.
+    pub fn key(&self, layers: &LinearLayers) -> ValueId {
+        match (self.experts.first(), &self.moe_op) {
+            (Some(e), _) => layers[e.down].weight.value,
+            (None, Some(op)) => op.fc2,
+            (None, None) => unreachable!("a layer has experts or a MoE node"),
+        }
+    }
+
+    /// Every expert of the layer: the linear ones, then the MoE node's.
+    pub fn expert_count(&self) -> usize {
+        self.experts.len() + self.moe_op.as_ref().map_or(0, |op| op.experts)
+    }
+}
+
+/// A `com.microsoft.MoE` node whose expert weights are f32 initializers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoeOp {
+    pub node: NodeId,
+    /// The router's logits (`router_probs`, `[tokens, experts]`).
+    pub router: ValueId,
+    /// `[E, f·I, H]` (`f` = 2 for a fused SwiGLU), each expert's rows its outputs.
+    pub fc1: ValueId,
+    pub fc1_bias: Option<ValueId>,
+    /// `[E, H, I]`.
+    pub fc2: ValueId,
+    pub attrs: MoeAttributes,
+    pub experts: usize,
+    /// Intermediate neurons per expert (`I`).
+    pub width: usize,
 }
 
 /// The FFN layers of a graph in execution order: an [`Analysis`] built on
 /// [`TransformerBlocks`]. A dense FFN is a layer with one expert.
 #[derive(Clone, Debug, Default)]
-pub struct FfnExperts(pub Vec<ExpertLayer>);
+pub struct FfnExperts {
+    pub layers: Vec<ExpertLayer>,
+    /// MoE nodes that are not layers here, and why (weights not f32 initializers, attributes
+    /// the op's semantics do not cover).
+    pub refused: Vec<(NodeId, String)>,
+}
 
 impl std::ops::Deref for FfnExperts {
     type Target = [ExpertLayer];
     fn deref(&self) -> &[ExpertLayer] {
-        &self.0
+        &self.layers
     }
+}
+
+/// The MoE node `node` as a layer's [`MoeOp`], with the input it reads, or why it is not one.
+fn moe_op(graph: &Graph, node: NodeId) -> Result<(ValueId, usize, MoeOp), String> {
+    let n = graph.node(node);
+    let attrs = MoeAttributes::of_node(n)?;
+    let input = |i: usize| n.inputs.get(i).copied().flatten();
+    let (Some(x), Some(router), Some(fc1), Some(fc2)) = (input(0), input(1), input(2), input(4)) else {
+        return Err("input, router_probs, fc1 or fc2 weights missing".into());
+    };
+    if (6..n.inputs.len()).any(|i| input(i).is_some()) {
+        return Err("fc3 weights are not supported".into());
+    }
+    let dims = |v: ValueId| -> Result<Vec<usize>, String> {
+        let value = graph.value(v);
+        match &value.initializer {
+            Some(t) if t.dtype() == DataType::Float => Ok(t.dims().iter().map(|&d| d as usize).collect()),
+            _ => Err(format!("'{}' is not an f32 initializer", value.name)),
+        }
+    };
+    let (fc1_dims, fc2_dims) = (dims(fc1)?, dims(fc2)?);
+    let fusion = attrs.activation.fusion();
+    let [experts, wide, hidden] = fc1_dims[..] else { return Err(format!("fc1 weights are {fc1_dims:?}, not [experts, rows, hidden]")) };
+    let width = wide / fusion;
+    if wide % fusion != 0 || fc2_dims != [experts, hidden, width] {
+        return Err(format!("fc1 weights {fc1_dims:?} and fc2 weights {fc2_dims:?} do not fit together"));
+    }
+    let fc1_bias = input(3);
+    if let Some(b) = fc1_bias
+        && dims(b)? != [experts, wide]
+    {
+        return Err("fc1 bias is not [experts, rows]".into());
+    }
+    Ok((x, hidden, MoeOp { node, router, fc1, fc1_bias, fc2, attrs, experts, width }))
 }
 
 impl Analysis for FfnExperts {
@@ -78,8 +158,28 @@ impl Analysis for FfnExperts {
             let up = &layers[first.up];
             let experts =
                 ffns.into_iter().map(|(f, routing)| Expert { gate: f.gate, up: f.up, down: f.down, width: layers[f.down].in_features as usize, hidden: layers[f.down].input, routing }).collect();
-            out.push(ExpertLayer { block, input: up.input, input_width: up.in_features as usize, experts });
+            out.push(ExpertLayer { block, input: up.input, input_width: up.in_features as usize, experts, moe_op: None });
         }
-        FfnExperts(out)
+        // MoE nodes join the layer of the linear experts reading the same input (shared
+        // experts), or make their own in the block whose attention they follow.
+        let position: HashMap<NodeId, usize> = graph.nodes_of(Graph::MAIN).enumerate().map(|(i, (id, _))| (id, i)).collect();
+        let mut refused = Vec::new();
+        for (node, n) in graph.nodes_of(Graph::MAIN) {
+            if !(n.op_type == "MoE" && n.domain() == "com.microsoft") {
+                continue;
+            }
+            match moe_op(graph, node) {
+                Err(why) => refused.push((node, why)),
+                Ok((input, input_width, op)) => match out.iter_mut().find(|l| l.input == input && l.moe_op.is_none()) {
+                    Some(layer) => layer.moe_op = Some(op),
+                    None => {
+                        let block = blocks.iter().rposition(|b| position.get(&b.attention.context) < position.get(&node)).unwrap_or(0);
+                        out.push(ExpertLayer { block, input, input_width, experts: Vec::new(), moe_op: Some(op) });
+                    }
+                },
+            }
+        }
+        out.sort_by_key(|l| l.block);
+        FfnExperts { layers: out, refused }
     }
 }

@@ -11,6 +11,8 @@
 //! - `wanda`: the sum of Wanda's per-weight scores `|w| · ‖input‖₂` over the neuron's weights:
 //!   `Σ_k (|gate_kj| + |up_kj|) · ‖x_k‖ + ‖φ_j‖ · Σ_i |d_ji|`.
 
+pub mod moe_op;
+
 use crate::calib::Stats;
 use serde::{Deserialize, Serialize};
 
@@ -86,11 +88,15 @@ pub struct NeuronStats {
 
 impl NeuronStats {
     /// From the calibration driver's statistics of the down projection's input (mean square
-    /// and max |x| wanted) and, for `wanda`, of the FFN input (mean square).
-    pub fn from_calibration(hidden: &Stats, input: Option<&Stats>) -> Option<NeuronStats> {
-        let total = |s: &Stats| s.mean_square.as_ref().map(|m| m.iter().map(|&v| v as f64 * s.rows as f64).collect::<Vec<f64>>());
-        Some(NeuronStats { sum_square: total(hidden)?, max_square: hidden.max_abs.as_ref()?.iter().map(|&m| (m as f64) * (m as f64)).collect(), input_sum_square: input.and_then(total) })
+    /// and max |x| wanted) and, for `wanda`, the FFN input's Σ x² ([`sums_of_squares`]).
+    pub fn from_calibration(hidden: &Stats, input_sum_square: Option<Vec<f64>>) -> Option<NeuronStats> {
+        Some(NeuronStats { sum_square: sums_of_squares(hidden)?, max_square: hidden.max_abs.as_ref()?.iter().map(|&m| (m as f64) * (m as f64)).collect(), input_sum_square })
     }
+}
+
+/// Σ x² per input over every row, from statistics with the mean square.
+pub fn sums_of_squares(s: &Stats) -> Option<Vec<f64>> {
+    s.mean_square.as_ref().map(|m| m.iter().map(|&v| v as f64 * s.rows as f64).collect())
 }
 
 /// Per-neuron scores of one expert (higher: more useful). `stats` is needed by every score

@@ -3,12 +3,13 @@
 //! ([`crate::micro_experts`]). Statistics come from one pass of the calibration data through
 //! the runtime's capture (sums and maxima per neuron: memory does not grow with the tokens).
 
-use crate::analysis::experts::{ExpertLayer, FfnExperts};
+use crate::analysis::experts::{ExpertLayer, FfnExperts, MoeOp};
 use crate::analysis::{LinearLayer, LinearLayers};
-use crate::calib::{self, Request, RowLayout, Stats, Wanted};
-use crate::micro_experts::{ExpertWeights, NeuronStats, Score, Weight, neuron_scores};
-use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use compactor_ir::{Graph, ValueId};
+use crate::calib::{self, Joint, Request, RowLayout, Stats, Wanted};
+use crate::micro_experts::moe_op::{MoeSums, MoeWeights};
+use crate::micro_experts::{ExpertWeights, NeuronStats, Score, Weight, neuron_scores, sums_of_squares};
+use crate::pass::{Activation, OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use compactor_ir::{Graph, NodeId, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -54,9 +55,34 @@ pub(crate) fn weight_values(pass: &str, graph: &Graph, layer: &LinearLayer) -> R
     layer.weight.tensor.to_f32().map_err(|e| PassError::failed(pass, graph.value(layer.weight.value).name.clone(), e.to_string()))
 }
 
-/// Scores of every expert of `layer` (one vector per expert), from the calibration statistics
-/// `stats` (see [`measure`]).
-pub(crate) fn layer_scores(pass: &str, graph: &Graph, layers: &LinearLayers, layer: &ExpertLayer, score: Score, rho: f64, stats: &BTreeMap<ValueId, Stats>) -> Result<Vec<Vec<f64>>, PassError> {
+/// A MoE node's expert weights read into memory (f32 values of its initializers).
+pub(crate) struct LoadedMoe {
+    fc1: Vec<f32>,
+    fc1_bias: Option<Vec<f32>>,
+    fc2: Vec<f32>,
+    hidden: usize,
+}
+
+impl LoadedMoe {
+    pub(crate) fn load(pass: &str, graph: &Graph, op: &MoeOp) -> Result<LoadedMoe, PassError> {
+        let values = |v: ValueId| {
+            let value = graph.value(v);
+            value.initializer.as_ref().expect("the analysis found an initializer").to_f32().map_err(|e| PassError::failed(pass, value.name.clone(), e.to_string()))
+        };
+        let hidden = graph.value(op.fc1).initializer.as_ref().map_or(0, |t| t.dims()[2] as usize);
+        Ok(LoadedMoe { fc1: values(op.fc1)?, fc1_bias: op.fc1_bias.map(values).transpose()?, fc2: values(op.fc2)?, hidden })
+    }
+
+    pub(crate) fn view<'a>(&'a self, op: &MoeOp) -> MoeWeights<'a> {
+        MoeWeights { attrs: op.attrs, experts: op.experts, width: op.width, hidden: self.hidden, fc1: &self.fc1, fc1_bias: self.fc1_bias.as_deref(), fc2: &self.fc2 }
+    }
+}
+
+/// Scores of every expert of `layer` (one vector per expert: the linear experts, then the MoE
+/// node's), from the calibration statistics (see [`measure`]).
+pub(crate) fn layer_scores(pass: &str, graph: &Graph, layers: &LinearLayers, layer: &ExpertLayer, score: Score, rho: f64, measured: &Measured) -> Result<Vec<Vec<f64>>, PassError> {
+    let stats = &measured.stats;
+    let input_totals = || stats.get(&layer.input).and_then(sums_of_squares);
     let mut out = Vec::new();
     for e in &layer.experts {
         let (up, down) = (&layers[e.up], &layers[e.down]);
@@ -64,12 +90,21 @@ pub(crate) fn layer_scores(pass: &str, graph: &Graph, layers: &LinearLayers, lay
         let (up_data, down_data) = (weight_values(pass, graph, up)?, weight_values(pass, graph, down)?);
         let gate_data = gate.map(|g| weight_values(pass, graph, g)).transpose()?;
         let weights = ExpertWeights { gate: gate.zip(gate_data.as_deref()).map(|(l, d)| weight(l, d)), up: weight(up, &up_data), down: weight(down, &down_data) };
-        let neuron_stats = match stats.get(&e.hidden) {
-            Some(hidden) => NeuronStats::from_calibration(hidden, stats.get(&layer.input)),
-            None => None,
-        };
+        let neuron_stats = stats.get(&e.hidden).and_then(|hidden| NeuronStats::from_calibration(hidden, input_totals()));
         let scores = neuron_scores(score, rho, &weights, neuron_stats.as_ref()).map_err(|reason| PassError::failed(pass, down.label(graph), reason))?;
         out.push(scores);
+    }
+    if let Some(op) = &layer.moe_op {
+        let loaded = LoadedMoe::load(pass, graph, op)?;
+        let weights = loaded.view(op);
+        let sums = measured.moe.get(&op.node);
+        for e in 0..op.experts {
+            let rows = weights.expert_rows(e);
+            let neuron_stats = sums.map(|s| s.neuron_stats(e, input_totals()));
+            let scores = neuron_scores(score, rho, &weights.expert(e, &rows), neuron_stats.as_ref())
+                .map_err(|reason| PassError::failed(pass, format!("{} expert {e}", graph.node(op.node).label(op.node)), reason))?;
+            out.push(scores);
+        }
     }
     Ok(out)
 }
@@ -79,12 +114,22 @@ fn weight<'a>(layer: &LinearLayer, data: &'a [f32]) -> Weight<'a> {
     Weight { data, k: layer.in_features as usize, n: layer.out_features as usize, transposed: layer.weight.transposed }
 }
 
+/// What one calibration run measured for the micro-expert scores.
+#[derive(Default)]
+pub(crate) struct Measured {
+    /// Per activation (an expert's down-projection input, a layer's input).
+    pub stats: BTreeMap<ValueId, Stats>,
+    /// Per MoE node, its experts' neuron sums.
+    pub moe: BTreeMap<NodeId, MoeSums>,
+}
+
 /// Runs the calibration data once and returns the statistics `score` needs for `layers`:
-/// mean square and max |x| of each expert's down-projection input, and (for `wanda`) the mean
-/// square of the FFN input. Nothing is measured for `magnitude`.
-pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, layers: &[&ExpertLayer], score: Score, mean: bool) -> Result<BTreeMap<ValueId, Stats>, PassError> {
+/// mean square and max |x| of each expert's down-projection input (a MoE node's computed from
+/// its captured input and router logits), and (for `wanda`) the mean square of the FFN input.
+/// Nothing is measured for `magnitude`.
+pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, layers: &[&ExpertLayer], score: Score, mean: bool) -> Result<Measured, PassError> {
     if !score.needs_data() && !mean {
-        return Ok(BTreeMap::new());
+        return Ok(Measured::default());
     }
     let mut requests = Vec::new();
     for l in layers {
@@ -105,7 +150,21 @@ pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, laye
             requests.push(Request { row_scale: None, value: l.input, layout: RowLayout::LastAxis, k: l.input_width, wanted: Wanted { mean_square: true, ..Default::default() } });
         }
     }
-    calib::collect(graph, ctx, pass, SCORE_NEEDS, &requests)
+    let ops: Vec<&MoeOp> = if score.needs_data() { layers.iter().filter_map(|l| l.moe_op.as_ref()).collect() } else { Vec::new() };
+    let loaded = ops.iter().map(|op| LoadedMoe::load(pass, graph, op)).collect::<Result<Vec<_>, _>>()?;
+    let weights: Vec<MoeWeights<'_>> = ops.iter().zip(&loaded).map(|(op, l)| l.view(op)).collect();
+    let inputs: Vec<ValueId> = layers.iter().filter(|l| l.moe_op.is_some()).map(|l| l.input).collect();
+    let mut sums = vec![MoeSums::default(); ops.len()];
+    let stats = {
+        let mut joints: Vec<Joint<'_>> = sums
+            .iter_mut()
+            .zip(&weights)
+            .zip(ops.iter().zip(&inputs))
+            .map(|((sums, w), (op, &input))| Joint { values: vec![input, op.router], visit: Box::new(move |a: &[Activation<'_>]| w.accumulate(a[0].data, a[1].data, sums)) })
+            .collect();
+        calib::collect_with(graph, ctx, pass, SCORE_NEEDS, &requests, &mut joints)?
+    };
+    Ok(Measured { stats, moe: ops.iter().map(|op| op.node).zip(sums).collect() })
 }
 
 #[derive(Serialize)]
@@ -134,16 +193,17 @@ impl Pass for MicroExpertScores {
         let mut reports = Vec::new();
         for l in experts.iter() {
             let scores = layer_scores(Self::NAME, graph, &layers, l, self.score, self.rho, &stats)?;
-            let experts = l
-                .experts
-                .iter()
+            // Each expert by its down projection, or by its MoE node and index.
+            let names =
+                l.experts.iter().map(|e| layers[e.down].label(graph)).chain(l.moe_op.iter().flat_map(|op| (0..op.experts).map(move |e| format!("{} expert {e}", graph.node(op.node).label(op.node)))));
+            let experts = names
                 .zip(scores)
-                .map(|(e, s)| {
+                .map(|(down, s)| {
                     let mut sorted = s.clone();
                     sorted.sort_by(f64::total_cmp);
                     ExpertReport {
-                        down: layers[e.down].label(graph),
-                        width: e.width,
+                        down,
+                        width: s.len(),
                         min: sorted.first().copied().unwrap_or(0.0),
                         median: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
                         max: sorted.last().copied().unwrap_or(0.0),
@@ -153,7 +213,7 @@ impl Pass for MicroExpertScores {
                 .collect();
             reports.push(LayerReport { block: l.block, experts });
         }
-        let neurons: usize = experts.iter().flat_map(|l| &l.experts).map(|e| e.width).sum();
+        let neurons: usize = reports.iter().flat_map(|l| &l.experts).map(|e| e.width).sum();
         Ok(PassOutcome::unchanged(format!("scored {neurons} micro-experts in {} FFN layers (score={:?})", reports.len(), self.score)).with_details(serde_json::json!({ "layers": reports })))
     }
 }

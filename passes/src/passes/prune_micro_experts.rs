@@ -7,15 +7,19 @@
 //! columns and down rows are cut from the weights (the layers get narrower). A dense FFN is
 //! one expert. `sequential=false` scores every layer on the unpruned model in one calibration
 //! pass instead (faster, as the baselines usually run).
+//!
+//! A `com.microsoft.MoE` node's experts share one width (its fc1 and fc2 are single tensors):
+//! with `per_expert=true` each expert loses the same share; pooled, each keeps its own
+//! neurons and the narrower ones are padded with zero neurons up to the widest.
 
-use super::micro_expert_scores::{SCORE_NEEDS, layer_scores, measure, validate_rho};
+use super::micro_expert_scores::{LoadedMoe, SCORE_NEEDS, layer_scores, measure, validate_rho};
 use super::prune_channels::{GroupReport, Plan, cut_groups};
-use crate::analysis::experts::{ExpertLayer, FfnExperts};
+use crate::analysis::experts::{ExpertLayer, FfnExperts, MoeOp};
 use crate::analysis::{ChannelGroups, LinearLayers, Uses};
 use crate::calib::Stats;
-use crate::micro_experts::{Score, pooled_keep};
+use crate::micro_experts::{Score, moe_op, pooled_keep};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use compactor_ir::{Graph, ValueId};
+use compactor_ir::{Graph, Patch, Tensor, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -65,10 +69,25 @@ impl PassDef for PruneMicroExperts {
 #[derive(Serialize)]
 struct LayerReport {
     block: usize,
-    /// Micro-experts before and after, all experts of the layer together.
+    /// Micro-experts before and after, all experts of the layer together (zero neurons that
+    /// pad a MoE node's experts to one width not counted).
     before: usize,
     after: usize,
     experts: Vec<GroupReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moe: Option<MoeReport>,
+}
+
+/// What became of a MoE node's experts.
+#[derive(Serialize)]
+struct MoeReport {
+    node: String,
+    width_before: usize,
+    /// The experts' one width: the most neurons any keeps.
+    width_after: usize,
+    /// Neurons each expert keeps (the rest of `width_after` are zero).
+    kept: Vec<usize>,
+    padded: usize,
 }
 
 #[derive(Serialize)]
@@ -77,27 +96,66 @@ struct Skipped {
     reason: String,
 }
 
+/// A MoE node's experts to cut: each keeps its listed neurons, padded to `width`.
+struct MoeCut<'a> {
+    op: &'a MoeOp,
+    kept: Vec<Vec<usize>>,
+    width: usize,
+}
+
+impl MoeCut<'_> {
+    fn report(&self, graph: &Graph) -> MoeReport {
+        let kept: Vec<usize> = self.kept.iter().map(Vec::len).collect();
+        MoeReport { node: graph.node(self.op.node).label(self.op.node), width_before: self.op.width, width_after: self.width, padded: kept.iter().map(|k| self.width - k).sum(), kept }
+    }
+
+    /// The patch replacing the node's expert tensors with the cut ones.
+    fn patch(&self, pass: &str, graph: &Graph, patch: &mut Patch) -> Result<(), PassError> {
+        let loaded = LoadedMoe::load(pass, graph, self.op)?;
+        let weights = loaded.view(self.op);
+        let (fc1, fc1_bias, fc2) = moe_op::cut(&weights, &self.kept, self.width);
+        let (e, h, f) = (self.op.experts as u64, weights.hidden as u64, self.op.attrs.activation.fusion() as u64);
+        let w = self.width as u64;
+        let tensor = |dims: &[u64], values: &[f32]| Tensor::from_f32(dims, values).map_err(|err| PassError::failed(pass, graph.node(self.op.node).label(self.op.node), err.to_string()));
+        patch.set_initializer(self.op.fc1, tensor(&[e, f * w, h], &fc1)?);
+        patch.set_initializer(self.op.fc2, tensor(&[e, h, w], &fc2)?);
+        if let (Some(value), Some(bias)) = (self.op.fc1_bias, fc1_bias) {
+            patch.set_initializer(value, tensor(&[e, f * w], &bias)?);
+        }
+        Ok(())
+    }
+}
+
+/// Why a MoE node's experts cannot be cut in place, if they cannot: a weight another node
+/// also reads would change under it.
+fn moe_shared_weight(graph: &Graph, uses: &Uses, op: &MoeOp) -> Option<String> {
+    [Some(op.fc1), op.fc1_bias, Some(op.fc2)]
+        .into_iter()
+        .flatten()
+        .find(|&v| uses.of(v).len() != 1)
+        .map(|v| format!("{}: '{}' is read by other nodes too", graph.node(op.node).label(op.node), graph.value(v).name))
+}
+
 impl Pass for PruneMicroExperts {
     fn run(&self, graph: &mut Graph, ctx: &mut PassCtx<'_, '_>) -> Result<PassOutcome, PassError> {
         if self.score.needs_data() && ctx.calibrator.is_none() {
             return Err(PassError::NeedsCalibration { pass: Self::NAME.into(), why: SCORE_NEEDS.into() });
         }
         let compensate = self.compensate && ctx.calibrator.is_some();
-        // Layers are named by their first down weight: ids of layers change as the graph does.
-        let targets: Vec<(usize, ValueId)> = {
+        let (targets, mut skipped): (Vec<(usize, ValueId)>, Vec<Skipped>) = {
             let experts = ctx.analyses.get::<FfnExperts>(graph);
             let layers = ctx.analyses.get::<LinearLayers>(graph);
-            experts.iter().skip(self.skip).map(|l| (l.block, layers[l.experts[0].down].weight.value)).collect()
+            let refused = experts.refused.iter().map(|(n, why)| Skipped { block: 0, reason: format!("{}: {why}", graph.node(*n).label(*n)) }).collect();
+            (experts.iter().skip(self.skip).map(|l| (l.block, l.key(&layers))).collect(), refused)
         };
         let mut reports = Vec::new();
-        let mut skipped = Vec::new();
         let batches: Vec<Vec<(usize, ValueId)>> = if self.sequential { targets.into_iter().map(|t| vec![t]).collect() } else { vec![targets] };
         // Progress: each calibration pass shows its own bar (one bar at a time).
         for batch in batches {
             let experts = ctx.analyses.get::<FfnExperts>(graph);
             let layers = ctx.analyses.get::<LinearLayers>(graph);
-            let chosen: Vec<&ExpertLayer> = batch.iter().filter_map(|&(_, w)| experts.iter().find(|l| layers[l.experts[0].down].weight.value == w)).collect();
-            let stats = measure(graph, ctx, Self::NAME, &chosen, self.score, compensate)?;
+            let chosen: Vec<&ExpertLayer> = batch.iter().filter_map(|&(_, w)| experts.iter().find(|l| l.key(&layers) == w)).collect();
+            let measured = measure(graph, ctx, Self::NAME, &chosen, self.score, compensate)?;
             let groups = ctx.analyses.get::<ChannelGroups>(graph);
             // The layers reading each group matter only to compensation.
             let uses = ctx.analyses.get::<Uses>(graph);
@@ -106,16 +164,19 @@ impl Pass for PruneMicroExperts {
             let mut kept_counts = Vec::new();
             let mut layer_spans = Vec::new();
             for layer in &chosen {
-                let scores = layer_scores(Self::NAME, graph, &layers, layer, self.score, self.rho, &stats)?;
-                let total: usize = layer.experts.iter().map(|e| e.width).sum();
+                let scores = layer_scores(Self::NAME, graph, &layers, layer, self.score, self.rho, &measured)?;
+                let total: usize = scores.iter().map(Vec::len).sum();
                 let keep = if self.per_expert {
                     scores.iter().flat_map(|s| pooled_keep(std::slice::from_ref(s), (self.ratio * s.len() as f64).floor() as usize, self.multiple)).collect()
                 } else {
                     pooled_keep(&scores, (self.ratio * total as f64).floor() as usize, self.multiple)
                 };
                 let mut expert_plans = Vec::new();
-                let mut reason = None;
+                let mut reason = layer.moe_op.as_ref().and_then(|op| moe_shared_weight(graph, &uses, op));
                 for ((e, s), kept) in layer.experts.iter().zip(&scores).zip(&keep) {
+                    if reason.is_some() {
+                        break;
+                    }
                     let down = &layers[e.down];
                     // The neuron axis of the stored down weight.
                     let axis = usize::from(down.weight.transposed);
@@ -140,7 +201,12 @@ impl Pass for PruneMicroExperts {
                     skipped.push(Skipped { block: layer.block, reason });
                     continue;
                 }
-                layer_spans.push((layer.block, total, expert_plans.len()));
+                let moe_cut = layer.moe_op.as_ref().map(|op| {
+                    let kept = keep[layer.experts.len()..].to_vec();
+                    let width = kept.iter().map(Vec::len).max().unwrap_or(0);
+                    MoeCut { op, kept, width }
+                });
+                layer_spans.push((layer.block, total, expert_plans.len(), moe_cut));
                 for (plan, kept) in expert_plans {
                     plans.push(plan);
                     kept_counts.push(kept);
@@ -149,16 +215,30 @@ impl Pass for PruneMicroExperts {
             // Layers that keep every neuron are left as they are (ratio 0 is the identity).
             let changed = plans.iter().zip(&kept_counts).any(|(p, &k)| k < p.group.width as usize);
             let groups_reports = if changed {
-                let stats: Option<&BTreeMap<ValueId, Stats>> = compensate.then_some(&stats);
+                let stats: Option<&BTreeMap<ValueId, Stats>> = compensate.then_some(&measured.stats);
                 cut_groups(Self::NAME, graph, &plans, &kept_counts, stats)?
             } else {
                 Vec::new()
             };
             let mut next = groups_reports.into_iter();
-            for (block, total, count) in layer_spans {
+            let mut patch = Patch::new();
+            for (block, total, count, moe_cut) in layer_spans {
                 let experts: Vec<GroupReport> = next.by_ref().take(count).collect();
-                let after = if experts.is_empty() { total } else { experts.iter().map(|g| g.width_after).sum() };
-                reports.push(LayerReport { block, before: total, after, experts });
+                let mut after = if experts.is_empty() { total - moe_cut.as_ref().map_or(0, |c| c.op.experts * c.op.width) } else { experts.iter().map(|g| g.width_after).sum() };
+                let moe = match &moe_cut {
+                    Some(cut) => {
+                        after += cut.kept.iter().map(Vec::len).sum::<usize>();
+                        if cut.kept.iter().any(|k| k.len() < cut.op.width) {
+                            cut.patch(Self::NAME, graph, &mut patch)?;
+                        }
+                        Some(cut.report(graph))
+                    }
+                    None => None,
+                };
+                reports.push(LayerReport { block, before: total, after, experts, moe });
+            }
+            if !patch.is_empty() {
+                graph.apply(patch).map_err(|e| PassError::failed(Self::NAME, "MoE experts", e.to_string()))?;
             }
         }
         let before: usize = reports.iter().map(|r| r.before).sum();

@@ -113,6 +113,9 @@ impl QuantizeMicroExperts {
     /// Why a layer cannot be split here, if it cannot: its projections must be MatMuls by
     /// `[in, out]` initializers read by them alone.
     fn unsupported(graph: &Graph, uses: &Uses, layers: &LinearLayers, layer: &ExpertLayer) -> Option<String> {
+        if let Some(op) = &layer.moe_op {
+            return Some(format!("{}: a com.microsoft.MoE node's experts share one weight type, so they are not split into tiers", graph.node(op.node).label(op.node)));
+        }
         for e in &layer.experts {
             for id in [e.gate, Some(e.up), Some(e.down)].into_iter().flatten() {
                 let l = &layers[id];
@@ -250,7 +253,7 @@ impl Pass for QuantizeMicroExperts {
                 skipped.push(Skipped { block: layer.block, reason });
                 continue;
             }
-            downs.push(layers[layer.experts[0].down].weight.value);
+            downs.push(layer.key(&layers));
             plans.extend(expert_plans);
             layer_tiers.push((layer.block, expert_tiers));
         }
@@ -266,10 +269,8 @@ impl Pass for QuantizeMicroExperts {
         let mut patch = Patch::new();
         let (mut bits_weighted, mut params) = (0.0f64, 0usize);
         for ((_, tiers), down) in layer_tiers.iter().zip(&downs) {
-            let layer = experts
-                .iter()
-                .find(|l| layers[l.experts[0].down].weight.value == *down)
-                .ok_or_else(|| PassError::failed(Self::NAME, graph.value(*down).name.clone(), "the FFN is not found again after the permutation"))?;
+            let layer =
+                experts.iter().find(|l| l.key(&layers) == *down).ok_or_else(|| PassError::failed(Self::NAME, graph.value(*down).name.clone(), "the FFN is not found again after the permutation"))?;
             for (e, tiers) in layer.experts.iter().zip(tiers) {
                 for id in [e.gate, Some(e.up)].into_iter().flatten() {
                     Self::split_columns(graph, &mut patch, &layers, id, tiers)?;

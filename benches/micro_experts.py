@@ -11,9 +11,11 @@ CAMERA). Calibration on the calibration part
 of the text, evaluation on the held-out part; same texts, windows and calibration as
 `benches/factorize.py` (whose helpers this reuses).
 
-    .cache/venv/bin/python benches/micro_experts.py [--models minilm,smollm2,moe] [--runs 3]
+    .cache/venv/bin/python benches/micro_experts.py [--models minilm,smollm2,moe,moe-op] [--runs 3]
 
-`moe` needs the MoE fixtures: `.cache/venv/bin/python fixtures/make_smollm2_moe.py .cache`.
+`moe` (exported Hugging Face form) and `moe-op` (the same network with com.microsoft.MoE nodes;
+rows for both of the node's widths: pooled and padded, and `per_expert=true`, "uniform") need
+the MoE fixtures: `.cache/venv/bin/python fixtures/make_smollm2_moe.py .cache`.
 """
 
 import json
@@ -44,8 +46,8 @@ QUANT = [
 FFN_WEIGHTS = {"minilm": '["*/intermediate/dense/MatMul","*layer.?/output/dense/MatMul"]', "smollm2": "[*mlp*]"}
 
 
-def prune(compactor, src, out, ratio, score, sequential, compensate, calib):
-    spec = f"infer-shapes,prune-micro-experts(ratio={ratio},score={score},sequential={sequential},compensate={str(compensate).lower()}),eliminate-dead-code"
+def prune(compactor, src, out, ratio, score, sequential, compensate, calib, per_expert=False):
+    spec = f"infer-shapes,prune-micro-experts(ratio={ratio},score={score},sequential={sequential},compensate={str(compensate).lower()},per_expert={str(per_expert).lower()}),eliminate-dead-code"
     cmd = [compactor, "optimize", src, "-o", out, "--passes", spec]
     if score != "magnitude":
         cmd += ["--calibration", calib]
@@ -111,30 +113,36 @@ def smollm2(a):
     quant_sweep(a, "smollm2", src, out_dir, calib, inputs, metric)
 
 
-def moe(a):
-    """The MoEfied SmolLM2 of fixtures/make_smollm2_moe.py (exported Hugging Face form, a shared
-    expert and top-2 of 7 routed experts per layer): micro-experts pooled across each layer's
-    experts, routed ones scored with their routing weights. One-shot scores only."""
-    src = os.path.join(a.cache, "smollm2-moe", "hf_shared_k2.onnx")
+def moe(a, form):
+    """The MoEfied SmolLM2 of fixtures/make_smollm2_moe.py (a shared expert and top-2 of 7
+    routed experts per layer), in the exported Hugging Face form (`hf`) or with com.microsoft.MoE
+    nodes (`ort`): micro-experts pooled across each layer's experts, routed ones scored with
+    their routing weights; on the MoE node also `per_expert=true` (every expert keeps one
+    width). One-shot scores only; latency of the 30% rows."""
+    key, file = {"hf": ("smollm2-moe", "hf_shared_k2.onnx"), "ort": ("smollm2-moe-op", "ort_shared_k2.onnx")}[form]
+    src = os.path.join(a.cache, "smollm2-moe", file)
     _, dense_dir, tokens, calib, inputs = fb.smollm2_setup(a)
-    out_dir = os.path.join(a.out, "smollm2-moe")
+    out_dir = os.path.join(a.out, key)
     os.makedirs(out_dir, exist_ok=True)
-    rows = a.results.setdefault("smollm2-moe", {})
+    rows = a.results.setdefault(key, {})
     if "dense" not in rows:
         rows["dense"] = {"bytes": fb.size_of(src), "latency": fb.bench_runtime(a.compactor, src, inputs, [], a.runs) if a.runs else None, "ppl": fb.perplexity(src, tokens, 2)}
     for ratio in RATIOS:
-        for score, sequential, compensate in ROWS:
-            if sequential == "true" or compensate:
-                continue
-            name = f"{label(score, sequential, compensate)} {ratio}"
-            if fb.skipped(a, name):
-                continue
-            out = os.path.join(out_dir, f"{score}_{ratio}.onnx")
-            row = prune(a.compactor, src, out, ratio, score, sequential, compensate, calib)
-            row["ppl"] = fb.perplexity(out, tokens, 2)
-            rows[name] = row
-            print(f"smollm2-moe {name}: {json.dumps(row)}", flush=True)
-            save(a)
+        for per_expert in [False, True] if form == "ort" else [False]:
+            for score, sequential, compensate in ROWS:
+                if sequential == "true" or compensate:
+                    continue
+                name = f"{label(score, sequential, compensate)}{' uniform' if per_expert else ''} {ratio}"
+                if fb.skipped(a, name):
+                    continue
+                out = os.path.join(out_dir, f"{score}_{per_expert}_{ratio}.onnx")
+                row = prune(a.compactor, src, out, ratio, score, sequential, compensate, calib, per_expert)
+                row["ppl"] = fb.perplexity(out, tokens, 2)
+                if ratio == RATIOS[-1] and score == "camera" and a.runs:
+                    row["latency"] = fb.bench_runtime(a.compactor, out, inputs, [], a.runs)
+                rows[name] = row
+                print(f"{key} {name}: {json.dumps(row)}", flush=True)
+                save(a)
 
 
 def save(a):
@@ -169,6 +177,20 @@ def table(results):
                 lat = r.get("latency")
                 lines.append(f"| {name} | {r.get('average_bits', '')} | {r[metric]:.4f} | {r['bytes'] / 2**20:.1f} | {r['seconds']:.1f} s | {ms(lat, 'compactor') if lat else 0:.1f} ms | {ms(lat, 'onnxruntime') if lat else 0:.1f} ms |")
         lines.append("")
+    rows = results.get("smollm2-moe-op")
+    if rows:
+        lines += ["smollm2-moe-op: perplexity (4096 evaluation tokens); pooled (experts padded to the widest) / uniform (per_expert=true)", "",
+                  "| score | " + " | ".join(f"{r * 100:.0f}% removed" for r in RATIOS) + " |", "|---|" + "---:|" * len(RATIOS)]
+        lines.append(f"| unpruned | {rows['dense']['ppl']:.2f} |" + " |" * (len(RATIOS) - 1))
+        for score in ("camera", "activation", "wanda", "magnitude"):
+            cells = [(rows.get(f"{score} {r}", {}).get("ppl"), rows.get(f"{score} uniform {r}", {}).get("ppl")) for r in RATIOS]
+            lines.append(f"| {score} | " + " | ".join(f"{p:.1f} / {u:.1f}" if p and u else "" for p, u in cells) + " |")
+        lines += ["", "| model | MiB | Compactor runtime | onnxruntime |", "|---|---:|---:|---:|"]
+        for name in ["dense", f"camera {RATIOS[-1]}", f"camera uniform {RATIOS[-1]}"]:
+            r = rows.get(name)
+            if r and r.get("latency"):
+                lines.append(f"| {name} | {r['bytes'] / 2**20:.1f} | {ms(r['latency'], 'compactor'):.1f} ms | {ms(r['latency'], 'onnxruntime'):.1f} ms |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -183,8 +205,10 @@ def main():
         minilm(a)
     if "smollm2" in a.models.split(","):
         smollm2(a)
-    if "moe" in a.models:
-        moe(a)
+    if "moe" in a.models.split(","):
+        moe(a, "hf")
+    if "moe-op" in a.models.split(","):
+        moe(a, "ort")
     save(a)
     print(table(a.results))
 

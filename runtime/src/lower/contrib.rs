@@ -104,7 +104,7 @@ impl Lowering {
         // Attention expansions its rank.
         nodes.sort_by_key(|&id| !self.graph().node(id).op_type.ends_with("EmbedLayerNormalization"));
         if !nodes.is_empty() {
-            self.ranks = super::ranks::infer_ranks(self.graph());
+            self.ranks = super::ranks::infer_ranks(self.graph(), opset.0);
         }
         for id in nodes {
             let node = self.graph().node(id);

@@ -16,8 +16,24 @@ fn declared(g: &Graph, v: ValueId) -> Option<usize> {
 }
 
 /// Ranks of the values a forward pass over the graph (subgraphs after their node) can tell,
-/// declared ones excluded.
-pub(super) fn infer_ranks(g: &Graph) -> HashMap<ValueId, usize> {
+/// declared ones excluded; where the rules here cannot tell (a GatherND's rank depends on its
+/// index's last size, not only on ranks), full shape inference on a copy of the graph may.
+pub(super) fn infer_ranks(g: &Graph, opset: i64) -> HashMap<ValueId, usize> {
+    let mut ranks = forward_ranks(g);
+    let mut copy = g.clone();
+    compactor_ir::infer_graph_shapes(&mut copy, opset, &compactor_ir::InferOptions::default());
+    for v in g.value_ids() {
+        if declared(g, v).is_none()
+            && !ranks.contains_key(&v)
+            && let Some(shape) = copy.value(v).shape()
+        {
+            ranks.insert(v, shape.rank());
+        }
+    }
+    ranks
+}
+
+fn forward_ranks(g: &Graph) -> HashMap<ValueId, usize> {
     let mut ranks: HashMap<ValueId, usize> = HashMap::new();
     for id in g.all_nodes() {
         let node = g.node(id);

@@ -4,7 +4,8 @@
 //! positions equal an independent reference (tests/py/token_pruning_reference.py: the selection
 //! in NumPy, the original model's later blocks run on NumPy-gathered values) for several lengths
 //! and for a batch of two with padding; ratio 0 gives the original outputs exactly; both
-//! runtimes agree on every pruned model; the inserted subgraph is snapshotted.
+//! runtimes agree on every pruned model; the inserted subgraph is snapshotted. onnxruntime's
+//! fused form of the decoder (GroupQueryAttention) prunes as its plain form does.
 
 use compactor::Pipeline;
 use compactor_ir::Model;
@@ -29,6 +30,8 @@ enum Kind {
     Encoder { vocab: i64, token_types: bool },
     /// input_ids, attention_mask, position_ids; left padding, positions counting real tokens.
     Decoder { vocab: i64 },
+    /// As `Decoder` with right padding, as onnxruntime's GroupQueryAttention takes a prompt.
+    RightPaddedDecoder { vocab: i64 },
 }
 
 /// Inputs of `batch` rows of `len` tokens (deterministic ids); with `padding`, the last row has
@@ -38,6 +41,7 @@ fn inputs(dir: &Path, kind: Kind, batch: usize, len: usize, padding: usize) -> V
     let (vocab, left) = match kind {
         Kind::Encoder { vocab, .. } => (vocab, false),
         Kind::Decoder { vocab } => (vocab, true),
+        Kind::RightPaddedDecoder { vocab } => (vocab, false),
     };
     let mut state = 12345u64 + len as u64;
     let mut ids = Vec::new();
@@ -54,6 +58,7 @@ fn inputs(dir: &Path, kind: Kind, batch: usize, len: usize, padding: usize) -> V
             extra.push(match kind {
                 Kind::Encoder { .. } => 0,
                 Kind::Decoder { .. } => t.saturating_sub(pad) as i64,
+                Kind::RightPaddedDecoder { .. } => t as i64,
             });
         }
     }
@@ -61,7 +66,7 @@ fn inputs(dir: &Path, kind: Kind, batch: usize, len: usize, padding: usize) -> V
     let third = match kind {
         Kind::Encoder { token_types: false, .. } => None,
         Kind::Encoder { .. } => Some("token_type_ids"),
-        Kind::Decoder { .. } => Some("position_ids"),
+        Kind::Decoder { .. } | Kind::RightPaddedDecoder { .. } => Some("position_ids"),
     };
     [("input_ids", ids), ("attention_mask", mask)]
         .into_iter()
@@ -165,6 +170,79 @@ fn fastv_matches_the_reference_on_a_tiny_llama() {
     }
 }
 
+/// onnxruntime's fused form of the tiny Llama (GroupQueryAttention, rotary and skip norms as
+/// single ops): the scoring block's attention probabilities are recomputed from its query and
+/// key inputs, and the later attention ops' lengths follow the kept tokens. The pruned fused
+/// model computes what the pruned plain one computes (unpadded rows; the plain form is checked
+/// against the NumPy reference above); in a right-padded batch each row gets what it gets
+/// alone; both runtimes agree.
+#[test]
+fn fused_attention_prunes_as_the_plain_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = tiny_llama(dir.path());
+    let fused = dir.path().join("tiny_llama_fused.onnx");
+    run_python("make_tiny_llama.py", &[fused.as_os_str(), "--fused".as_ref()]);
+    let specs = [
+        "prune-tokens(method=fastv,layer=2,ratio=0.5)",
+        "prune-tokens(method=fastv,layer=1,ratio=0.75,protect_last=3,output=gather)",
+        "prune-tokens(method=attention,layer=2,ratio=0.5)",
+        "prune-tokens(method=adaptive,layer=3,tau=0.7,score=last-query)",
+    ];
+    let kind = Kind::RightPaddedDecoder { vocab: 96 };
+    for (i, spec) in specs.iter().enumerate() {
+        let pruned = |original: &Path, name: &str| {
+            let mut model = Model::load(original).unwrap();
+            prune(&mut model, spec);
+            let path = dir.path().join(format!("{name}_{i}.onnx"));
+            model.save(&path).unwrap();
+            path
+        };
+        let (pruned_plain, pruned_fused) = (pruned(&plain, "plain"), pruned(&fused, "fused"));
+        for len in [19, 40] {
+            let feeds = inputs(&dir.path().join(format!("in_{i}_{len}")), kind, 1, len, 0);
+            let (want, _) = both_runtimes(&pruned_plain, &feeds);
+            let (got, ours) = both_runtimes(&pruned_fused, &feeds);
+            assert!(relative_difference(&want, &got) < 1e-5, "{spec}, {len} tokens: the fused form differs from the plain one");
+            assert!(relative_difference(&got, &ours) < 1e-4, "{spec}, {len} tokens: the runtimes differ");
+        }
+        if spec.contains("gather") {
+            continue;
+        }
+        // Two rows of 23 tokens, the second with 7 padding tokens at its end.
+        let feeds = inputs(&dir.path().join(format!("batch_{i}")), kind, 2, 23, 7);
+        let (batch, ours) = both_runtimes(&pruned_fused, &feeds);
+        assert!(relative_difference(&batch, &ours) < 1e-4, "{spec}, batch of 2: the runtimes differ");
+        let batch = batch[0].to_f64_vec().unwrap();
+        let row = 23 * 96;
+        for (r, real) in [(0usize, 23usize), (1, 16)] {
+            let alone = row_alone(&feeds, r, real, &dir.path().join(format!("alone_{i}_{r}")));
+            let (alone, _) = both_runtimes(&pruned_fused, &alone);
+            let alone = alone[0].to_f64_vec().unwrap();
+            let (a, b) = (&batch[r * row..][..real * 96], &alone[..real * 96]);
+            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-4, "{spec}: row {r} in the batch differs from the row alone by {worst}");
+        }
+    }
+}
+
+/// Row `row` of `feeds` (`name=path` of `[batch, len]` int64 inputs), its first `real` tokens
+/// alone, written into `dir`.
+fn row_alone(feeds: &[String], row: usize, real: usize, dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    feeds
+        .iter()
+        .map(|feed| {
+            let (name, file) = feed.split_once('=').unwrap();
+            let value = npy::read_npy(Path::new(file)).unwrap();
+            let len = value.shape()[1];
+            let values: Vec<i64> = value.to_f64_vec().unwrap()[row * len..][..real].iter().map(|&v| v as i64).collect();
+            let path = dir.join(format!("{name}.npy"));
+            npy::write_npy(&path, &TensorValue::from_i64(&[1, real], &values).unwrap()).unwrap();
+            format!("{name}={}", path.display())
+        })
+        .collect()
+}
+
 /// Ratio 0 keeps every token: the inserted selection, gathers and scatter change nothing.
 #[test]
 fn ratio_zero_gives_the_original_outputs() {
@@ -218,6 +296,11 @@ fn inserted_subgraphs_snapshot() {
     let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
     prune(&mut bert, "prune-tokens(method=pool,layer=1,stride=2)");
     insta::assert_snapshot!("prune_tokens_pool_spread", inserted(&bert));
+    let fused = dir.path().join("tiny_llama_fused.onnx");
+    run_python("make_tiny_llama.py", &[fused.as_os_str(), "--fused".as_ref()]);
+    let mut fused = Model::load(&fused).unwrap();
+    prune(&mut fused, "prune-tokens(method=fastv,layer=2,ratio=0.5)");
+    insta::assert_snapshot!("prune_tokens_fastv_fused_attention", inserted(&fused));
 }
 
 /// What the pass refuses, with the reason.
@@ -225,8 +308,8 @@ fn inserted_subgraphs_snapshot() {
 fn unsupported_graphs_are_refused_with_a_reason() {
     let fused = compactor_tests::test_data().join("smollm2/prefill_fused.onnx");
     let mut model = Model::load(&fused).unwrap();
-    let err = Pipeline::parse("prune-tokens(method=fastv,layer=2)").unwrap().run_with(&mut model, RunOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("fused op"), "{err}");
+    let err = Pipeline::parse("prune-tokens(method=tome,layer=2)").unwrap().run_with(&mut model, RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("fused norms"), "{err}");
     let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
     let err = Pipeline::parse("prune-tokens(layer=9)").unwrap().run_with(&mut bert, RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("no block 9"), "{err}");

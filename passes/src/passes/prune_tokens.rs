@@ -25,9 +25,10 @@
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
+use crate::tokens::fused::{FusedAttention, kept_lengths};
 use crate::tokens::{
-    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, is_constant, pool_tokens, scatter_tokens, select_kept, shape_with_axis,
-    spread_tokens, token_axes, tome,
+    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, has_fused_residuals, is_constant, pool_tokens, scatter_tokens, select_kept,
+    shape_with_axis, spread_tokens, token_axes, tome,
 };
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Shape, Tensor, ValueId, ValueType};
 use serde::{Deserialize, Serialize};
@@ -163,21 +164,25 @@ impl Pass for PruneTokens {
         let blocks = ctx.analyses.get::<TransformerBlocks>(graph);
         let layers = ctx.analyses.get::<LinearLayers>(graph);
         let location = format!("block {}", self.layer);
+        let fused = blocks.get(self.layer).is_some_and(has_fused_residuals);
+        if fused && (self.method == TokenMethod::Tome || self.fill == Fill::Carry) {
+            let what = if self.method == TokenMethod::Tome { "method=tome (it merges between attention and FFN and scales attention logits)" } else { "fill=carry" };
+            return Err(PassError::failed(name, location, format!("the block adds its residuals inside fused norms, which {what} needs as separate ops")));
+        }
         if self.method == TokenMethod::Tome {
             let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
             return self.merge_tokens(graph, &blocks, &layers, mask, opset);
         }
         let scored = self.method != TokenMethod::Pool;
-        if scored
-            && let Some(scorer) = blocks.get(self.layer - 1).map(|b| &b.attention)
-            && scorer.softmax == scorer.context
-        {
-            return Err(PassError::failed(name, format!("block {}", self.layer - 1), "its attention is one fused op; scoring tokens needs the attention probabilities (a Softmax)"));
-        }
         let cut = TokenCut::find(graph, &layers, &blocks, self.layer).map_err(|e| PassError::failed(name, location.clone(), e))?;
+        // Where the scoring block's attention probabilities come from.
         let probs = if scored {
             let scorer = &blocks[self.layer - 1].attention;
-            Some(graph.node(scorer.softmax).output(0).ok_or_else(|| PassError::failed(name, location.clone(), "the scoring Softmax has no output"))?)
+            Some(if scorer.softmax == scorer.context {
+                Probs::Fused(FusedAttention::of(graph, scorer.context).map_err(|e| PassError::failed(name, format!("block {}", self.layer - 1), e))?)
+            } else {
+                Probs::Softmax(graph.node(scorer.softmax).output(0).ok_or_else(|| PassError::failed(name, location.clone(), "the scoring Softmax has no output"))?)
+            })
         } else {
             None
         };
@@ -195,8 +200,8 @@ impl Pass for PruneTokens {
         let mut e = Emitter::new(&mut patch, Graph::MAIN, Anchor::Before(cut.first), &label, opset);
         // The hidden state reduced, the position each remaining token stands at, and (pooling)
         // each original position's pooled token.
-        let (hidden, kept, window_of) = match probs {
-            Some(probs) => {
+        let (hidden, kept, window_of) = match &probs {
+            Some(source) => {
                 let scoring = match (self.score, self.method) {
                     (TokenScore::Received, _) | (TokenScore::Auto, TokenMethod::Attention | TokenMethod::Adaptive | TokenMethod::Pool | TokenMethod::Tome) => Scoring::Received,
                     (TokenScore::LastQuery, _) | (TokenScore::Auto, TokenMethod::Fastv) => Scoring::LastQuery,
@@ -204,6 +209,10 @@ impl Pass for PruneTokens {
                 let count = match self.method {
                     TokenMethod::Adaptive => KeepCount::Mass(self.tau),
                     _ => KeepCount::Ratio(self.ratio),
+                };
+                let probs = match source {
+                    Probs::Softmax(v) => (*v).into(),
+                    Probs::Fused(attention) => attention.probs(&mut e, scoring),
                 };
                 let selection = Selection { probs, hidden: cut.hidden, mask, scoring, count, protect_first: self.protect_first, protect_last: self.protect_last };
                 let kept = select_kept(&mut e, &selection);
@@ -226,6 +235,17 @@ impl Pass for PruneTokens {
             }
             gathered += 1;
         }
+        // Fused attention after the cut reads the kept tokens' lengths.
+        let mut lengths: HashMap<(ValueId, ValueId), (PValue, PValue)> = HashMap::new();
+        for &node in &cut.fused_attention {
+            let n = graph.node(node);
+            let (Some(seqlens), Some(total)) = (n.input(5), n.input(6)) else {
+                return Err(PassError::failed(name, n.label(node), "GroupQueryAttention without seqlens_k or total_sequence_length"));
+            };
+            let (new_seqlens, new_total) = *lengths.entry((seqlens, total)).or_insert_with(|| kept_lengths(&mut e, graph, seqlens, total, kept));
+            e.patch.set_input(node, 5, Some(new_seqlens));
+            e.patch.set_input(node, 6, Some(new_total));
+        }
         let uses = graph.uses();
         for u in uses.of(cut.hidden) {
             if let compactor_ir::Use::Node { node, input } = *u
@@ -239,7 +259,7 @@ impl Pass for PruneTokens {
             Some(window_of) => Restore::Spread { window_of, hidden: cut.hidden },
             None => Restore::Scatter { fill: self.fill, kept, hidden: cut.hidden },
         };
-        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &cut.produced, &cut.seq, "kept", restore)?;
+        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &layers, &cut.produced, &cut.seq, "kept", restore)?;
         if self.output == OutputMode::Gather {
             positions_output(&mut e, &label, kept, hidden_batch.clone(), &cut.seq, "kept");
         }
@@ -264,7 +284,10 @@ impl Pass for PruneTokens {
         let details = Details {
             layer: self.layer,
             hidden: graph.value(cut.hidden).name.clone(),
-            probs: probs.map(|p| graph.value(p).name.clone()),
+            probs: probs.as_ref().map(|p| match p {
+                Probs::Softmax(v) => graph.value(*v).name.clone(),
+                Probs::Fused(_) => format!("recomputed from block {}'s GroupQueryAttention inputs", self.layer - 1),
+            }),
             gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| Gathered { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
             outputs: outputs_done,
             restored,
@@ -287,6 +310,13 @@ impl Pass for PruneTokens {
         ))
         .with_details(details))
     }
+}
+
+/// The scoring block's attention probabilities: its Softmax's output, or recomputed from a
+/// fused attention op's inputs.
+enum Probs {
+    Softmax(ValueId),
+    Fused(FusedAttention),
 }
 
 /// How `output=scatter` gives the last block's output its full length back.
@@ -370,6 +400,7 @@ impl PruneTokens {
         e: &mut Emitter<'_>,
         graph: &Graph,
         blocks: &[crate::analysis::TransformerBlock],
+        layers: &LinearLayers,
         reduced: &HashSet<ValueId>,
         seq: &Dim,
         what: &str,
@@ -387,7 +418,7 @@ impl PruneTokens {
         let mut done = Vec::new();
         if self.output == OutputMode::Scatter {
             let last = blocks.last().expect("a block was reduced");
-            let at = block_output(graph, last).filter(|v| reduced.contains(v)).ok_or_else(|| PassError::failed(name, format!("block {}", blocks.len() - 1), "its output was not found"))?;
+            let at = block_output(graph, layers, last).filter(|v| reduced.contains(v)).ok_or_else(|| PassError::failed(name, format!("block {}", blocks.len() - 1), "its output was not found"))?;
             let at_name = graph.value(at).name.clone();
             let ty = graph.value(at).ty.clone();
             if ty.as_ref().and_then(|t| t.shape()).is_none_or(|s| s.rank() != 3) {
@@ -560,7 +591,7 @@ impl PruneTokens {
             }
         }
         let last = *states.last().expect("at least one merge");
-        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
+        let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, layers, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
         if self.output == OutputMode::Gather {
             positions_output(&mut e, &label, last.representative, hidden_batch, &seq, "merged");
         }

@@ -12,6 +12,7 @@
 //! padding keeps its next best tokens instead), in original order.
 
 pub(crate) mod emit;
+pub(crate) mod fused;
 pub(crate) mod tome;
 
 use crate::analysis::TransformerBlock;
@@ -46,6 +47,15 @@ pub struct TokenCut {
     /// The first region node in graph order (new nodes computing the selection go before it).
     pub first: NodeId,
     pub crossings: Vec<Crossing>,
+    /// GroupQueryAttention nodes of the region: their `seqlens_k` and `total_sequence_length`
+    /// inputs (computed before the cut from the unpruned length) are recomputed for the kept
+    /// tokens rather than gathered.
+    pub fused_attention: Vec<NodeId>,
+}
+
+/// onnxruntime's grouped-query attention, whose inputs 5 and 6 are lengths.
+pub(crate) fn is_group_query_attention(node: &compactor_ir::Node) -> bool {
+    node.op_type == "GroupQueryAttention" && node.domain() == "com.microsoft"
 }
 
 pub(crate) fn is_constant(graph: &Graph, v: ValueId) -> bool {
@@ -67,7 +77,29 @@ pub(crate) fn token_axes(graph: &Graph, v: ValueId, seq: &Dim) -> Vec<usize> {
 /// The hidden state entering `block`: the input of its first residual Add that the block's
 /// query projection reads (post-norm) or normalizes (pre-norm).
 pub fn block_input(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
-    stream_read_by(graph, *block.residual_adds.first()?, layers[block.attention.q].input)
+    match block.residual_adds.first() {
+        Some(&add) => stream_read_by(graph, add, layers[block.attention.q].input),
+        // onnxruntime's fused form: the block's first norm adds the residual itself
+        // (Skip(Simplified)LayerNormalization of the stream so far and the previous sub-layer's
+        // output). Its first input stands for the hidden state; the second is read in the
+        // region too, so it is gathered alike.
+        None => fused_norm_inputs(graph, *block.norms.first()?).map(|(first, _)| first),
+    }
+}
+
+/// The two summed inputs of a norm that adds the residual stream itself, if `norm` is one.
+fn fused_norm_inputs(graph: &Graph, norm: NodeId) -> Option<(ValueId, ValueId)> {
+    let n = graph.node(norm);
+    if !n.op_type.starts_with("Skip") {
+        return None;
+    }
+    Some((n.input(0)?, n.input(1)?))
+}
+
+/// Whether `block` adds its residuals in fused norms (onnxruntime's fused form) rather than in
+/// Adds.
+pub fn has_fused_residuals(block: &TransformerBlock) -> bool {
+    block.residual_adds.is_empty()
 }
 
 /// The hidden state between `block`'s attention and its FFN (where ToMe merges): the input of
@@ -78,9 +110,17 @@ pub fn block_middle(graph: &Graph, layers: &crate::analysis::LinearLayers, block
 }
 
 /// The hidden state leaving `block`: its last residual Add's output, or the norm after it
-/// (post-norm).
-pub fn block_output(graph: &Graph, block: &TransformerBlock) -> Option<ValueId> {
-    let add = graph.node(*block.residual_adds.last()?).output(0)?;
+/// (post-norm); with fused residuals, the output of the norm that adds it.
+pub fn block_output(graph: &Graph, layers: &crate::analysis::LinearLayers, block: &TransformerBlock) -> Option<ValueId> {
+    let Some(&add) = block.residual_adds.last() else {
+        // Fused residuals: the norm that adds the block's last sub-layer output, normalized.
+        let last = block.ffn.as_ref().map_or(block.attention.o, |f| f.down);
+        let uses = graph.uses();
+        let out = layers[last].output;
+        let norm = uses.consumers(out).into_iter().find(|&n| fused_norm_inputs(graph, n).is_some_and(|(a, b)| a == out || b == out))?;
+        return graph.node(norm).output(0);
+    };
+    let add = graph.node(add).output(0)?;
     let after = block.norms.iter().find(|&&n| graph.node(n).input(0) == Some(add));
     Some(after.and_then(|&n| graph.node(n).output(0)).unwrap_or(add))
 }
@@ -152,10 +192,15 @@ impl TokenCut {
         }
         let mut crossing: HashMap<ValueId, Vec<(NodeId, usize)>> = HashMap::new();
         let mut crossing_order = Vec::new();
+        let mut fused_attention = Vec::new();
         for &n in order.iter().filter(|n| region.contains(n)) {
+            let fused = is_group_query_attention(graph.node(n));
+            if fused {
+                fused_attention.push(n);
+            }
             for (i, v) in graph.node(n).inputs.iter().enumerate() {
                 let Some(v) = *v else { continue };
-                if produced.contains(&v) || is_constant(graph, v) {
+                if produced.contains(&v) || is_constant(graph, v) || (fused && (i == 5 || i == 6)) {
                     continue;
                 }
                 if !crossing.contains_key(&v) {
@@ -175,7 +220,7 @@ impl TokenCut {
             }
             crossings.push(Crossing { value: v, token_axes: axes, readers: crossing.remove(&v).unwrap_or_default() });
         }
-        Ok(TokenCut { hidden, seq, region, produced, first, crossings })
+        Ok(TokenCut { hidden, seq, region, produced, first, crossings, fused_attention })
     }
 }
 
@@ -231,7 +276,8 @@ pub enum KeepCount {
 
 /// The token selection's inputs.
 pub struct Selection {
-    pub probs: ValueId,
+    /// Attention probabilities `[B, H, Sq, S]` of the block before the cut.
+    pub probs: PValue,
     pub hidden: ValueId,
     /// The `[B, S]` attention mask input (nonzero: a real token); none: every token is real.
     pub mask: Option<ValueId>,
@@ -278,7 +324,7 @@ pub(crate) fn protected_ends(e: &mut Emitter<'_>, valid_b: PValue, valid_f: PVal
 pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
     let hidden: PValue = s.hidden.into();
     let (valid_b, valid_f) = real_tokens(e, hidden, s.mask);
-    let probs: PValue = s.probs.into();
+    let probs = s.probs;
     let score = match s.scoring {
         Scoring::Received => {
             // Σ_i w_i · mean_h P[b, h, i, j] over real query rows i.

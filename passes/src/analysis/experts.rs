@@ -89,9 +89,9 @@ pub struct MoeOp {
 #[derive(Clone, Debug, Default)]
 pub struct FfnExperts {
     pub layers: Vec<ExpertLayer>,
-    /// MoE nodes that are not layers here, and why (weights not f32 initializers, attributes
-    /// the op's semantics do not cover).
-    pub refused: Vec<(NodeId, String)>,
+    /// MoE nodes that are not layers here (block, node), and why (weights not f32
+    /// initializers, attributes the op's semantics do not cover).
+    pub refused: Vec<(usize, NodeId, String)>,
 }
 
 impl std::ops::Deref for FfnExperts {
@@ -168,14 +168,12 @@ impl Analysis for FfnExperts {
             if !(n.op_type == "MoE" && n.domain() == "com.microsoft") {
                 continue;
             }
+            let block = blocks.iter().rposition(|b| position.get(&b.attention.context) < position.get(&node)).unwrap_or(0);
             match moe_op(graph, node) {
-                Err(why) => refused.push((node, why)),
+                Err(why) => refused.push((block, node, why)),
                 Ok((input, input_width, op)) => match out.iter_mut().find(|l| l.input == input && l.moe_op.is_none()) {
                     Some(layer) => layer.moe_op = Some(op),
-                    None => {
-                        let block = blocks.iter().rposition(|b| position.get(&b.attention.context) < position.get(&node)).unwrap_or(0);
-                        out.push(ExpertLayer { block, input, input_width, experts: Vec::new(), moe_op: Some(op) });
-                    }
+                    None => out.push(ExpertLayer { block, input, input_width, experts: Vec::new(), moe_op: Some(op) }),
                 },
             }
         }

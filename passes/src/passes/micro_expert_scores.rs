@@ -95,12 +95,11 @@ pub(crate) fn layer_scores(pass: &str, graph: &Graph, layers: &LinearLayers, lay
         out.push(scores);
     }
     if let Some(op) = &layer.moe_op {
-        let loaded = LoadedMoe::load(pass, graph, op)?;
-        let weights = loaded.view(op);
-        let sums = measured.moe.get(&op.node);
+        let measured_op = measured.moe.get(&op.node).ok_or_else(|| PassError::failed(pass, graph.node(op.node).label(op.node), "its weights were not read"))?;
+        let weights = measured_op.weights.view(op);
         for e in 0..op.experts {
             let rows = weights.expert_rows(e);
-            let neuron_stats = sums.map(|s| s.neuron_stats(e, input_totals()));
+            let neuron_stats = measured_op.sums.as_ref().map(|s| s.neuron_stats(e, input_totals()));
             let scores = neuron_scores(score, rho, &weights.expert(e, &rows), neuron_stats.as_ref())
                 .map_err(|reason| PassError::failed(pass, format!("{} expert {e}", graph.node(op.node).label(op.node)), reason))?;
             out.push(scores);
@@ -119,8 +118,14 @@ fn weight<'a>(layer: &LinearLayer, data: &'a [f32]) -> Weight<'a> {
 pub(crate) struct Measured {
     /// Per activation (an expert's down-projection input, a layer's input).
     pub stats: BTreeMap<ValueId, Stats>,
-    /// Per MoE node, its experts' neuron sums.
-    pub moe: BTreeMap<NodeId, MoeSums>,
+    /// Per MoE node, its weights (read once, for the statistics, the scores and a cut) and
+    /// its experts' neuron sums (none for `magnitude`).
+    pub moe: BTreeMap<NodeId, MeasuredMoe>,
+}
+
+pub(crate) struct MeasuredMoe {
+    pub weights: LoadedMoe,
+    pub sums: Option<MoeSums>,
 }
 
 /// Runs the calibration data once and returns the statistics `score` needs for `layers`:
@@ -128,9 +133,8 @@ pub(crate) struct Measured {
 /// its captured input and router logits), and (for `wanda`) the mean square of the FFN input.
 /// Nothing is measured for `magnitude`.
 pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, layers: &[&ExpertLayer], score: Score, mean: bool) -> Result<Measured, PassError> {
-    if !score.needs_data() && !mean {
-        return Ok(Measured::default());
-    }
+    let ops: Vec<&MoeOp> = layers.iter().filter_map(|l| l.moe_op.as_ref()).collect();
+    let loaded = ops.iter().map(|op| LoadedMoe::load(pass, graph, op)).collect::<Result<Vec<_>, _>>()?;
     let mut requests = Vec::new();
     for l in layers {
         for e in &l.experts {
@@ -150,21 +154,25 @@ pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, laye
             requests.push(Request { row_scale: None, value: l.input, layout: RowLayout::LastAxis, k: l.input_width, wanted: Wanted { mean_square: true, ..Default::default() } });
         }
     }
-    let ops: Vec<&MoeOp> = if score.needs_data() { layers.iter().filter_map(|l| l.moe_op.as_ref()).collect() } else { Vec::new() };
-    let loaded = ops.iter().map(|op| LoadedMoe::load(pass, graph, op)).collect::<Result<Vec<_>, _>>()?;
-    let weights: Vec<MoeWeights<'_>> = ops.iter().zip(&loaded).map(|(op, l)| l.view(op)).collect();
+    // A MoE node's neuron statistics, computed from its captured input and router logits
+    // (when the score reads activations).
+    let joint_ops: &[&MoeOp] = if score.needs_data() { &ops } else { &[] };
     let inputs: Vec<ValueId> = layers.iter().filter(|l| l.moe_op.is_some()).map(|l| l.input).collect();
-    let mut sums = vec![MoeSums::default(); ops.len()];
+    let mut sums = vec![MoeSums::default(); joint_ops.len()];
     let stats = {
+        let weights: Vec<MoeWeights<'_>> = joint_ops.iter().zip(&loaded).map(|(op, l)| l.view(op)).collect();
         let mut joints: Vec<Joint<'_>> = sums
             .iter_mut()
             .zip(&weights)
-            .zip(ops.iter().zip(&inputs))
+            .zip(joint_ops.iter().zip(&inputs))
             .map(|((sums, w), (op, &input))| Joint { values: vec![input, op.router], visit: Box::new(move |a: &[Activation<'_>]| w.accumulate(a[0].data, a[1].data, sums)) })
             .collect();
+        // Nothing to measure (magnitude, no compensation): no calibration runs.
         calib::collect_with(graph, ctx, pass, SCORE_NEEDS, &requests, &mut joints)?
     };
-    Ok(Measured { stats, moe: ops.iter().map(|op| op.node).zip(sums).collect() })
+    let mut sums = sums.into_iter();
+    let moe = ops.iter().zip(loaded).map(|(op, weights)| (op.node, MeasuredMoe { weights, sums: sums.next() })).collect();
+    Ok(Measured { stats, moe })
 }
 
 #[derive(Serialize)]

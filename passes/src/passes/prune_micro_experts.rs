@@ -110,8 +110,7 @@ impl MoeCut<'_> {
     }
 
     /// The patch replacing the node's expert tensors with the cut ones.
-    fn patch(&self, pass: &str, graph: &Graph, patch: &mut Patch) -> Result<(), PassError> {
-        let loaded = LoadedMoe::load(pass, graph, self.op)?;
+    fn patch(&self, pass: &str, graph: &Graph, loaded: &LoadedMoe, patch: &mut Patch) -> Result<(), PassError> {
         let weights = loaded.view(self.op);
         let (fc1, fc1_bias, fc2) = moe_op::cut(&weights, &self.kept, self.width);
         let (e, h, f) = (self.op.experts as u64, weights.hidden as u64, self.op.attrs.activation.fusion() as u64);
@@ -145,7 +144,7 @@ impl Pass for PruneMicroExperts {
         let (targets, mut skipped): (Vec<(usize, ValueId)>, Vec<Skipped>) = {
             let experts = ctx.analyses.get::<FfnExperts>(graph);
             let layers = ctx.analyses.get::<LinearLayers>(graph);
-            let refused = experts.refused.iter().map(|(n, why)| Skipped { block: 0, reason: format!("{}: {why}", graph.node(*n).label(*n)) }).collect();
+            let refused = experts.refused.iter().map(|&(block, n, ref why)| Skipped { block, reason: format!("{}: {why}", graph.node(n).label(n)) }).collect();
             (experts.iter().skip(self.skip).map(|l| (l.block, l.key(&layers))).collect(), refused)
         };
         let mut reports = Vec::new();
@@ -229,7 +228,8 @@ impl Pass for PruneMicroExperts {
                     Some(cut) => {
                         after += cut.kept.iter().map(Vec::len).sum::<usize>();
                         if cut.kept.iter().any(|k| k.len() < cut.op.width) {
-                            cut.patch(Self::NAME, graph, &mut patch)?;
+                            let loaded = &measured.moe.get(&cut.op.node).expect("measured with its layer").weights;
+                            cut.patch(Self::NAME, graph, loaded, &mut patch)?;
                         }
                         Some(cut.report(graph))
                     }

@@ -4,8 +4,11 @@ that fixtures/make_smollm2_moe.py writes for SmolLM2 (its `hf_layer`: router Mat
 routing weight; a Sum), one of them with a shared expert. Random weights (seed 0).
 With `--form ort`, the same network with each layer's routed experts in one com.microsoft.MoE
 node (the fixture's `ort_layer`; the shared expert's MatMuls added to its output).
+`--variant exact`: every FFN split into 4 experts of 8 neurons, all selected with uniform
+routing weights (a zero router, k = 4) and each down projection scaled by 4, which computes
+exactly the FFN of `--variant dense` (the same weights as one SwiGLU FFN).
 
-    python make_tiny_moe.py OUT.onnx [--form hf|ort]
+    python make_tiny_moe.py OUT.onnx [--form hf|ort] [--variant routed|exact|dense]
 
 Inputs: input_ids [batch, seq] (int64 below 64). Output: logits [batch, seq, 64].
 """
@@ -17,13 +20,14 @@ import onnx
 from onnx import helper, numpy_helper, TensorProto
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures"))
-from make_smollm2_moe import MS, hf_layer, ort_layer  # noqa: E402
+from make_smollm2_moe import MS, Sub, hf_layer, ort_layer, swiglu_expert  # noqa: E402
 
 VOCAB, HIDDEN, FFN, EXPERTS, K = 64, 16, 32, 4, 2
 
 
 def main():
-    form = sys.argv[sys.argv.index("--form") + 1] if "--form" in sys.argv else "hf"
+    option = lambda name, default: sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default  # noqa: E731
+    form, kind = option("--form", "hf"), option("--variant", "routed")
     rng = np.random.default_rng(0)
     w = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(np.float32)  # noqa: E731
     nodes, inits = [], []
@@ -54,7 +58,15 @@ def main():
         order = rng.permutation(FFN)
         groups = [order[(i + int(shared)) * size:(i + 1 + int(shared)) * size] for i in range(EXPERTS)]
         variant = {"groups": groups, "shared": order[:size] if shared else None, "R": w(HIDDEN, EXPERTS), "k": K, "c": float(K)}
-        sub = (hf_layer if form == "hf" else ort_layer)(layer, {"x": x, "gate": "gate", "up": "up", "down": "down", "out": f"{p}/ffn_out"}, variant, weights)
+        if kind == "exact":
+            even = FFN // EXPERTS
+            variant = {"groups": [order[i * even:(i + 1) * even] for i in range(EXPERTS)], "shared": None, "R": np.zeros((HIDDEN, EXPERTS), np.float32), "k": EXPERTS, "c": float(EXPERTS)}
+        if kind == "dense":
+            sub = Sub(f"{p}.mlp")
+            y = swiglu_expert(sub, f"{p}.mlp", x, (weights["gate"], weights["up"], weights["down"]), np.arange(FFN), None)
+            sub.op("Identity", [y], "out", out=f"{p}/ffn_out")
+        else:
+            sub = (hf_layer if form == "hf" else ort_layer)(layer, {"x": x, "gate": "gate", "up": "up", "down": "down", "out": f"{p}/ffn_out"}, variant, weights)
         nodes.extend(sub.nodes)
         inits.extend(sub.inits)
         h = node("Add", [x, f"{p}/ffn_out"], f"{p}/ffn_residual")

@@ -204,6 +204,28 @@ fn pruning_a_mixture_of_experts_pools_its_experts() {
     assert!(relative_difference(&ort, &ours) < 1e-5, "the runtimes differ on the pruned mixture");
 }
 
+/// The MoE machinery against the dense function: the tiny decoder's FFNs split into 4 experts,
+/// all selected with uniform routing weights and each down projection scaled by 4 (`--variant
+/// exact`), in both MoE forms, compute the dense FFN model's logits (1e-4 of their scale) in
+/// onnxruntime and in the bundled runtime.
+#[test]
+fn the_exact_mixture_equals_the_dense_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |form: &str, variant: &str| {
+        let path = dir.path().join(format!("tiny_moe_{form}_{variant}.onnx"));
+        run_python("make_tiny_moe.py", &[path.as_os_str(), "--form".as_ref(), form.as_ref(), "--variant".as_ref(), variant.as_ref()]);
+        path
+    };
+    let dense = make("hf", "dense");
+    let feeds = random_npy_inputs(&dense, dir.path(), &[("batch".into(), 2), ("seq".into(), 8)], 4);
+    let (want, _) = both_runtimes(&dense, &feeds);
+    for form in ["hf", "ort"] {
+        let (ort, ours) = both_runtimes(&make(form, "exact"), &feeds);
+        assert!(relative_difference(&want, &ort) < 1e-4, "{form}: onnxruntime's exact mixture differs from the dense model");
+        assert!(relative_difference(&want, &ours) < 1e-4, "{form}: the bundled runtime's exact mixture differs from the dense model");
+    }
+}
+
 /// Per-expert score vectors of every layer, from `micro-expert-scores(vectors=true)`.
 fn score_vectors(path: &Path, calibration: &Path, score: &str) -> Vec<Vec<Vec<f64>>> {
     let mut m = Model::load(path).unwrap();

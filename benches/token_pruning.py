@@ -3,7 +3,7 @@
 in both runtimes, over the method, the first reduced block and how many tokens go.
 
     .cache/venv/bin/python benches/token_pruning.py [--compactor target/release/compactor]
-        [--cache .cache] [--out DIR] [--models minilm,smollm2,vit] [--runs 3]
+        [--cache .cache] [--out DIR] [--models minilm,smollm2,smollm2-fused,vit] [--runs 3]
 
 MiniLM (`attention`, `adaptive`, `pool`, `tome`; outputs restored to every position, mean
 pooling as sentence-transformers does; the kept share is each row's own, run alone): the
@@ -19,6 +19,7 @@ prompt followed by a 64-token continuation that is protected (`protect_last=64`,
 pruned span). Against the unpruned model on the continuation's 64 positions: next-token top-1
 agreement, mean KL divergence of the pruned model's next-token distribution from the
 unpruned one's, and the continuation's perplexity; prefill latency of one 1088-token window.
+`smollm2-fused`: the same on SmolLM2's graph in onnxruntime's fused ops (GroupQueryAttention).
 
 Latency: each reduced model is timed together with the unreduced one, runs alternating between
 the two (onnxruntime in this process, the bundled runtime by `compactor compare`), 2 threads,
@@ -198,9 +199,13 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def smollm2(a, results):
-    src = os.path.join(a.cache, "smollm2", "prefill.onnx")
-    out_dir = os.path.join(a.out, "smollm2")
+def smollm2(a, results, fused=False):
+    """SmolLM2's prefill graph in plain ops, or (`fused`) in onnxruntime's fused LLM ops
+    (GroupQueryAttention, RotaryEmbedding, skip norms), whose attention probabilities the pass
+    recomputes from the scoring block's query and key inputs."""
+    key = "smollm2-fused" if fused else "smollm2"
+    src = os.path.join(a.cache, "smollm2", "prefill_fused.onnx" if fused else "prefill.onnx")
+    out_dir = os.path.join(a.out, key)
     os.makedirs(out_dir, exist_ok=True)
     tokens = np.load(os.path.join(a.cache, "smollm2", "text_evaluation.npy")).reshape(-1).astype(np.int64)
     length = PROMPT + CONTINUATION
@@ -225,10 +230,12 @@ def smollm2(a, results):
         nll = np.mean(np.concatenate([-p[np.arange(len(t)), t] for p, t in zip(logp, targets)]))
         return {"top1": float(top1), "kl": float(kl), "perplexity": float(np.exp(nll))}
 
-    rows = results.setdefault("smollm2", {})
+    rows = results.setdefault(key, {})
     rows["unpruned"] = metrics(reference)
-    print(f"SmolLM2 unpruned: {json.dumps(rows['unpruned'])}", flush=True)
+    print(f"{key} unpruned: {json.dumps(rows['unpruned'])}", flush=True)
     for name, options in SMOLLM2_GRID:
+        if fused and "pool" in options:
+            continue
         out = os.path.join(out_dir, name.replace(" ", "_").replace(",", "") + ".onnx")
         if "protect_last" not in options:
             options += f",protect_last={CONTINUATION}"
@@ -236,7 +243,7 @@ def smollm2(a, results):
         kept = [session(out).run(["kept_token_positions"], feeds(ids))[0].shape[1] / ids.shape[1] for ids in windows[:1]]
         row = {**metrics(continuation_logits(out)), "kept_share": float(np.mean(kept)), "latency": paired_latency(a, src, out, bench, same_outputs=False)}
         rows[name] = row
-        print(f"SmolLM2 {name}: {json.dumps(row)}", flush=True)
+        print(f"{key} {name}: {json.dumps(row)}", flush=True)
         fb.save(a, results)
 
 
@@ -264,11 +271,13 @@ def table(results):
                 for which in ("compactor", "onnxruntime"):
                     cells.append(cell(r[f"latency_{length}"], which))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    s = results.get("smollm2", {})
-    if s:
+    for key, title in (("smollm2", "SmolLM2"), ("smollm2-fused", "SmolLM2 (fused ops)")):
+        s = results.get(key, {})
+        if not s:
+            continue
         lines += [
             "",
-            "| SmolLM2 | kept | top-1 agreement | KL | continuation perplexity | prefill 1088: Compactor | onnxruntime |",
+            f"| {title} | kept | top-1 agreement | KL | continuation perplexity | prefill 1088: Compactor | onnxruntime |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, r in s.items():
@@ -295,8 +304,10 @@ def main():
     results = {}
     if "minilm" in a.models:
         minilm(a, results)
-    if "smollm2" in a.models:
+    if "smollm2" in a.models.split(","):
         smollm2(a, results)
+    if "smollm2-fused" in a.models.split(","):
+        smollm2(a, results, fused=True)
     if "vit" in a.models:
         vit(a, results)
     print(table(results))

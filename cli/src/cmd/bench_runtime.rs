@@ -20,6 +20,11 @@ pub struct Args {
     model: PathBuf,
     #[command(flatten)]
     inputs: InputArgs,
+    /// Inputs from every NAME.npy in DIR instead (repeatable): each round of runs goes through
+    /// the sets in turn in one session, and each set's median is reported too (how a runtime
+    /// copes when shapes change from run to run).
+    #[arg(long = "input-set", value_name = "DIR", conflicts_with = "inputs")]
+    input_sets: Vec<PathBuf>,
     /// Timed runs of each runtime (medians are compared).
     #[arg(long, default_value_t = 20)]
     runs: usize,
@@ -37,6 +42,7 @@ pub struct Args {
 #[derive(serde::Deserialize)]
 struct OrtReport {
     median_ms: f64,
+    median_ms_per_set: Vec<f64>,
     onnxruntime: String,
     outputs: Vec<OrtOutput>,
 }
@@ -47,6 +53,17 @@ struct OrtOutput {
     file: PathBuf,
 }
 
+/// The inputs of one `--input-set` directory: every `NAME.npy` in it, by name.
+fn input_set(dir: &std::path::Path) -> anyhow::Result<Vec<(String, compactor_runtime::TensorValue)>> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).with_context(|| format!("--input-set {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "npy")).collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("--input-set {}: no .npy files in it", dir.display());
+    }
+    files.iter().map(|f| Ok((f.file_stem().unwrap_or_default().to_string_lossy().into_owned(), read_npy(f)?))).collect()
+}
+
 /// Latency of Compactor's runtime against onnxruntime on one model, same inputs, same thread
 /// count, measured in one invocation.
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -55,29 +72,46 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let model = Model::load(&args.model)?;
     let options = args.inputs.session_options()?;
-    let inputs = args.inputs.load(&model)?;
+    let sets = if args.input_sets.is_empty() { vec![args.inputs.load(&model)?] } else { args.input_sets.iter().map(|dir| input_set(dir)).collect::<anyhow::Result<Vec<_>>>()? };
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let mut feeds = Vec::new();
-    for (i, (name, value)) in inputs.iter().enumerate() {
-        let path = tmp.path().join(format!("input_{i}.npy"));
-        write_npy(&path, value)?;
-        feeds.push(format!("{name}={}", path.display()));
+    for (s, inputs) in sets.iter().enumerate() {
+        for (i, (name, value)) in inputs.iter().enumerate() {
+            let path = tmp.path().join(format!("input_{s}_{i}.npy"));
+            write_npy(&path, value)?;
+            feeds.push(format!("{s}:{name}={}", path.display()));
+        }
     }
     let script = tmp.path().join("ort_bench.py");
     std::fs::write(&script, ORT_BENCH).context("cannot write the onnxruntime benchmark script")?;
 
     let session = Session::new(&model, &options)?;
+    // The first run of each set (which plans for its shapes, if the session does) is timed
+    // apart; then rounds through the sets.
     let mut ours = Vec::new();
-    for _ in 0..args.warmup.max(1) {
-        ours = session.run(&named(&inputs))?;
+    let mut first_ms = Vec::new();
+    for round in 0..args.warmup.max(1) {
+        for (s, inputs) in sets.iter().enumerate() {
+            let start = Instant::now();
+            let outputs = session.run(&named(inputs))?;
+            if round == 0 {
+                first_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            if s == 0 {
+                ours = outputs;
+            }
+        }
     }
-    let mut times = Vec::with_capacity(args.runs);
+    let mut times = vec![Vec::with_capacity(args.runs); sets.len()];
     for _ in 0..args.runs {
-        let start = Instant::now();
-        session.run(&named(&inputs))?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        for (inputs, t) in sets.iter().zip(&mut times) {
+            let start = Instant::now();
+            session.run(&named(inputs))?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let ours_ms = median(&mut times);
+    let per_set: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let ours_ms = median(&mut times.concat());
 
     let python = args.python.clone().unwrap_or_else(super::bench::default_python);
     let output = Command::new(&python)
@@ -102,11 +136,21 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let ratio = ours_ms / ort.median_ms;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "model": args.model, "threads": options.threads, "runs": args.runs, "dims": options.dims,
             "compactor_median_ms": ours_ms, "onnxruntime_median_ms": ort.median_ms, "ratio": ratio,
             "onnxruntime_version": ort.onnxruntime, "max_abs_error_vs_onnxruntime": max_error,
         });
+        if !args.input_sets.is_empty() {
+            value["sets"] = args
+                .input_sets
+                .iter()
+                .enumerate()
+                .map(|(s, dir)| {
+                    serde_json::json!({ "dir": dir, "compactor_first_ms": first_ms[s], "compactor_median_ms": per_set[s], "onnxruntime_median_ms": ort.median_ms_per_set[s], "ratio": per_set[s] / ort.median_ms_per_set[s] })
+                })
+                .collect();
+        }
         serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)?;
     } else {
@@ -114,6 +158,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         writeln!(out, "  compactor runtime: median {ours_ms:.3} ms")?;
         writeln!(out, "  onnxruntime {}: median {:.3} ms", ort.onnxruntime, ort.median_ms)?;
         writeln!(out, "  ratio compactor/onnxruntime: {ratio:.3}  (max abs difference of outputs {max_error:.2e})")?;
+        if !args.input_sets.is_empty() {
+            for (s, dir) in args.input_sets.iter().enumerate() {
+                let (ours, theirs) = (per_set[s], ort.median_ms_per_set[s]);
+                writeln!(out, "  {}: compactor {ours:.3} ms (first run {:.3} ms), onnxruntime {theirs:.3} ms, ratio {:.3}", dir.display(), first_ms[s], ours / theirs)?;
+            }
+        }
     }
     out.flush()?;
     Ok(Outcome::Success)

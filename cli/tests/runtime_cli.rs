@@ -1,4 +1,5 @@
-//! `compactor run` and `compactor compare` as a user calls them: files written, JSON, exit codes.
+//! `compactor run`, `compactor compare` and `compactor bench runtime` as a user calls them:
+//! files written, JSON, exit codes.
 
 use compactor_ir::{Model, Tensor};
 use compactor_runtime::TensorValue;
@@ -140,4 +141,38 @@ fn compare_reports_errors_sizes_latency_and_fails_on_broken_bounds() {
 
     let out = compactor(&["compare", s(&a), s(&fixture("tiny_bert.onnx")), "--dim", "batch=1", "--dim", "seq=4"]);
     assert_eq!(out.status.code(), Some(2), "models with different inputs are bad input: {}", text(&out));
+}
+
+/// `bench runtime --input-set`: one session goes round inputs of two batch sizes; each set's
+/// median and first run are reported next to onnxruntime's.
+#[test]
+fn bench_runtime_goes_round_input_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let python = compactor_tests::python();
+    let mut args =
+        vec!["bench".to_string(), "runtime".into(), s(&fixture("tiny_mlp.onnx")).into(), "--runs".into(), "3".into(), "--warmup".into(), "1".into(), "--threads".into(), "1".into(), "--json".into()];
+    args.extend(["--python".to_string(), s(&python).to_string()]);
+    for rows in [2usize, 5] {
+        let dir = tmp.path().join(format!("rows_{rows}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_npy(&dir.join("x.npy"), &TensorValue::from_f32(&[rows, 64], &(0..rows * 64).map(|i| (i % 13) as f32 / 13.0).collect::<Vec<_>>()).unwrap()).unwrap();
+        args.extend(["--input-set".to_string(), s(&dir).to_string()]);
+    }
+    let out = compactor(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sets = json["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 2);
+    for set in sets {
+        for key in ["compactor_first_ms", "compactor_median_ms", "onnxruntime_median_ms", "ratio"] {
+            assert!(set[key].as_f64().unwrap() > 0.0, "{key}: {set}");
+        }
+    }
+    assert!(sets[1]["dir"].as_str().unwrap().ends_with("rows_5"));
+    assert!(json["max_abs_error_vs_onnxruntime"].as_f64().unwrap() < 1e-4, "{json}");
+    // An empty set is refused with its name.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = compactor(&["bench", "runtime", s(&fixture("tiny_mlp.onnx")), "--input-set", s(&empty)]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no .npy files"), "{}", text(&out));
 }

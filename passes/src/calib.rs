@@ -154,72 +154,6 @@ impl AttentionSums {
     }
 }
 
-/// Pairs activations with the per-row scales they are multiplied by ([`Request::row_scale`]):
-/// the n-th capture of an activation goes with the n-th capture of its scale (one of each per
-/// batch), whichever comes first waiting for the other.
-/// An activation captured before its row scale: (activation, shape, values).
-type Waiting = (ValueId, Vec<usize>, Vec<f32>);
-
-#[derive(Default)]
-struct Pairing {
-    /// Activation -> its scale.
-    scale_of: BTreeMap<ValueId, ValueId>,
-    /// Scale -> how many activations it scales.
-    dependents: BTreeMap<ValueId, usize>,
-    arrivals: BTreeMap<ValueId, usize>,
-    /// (scale, arrival) -> its values and how many activations still need them.
-    scales: BTreeMap<(ValueId, usize), (Vec<f32>, usize)>,
-    /// (scale, arrival) -> activations that came first.
-    waiting: BTreeMap<(ValueId, usize), Vec<Waiting>>,
-}
-
-impl Pairing {
-    fn arrive(&mut self, v: ValueId, a: Activation<'_>, accumulators: &mut BTreeMap<ValueId, Accumulator>) -> Result<(), String> {
-        let arrival = {
-            let n = self.arrivals.entry(v).or_default();
-            *n += 1;
-            *n - 1
-        };
-        if let Some(&count) = self.dependents.get(&v) {
-            let key = (v, arrival);
-            self.scales.insert(key, (a.data.to_vec(), count));
-            for (act, shape, data) in self.waiting.remove(&key).unwrap_or_default() {
-                self.scaled(act, &shape, &data, key, accumulators)?;
-            }
-        }
-        let Some(acc) = accumulators.get_mut(&v) else { return Ok(()) };
-        match self.scale_of.get(&v) {
-            None => acc.add_captured(a.shape, a.data),
-            Some(&scale) => {
-                let key = (scale, arrival);
-                if self.scales.contains_key(&key) {
-                    self.scaled(v, a.shape, a.data, key, accumulators)
-                } else {
-                    self.waiting.entry(key).or_default().push((v, a.shape.to_vec(), a.data.to_vec()));
-                    Ok(())
-                }
-            }
-        }
-    }
-
-    /// Adds activation `v`'s rows, each times its scale, and lets the scale go once every
-    /// activation it scales has had it.
-    fn scaled(&mut self, v: ValueId, shape: &[usize], data: &[f32], key: (ValueId, usize), accumulators: &mut BTreeMap<ValueId, Accumulator>) -> Result<(), String> {
-        let acc = accumulators.get_mut(&v).expect("only requested activations wait");
-        let rows = acc.layout.rows(shape, data, acc.k)?;
-        let (scale, remaining) = self.scales.get_mut(&key).expect("the scale arrived");
-        if scale.len() * acc.k != rows.len() {
-            return Err(format!("has {} rows, its row scale {} values", rows.len() / acc.k.max(1), scale.len()));
-        }
-        let scaled: Vec<f32> = rows.chunks_exact(acc.k).zip(scale.iter()).flat_map(|(row, &g)| row.iter().map(move |&x| x * g)).collect();
-        *remaining -= 1;
-        if *remaining == 0 {
-            self.scales.remove(&key);
-        }
-        acc.add(&scaled)
-    }
-}
-
 /// Per-input running sums of one activation.
 struct Accumulator {
     k: usize,
@@ -258,6 +192,16 @@ impl Accumulator {
         }
         let rows = self.layout.rows(shape, data, self.k)?;
         self.add(&rows)
+    }
+
+    /// Adds one captured value's rows, each multiplied by its entry of `scale` (one per row).
+    fn add_scaled(&mut self, shape: &[usize], data: &[f32], scale: &[f32]) -> Result<(), String> {
+        let rows = self.layout.rows(shape, data, self.k)?;
+        if scale.len() * self.k != rows.len() {
+            return Err(format!("has {} rows, its row scale {} values", rows.len() / self.k.max(1), scale.len()));
+        }
+        let scaled: Vec<f32> = rows.chunks_exact(self.k).zip(scale).flat_map(|(row, &g)| row.iter().map(move |&x| x * g)).collect();
+        self.add(&scaled)
     }
 
     fn add(&mut self, data: &[f32]) -> Result<(), String> {
@@ -376,30 +320,31 @@ pub fn collect_with(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs:
     if accumulators.is_empty() && joints.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let mut pairing = Pairing::default();
-    for (&v, entry) in &accumulators {
-        if let Some(scale) = entry.3 {
-            pairing.scale_of.insert(v, scale);
-            *pairing.dependents.entry(scale).or_default() += 1;
-        }
-    }
+    // Rows scaled by another value's entries need both captures of a batch: a joint of the two
+    // per such activation, its accumulator moved into the joint's visitor.
+    let scales: BTreeMap<ValueId, ValueId> = accumulators.iter().filter_map(|(&v, entry)| entry.3.map(|scale| (v, scale))).collect();
     let mut accumulators: BTreeMap<ValueId, Accumulator> = accumulators.into_iter().map(|(v, (k, layout, wanted, _))| (v, Accumulator::new(k, layout, wanted))).collect();
+    let mut scaled: BTreeMap<ValueId, Accumulator> = scales.keys().filter_map(|v| accumulators.remove_entry(v)).collect();
     let model = ctx.snapshot(graph);
     let Some(calibrator) = ctx.calibrator.as_deref_mut() else {
         return Err(PassError::NeedsCalibration { pass: pass.into(), why: needs.into() });
     };
+    let mut scaled_joints: Vec<Joint<'_>> =
+        scaled.iter_mut().map(|(v, acc)| Joint { values: vec![*v, scales[v]], visit: Box::new(move |a: &[Activation<'_>]| acc.add_scaled(a[0].shape, a[0].data, a[1].data)) }).collect();
     let mut values: Vec<ValueId> = accumulators.keys().copied().collect();
-    values.extend(pairing.dependents.keys().copied().filter(|s| !accumulators.contains_key(s)));
-    for v in joints.iter().flat_map(|j| j.values.iter().copied()) {
+    for v in joints.iter().chain(scaled_joints.iter()).flat_map(|j| j.values.iter().copied()) {
         if !values.contains(&v) {
             values.push(v);
         }
     }
     let mut pending: Vec<Pending> = vec![BTreeMap::new(); joints.len()];
-    let mut joint_arrivals = BTreeMap::new();
+    let mut scaled_pending: Vec<Pending> = vec![BTreeMap::new(); scaled_joints.len()];
+    let (mut joint_arrivals, mut scaled_arrivals) = (BTreeMap::new(), BTreeMap::new());
     let mut error = None;
     let mut sink = |v: ValueId, a: Activation<'_>| {
-        let result = arrive_joint(joints, &mut pending, &mut joint_arrivals, v, &a).and_then(|()| pairing.arrive(v, a, &mut accumulators));
+        let result = arrive_joint(joints, &mut pending, &mut joint_arrivals, v, &a)
+            .and_then(|()| arrive_joint(&mut scaled_joints, &mut scaled_pending, &mut scaled_arrivals, v, &a))
+            .and_then(|()| accumulators.get_mut(&v).map_or(Ok(()), |acc| acc.add_captured(a.shape, a.data)));
         if let Err(e) = result {
             error.get_or_insert_with(|| format!("captured '{}' {e}", graph.value(v).name));
         }
@@ -411,6 +356,8 @@ pub fn collect_with(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, needs:
     if let Some(e) = error {
         return Err(PassError::failed(pass, "calibration", e));
     }
+    drop(scaled_joints);
+    accumulators.extend(scaled);
     accumulators.into_iter().map(|(v, acc)| acc.finish().map(|s| (v, s)).map_err(|e| PassError::failed(pass, format!("calibration of '{}'", graph.value(v).name), e))).collect()
 }
 
@@ -542,7 +489,7 @@ mod tests {
     }
 
     /// Hands out given activations (value, shape, data), batch by batch, in the order listed.
-    struct Ordered(Vec<Vec<Waiting>>);
+    struct Ordered(Vec<Vec<(ValueId, Vec<usize>, Vec<f32>)>>);
 
     impl Calibrator for Ordered {
         fn batches(&self) -> usize {

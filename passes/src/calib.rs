@@ -489,7 +489,10 @@ mod tests {
     }
 
     /// Hands out given activations (value, shape, data), batch by batch, in the order listed.
-    struct Ordered(Vec<Vec<(ValueId, Vec<usize>, Vec<f32>)>>);
+    struct Ordered(Vec<Vec<Capture>>);
+
+    /// One capture: the value, its shape and its values.
+    type Capture = (ValueId, Vec<usize>, Vec<f32>);
 
     impl Calibrator for Ordered {
         fn batches(&self) -> usize {

@@ -181,7 +181,7 @@ mod tests {
         for j in 0..3 {
             let g = (j + 1) as f32;
             let phi0 = silu(g * 1.0) * (1.0 * 2.0);
-            let phi1 = silu(g * -1.0) * (2.0 * 0.5);
+            let phi1 = silu(-g) * (2.0 * 0.5);
             let close = |a: f64, b: f32| (a - b as f64).abs() < 1e-5 * (1.0 + b.abs() as f64);
             assert!(close(sums.sum_square[0][j], 2.0 * phi0 * phi0) && close(sums.max_square[0][j], phi0 * phi0), "{sums:?}");
             assert!(close(sums.sum_square[1][j], 2.0 * phi1 * phi1) && close(sums.max_square[1][j], phi1 * phi1), "{sums:?}");

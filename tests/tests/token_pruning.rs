@@ -310,6 +310,9 @@ fn unsupported_graphs_are_refused_with_a_reason() {
     let mut model = Model::load(&fused).unwrap();
     let err = Pipeline::parse("prune-tokens(method=tome,layer=2)").unwrap().run_with(&mut model, RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("fused norms"), "{err}");
+    let mut decode = Model::load(compactor_tests::test_data().join("smollm2/decode_fused.onnx")).unwrap();
+    let err = Pipeline::parse("prune-tokens(method=fastv,layer=2)").unwrap().run_with(&mut decode, RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("prompt graphs"), "{err}");
     let mut bert = Model::load(repo_root().join("fixtures/tiny_bert.onnx")).unwrap();
     let err = Pipeline::parse("prune-tokens(layer=9)").unwrap().run_with(&mut bert, RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("no block 9"), "{err}");

@@ -242,6 +242,9 @@ impl Pass for PruneTokens {
             let (Some(seqlens), Some(total)) = (n.input(5), n.input(6)) else {
                 return Err(PassError::failed(name, n.label(node), "GroupQueryAttention without seqlens_k or total_sequence_length"));
             };
+            if n.input(3).is_some() || n.input(4).is_some() {
+                return Err(PassError::failed(name, n.label(node), "GroupQueryAttention reads a past key/value: token pruning works on prompt graphs"));
+            }
             let (new_seqlens, new_total) = *lengths.entry((seqlens, total)).or_insert_with(|| kept_lengths(&mut e, graph, seqlens, total, kept));
             e.patch.set_input(node, 5, Some(new_seqlens));
             e.patch.set_input(node, 6, Some(new_total));

@@ -4,6 +4,7 @@ in both runtimes, over the method, the first reduced block and how many tokens g
 
     .cache/venv/bin/python benches/token_pruning.py [--compactor target/release/compactor]
         [--cache .cache] [--out DIR] [--models minilm,smollm2,smollm2-fused,vit] [--runs 3]
+        [--only ROW,...]
 
 MiniLM (`attention`, `adaptive`, `pool`, `tome`; outputs restored to every position, mean
 pooling as sentence-transformers does; the kept share is each row's own, run alone): the
@@ -234,7 +235,7 @@ def smollm2(a, results, fused=False):
     rows["unpruned"] = metrics(reference)
     print(f"{key} unpruned: {json.dumps(rows['unpruned'])}", flush=True)
     for name, options in SMOLLM2_GRID:
-        if fused and "pool" in options:
+        if fb.skipped(a, name):
             continue
         out = os.path.join(out_dir, name.replace(" ", "_").replace(",", "") + ".onnx")
         if "protect_last" not in options:
@@ -298,6 +299,7 @@ def table(results):
 
 def main():
     ap = fb.arguments("token-pruning-bench", "minilm,smollm2,vit")
+    ap.add_argument("--only", help="SmolLM2: comma-separated substrings of the row names to run")
     ap.add_argument("--separate-compactor-latency", action="store_true", help="SmolLM2: also time the bundled runtime, each model apart (minutes per row)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)

@@ -187,6 +187,7 @@ fn fused_attention_prunes_as_the_plain_form() {
         "prune-tokens(method=fastv,layer=1,ratio=0.75,protect_last=3,output=gather)",
         "prune-tokens(method=attention,layer=2,ratio=0.5)",
         "prune-tokens(method=adaptive,layer=3,tau=0.7,score=last-query)",
+        "prune-tokens(method=pool,layer=2,stride=2)",
     ];
     let kind = Kind::RightPaddedDecoder { vocab: 96 };
     for (i, spec) in specs.iter().enumerate() {

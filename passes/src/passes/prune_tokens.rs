@@ -199,7 +199,8 @@ impl Pass for PruneTokens {
         let label = format!("prune_tokens_{}", self.layer);
         let mut e = Emitter::new(&mut patch, Graph::MAIN, Anchor::Before(cut.first), &label, opset);
         // The hidden state reduced, the position each remaining token stands at, and (pooling)
-        // each original position's pooled token.
+        // each original position's pooled token and the averaging matrix.
+        let mut pooling = None;
         let (hidden, kept, window_of) = match &probs {
             Some(source) => {
                 let scoring = match (self.score, self.method) {
@@ -219,7 +220,8 @@ impl Pass for PruneTokens {
                 (gather_tokens(&mut e, cut.hidden.into(), 3, false, &[1], kept), kept, None)
             }
             None => {
-                let (pooled, representative, window_of) = pool_tokens(&mut e, cut.hidden.into(), mask, self.stride, self.protect_first, self.protect_last);
+                let (pooled, representative, window_of, averaging) = pool_tokens(&mut e, cut.hidden.into(), mask, self.stride, self.protect_first, self.protect_last);
+                pooling = Some(averaging);
                 (pooled, representative, Some(window_of))
             }
         };
@@ -229,7 +231,11 @@ impl Pass for PruneTokens {
         for c in cut.crossings.iter().filter(|c| !c.token_axes.is_empty()) {
             let dims = graph.value(c.value).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).unwrap_or_default();
             let batch_is_one = dims.first() != hidden_batch.as_ref() && dims.first() == Some(&Dim::Known(1));
-            let g = gather_tokens(&mut e, c.value.into(), dims.len(), batch_is_one, &c.token_axes, kept);
+            // The residual stream's other half (fused norms) is averaged as the hidden state is.
+            let g = match pooling {
+                Some(averaging) if Some(c.value) == cut.stream_partner => e.op("MatMul", &[averaging, c.value.into()], &[]),
+                _ => gather_tokens(&mut e, c.value.into(), dims.len(), batch_is_one, &c.token_axes, kept),
+            };
             for &(node, input) in &c.readers {
                 e.patch.set_input(node, input, Some(g));
             }

@@ -51,6 +51,9 @@ pub struct TokenCut {
     /// inputs (computed before the cut from the unpruned length) are recomputed for the kept
     /// tokens rather than gathered.
     pub fused_attention: Vec<NodeId>,
+    /// With residuals added inside a fused norm: the norm's other summed input, which is
+    /// reduced as the hidden state is (gathered alike, or pooled alike).
+    pub stream_partner: Option<ValueId>,
 }
 
 /// onnxruntime's grouped-query attention, whose inputs 5 and 6 are lengths.
@@ -85,6 +88,14 @@ pub fn block_input(graph: &Graph, layers: &crate::analysis::LinearLayers, block:
         // region too, so it is gathered alike.
         None => fused_norm_inputs(graph, *block.norms.first()?).map(|(first, _)| first),
     }
+}
+
+/// With fused residuals, the second summed input of `block`'s first norm (see [`block_input`]).
+fn block_input_partner(graph: &Graph, block: &TransformerBlock) -> Option<ValueId> {
+    if !has_fused_residuals(block) {
+        return None;
+    }
+    fused_norm_inputs(graph, *block.norms.first()?).map(|(_, second)| second)
 }
 
 /// The two summed inputs of a norm that adds the residual stream itself, if `norm` is one.
@@ -220,7 +231,7 @@ impl TokenCut {
             }
             crossings.push(Crossing { value: v, token_axes: axes, readers: crossing.remove(&v).unwrap_or_default() });
         }
-        Ok(TokenCut { hidden, seq, region, produced, first, crossings, fused_attention })
+        Ok(TokenCut { hidden, seq, region, produced, first, crossings, fused_attention, stream_partner: block_input_partner(graph, b) })
     }
 }
 
@@ -482,8 +493,9 @@ pub(crate) fn scatter_tokens(e: &mut Emitter<'_>, base: PValue, pruned: PValue, 
 /// out of the average unless a window has only padding), the tokens outside it kept. Returns
 /// the pooled hidden state `[B, n, C]`, each pooled token's representative position `[B, n]`
 /// (the window's floored mean real position; masks, positions and rotary tables are gathered
-/// there) and each position's pooled token `[S]` (to spread outputs back).
-pub(crate) fn pool_tokens(e: &mut Emitter<'_>, hidden: PValue, mask: Option<ValueId>, stride: usize, first: usize, last: usize) -> (PValue, PValue, PValue) {
+/// there), each position's pooled token `[S]` (to spread outputs back) and the averaging
+/// matrix `[B, n, S]` (which pools any other `[B, S, C]` value alike).
+pub(crate) fn pool_tokens(e: &mut Emitter<'_>, hidden: PValue, mask: Option<ValueId>, stride: usize, first: usize, last: usize) -> (PValue, PValue, PValue, PValue) {
     let seq_len = e.dims(hidden, 1, 2);
     let s = e.squeeze(seq_len, &[0]);
     let (zero, one) = (e.i64_scalar(0), e.i64_scalar(1));
@@ -538,7 +550,7 @@ pub(crate) fn pool_tokens(e: &mut Emitter<'_>, hidden: PValue, mask: Option<Valu
     let half = e.squeeze(half, &[1]);
     let half = e.cast(half, DataType::Int64);
     let representative = e.op("Add", &[first_member, half], &[]);
-    (pooled, representative, window_of)
+    (pooled, representative, window_of, weights_t)
 }
 
 /// Each original position reads its pooled token's value: `pooled` (pooled tokens along `axis`)

@@ -71,6 +71,8 @@ impl ExpertLayer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MoeOp {
     pub node: NodeId,
+    /// The tokens' features (`input`, `[..., H]`).
+    pub input: ValueId,
     /// The router's logits (`router_probs`, `[tokens, experts]`).
     pub router: ValueId,
     /// `[E, f·I, H]` (`f` = 2 for a fused SwiGLU), each expert's rows its outputs.
@@ -82,6 +84,8 @@ pub struct MoeOp {
     pub experts: usize,
     /// Intermediate neurons per expert (`I`).
     pub width: usize,
+    /// Input features (`H`).
+    pub hidden: usize,
 }
 
 /// The FFN layers of a graph in execution order: an [`Analysis`] built on
@@ -101,8 +105,8 @@ impl std::ops::Deref for FfnExperts {
     }
 }
 
-/// The MoE node `node` as a layer's [`MoeOp`], with the input it reads, or why it is not one.
-fn moe_op(graph: &Graph, node: NodeId) -> Result<(ValueId, usize, MoeOp), String> {
+/// The MoE node `node` as a layer's [`MoeOp`], or why it is not one.
+fn moe_op(graph: &Graph, node: NodeId) -> Result<MoeOp, String> {
     let n = graph.node(node);
     let attrs = MoeAttributes::of_node(n)?;
     let input = |i: usize| n.inputs.get(i).copied().flatten();
@@ -132,7 +136,7 @@ fn moe_op(graph: &Graph, node: NodeId) -> Result<(ValueId, usize, MoeOp), String
     {
         return Err("fc1 bias is not [experts, rows]".into());
     }
-    Ok((x, hidden, MoeOp { node, router, fc1, fc1_bias, fc2, attrs, experts, width }))
+    Ok(MoeOp { node, input: x, router, fc1, fc1_bias, fc2, attrs, experts, width, hidden })
 }
 
 impl Analysis for FfnExperts {
@@ -171,9 +175,9 @@ impl Analysis for FfnExperts {
             let block = blocks.iter().rposition(|b| position.get(&b.attention.context) < position.get(&node)).unwrap_or(0);
             match moe_op(graph, node) {
                 Err(why) => refused.push((block, node, why)),
-                Ok((input, input_width, op)) => match out.iter_mut().find(|l| l.input == input && l.moe_op.is_none()) {
+                Ok(op) => match out.iter_mut().find(|l| l.input == op.input && l.moe_op.is_none()) {
                     Some(layer) => layer.moe_op = Some(op),
-                    None => out.push(ExpertLayer { block, input, input_width, experts: Vec::new(), moe_op: Some(op) }),
+                    None => out.push(ExpertLayer { block, input: op.input, input_width: op.hidden, experts: Vec::new(), moe_op: Some(op) }),
                 },
             }
         }

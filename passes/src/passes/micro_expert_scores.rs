@@ -60,7 +60,6 @@ pub(crate) struct LoadedMoe {
     fc1: Vec<f32>,
     fc1_bias: Option<Vec<f32>>,
     fc2: Vec<f32>,
-    hidden: usize,
 }
 
 impl LoadedMoe {
@@ -69,12 +68,11 @@ impl LoadedMoe {
             let value = graph.value(v);
             value.initializer.as_ref().expect("the analysis found an initializer").to_f32().map_err(|e| PassError::failed(pass, value.name.clone(), e.to_string()))
         };
-        let hidden = graph.value(op.fc1).initializer.as_ref().map_or(0, |t| t.dims()[2] as usize);
-        Ok(LoadedMoe { fc1: values(op.fc1)?, fc1_bias: op.fc1_bias.map(values).transpose()?, fc2: values(op.fc2)?, hidden })
+        Ok(LoadedMoe { fc1: values(op.fc1)?, fc1_bias: op.fc1_bias.map(values).transpose()?, fc2: values(op.fc2)? })
     }
 
     pub(crate) fn view<'a>(&'a self, op: &MoeOp) -> MoeWeights<'a> {
-        MoeWeights { attrs: op.attrs, experts: op.experts, width: op.width, hidden: self.hidden, fc1: &self.fc1, fc1_bias: self.fc1_bias.as_deref(), fc2: &self.fc2 }
+        MoeWeights { attrs: op.attrs, experts: op.experts, width: op.width, hidden: op.hidden, fc1: &self.fc1, fc1_bias: self.fc1_bias.as_deref(), fc2: &self.fc2 }
     }
 }
 
@@ -157,15 +155,14 @@ pub(crate) fn measure(graph: &Graph, ctx: &mut PassCtx<'_, '_>, pass: &str, laye
     // A MoE node's neuron statistics, computed from its captured input and router logits
     // (when the score reads activations).
     let joint_ops: &[&MoeOp] = if score.needs_data() { &ops } else { &[] };
-    let inputs: Vec<ValueId> = layers.iter().filter(|l| l.moe_op.is_some()).map(|l| l.input).collect();
     let mut sums = vec![MoeSums::default(); joint_ops.len()];
     let stats = {
         let weights: Vec<MoeWeights<'_>> = joint_ops.iter().zip(&loaded).map(|(op, l)| l.view(op)).collect();
         let mut joints: Vec<Joint<'_>> = sums
             .iter_mut()
             .zip(&weights)
-            .zip(joint_ops.iter().zip(&inputs))
-            .map(|((sums, w), (op, &input))| Joint { values: vec![input, op.router], visit: Box::new(move |a: &[Activation<'_>]| w.accumulate(a[0].data, a[1].data, sums)) })
+            .zip(joint_ops)
+            .map(|((sums, w), op)| Joint { values: vec![op.input, op.router], visit: Box::new(move |a: &[Activation<'_>]| w.accumulate(a[0].data, a[1].data, sums)) })
             .collect();
         // Nothing to measure (magnitude, no compensation): no calibration runs.
         calib::collect_with(graph, ctx, pass, SCORE_NEEDS, &requests, &mut joints)?

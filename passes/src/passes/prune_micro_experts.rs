@@ -113,7 +113,7 @@ impl MoeCut<'_> {
     fn patch(&self, pass: &str, graph: &Graph, loaded: &LoadedMoe, patch: &mut Patch) -> Result<(), PassError> {
         let weights = loaded.view(self.op);
         let (fc1, fc1_bias, fc2) = moe_op::cut(&weights, &self.kept, self.width);
-        let (e, h, f) = (self.op.experts as u64, weights.hidden as u64, self.op.attrs.activation.fusion() as u64);
+        let (e, h, f) = (self.op.experts as u64, self.op.hidden as u64, self.op.attrs.activation.fusion() as u64);
         let w = self.width as u64;
         let tensor = |dims: &[u64], values: &[f32]| Tensor::from_f32(dims, values).map_err(|err| PassError::failed(pass, graph.node(self.op.node).label(self.op.node), err.to_string()));
         patch.set_initializer(self.op.fc1, tensor(&[e, f * w, h], &fc1)?);

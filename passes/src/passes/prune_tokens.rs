@@ -25,7 +25,7 @@
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
 use crate::tokens::emit::Emitter;
-use crate::tokens::fused::{FusedAttention, kept_lengths};
+use crate::tokens::fused::{FusedAttention, kept_lengths, prompt_only};
 use crate::tokens::{
     KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, has_fused_residuals, is_constant, pool_tokens, scatter_tokens, select_kept,
     shape_with_axis, spread_tokens, token_axes, tome,
@@ -248,9 +248,7 @@ impl Pass for PruneTokens {
             let (Some(seqlens), Some(total)) = (n.input(5), n.input(6)) else {
                 return Err(PassError::failed(name, n.label(node), "GroupQueryAttention without seqlens_k or total_sequence_length"));
             };
-            if n.input(3).is_some() || n.input(4).is_some() {
-                return Err(PassError::failed(name, n.label(node), "GroupQueryAttention reads a past key/value: token pruning works on prompt graphs"));
-            }
+            prompt_only(n).map_err(|e| PassError::failed(name, n.label(node), e))?;
             let (new_seqlens, new_total) = *lengths.entry((seqlens, total)).or_insert_with(|| kept_lengths(&mut e, graph, seqlens, total, kept));
             e.patch.set_input(node, 5, Some(new_seqlens));
             e.patch.set_input(node, 6, Some(new_total));

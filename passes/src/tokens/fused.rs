@@ -45,9 +45,7 @@ impl FusedAttention {
         let (Some(query), Some(key), Some(seqlens)) = (input(0), input(1), input(5)) else {
             return Err("GroupQueryAttention with packed QKV (no separate key input) is not scored".into());
         };
-        if input(3).is_some() || input(4).is_some() {
-            return Err("GroupQueryAttention reads a past key/value: token pruning works on prompt graphs".into());
-        }
+        prompt_only(n)?;
         let (heads, kv_heads) = (int("num_heads", 0), int("kv_num_heads", 0));
         let width = graph.value(query).ty.as_ref().and_then(|t| t.shape()).and_then(|s| s.dims.last().cloned()).and_then(|d| d.known());
         let head_size = match width {
@@ -108,6 +106,15 @@ impl FusedAttention {
         let probs = e.op("Softmax", &[scores], &[("axis", AttrValue::Int(-1))]);
         e.reduce("ReduceMean", probs, &[2], false)
     }
+}
+
+/// Refuses a GroupQueryAttention node that reads a past key/value: with a cache its keys are
+/// not the block's own tokens, and the kept tokens' lengths would not be its lengths.
+pub(crate) fn prompt_only(node: &compactor_ir::Node) -> Result<(), String> {
+    if node.input(3).is_some() || node.input(4).is_some() {
+        return Err("GroupQueryAttention reads a past key/value: token pruning works on prompt graphs".into());
+    }
+    Ok(())
 }
 
 /// `seqlens_k` and `total_sequence_length` for the kept tokens `[B, k]` (positions in

@@ -101,7 +101,7 @@ fn block_input_partner(graph: &Graph, block: &TransformerBlock) -> Option<ValueI
 /// The two summed inputs of a norm that adds the residual stream itself, if `norm` is one.
 fn fused_norm_inputs(graph: &Graph, norm: NodeId) -> Option<(ValueId, ValueId)> {
     let n = graph.node(norm);
-    if !n.op_type.starts_with("Skip") {
+    if !matches!(n.op_type.as_str(), "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization") {
         return None;
     }
     Some((n.input(0)?, n.input(1)?))

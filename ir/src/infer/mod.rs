@@ -28,6 +28,7 @@
 
 mod contrib;
 mod control;
+mod conv;
 mod elementwise;
 mod ml;
 mod nn;
@@ -199,6 +200,7 @@ fn rule_for(domain: &str, op: &str) -> Option<Rule> {
         "" => elementwise::rule(op)
             .or_else(|| shape_ops::rule(op))
             .or_else(|| nn::rule(op))
+            .or_else(|| conv::rule(op))
             .or_else(|| reduce::rule(op))
             .or_else(|| control::rule(op))
             .or_else(|| sequence::rule(op))

@@ -44,6 +44,8 @@ struct NewValue {
     region: RegionId,
     initializer: Option<Tensor>,
     sparse: Option<SparseTensor>,
+    /// A new input of its region (named exactly `name_hint`).
+    input: bool,
 }
 
 /// A node the patch creates; build it with [`Patch::node`].
@@ -176,14 +178,14 @@ impl Patch {
 
     /// A new value, to be produced by a new node. Its name is `name_hint`, made unique.
     pub fn new_value(&mut self, region: RegionId, name_hint: &str, ty: Option<ValueType>) -> PValue {
-        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None, sparse: None });
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None, sparse: None, input: false });
         PValue::New(self.values.len() as u32 - 1)
     }
 
     /// A new initializer of `region`.
     pub fn new_initializer(&mut self, region: RegionId, name_hint: &str, tensor: Tensor) -> PValue {
         let ty = Some(ValueType::tensor(tensor.dtype(), Some(tensor.shape())));
-        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: Some(tensor.with_name(None)), sparse: None });
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: Some(tensor.with_name(None)), sparse: None, input: false });
         PValue::New(self.values.len() as u32 - 1)
     }
 
@@ -191,7 +193,14 @@ impl Patch {
     /// `values.dtype()` and shape `dims`.
     pub fn new_sparse_initializer(&mut self, region: RegionId, name_hint: &str, sparse: SparseTensor) -> PValue {
         let ty = sparse.values.as_ref().map(|v| ValueType::tensor(v.dtype(), Some(crate::types::Shape::known(&sparse.dims))));
-        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None, sparse: Some(sparse) });
+        self.values.push(NewValue { name_hint: name_hint.to_string(), ty, region, initializer: None, sparse: Some(sparse), input: false });
+        PValue::New(self.values.len() as u32 - 1)
+    }
+
+    /// A new input of `region`, appended to its inputs, named exactly `name` (the patch is
+    /// refused when a value of that name exists).
+    pub fn new_input(&mut self, region: RegionId, name: &str, ty: Option<ValueType>) -> PValue {
+        self.values.push(NewValue { name_hint: name.to_string(), ty, region, initializer: None, sparse: None, input: true });
         PValue::New(self.values.len() as u32 - 1)
     }
 
@@ -290,7 +299,13 @@ impl Graph {
             }
         }
         // Every new value is defined exactly once: as an initializer or by one new node.
-        let mut defined: Vec<usize> = patch.values.iter().map(|v| (v.initializer.is_some() || v.sparse.is_some()) as usize).collect();
+        let mut defined: Vec<usize> = patch.values.iter().map(|v| (v.initializer.is_some() || v.sparse.is_some() || v.input) as usize).collect();
+        if patch.values.iter().any(|v| v.input) {
+            let names = self.value_names();
+            if let Some(v) = patch.values.iter().find(|v| v.input && names.contains(&v.name_hint)) {
+                return Err(err(format!("new input '{}': a value of that name exists", v.name_hint)));
+            }
+        }
         let mut rehomed: BTreeSet<ValueId> = BTreeSet::new();
         for node in &patch.nodes {
             match node.anchor {
@@ -436,6 +451,7 @@ impl Graph {
             let def = match (&v.initializer, &v.sparse) {
                 (Some(_), _) => ValueDef::Initializer,
                 (None, Some(_)) => ValueDef::SparseInitializer,
+                (None, None) if v.input => ValueDef::Input,
                 (None, None) => ValueDef::Annotation,
             };
             let id = self.add_value(Value {
@@ -452,6 +468,8 @@ impl Graph {
                 self.region_mut(v.region).initializers.push(id);
             } else if v.sparse.is_some() {
                 self.region_mut(v.region).sparse_initializers.push(id);
+            } else if v.input {
+                self.region_mut(v.region).inputs.push(id);
             }
             summary.new_values.push(id);
         }
@@ -673,6 +691,24 @@ mod tests {
         verify_graph(&g).unwrap();
         assert_eq!(g.main().outputs, vec![r]);
         assert!(g.try_value(y).is_none());
+    }
+
+    #[test]
+    fn a_new_input_is_read_by_new_nodes_and_its_name_must_be_free() {
+        let (mut g, [_, _, y, _], [_, neg]) = chain();
+        let mut p = Patch::new();
+        let z = p.new_input(Graph::MAIN, "z", Some(ValueType::tensor(DataType::Float, None)));
+        let sum = p.new_value(Graph::MAIN, "sum", None);
+        p.node("Add", Anchor::After(neg)).input(y).input(z).output(sum).add();
+        p.add_output(Graph::MAIN, sum);
+        let s = g.apply(p).unwrap();
+        verify_graph(&g).unwrap();
+        let z = s.value(z);
+        assert_eq!((g.value(z).name.as_str(), &g.value(z).def), ("z", &ValueDef::Input));
+        assert_eq!(g.main().inputs.last(), Some(&z));
+        let mut p = Patch::new();
+        p.new_input(Graph::MAIN, "y", None);
+        assert!(g.apply(p).unwrap_err().to_string().contains("'y'"));
     }
 
     #[test]

@@ -3,13 +3,16 @@ from primitives, rotary embedding from position_ids, grouped-query attention by 
 heads, causal plus padding mask), with random weights (seed 0): 4 blocks, hidden 32, 4 query
 and 2 KV heads, FFN 64, vocabulary 96.
 
-    python make_tiny_llama.py OUT.onnx [--fused]
+    python make_tiny_llama.py OUT.onnx [--fused] [--presents | --decode]
 
 With --fused, the same network with onnxruntime's fused LLM ops (SimplifiedLayerNormalization,
 SkipSimplifiedLayerNormalization, RotaryEmbedding, GroupQueryAttention), as make_smollm2.py
 writes SmolLM2's fused form.
 
 Inputs: input_ids, attention_mask, position_ids [batch, sequence_length]. Output: logits.
+--presents: the prompt graph also outputs each block's keys and values (present.{i}.key/value,
+see with_presents.py); --decode: the decode graph (past_key_values.{i}.key/value inputs,
+attention_mask [batch, total_sequence_length], present outputs), as make_smollm2.py's decode.onnx.
 """
 import os
 import sys
@@ -19,6 +22,7 @@ import onnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures"))
 from make_smollm2 import build_graph  # noqa: E402
+from with_presents import add_presents  # noqa: E402
 
 CFG = {
     "num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
@@ -42,7 +46,9 @@ def main():
             f"{b}.ffn_down.weight": w(H, F),
         })
     fused = "--fused" in sys.argv[2:]
-    model = build_graph(CFG, weights, with_past=False, fused=fused)
+    model = build_graph(CFG, weights, with_past="--decode" in sys.argv[2:], fused=fused)
+    if "--presents" in sys.argv[2:]:
+        model = add_presents(model)
     if not fused:  # the checker knows no onnxruntime contrib ops
         onnx.checker.check_model(model)
     onnx.save(model, sys.argv[1])

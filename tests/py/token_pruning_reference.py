@@ -3,7 +3,8 @@
     python token_pruning_reference.py ORIGINAL.onnx PRUNED.onnx SPEC.json INPUT_DIR
 
 SPEC.json: the pass's options (method, ratio, protect_first, protect_last, mask, output, fill)
-and its report's details (hidden, probs, gathered: [{name, axes}], outputs). The reference runs
+and its report's details (hidden, probs, gathered: [{name, axes}], outputs, caches: the later
+blocks' present keys/values, which stay short, and cache_positions: their positions' output). The reference runs
 the ORIGINAL model in onnxruntime up to the cut (the hidden state, the scoring attention
 probabilities and the values the later blocks read), chooses the kept tokens in NumPy from the
 method's definition, gathers those values at the kept positions in NumPy, and runs the
@@ -175,6 +176,15 @@ def tome_reference(spec, original, full, feeds, valid, tmp):
     return got, st
 
 
+def downstream(model, value):
+    """The names of the values computed from `value` (with it)."""
+    reached = {value}
+    for n in model.graph.node:  # nodes are in topological order
+        if any(i in reached for i in n.input):
+            reached.update(n.output)
+    return reached
+
+
 def gather(x, axes, idx):
     B = idx.shape[0]
     if x.shape[0] == 1 and B > 1:
@@ -215,12 +225,16 @@ def main():
         else:
             idx = kept_positions(spec, full[spec["probs"]], valid)
             reduced = gather(hidden, [1], idx)
+        # The later blocks' present keys/values stay short (kept tokens only).
+        caches = spec.get("caches", [])
         if spec["method"] != "tome":
             sub_feeds = {spec["hidden"]: reduced}
             for g in spec["gathered"]:
                 sub_feeds[g["name"]] = np.ascontiguousarray(gather(full[g["name"]], g["axes"], idx))
             sub = os.path.join(tmp, "later_blocks.onnx")
-            wanted = [spec["restored"]] if spec.get("restored") else outputs
+            later = downstream(model, spec["hidden"])
+            wanted = [spec["restored"]] if spec.get("restored") else [o for o in outputs if o in later and o not in caches]
+            wanted += caches
             onnx.utils.extract_model(original, sub, list(sub_feeds), wanted)
             expected = dict(zip(wanted, session(sub).run(None, sub_feeds)))
         if spec.get("restored"):
@@ -236,21 +250,26 @@ def main():
                 base = hidden.copy() if spec["fill"] == "carry" else np.zeros((want.shape[0], hidden.shape[1], want.shape[2]), want.dtype)
                 np.put_along_axis(base, np.broadcast_to(idx[..., None], want.shape), want, 1)
                 want = base
+            kept_caches = {c: expected[c] for c in caches}
             if r in outputs:
                 expected = {r: want}
             else:
                 sub = os.path.join(tmp, "after_restore.onnx")
-                onnx.utils.extract_model(original, sub, [r], outputs)
-                expected = dict(zip(outputs, session(sub).run(None, {r: want})))
+                after = [o for o in outputs if o in later and o not in caches]
+                onnx.utils.extract_model(original, sub, [r], after)
+                expected = dict(zip(after, session(sub).run(None, {r: want})))
+            expected.update(kept_caches)
     got_names = [o.name for o in session(pruned).get_outputs()]
     got = dict(zip(got_names, session(pruned).run(None, feeds)))
     report = {"kept_positions": idx.tolist(), "outputs": {}}
     for name in outputs:
-        want = expected[name]
+        # Outputs computed before the cut (the earlier blocks' caches) are the original's.
+        want = expected.get(name, full[name])
         diff = np.abs(got[name].astype(np.float64) - want)
         report["outputs"][name] = {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(want).max(), 1e-30)), "shape": list(got[name].shape)}
-    if "kept_token_positions" in got:
-        report["positions_equal"] = bool(np.array_equal(got["kept_token_positions"], idx))
+    for positions in ("kept_token_positions", spec.get("cache_positions")):
+        if positions in got:
+            report["positions_equal"] = report.get("positions_equal", True) and bool(np.array_equal(got[positions], idx))
     print(json.dumps(report))
 
 

@@ -24,11 +24,12 @@
 
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
+use crate::tokens::cache::{caches, positions_name, read_kept_caches};
 use crate::tokens::emit::Emitter;
 use crate::tokens::fused::{FusedAttention, kept_lengths, prompt_only};
 use crate::tokens::{
-    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, has_fused_residuals, is_constant, pool_tokens, scatter_tokens, select_kept,
-    shape_with_axis, spread_tokens, token_axes, tome,
+    GatheredValue, KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, has_fused_residuals, is_constant, pool_tokens, scatter_tokens,
+    select_kept, shape_with_axis, spread_tokens, token_axes, tome,
 };
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Shape, Tensor, ValueId, ValueType};
 use serde::{Deserialize, Serialize};
@@ -169,9 +170,24 @@ impl Pass for PruneTokens {
             let what = if self.method == TokenMethod::Tome { "method=tome (it merges between attention and FFN and scales attention logits)" } else { "fill=carry" };
             return Err(PassError::failed(name, location, format!("the block adds its residuals inside fused norms, which {what} needs as separate ops")));
         }
+        let later = caches(graph, &layers, blocks.get(self.layer..).unwrap_or_default());
         if self.method == TokenMethod::Tome {
+            if !later.past.is_empty() || !later.present.is_empty() {
+                return Err(PassError::failed(name, location, "the blocks keep key/value caches; ToMe merges tokens differently in every block, which no cache layout follows"));
+            }
             let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
             return self.merge_tokens(graph, &blocks, &layers, mask, opset);
+        }
+        if !later.past.is_empty() {
+            // A decode graph: the pruned prompt graph's kept caches are read, nothing is scored.
+            let report = read_kept_caches(graph, &layers, &blocks, self.layer, &self.mask, opset).map_err(|(at, why)| PassError::failed(name, at, why))?;
+            return Ok(PassOutcome::changed(format!(
+                "decode: blocks {} on read key/value caches of the kept tokens ({} values gathered at their positions, read from '{}')",
+                self.layer,
+                report.gathered.len(),
+                report.positions_input
+            ))
+            .with_details(report));
         }
         let scored = self.method != TokenMethod::Pool;
         let cut = TokenCut::find(graph, &layers, &blocks, self.layer).map_err(|e| PassError::failed(name, location.clone(), e))?;
@@ -268,14 +284,15 @@ impl Pass for PruneTokens {
         };
         let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &layers, &cut.produced, &cut.seq, "kept", restore)?;
         if self.output == OutputMode::Gather {
-            positions_output(&mut e, &label, kept, hidden_batch.clone(), &cut.seq, "kept");
+            positions_output(&mut e, &label, KEPT_POSITIONS, kept, hidden_batch.clone(), &cut.seq, "kept");
+        }
+        // The later blocks' present keys/values hold the kept tokens: a decode graph pruned
+        // alike reads them with their positions.
+        let cache_positions = (!later.present.is_empty()).then(|| positions_name(graph, &later.present));
+        if let Some(positions) = &cache_positions {
+            positions_output(&mut e, &label, positions, kept, hidden_batch.clone(), &cut.seq, "kept");
         }
         graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
-        #[derive(Serialize)]
-        struct Gathered {
-            name: String,
-            axes: Vec<usize>,
-        }
         #[derive(Serialize)]
         struct Details {
             layer: usize,
@@ -283,10 +300,13 @@ impl Pass for PruneTokens {
             hidden: String,
             probs: Option<String>,
             /// Values computed before the cut, read after it, gathered along these axes.
-            gathered: Vec<Gathered>,
+            gathered: Vec<GatheredValue>,
             /// Outputs computed from the reduced tokens; the value given its full length back.
             outputs: Vec<String>,
             restored: Option<String>,
+            /// The later blocks' present keys/values (kept tokens only) and their positions' output.
+            caches: Vec<String>,
+            cache_positions: Option<String>,
         }
         let details = Details {
             layer: self.layer,
@@ -295,9 +315,11 @@ impl Pass for PruneTokens {
                 Probs::Softmax(v) => graph.value(*v).name.clone(),
                 Probs::Fused(_) => format!("recomputed from block {}'s GroupQueryAttention inputs", self.layer - 1),
             }),
-            gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| Gathered { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
+            gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| GatheredValue { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
             outputs: outputs_done,
             restored,
+            caches: later.present.iter().map(|&v| graph.value(v).name.clone()).collect(),
+            cache_positions,
         };
         Ok(PassOutcome::changed(format!(
             "tokens pruned from block {} on ({:?}, {}): {} values gathered besides the hidden state, {} outputs {}",
@@ -350,11 +372,12 @@ fn short_symbol(seq: &Dim, what: &str) -> String {
     }
 }
 
-/// The `kept_token_positions` output: each remaining token's original position.
-fn positions_output(e: &mut Emitter<'_>, label: &str, positions: PValue, batch: Option<Dim>, seq: &Dim, what: &str) {
+/// An output `name` of each remaining token's original position.
+#[allow(clippy::too_many_arguments)]
+fn positions_output(e: &mut Emitter<'_>, label: &str, name: &str, positions: PValue, batch: Option<Dim>, seq: &Dim, what: &str) {
     let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![batch.unwrap_or(Dim::Unknown), Dim::Sym(short_symbol(seq, what))])));
-    let out = e.patch.new_value(Graph::MAIN, KEPT_POSITIONS, Some(ty));
-    e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{KEPT_POSITIONS}")).input(positions).output(out).add();
+    let out = e.patch.new_value(Graph::MAIN, name, Some(ty));
+    e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{name}")).input(positions).output(out).add();
     e.patch.add_output(Graph::MAIN, out);
 }
 
@@ -600,7 +623,7 @@ impl PruneTokens {
         let last = *states.last().expect("at least one merge");
         let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, layers, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
         if self.output == OutputMode::Gather {
-            positions_output(&mut e, &label, last.representative, hidden_batch, &seq, "merged");
+            positions_output(&mut e, &label, KEPT_POSITIONS, last.representative, hidden_batch, &seq, "merged");
         }
         graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
         #[derive(Serialize)]

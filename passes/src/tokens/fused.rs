@@ -9,8 +9,9 @@
 //! - Lengths: the later ops' `seqlens_k` becomes each row's kept real tokens minus one and
 //!   `total_sequence_length` the kept length.
 //!
-//! Prompt graphs only (no past key/value: with a cache the keys are not the block's own), no
-//! rotary inside the op, no packed QKV, softcap or local window.
+//! Scoring needs a prompt graph (no past key/value: with a cache the keys are not the block's
+//! own), no rotary inside the op, no packed QKV, softcap or local window. Decode graphs reading
+//! kept caches (see [`super::cache`]) recompute the later ops' lengths from the attention mask.
 
 use super::emit::Emitter;
 use super::{NEVER, Scoring};
@@ -124,11 +125,26 @@ pub(crate) fn kept_lengths(e: &mut Emitter<'_>, graph: &Graph, seqlens: ValueId,
     let last_real = e.cast(seqlens.into(), DataType::Int64);
     let last_real = e.unsqueeze(last_real, &[1]);
     let real = e.op("LessOrEqual", &[kept, last_real], &[]);
+    int32_lengths(e, graph, real, total, kept)
+}
+
+/// `seqlens_k` and `total_sequence_length` for attention over a kept cache: `positions`
+/// `[B, k]` are columns of the attention `mask` `[B, T]`; the real ones among them, minus one,
+/// and `k`.
+pub(crate) fn cached_lengths(e: &mut Emitter<'_>, graph: &Graph, mask: ValueId, total: ValueId, positions: PValue) -> (PValue, PValue) {
+    let real = e.op("GatherElements", &[mask.into(), positions], &[("axis", AttrValue::Int(1))]);
+    let real = e.cast(real, DataType::Bool);
+    int32_lengths(e, graph, real, total, positions)
+}
+
+/// The lengths GroupQueryAttention reads for `[B, k]` tokens of which `real` (bool) are real:
+/// their count minus one per row, and `k`, shaped as the original `total`.
+fn int32_lengths(e: &mut Emitter<'_>, graph: &Graph, real: PValue, total: ValueId, tokens: PValue) -> (PValue, PValue) {
     let real = e.cast(real, DataType::Int32);
     let count = e.reduce("ReduceSum", real, &[1], false);
     let one = e.op("Constant", &[], &[("value", AttrValue::Tensor(compactor_ir::Tensor::from_raw(DataType::Int32, &[], 1i32.to_le_bytes().to_vec().into()).expect("an int32 scalar")))]);
     let new_seqlens = e.op("Sub", &[count, one], &[]);
-    let k = e.dims(kept, 1, 2);
+    let k = e.dims(tokens, 1, 2);
     let k = e.cast(k, DataType::Int32);
     let scalar = graph.value(total).ty.as_ref().and_then(|t| t.shape()).is_some_and(|s| s.rank() == 0);
     let new_total = if scalar { e.squeeze(k, &[0]) } else { k };

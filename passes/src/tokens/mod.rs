@@ -11,6 +11,7 @@
 //! row's own padding positions (which its gathered mask keeps masked; a row without enough
 //! padding keeps its next best tokens instead), in original order.
 
+pub(crate) mod cache;
 pub(crate) mod emit;
 pub(crate) mod fused;
 pub(crate) mod tome;
@@ -32,6 +33,13 @@ pub struct Crossing {
     pub token_axes: Vec<usize>,
     /// The (node, input index) uses inside the region.
     pub readers: Vec<(NodeId, usize)>,
+}
+
+/// A gathered crossing, as reports name it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GatheredValue {
+    pub name: String,
+    pub axes: Vec<usize>,
 }
 
 /// Where the sequence gets shorter; see the module documentation.
@@ -180,6 +188,12 @@ pub fn downstream(graph: &Graph, uses: &compactor_ir::UseMap, value: ValueId) ->
 impl TokenCut {
     /// The cut before `block` (an index into `blocks`).
     pub fn find(graph: &Graph, layers: &crate::analysis::LinearLayers, blocks: &[TransformerBlock], block: usize) -> Result<TokenCut, String> {
+        Self::find_along(graph, layers, blocks, block, None)
+    }
+
+    /// The cut before `block` whose crossings are reduced along the axes of size `along` (the
+    /// keys' length, in a decode graph) rather than the hidden state's sequence length.
+    pub fn find_along(graph: &Graph, layers: &crate::analysis::LinearLayers, blocks: &[TransformerBlock], block: usize, along: Option<&Dim>) -> Result<TokenCut, String> {
         let b = blocks.get(block).ok_or_else(|| format!("the model has {} transformer blocks; there is no block {block}", blocks.len()))?;
         let hidden = block_input(graph, layers, b).ok_or_else(|| "its input (the residual stream read by its first residual Add) was not found".to_string())?;
         let hidden_dims = dims(graph, hidden).ok_or_else(|| format!("the shape of its input '{}' is unknown", graph.value(hidden).name))?;
@@ -221,9 +235,10 @@ impl TokenCut {
             }
         }
         let mut crossings = Vec::new();
+        let along = along.unwrap_or(&seq);
         for v in crossing_order {
-            let axes = token_axes(graph, v, &seq);
-            if axes.is_empty() && carries_length(graph, v, &seq) {
+            let axes = token_axes(graph, v, along);
+            if axes.is_empty() && carries_length(graph, v, along) {
                 return Err(format!(
                     "value '{}' (computed before block {block} and read after it) is computed from the sequence length; the pruned blocks would read the unpruned length",
                     graph.value(v).name

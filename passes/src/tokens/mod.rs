@@ -81,6 +81,21 @@ fn dims(graph: &Graph, v: ValueId) -> Option<Vec<Dim>> {
     graph.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone())
 }
 
+/// `ty` with the size `from` renamed `to` (a fresh symbol: a reduced length).
+pub(crate) fn renamed(ty: &compactor_ir::ValueType, from: &Dim, to: &str) -> compactor_ir::ValueType {
+    let shape = ty.shape().map(|s| compactor_ir::Shape::new(s.dims.iter().map(|d| if d == from { Dim::Sym(to.to_string()) } else { d.clone() }).collect()));
+    compactor_ir::ValueType::tensor(ty.elem().unwrap_or(DataType::Float), shape)
+}
+
+/// An output `name` (`[batch, length]` int64) holding the original positions of the tokens
+/// that remain.
+pub(crate) fn positions_output(e: &mut Emitter<'_>, label: &str, name: &str, positions: PValue, batch: Option<Dim>, length: Dim) {
+    let ty = compactor_ir::ValueType::tensor(DataType::Int64, Some(compactor_ir::Shape::new(vec![batch.unwrap_or(Dim::Unknown), length])));
+    let out = e.patch.new_value(Graph::MAIN, name, Some(ty));
+    e.patch.node("Identity", compactor_ir::Anchor::End(Graph::MAIN)).name(format!("{label}/{name}")).input(positions).output(out).add();
+    e.patch.add_output(Graph::MAIN, out);
+}
+
 pub(crate) fn token_axes(graph: &Graph, v: ValueId, seq: &Dim) -> Vec<usize> {
     dims(graph, v).unwrap_or_default().iter().enumerate().filter(|(_, d)| *d == seq).map(|(i, _)| i).collect()
 }
@@ -186,6 +201,21 @@ pub fn downstream(graph: &Graph, uses: &compactor_ir::UseMap, value: ValueId) ->
 }
 
 impl TokenCut {
+    /// The crossings read along the reduced axes (gathered).
+    pub fn reduced_crossings(&self) -> impl Iterator<Item = &Crossing> {
+        self.crossings.iter().filter(|c| !c.token_axes.is_empty())
+    }
+
+    /// The reduced crossings as reports name them.
+    pub fn gathered(&self, graph: &Graph) -> Vec<GatheredValue> {
+        self.reduced_crossings().map(|c| GatheredValue { name: graph.value(c.value).name.clone(), axes: c.token_axes.clone() }).collect()
+    }
+
+    /// The batch size of the hidden state at the cut.
+    pub fn batch(&self, graph: &Graph) -> Option<Dim> {
+        dims(graph, self.hidden).and_then(|d| d.first().cloned())
+    }
+
     /// The cut before `block` (an index into `blocks`).
     pub fn find(graph: &Graph, layers: &crate::analysis::LinearLayers, blocks: &[TransformerBlock], block: usize) -> Result<TokenCut, String> {
         Self::find_along(graph, layers, blocks, block, None)
@@ -434,6 +464,14 @@ pub(crate) fn select_kept(e: &mut Emitter<'_>, s: &Selection) -> PValue {
     let k = e.unsqueeze(k, &[0]);
     let (_, kept) = e.top_k(key, k, 1);
     kept
+}
+
+/// `v`, a value computed before the cut, gathered along `axes` at the kept positions `[B, k]`;
+/// a batch-1 value read by a batch of `batch` rows is broadcast first.
+pub(crate) fn gather_value(e: &mut Emitter<'_>, graph: &Graph, v: ValueId, batch: Option<&Dim>, axes: &[usize], kept: PValue) -> PValue {
+    let d = dims(graph, v).unwrap_or_default();
+    let batch_is_one = d.first() != batch && d.first() == Some(&Dim::Known(1));
+    gather_tokens(e, v.into(), d.len(), batch_is_one, axes, kept)
 }
 
 /// `x` gathered along each of `axes` at the kept positions `[B, k]` (a batch-1 tensor is

@@ -4,13 +4,13 @@
 
 SPEC.json: the pass's options (method, ratio, protect_first, protect_last, mask, output, fill)
 and its report's details (hidden, probs, gathered: [{name, axes}], outputs, caches: the later
-blocks' present keys/values, which stay short, and cache_positions: their positions' output). The reference runs
-the ORIGINAL model in onnxruntime up to the cut (the hidden state, the scoring attention
-probabilities and the values the later blocks read), chooses the kept tokens in NumPy from the
-method's definition, gathers those values at the kept positions in NumPy, and runs the
-original model's later blocks (cut out with onnx.utils.extract_model) on them. Prints JSON: the
-largest absolute and relative difference of each output from the pruned model's, and whether
-the pruned model's kept positions (output=gather) are the reference's.
+blocks' present keys/values, which stay short, and cache_positions: their positions' output).
+The reference runs the ORIGINAL model in onnxruntime up to the cut (the hidden state, the
+scoring attention probabilities and the values the later blocks read), chooses the kept tokens
+in NumPy from the method's definition, gathers those values at the kept positions in NumPy, and
+runs the original model's later blocks (cut out with onnx.utils.extract_model) on them. Prints
+JSON: the largest absolute and relative difference of each output from the pruned model's, and
+whether the pruned model's kept positions (output=gather) are the reference's.
 """
 import json
 import os
@@ -227,12 +227,12 @@ def main():
             reduced = gather(hidden, [1], idx)
         # The later blocks' present keys/values stay short (kept tokens only).
         caches = spec.get("caches", [])
+        later = downstream(model, spec["middles"][0] if spec["method"] == "tome" else spec["hidden"])
         if spec["method"] != "tome":
             sub_feeds = {spec["hidden"]: reduced}
             for g in spec["gathered"]:
                 sub_feeds[g["name"]] = np.ascontiguousarray(gather(full[g["name"]], g["axes"], idx))
             sub = os.path.join(tmp, "later_blocks.onnx")
-            later = downstream(model, spec["hidden"])
             wanted = [spec["restored"]] if spec.get("restored") else [o for o in outputs if o in later and o not in caches]
             wanted += caches
             onnx.utils.extract_model(original, sub, list(sub_feeds), wanted)

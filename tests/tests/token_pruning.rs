@@ -246,7 +246,8 @@ fn decode_steps_read_the_kept_caches() {
     };
     let (prompt, decode) = (graph("prompt", &["--presents"]), graph("decode", &["--decode"]));
     let (fused_prompt, fused_decode) = (graph("fused_prompt", &["--fused", "--presents"]), graph("fused_decode", &["--fused", "--decode"]));
-    // Generates `steps` tokens after the prompt in `feeds`; returns each step's output directory.
+    // Generates 3 tokens after the prompt in `feeds`; returns each step's directory and the
+    // script's report.
     let generate = |prompt: &Path, decode: &Path, feeds: &Path, out: &Path, reference: Option<(&Path, &Path)>| -> (Vec<PathBuf>, String) {
         let mut args = vec![prompt.as_os_str(), decode.as_os_str(), feeds.as_os_str(), "3".as_ref(), out.as_os_str()];
         if let Some((original, spec)) = reference {

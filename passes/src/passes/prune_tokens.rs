@@ -172,16 +172,19 @@ impl Pass for PruneTokens {
             return Err(PassError::failed(name, location, format!("the block adds its residuals inside fused norms, which {what} needs as separate ops")));
         }
         let later = Caches::joined(&caches(graph, &layers, blocks.get(self.layer..).unwrap_or_default()));
+        let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
         if self.method == TokenMethod::Tome {
             if !later.past.is_empty() || !later.present.is_empty() {
                 return Err(PassError::failed(name, location, "the blocks keep key/value caches; ToMe merges tokens differently in every block, which no cache layout follows"));
             }
-            let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
             return self.merge_tokens(graph, &blocks, &layers, mask, opset);
         }
         if !later.past.is_empty() {
             // A decode graph: the pruned prompt graph's kept caches are read, nothing is scored.
-            let report = read_kept_caches(graph, &layers, &blocks, self.layer, &self.mask, opset).map_err(|(at, why)| PassError::failed(name, at, why))?;
+            let mask = mask.ok_or_else(|| {
+                PassError::failed(name, format!("input '{}'", self.mask), "a decode graph's kept caches are read through its attention mask, and the model has no such input (option mask)")
+            })?;
+            let report = read_kept_caches(graph, &layers, &blocks, self.layer, mask, opset).map_err(|(at, why)| PassError::failed(name, at, why))?;
             return Ok(PassOutcome::changed(format!(
                 "decode: blocks {} on read key/value caches of the kept tokens ({} values gathered at their positions, read from '{}')",
                 self.layer,
@@ -203,7 +206,6 @@ impl Pass for PruneTokens {
         } else {
             None
         };
-        let mask = graph.main().inputs.iter().copied().find(|&v| graph.value(v).name == self.mask);
         if let Some(m) = mask {
             let dims = graph.value(m).ty.as_ref().and_then(|t| t.shape()).map(|s| s.dims.clone());
             if !matches!(dims.as_deref(), Some([_, d]) if *d == cut.seq) {

@@ -120,16 +120,10 @@ pub(crate) struct DecodeReport {
 
 /// Rewrites a decode graph so that blocks `layer..` read caches holding the kept tokens only
 /// (see the module documentation). Errors: (where, why).
-pub(crate) fn read_kept_caches(graph: &mut Graph, layers: &LinearLayers, blocks: &[TransformerBlock], layer: usize, mask_name: &str, opset: i64) -> Result<DecodeReport, (String, String)> {
+pub(crate) fn read_kept_caches(graph: &mut Graph, layers: &LinearLayers, blocks: &[TransformerBlock], layer: usize, mask: ValueId, opset: i64) -> Result<DecodeReport, (String, String)> {
     let at = format!("block {layer}");
     let later = blocks.get(layer..).filter(|b| !b.is_empty()).ok_or_else(|| (at.clone(), format!("the model has {} transformer blocks", blocks.len())))?;
-    let mask = graph
-        .main()
-        .inputs
-        .iter()
-        .copied()
-        .find(|&v| graph.value(v).name == mask_name)
-        .ok_or_else(|| (format!("input '{mask_name}'"), "a decode graph's kept caches are read through its attention mask, and the model has no such input (option mask)".to_string()))?;
+    let mask_name = graph.value(mask).name.clone();
     let (batch, keys) = match dims(graph, mask).as_deref() {
         Some([b, k @ Dim::Sym(_)]) => (b.clone(), k.clone()),
         _ => return Err((format!("input '{mask_name}'"), "the mask must be [batch, total length] with a symbolic total length".into())),

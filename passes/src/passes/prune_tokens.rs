@@ -134,8 +134,7 @@ pub const KEPT_POSITIONS: &str = "kept_token_positions";
 
 impl PassDef for PruneTokens {
     const NAME: &'static str = "prune-tokens";
-    const SUMMARY: &'static str =
-        "Insert run-time token pruning: from a chosen block on, the transformer runs on the best-scored share of the tokens (attention received, FastV, or ZipVL's adaptive count); a decode graph pruned alike reads the prompt graph's shortened key/value caches";
+    const SUMMARY: &'static str = "Insert run-time token pruning: from a chosen block on, the transformer runs on the best-scored share of the tokens (attention received, FastV, or ZipVL's adaptive count); a decode graph pruned alike reads the prompt graph's shortened key/value caches";
     const KIND: PassKind = PassKind::Transform;
 
     fn validate(&self) -> Result<(), OptionError> {

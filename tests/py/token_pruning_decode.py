@@ -17,6 +17,7 @@ later block's present from the reference, and whether the positions output is th
 """
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -50,6 +51,14 @@ def save(dir_, values):
 
 
 def main():
+    tmp = tempfile.mkdtemp()
+    try:
+        generate(tmp)
+    finally:
+        shutil.rmtree(tmp)
+
+
+def generate(tmp):
     prefill, decode, input_dir, steps, out_dir = sys.argv[1:6]
     reference = sys.argv[6:8]
     feeds = {f[:-4]: np.load(os.path.join(input_dir, f)) for f in sorted(os.listdir(input_dir)) if f.endswith(".npy")}
@@ -63,7 +72,6 @@ def main():
         inputs = [i.name for i in orig.graph.input]
         gathered = {g["name"]: g["axes"] for g in spec["gathered"]}
         later_past = set(spec["past"])
-        tmp = tempfile.mkdtemp()
         before = os.path.join(tmp, "before.onnx")
         onnx.utils.extract_model(original, before, [i for i in inputs if i not in later_past], [spec["hidden"]] + list(gathered))
         after = os.path.join(tmp, "after.onnx")

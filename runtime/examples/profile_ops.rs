@@ -2,7 +2,8 @@
 //! runtime's op builders, optimised, the runtime's kernels swapped in), on deterministic random inputs.
 //!
 //! `cargo run --release -p compactor-runtime --example profile_ops -- MODEL THREADS [NAME=N ...]`
-//! where `NAME=N` sets symbolic dimensions (`batch=8 seq=128`).
+//! where `NAME=N` sets symbolic dimensions (`batch=8 seq=128`). `BY_SHAPE=1` times op kinds
+//! per output shape, `BY_NODE=1` every node apart.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -50,8 +51,14 @@ fn main() -> TractResult<()> {
             let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
             // Round 0 warms up.
             if round > 0 {
-                *times.entry(if std::env::var_os("BY_SHAPE").is_some() { format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape) } else { node.op().name().to_string() }).or_default() +=
-                    start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+                let key = if std::env::var_os("BY_NODE").is_some() {
+                    format!("{} {:?} {}", node.op().name(), node.outputs[0].fact.shape, node.name)
+                } else if std::env::var_os("BY_SHAPE").is_some() {
+                    format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape)
+                } else {
+                    node.op().name().to_string()
+                };
+                *times.entry(key).or_default() += start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
             }
             result
         })?;
@@ -63,7 +70,8 @@ fn main() -> TractResult<()> {
     let mut by_op: Vec<_> = times.into_iter().collect();
     by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!("total {:.2} ms per run in ops", by_op.iter().filter(|x| !x.0.starts_with('(')).map(|x| x.1).sum::<f64>());
-    for (op, ms) in by_op.iter().take(15) {
+    let shown = std::env::var("TOP").ok().and_then(|n| n.parse().ok()).unwrap_or(15);
+    for (op, ms) in by_op.iter().take(shown) {
         println!("{ms:8.2} ms  {op}");
     }
     Ok(())

@@ -213,6 +213,15 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def next_token_metrics(logp, reference, targets):
+    """Per window's next-token log-probabilities against the unreduced model's: top-1
+    agreement, mean KL divergence from it, and the perplexity of the `targets` tokens."""
+    top1 = np.mean([np.mean(p.argmax(-1) == r.argmax(-1)) for p, r in zip(logp, reference)])
+    kl = np.mean([np.mean((np.exp(r) * (r - p)).sum(-1)) for p, r in zip(logp, reference)])
+    nll = np.mean(np.concatenate([-p[np.arange(len(t)), t] for p, t in zip(logp, targets)]))
+    return {"top1": float(top1), "kl": float(kl), "perplexity": float(np.exp(nll))}
+
+
 def smollm2(a, results, fused=False):
     """SmolLM2's prefill graph in plain ops, or (`fused`) in onnxruntime's fused LLM ops
     (GroupQueryAttention, RotaryEmbedding, skip norms), whose attention probabilities the pass
@@ -239,10 +248,7 @@ def smollm2(a, results, fused=False):
     targets = [ids[0, -CONTINUATION + 1:] for ids in windows]
 
     def metrics(logp):
-        top1 = np.mean([np.mean(p.argmax(-1) == r.argmax(-1)) for p, r in zip(logp, reference)])
-        kl = np.mean([np.mean((np.exp(r) * (r - p)).sum(-1)) for p, r in zip(logp, reference)])
-        nll = np.mean(np.concatenate([-p[np.arange(len(t)), t] for p, t in zip(logp, targets)]))
-        return {"top1": float(top1), "kl": float(kl), "perplexity": float(np.exp(nll))}
+        return next_token_metrics(logp, reference, targets)
 
     rows = results.setdefault(key, {})
     rows["unpruned"] = metrics(reference)
@@ -314,10 +320,7 @@ def smollm2_generate(a, results, fused=False):
     (reference,), (base_times,), (base_step,) = generate([(prompt_src, decode_src)])
 
     def metrics(logp):
-        top1 = np.mean([np.mean(p.argmax(-1) == r.argmax(-1)) for p, r in zip(logp, reference)])
-        kl = np.mean([np.mean((np.exp(r) * (r - p)).sum(-1)) for p, r in zip(logp, reference)])
-        nll = np.mean(np.concatenate([-p[np.arange(len(t)), t] for p, t in zip(logp, targets)]))
-        return {"top1": float(top1), "kl": float(kl), "perplexity": float(np.exp(nll))}
+        return next_token_metrics(logp, reference, targets)
 
     def bundled(models):
         """The bundled runtime's median decode step for each (decode graph, step inputs), each
@@ -330,7 +333,10 @@ def smollm2_generate(a, results, fused=False):
         return [float(np.median(r)) for r in zip(*rounds)]
 
     rows = results.setdefault(key, {})
-    rows["unpruned"] = {**metrics(reference), "step_ms": {"onnxruntime": float(np.median(base_times)), "compactor": bundled([(decode_src, base_step)])[0]}}
+    base_ours = bundled([(decode_src, base_step)])[0]
+    # The unpruned pair's steps, as `cell` shows a reduced model's (against itself: 1.00x).
+    base_ort = float(np.median(base_times))
+    rows["unpruned"] = {**metrics(reference), "latency": {"onnxruntime": {"base_ms": base_ort, "ms": base_ort}, "compactor": base_ours and {"base_ms": base_ours, "ms": base_ours}}}
     print(f"{key} unpruned: {json.dumps(rows['unpruned'])}", flush=True)
     try:
         for name, options in SMOLLM2_GENERATE_GRID:
@@ -344,8 +350,8 @@ def smollm2_generate(a, results, fused=False):
             (logp, _), (times, base_times), (step, _) = generate([pair, (prompt_src, decode_src)])
             kept = (step["past_key_values.kept_token_positions"].shape[1] - (CONTINUATION - 2)) / PROMPT
             ours, base = bundled([(pair[1], step), (decode_src, base_step)])
-            row = {**metrics(logp), "kept_share": float(kept), "step_ms": {"onnxruntime": float(np.median(times)), "compactor": ours},
-                   "base_step_ms": {"onnxruntime": float(np.median(base_times)), "compactor": base}}
+            row = {**metrics(logp), "kept_share": float(kept), "latency": {"onnxruntime": {"base_ms": float(np.median(base_times)), "ms": float(np.median(times))},
+                                                                           "compactor": ours and {"base_ms": base, "ms": ours}}}
             rows[name] = row
             print(f"{key} {name}: {json.dumps(row)}", flush=True)
             fb.save(a, results)
@@ -379,34 +385,25 @@ def table(results):
                 for which in ("compactor", "onnxruntime"):
                     cells.append(cell(r[f"latency_{length}"], which))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for key, title in (("smollm2", "SmolLM2"), ("smollm2-fused", "SmolLM2 (fused ops)")):
+    smollm2_tables = (
+        ("smollm2", "SmolLM2", "kept", "prefill 1088"),
+        ("smollm2-fused", "SmolLM2 (fused ops)", "kept", "prefill 1088"),
+        ("generate", "SmolLM2 generation", "kept prompt", "decode step"),
+        ("generate-fused", "SmolLM2 generation (fused ops)", "kept prompt", "decode step"),
+    )
+    for key, title, kept, timed in smollm2_tables:
         s = results.get(key, {})
         if not s:
             continue
         lines += [
             "",
-            f"| {title} | kept | top-1 agreement | KL | continuation perplexity | prefill 1088: Compactor | onnxruntime |",
+            f"| {title} | {kept} | top-1 agreement | KL | continuation perplexity | {timed}: Compactor | onnxruntime |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, r in s.items():
             cells = [f"{r.get('kept_share', 1.0):.2f}", f"{r['top1']:.3f}", f"{r['kl']:.4f}", f"{r['perplexity']:.2f}"]
             for which in ("compactor", "onnxruntime"):
                 cells.append(cell(r.get("latency"), which))
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for key, title in (("generate", "SmolLM2 generation"), ("generate-fused", "SmolLM2 generation (fused ops)")):
-        s = results.get(key, {})
-        if not s:
-            continue
-        lines += [
-            "",
-            f"| {title} | kept cache | top-1 agreement | KL | continuation perplexity | decode step: Compactor | onnxruntime |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, r in s.items():
-            cells = [f"{r.get('kept_share', 1.0):.2f}", f"{r['top1']:.3f}", f"{r['kl']:.4f}", f"{r['perplexity']:.2f}"]
-            for which in ("compactor", "onnxruntime"):
-                ms, base = r["step_ms"][which], r.get("base_step_ms", r["step_ms"])[which]
-                cells.append("-" if ms is None else f"{ms:.1f} ms ({base / ms:.2f}x)")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     v = results.get("vit", {})
     if v:

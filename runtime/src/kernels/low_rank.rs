@@ -206,8 +206,8 @@ pub fn fuse_low_rank(model: &mut TypedModel) -> TractResult<()> {
             continue;
         }
         let x_rank = model.outlet_fact(first_node.inputs[0])?.rank();
-        let Some((a, middle_axes)) = first.linear_layout(x_rank) else { continue };
-        let Some((b, out_axes)) = second.linear_layout(middle_axes.len() + 1) else { continue };
+        let Some((a, 1, middle_axes)) = first.linear_layout(x_rank) else { continue };
+        let Some((b, 1, out_axes)) = second.linear_layout(middle_axes.len() + 1) else { continue };
         // The output's axes in terms of x's.
         let out_axes = out_axes.iter().map(|a| a.and_then(|j| middle_axes[j])).collect();
         let inputs = [first_node.inputs[0], first_node.inputs[1], node.inputs[1]];

@@ -6,7 +6,8 @@
 //! head) over threads. Here a batch of products is split over the session's thread pool, one
 //! single-threaded `gemm` per product, and a lone large product (activations × weight) is cut
 //! into one block per thread. Operands are read in place through strides (transposed or permuted
-//! operands included), so no transposes or copies are added around the product.
+//! operands included), so no transposes or copies are added around the product. Linear layers
+//! (activations by a constant weight) move on to [`super::packed_matmul`] where it runs.
 
 use super::SendPtr;
 use super::matvec;
@@ -115,17 +116,21 @@ impl GemmMatMul {
         Some(GemmMatMul { axes: axes.clone(), batch, m, n, k, unit: units, gather_a })
     }
 
-    /// When this product is a linear layer `x[.., k] · W` with A of rank `x_rank` (A's last axis
-    /// contracted with a matrix B, the output's last axis B's other one), B's layout and where
-    /// each other axis of the output comes from: an axis of A (in A's order), or none (a new
-    /// axis of size 1). Axes of A the output drops are of size 1.
-    pub fn linear_layout(&self, x_rank: usize) -> Option<(WeightLayout, Vec<Option<usize>>)> {
-        if self.gather_a || x_rank == 0 || self.unit.iter().any(|p| p.b.is_some()) || self.batch.iter().any(|p| p.a.is_some() || p.b.is_some()) {
+    /// When this product is a linear layer `x[.., k] · W` with A of rank `x_rank` (A's last
+    /// axes contracted with a weight B, the output's last axis B's other one), B's layout, how
+    /// many of A's axes are contracted, and where each other axis of the output comes from: an
+    /// axis of A (in A's order), or none (a new axis of size 1). Axes of A the output drops are
+    /// of size 1. Several contracted axes (heads and head dimension merged by an output
+    /// projection, `mhd,hdn->mn`) act as one: B is then `[k.., n]` or `[n, k..]`.
+    pub fn linear_layout(&self, x_rank: usize) -> Option<(WeightLayout, usize, Vec<Option<usize>>)> {
+        if self.gather_a || x_rank < self.k.len() || self.unit.iter().any(|p| p.b.is_some()) || self.batch.iter().any(|p| p.a.is_some() || p.b.is_some()) {
             return None;
         }
-        let ([k], [n]) = (self.k.as_slice(), self.n.as_slice()) else { return None };
+        let [n] = self.n.as_slice() else { return None };
+        let contracted = self.k.len();
         let rows = self.m.len() + self.batch.len();
-        if k.a != Some(x_rank - 1) || n.c != Some(rows) || self.m.iter().any(|p| p.b.is_some()) {
+        // The contracted axes are A's last ones, in order (they are adjacent in both operands).
+        if self.k.iter().enumerate().any(|(i, p)| p.a != Some(x_rank - contracted + i)) || n.c != Some(rows) || self.m.iter().any(|p| p.b.is_some()) {
             return None;
         }
         let mut from: Vec<Option<usize>> = vec![None; rows];
@@ -136,12 +141,12 @@ impl GemmMatMul {
         if !from.iter().flatten().collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]) {
             return None;
         }
-        let layout = match (k.b, n.b) {
-            (Some(0), Some(1)) => WeightLayout::RowMajor,
-            (Some(1), Some(0)) => WeightLayout::Transposed,
+        let layout = match (self.k[0].b?, n.b?) {
+            (0, last) if last == contracted => WeightLayout::RowMajor,
+            (1, 0) => WeightLayout::Transposed,
             _ => return None,
         };
-        Some((layout, from))
+        Some((layout, contracted, from))
     }
 
     /// `C[m, n] = Σ_k X[m, k] · W[n, k]`: a linear layer whose weight is stored `[out, in]`

@@ -13,6 +13,7 @@ pub mod matvec;
 pub mod max_unpool;
 pub mod moe;
 pub mod nbits;
+pub mod packed_matmul;
 pub mod rotary_embedding;
 pub mod tfidf_vectorizer;
 pub mod tree_ensemble;
@@ -39,12 +40,15 @@ impl SendPtr {
 
 /// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
-/// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]) and the broadcasts tract's fast kernels miss
+/// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]), linear
+/// layers on weights packed once ([`packed_matmul::pack_linear_layers`]) and the broadcasts
+/// tract's fast kernels miss
 /// ([`broadcast::replace_slow_broadcasts`]).
 pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
     matmul::replace_matmuls(&mut model)?;
     low_rank::fuse_low_rank(&mut model)?;
+    packed_matmul::pack_linear_layers(&mut model)?;
     model.optimize()?;
     broadcast::replace_slow_broadcasts(&mut model)?;
     Ok(model)

@@ -424,4 +424,50 @@ mod tests {
             assert!(run(threads).iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "{threads} threads");
         }
     }
+
+    /// Linear layers of a model are packed, whatever their weight's layout or the number of
+    /// contracted axes (heads merged by an output projection), unless the weight is shared;
+    /// the packed model computes what the einsums did.
+    #[test]
+    fn packs_the_linear_layers_of_a_model() -> TractResult<()> {
+        use tract_onnx::tract_core::ops::einsum::EinSum;
+        if !available() {
+            eprintln!("skipped: no AVX-512F on this machine");
+            return Ok(());
+        }
+        // (einsum, x's shape, weight's shape, whether the weight has a second reader)
+        let cases = [
+            ("bsk,kn->bsn", vec![2, 5, 6], vec![6, 7], false),
+            ("bsk,nk->bsn", vec![2, 5, 6], vec![7, 6], false),
+            ("shd,hdn->sn", vec![5, 3, 4], vec![3, 4, 7], false),
+            ("bsk,kn->bsn", vec![2, 5, 6], vec![6, 7], true),
+        ];
+        for (expr, x_shape, w_shape, shared) in cases {
+            let build = || -> TractResult<TypedModel> {
+                let mut model = TypedModel::default();
+                let x = model.add_source("x", f32::fact(&x_shape))?;
+                let w = model.add_const("w", Tensor::from_shape(&w_shape, &values(w_shape.iter().product(), 1))?)?;
+                let y = model.wire_node("y", EinSum::new(expr.parse()?, f32::datum_type()), &[x, w])?[0];
+                let mut outputs = vec![y];
+                if shared {
+                    outputs.push(model.wire_node("y_again", EinSum::new(expr.parse()?, f32::datum_type()), &[x, w])?[0]);
+                }
+                model.select_output_outlets(&outputs)?;
+                Ok(model)
+            };
+            let mut model = build()?.into_decluttered()?;
+            super::super::matmul::replace_matmuls(&mut model)?;
+            pack_linear_layers(&mut model)?;
+            let packed = model.nodes().iter().any(|n| n.op_is::<PackedMatMul>());
+            assert_eq!(packed, !shared, "{expr}");
+            let input = Tensor::from_shape(&x_shape, &values(x_shape.iter().product(), 2))?;
+            let got = model.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
+            let want = build()?.into_decluttered()?.into_runnable()?.run(tvec!(input.into_tvalue()))?;
+            assert_eq!(got[0].shape(), want[0].shape(), "{expr}");
+            let data = |t: &Tensor| -> TractResult<Vec<f32>> { Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
+            let (g, w) = (data(&got[0])?, data(&want[0])?);
+            assert!(g.iter().zip(&w).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())), "{expr}: {g:?} against {w:?}");
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@ pub mod block_matmul;
 pub mod bound_symbols;
 pub mod broadcast;
 pub mod deform_conv;
+pub mod elements;
 pub mod extra_ops;
 pub mod group_query_attention;
 pub mod linear_attention;
@@ -41,9 +42,9 @@ impl SendPtr {
 /// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
 /// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]), linear
-/// layers on weights packed once ([`packed_matmul::pack_linear_layers`]) and the broadcasts
-/// tract's fast kernels miss
-/// ([`broadcast::replace_slow_broadcasts`]).
+/// layers on weights packed once ([`packed_matmul::pack_linear_layers`]), the broadcasts
+/// tract's fast kernels miss ([`broadcast::replace_slow_broadcasts`]) and ScatterElements and
+/// GatherElements walked with running offsets ([`elements::replace_indexed_elements`]).
 pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
     matmul::replace_matmuls(&mut model)?;
@@ -51,5 +52,6 @@ pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     packed_matmul::pack_linear_layers(&mut model)?;
     model.optimize()?;
     broadcast::replace_slow_broadcasts(&mut model)?;
+    elements::replace_indexed_elements(&mut model)?;
     Ok(model)
 }

@@ -4,9 +4,10 @@
 //! tract's elementwise kernels are fast for equal shapes, for an operand repeated in lockstep
 //! (a bias `[N]` over `[.., N]`) and for one value per block. Anything else, like an attention
 //! mask `[B, 1, 1, S]` added to scores `[B, H, S, S]` with `B > 1`, stays a plain binary op that
-//! broadcasts element by element: 7 ms per layer of MiniLM at batch 8. This op walks the
-//! output in rows of the trailing dimensions both operands share, so the inner loop is a
-//! contiguous slice operation.
+//! broadcasts element by element: 7 ms per layer of MiniLM at batch 8; so does every binary op
+//! whose shapes are symbolic when the plan is made (a residual add after token pruning, on the
+//! reduced length). This op walks the output in rows of its trailing dimensions, along which
+//! each operand is either whole or of size 1, so the inner loop is a contiguous slice operation.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -32,13 +33,27 @@ impl BinKind {
     }
 
     #[inline]
-    fn apply(self, out: &mut [f32], a: &[f32], b: &[f32]) {
+    fn rows(self, out: &mut [f32], a: &[f32], b: &[f32]) {
         let it = out.iter_mut().zip(a.iter().zip(b));
         match self {
             BinKind::Add => it.for_each(|(o, (x, y))| *o = x + y),
             BinKind::Sub => it.for_each(|(o, (x, y))| *o = x - y),
             BinKind::Mul => it.for_each(|(o, (x, y))| *o = x * y),
             BinKind::Div => it.for_each(|(o, (x, y))| *o = x / y),
+        }
+    }
+
+    /// A row of `a` with one value of `b`, or (`swapped`) one value of `a` with a row of `b`.
+    #[inline]
+    fn row_and_value(self, out: &mut [f32], row: &[f32], value: f32, swapped: bool) {
+        let it = out.iter_mut().zip(row);
+        match (self, swapped) {
+            (BinKind::Add, _) => it.for_each(|(o, x)| *o = x + value),
+            (BinKind::Mul, _) => it.for_each(|(o, x)| *o = x * value),
+            (BinKind::Sub, false) => it.for_each(|(o, x)| *o = x - value),
+            (BinKind::Sub, true) => it.for_each(|(o, x)| *o = value - x),
+            (BinKind::Div, false) => it.for_each(|(o, x)| *o = x / value),
+            (BinKind::Div, true) => it.for_each(|(o, x)| *o = value / x),
         }
     }
 }
@@ -63,20 +78,32 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 impl BroadcastBinary {
     pub fn compute(&self, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out_shape: &[usize]) -> Vec<f32> {
         let rank = out_shape.len();
-        // The trailing dimensions neither operand broadcasts form contiguous rows.
+        // The trailing dimensions form contiguous rows of the output; along them each operand
+        // is either whole (a row of its own) or of size 1 (one value for the row).
+        let whole = |shape: &[usize], from: usize| shape[from..] == out_shape[from..];
+        let ones = |shape: &[usize], from: usize| shape[from..].iter().all(|&d| d == 1);
         let mut split = rank;
-        let mut row = 1;
-        while split > 0 && a_shape[split - 1] == out_shape[split - 1] && b_shape[split - 1] == out_shape[split - 1] {
-            row *= out_shape[split - 1];
-            split -= 1;
+        while split > 0 {
+            let from = split - 1;
+            let (aw, bw) = (whole(a_shape, from), whole(b_shape, from));
+            if !((aw || ones(a_shape, from)) && (bw || ones(b_shape, from)) && (aw || bw)) {
+                break;
+            }
+            split = from;
         }
+        let row: usize = out_shape[split..].iter().product();
+        let (a_row, b_row) = (whole(a_shape, split), whole(b_shape, split));
         let (sa, sb) = (broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape));
         let total: usize = out_shape.iter().product();
         let mut out = vec![0f32; total];
         let mut index = vec![0usize; split];
         let (mut off_a, mut off_b) = (0usize, 0usize);
         for chunk in out.chunks_mut(row.max(1)) {
-            self.kind.apply(chunk, &a[off_a..off_a + row], &b[off_b..off_b + row]);
+            match (a_row, b_row) {
+                (true, false) => self.kind.row_and_value(chunk, &a[off_a..off_a + row], b[off_b], false),
+                (false, true) => self.kind.row_and_value(chunk, &b[off_b..off_b + row], a[off_a], true),
+                _ => self.kind.rows(chunk, &a[off_a..off_a + row], &b[off_b..off_b + row]),
+            }
             // Odometer over the outer dimensions, keeping both operands' offsets.
             for d in (0..split).rev() {
                 index[d] += 1;
@@ -136,7 +163,8 @@ fn slow(shape: &[usize], out: &[usize]) -> bool {
 }
 
 /// Replaces the f32 Add/Sub/Mul/Div nodes of an optimised model that broadcast in a way
-/// tract's fast kernels do not cover by [`BroadcastBinary`].
+/// tract's fast kernels do not cover, or whose shapes are symbolic (which tract leaves to its
+/// generic loop), by [`BroadcastBinary`].
 pub fn replace_slow_broadcasts(model: &mut TypedModel) -> TractResult<()> {
     // One patch at a time, each found on the model as the previous one left it: a patch taps
     // the outlets of its neighbours, which an earlier patch may have replaced.
@@ -157,8 +185,15 @@ fn next_slow_broadcast(model: &TypedModel) -> TractResult<Option<(usize, BinKind
             continue;
         }
         let facts = model.node_input_facts(id)?;
-        let (Some(a), Some(b), Some(out)) = (facts[0].shape.as_concrete(), facts[1].shape.as_concrete(), node.outputs[0].fact.shape.as_concrete()) else { continue };
-        if facts.iter().all(|f| f.datum_type == f32::datum_type()) && a.len() == out.len() && b.len() == out.len() && (slow(a, out) || slow(b, out)) {
+        if facts.iter().any(|f| f.datum_type != f32::datum_type() || f.rank() != node.outputs[0].fact.rank()) {
+            continue;
+        }
+        let replace = match (facts[0].shape.as_concrete(), facts[1].shape.as_concrete(), node.outputs[0].fact.shape.as_concrete()) {
+            (Some(a), Some(b), Some(out)) => slow(a, out) || slow(b, out),
+            // With symbolic shapes tract keeps its generic element-by-element loop.
+            _ => true,
+        };
+        if replace {
             return Ok(Some((id, kind)));
         }
     }
@@ -185,5 +220,33 @@ mod tests {
         assert!(slow(&[8, 1, 1, 128], &[8, 12, 128, 128]));
         assert!(!slow(&[1, 1, 1, 128], &[8, 12, 128, 128]));
         assert!(!slow(&[8, 12, 1, 1], &[8, 12, 128, 128]));
+    }
+
+    /// Every kind, against element-by-element broadcasting: operands whole along the trailing
+    /// dimensions, one value per row on either side, and neither.
+    #[test]
+    fn matches_elementwise_broadcasting() {
+        let shapes: [(&[usize], &[usize]); 6] =
+            [(&[2, 3, 4], &[2, 3, 4]), (&[2, 3, 4], &[1, 1, 4]), (&[2, 3, 4], &[2, 3, 1]), (&[2, 1, 1], &[2, 3, 4]), (&[1, 1, 1], &[2, 3, 4]), (&[2, 1, 4], &[1, 3, 1])];
+        for (a_shape, b_shape) in shapes {
+            let out_shape: Vec<usize> = a_shape.iter().zip(b_shape).map(|(&x, &y)| x.max(y)).collect();
+            let a: Vec<f32> = (0..a_shape.iter().product::<usize>()).map(|i| i as f32 + 1.0).collect();
+            let b: Vec<f32> = (0..b_shape.iter().product::<usize>()).map(|i| 0.5 * i as f32 + 2.0).collect();
+            let at = |shape: &[usize], idx: &[usize]| idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + if n == 1 { 0 } else { i });
+            for kind in [BinKind::Add, BinKind::Sub, BinKind::Mul, BinKind::Div] {
+                let got = BroadcastBinary { kind }.compute(&a, a_shape, &b, b_shape, &out_shape);
+                for (flat, g) in got.iter().enumerate() {
+                    let idx = [flat / (out_shape[1] * out_shape[2]), flat / out_shape[2] % out_shape[1], flat % out_shape[2]];
+                    let (x, y) = (a[at(a_shape, &idx)], b[at(b_shape, &idx)]);
+                    let want = match kind {
+                        BinKind::Add => x + y,
+                        BinKind::Sub => x - y,
+                        BinKind::Mul => x * y,
+                        BinKind::Div => x / y,
+                    };
+                    assert_eq!(*g, want, "{kind:?} {a_shape:?} {b_shape:?} at {idx:?}");
+                }
+            }
+        }
     }
 }

@@ -545,6 +545,8 @@ pub fn framework() -> tract_onnx::Onnx {
     onnx.op_register.insert("LinearAttention", crate::kernels::linear_attention::build_linear_attention);
     onnx.op_register.insert("GroupQueryAttention", crate::kernels::group_query_attention::build_group_query_attention);
     onnx.op_register.insert("MoE", crate::kernels::moe::build_moe);
+    let _ = crate::kernels::layer_norm::TRACT_LAYER_NORMALIZATION.set(onnx.op_register.0.get("LayerNormalization").copied());
+    onnx.op_register.insert("LayerNormalization", crate::kernels::layer_norm::build_layer_normalization);
     // The standard op of the same name keeps tract's builder, which the contrib one delegates to.
     let _ = crate::kernels::rotary_embedding::STANDARD_ROTARY_EMBEDDING.set(onnx.op_register.0.get("RotaryEmbedding").copied());
     onnx.op_register.insert("RotaryEmbedding", crate::kernels::rotary_embedding::build_rotary_embedding);

@@ -7,6 +7,7 @@ pub mod deform_conv;
 pub mod elements;
 pub mod extra_ops;
 pub mod group_query_attention;
+pub mod layer_norm;
 pub mod linear_attention;
 pub mod low_rank;
 pub mod matmul;

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p compactor-runtime --example profile_ops -- MODEL THREADS [NAME=N ...]`
 //! where `NAME=N` sets symbolic dimensions (`batch=8 seq=128`). `BY_SHAPE=1` times op kinds
-//! per output shape, `BY_NODE=1` every node apart.
+//! per output shape, `BY_NODE=1` every node apart; `ROUNDS=N` timed runs (5).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -39,33 +39,42 @@ fn main() -> TractResult<()> {
         compactor_runtime::kernels::bound_symbols::bind_symbolic_inputs(&mut typed)?;
     }
     let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
-    let plan = typed.into_runnable_with_options(&RunOptions { executor: Some(executor), ..Default::default() })?;
+    let plan = typed.into_runnable_with_options(&RunOptions { executor: Some(executor.clone()), ..Default::default() })?;
     let values: TVec<TValue> = inputs.iter().map(|(_, v)| v.tract().clone().into_tvalue()).collect();
-    let rounds = 5;
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(5);
     let mut times: HashMap<String, f64> = HashMap::new();
-    for round in 0..=rounds {
-        let run_start = Instant::now();
-        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
-        state.run_plan_with_eval(values.clone(), |ctx, op_state, node, input| {
-            let start = Instant::now();
-            let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
-            // Round 0 warms up.
+    // As a session runs its plan: on one of the pool's threads, in the executor's scope.
+    let profile = || -> TractResult<()> {
+        for round in 0..=rounds {
+            let run_start = Instant::now();
+            let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
+            state.run_plan_with_eval(values.clone(), |ctx, op_state, node, input| {
+                let start = Instant::now();
+                let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+                // Round 0 warms up.
+                if round > 0 {
+                    let key = if std::env::var_os("BY_NODE").is_some() {
+                        format!("{} {:?} {}", node.op().name(), node.outputs[0].fact.shape, node.name)
+                    } else if std::env::var_os("BY_SHAPE").is_some() {
+                        format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape)
+                    } else {
+                        node.op().name().to_string()
+                    };
+                    *times.entry(key).or_default() += start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+                }
+                result
+            })?;
+            drop(state);
             if round > 0 {
-                let key = if std::env::var_os("BY_NODE").is_some() {
-                    format!("{} {:?} {}", node.op().name(), node.outputs[0].fact.shape, node.name)
-                } else if std::env::var_os("BY_SHAPE").is_some() {
-                    format!("{} {:?}", node.op().name(), node.outputs[0].fact.shape)
-                } else {
-                    node.op().name().to_string()
-                };
-                *times.entry(key).or_default() += start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+                *times.entry("(whole run, wall clock)".into()).or_default() += run_start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
             }
-            result
-        })?;
-        drop(state);
-        if round > 0 {
-            *times.entry("(whole run, wall clock)".into()).or_default() += run_start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
         }
+        Ok(())
+    };
+    let scoped = || tract_linalg::multithread::multithread_tract_scope(executor.clone(), profile);
+    match &executor {
+        tract_linalg::multithread::Executor::MultiThread(pool) => pool.install(scoped)?,
+        _ => scoped()?,
     }
     let mut by_op: Vec<_> = times.into_iter().collect();
     by_op.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -17,6 +17,7 @@ pub mod moe;
 pub mod nbits;
 pub mod packed_matmul;
 pub mod rotary_embedding;
+pub mod softmax;
 pub mod tfidf_vectorizer;
 pub mod tree_ensemble;
 pub mod upsample;
@@ -44,8 +45,9 @@ impl SendPtr {
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
 /// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]), linear
 /// layers on weights packed once ([`packed_matmul::pack_linear_layers`]), the broadcasts
-/// tract's fast kernels miss ([`broadcast::replace_slow_broadcasts`]) and ScatterElements and
-/// GatherElements walked with running offsets ([`elements::replace_indexed_elements`]).
+/// tract's fast kernels miss ([`broadcast::replace_slow_broadcasts`]), ScatterElements and
+/// GatherElements walked with running offsets ([`elements::replace_indexed_elements`]) and
+/// softmax over the last axis ([`softmax::replace_softmaxes`]).
 pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
     matmul::replace_matmuls(&mut model)?;
@@ -54,5 +56,6 @@ pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     model.optimize()?;
     broadcast::replace_slow_broadcasts(&mut model)?;
     elements::replace_indexed_elements(&mut model)?;
+    softmax::replace_softmaxes(&mut model)?;
     Ok(model)
 }

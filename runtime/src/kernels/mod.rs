@@ -4,9 +4,9 @@ pub mod block_matmul;
 pub mod bound_symbols;
 pub mod broadcast;
 pub mod deform_conv;
-pub mod elements;
 pub mod extra_ops;
 pub mod group_query_attention;
+pub mod indexed_elements;
 pub mod layer_norm;
 pub mod linear_attention;
 pub mod low_rank;
@@ -46,7 +46,7 @@ impl SendPtr {
 /// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]), linear
 /// layers on weights packed once ([`packed_matmul::pack_linear_layers`]), the broadcasts
 /// tract's fast kernels miss ([`broadcast::replace_slow_broadcasts`]), ScatterElements and
-/// GatherElements walked with running offsets ([`elements::replace_indexed_elements`]) and
+/// GatherElements walked with running offsets ([`indexed_elements::replace_indexed_elements`]),
 /// softmax over the last axis ([`softmax::replace_softmaxes`]).
 pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
@@ -55,7 +55,7 @@ pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
     packed_matmul::pack_linear_layers(&mut model)?;
     model.optimize()?;
     broadcast::replace_slow_broadcasts(&mut model)?;
-    elements::replace_indexed_elements(&mut model)?;
+    indexed_elements::replace_indexed_elements(&mut model)?;
     softmax::replace_softmaxes(&mut model)?;
     Ok(model)
 }

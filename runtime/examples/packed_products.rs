@@ -64,7 +64,7 @@ fn main() {
                 part(0)
             }
         });
-        let packed_ms = tract_linalg::multithread::multithread_tract_scope(executor.clone(), || time(&mut |l| packed[l].multiply(&a, k, m, &mut c, n)));
+        let packed_ms = tract_linalg::multithread::multithread_tract_scope(executor.clone(), || time(&mut |l| packed[l].multiply(&a, k, m, &mut c, n).expect("an AVX-512F machine")));
         let gmacs = |ms: f64| (m * k * n) as f64 / ms / 1e6;
         println!("{m:>4}x{k:>4}x{n:>4}  gemm {gemm_ms:.3} ms ({:.0} GMAC/s)  packed {packed_ms:.3} ms ({:.0} GMAC/s)  ratio {:.2}", gmacs(gemm_ms), gmacs(packed_ms), packed_ms / gemm_ms);
     }

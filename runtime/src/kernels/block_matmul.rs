@@ -288,10 +288,7 @@ impl BlockQuantWeight {
             }
         };
         let work = m * self.n * self.k;
-        let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && work >= 1 << 16 && tiles > 1 => Some(pool),
-            _ => None,
-        };
+        let pool = super::thread_pool(work >= 1 << 16 && tiles > 1);
         match pool {
             Some(pool) => {
                 use rayon::prelude::*;

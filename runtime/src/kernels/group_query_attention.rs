@@ -275,10 +275,7 @@ fn attend(params: &Params, pasts: &[usize], lengths: &[i64], q: &[f32], present_
         // SAFETY: the task writes only the rows of its positions and its query heads.
         unsafe { attend_block(params, pasts[b], lengths[b], q, present_k, present_v, out.get(), b, h, positions) };
     };
-    let pool = match tract_linalg::multithread::current_tract_executor() {
-        tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && tasks.len() > 1 => Some(pool),
-        _ => None,
-    };
+    let pool = super::thread_pool(tasks.len() > 1);
     match pool {
         Some(pool) => {
             use rayon::prelude::*;

@@ -109,12 +109,12 @@ impl EvalOp for LayerNorm {
             let yv = py.as_slice_mut::<f32>()?;
             let epsilon = f32::from_bits(self.epsilon);
             let rows = |(xr, yr): (&[f32], &mut [f32])| normalize_row(xr, sv, bv, epsilon, yr);
-            match tract_linalg::multithread::current_tract_executor() {
-                tract_linalg::multithread::Executor::MultiThread(pool) if xv.len() >= MIN_PARALLEL_ELEMENTS => {
+            match super::thread_pool(xv.len() >= MIN_PARALLEL_ELEMENTS) {
+                Some(pool) => {
                     use rayon::prelude::*;
                     pool.install(|| xv.par_chunks(n).zip(yv.par_chunks_mut(n)).for_each(rows));
                 }
-                _ => xv.chunks(n).zip(yv.chunks_mut(n)).for_each(rows),
+                None => xv.chunks(n).zip(yv.chunks_mut(n)).for_each(rows),
             }
         }
         Ok(tvec!(y.cast_to_dt(x.datum_type())?.into_owned().into_tvalue()))

@@ -80,10 +80,7 @@ impl LowRankMatMul {
             y.fill(0.0);
             return;
         }
-        let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && m * r * (k + n) >= MIN_PARALLEL_WORK => Some(pool),
-            _ => None,
-        };
+        let pool = super::thread_pool(m * r * (k + n) >= MIN_PARALLEL_WORK);
         let (a_rs, a_cs, a_layout) = strides(self.a, k, r);
         let (b_rs, b_cs, b_layout) = strides(self.b, r, n);
         let (pa, pb, py) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(y.as_mut_ptr()));

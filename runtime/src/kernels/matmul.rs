@@ -244,10 +244,7 @@ impl GemmMatMul {
             c.fill(0.0);
             return;
         }
-        let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && count * m * n * k >= MIN_PARALLEL_WORK => Some(pool),
-            _ => None,
-        };
+        let pool = super::thread_pool(count * m * n * k >= MIN_PARALLEL_WORK);
         // A few rows: bound by reading B, which the streaming kernel does at full bandwidth.
         let layout = if b_cs == 1 || n == 1 {
             Some(matvec::Layout::Rows { stride: b_rs as usize })

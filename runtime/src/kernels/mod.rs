@@ -41,6 +41,15 @@ impl SendPtr {
     }
 }
 
+/// The session's thread pool when it has more than one thread and `worth_it` (the work is
+/// large enough to share out); `None`: run on the calling thread.
+pub(crate) fn thread_pool(worth_it: bool) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) if worth_it && pool.current_num_threads() > 1 => Some(pool),
+        _ => None,
+    }
+}
+
 /// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
 /// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]), linear

@@ -104,23 +104,21 @@ impl PackedWeight {
 
     /// `C[i, j] = Σ_l A[i, l] · W[l, j]` for the `m` rows of A (row `i` at `a[i * lda..]`, its
     /// `k` values contiguous) into C (row `i` at `c[i * ldc..]`, `n` values), on the calling
-    /// thread or the session's pool. Panics unless [`available`].
-    pub fn multiply(&self, a: &[f32], lda: usize, m: usize, c: &mut [f32], ldc: usize) {
-        assert!(available(), "the packed kernel needs AVX-512F");
+    /// thread or the session's pool. Fails on a machine without AVX-512F (see [`available`]) and
+    /// on operands too short for `m` rows.
+    pub fn multiply(&self, a: &[f32], lda: usize, m: usize, c: &mut [f32], ldc: usize) -> TractResult<()> {
+        ensure!(available(), "the packed kernel needs AVX-512F");
         let (k, n) = (self.k, self.n);
         if m == 0 || n == 0 {
-            return;
+            return Ok(());
         }
-        assert!(lda >= k && ldc >= n && a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n, "operands too short for {m} rows of a {k}x{n} product");
+        ensure!(lda >= k && ldc >= n && a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n, "operands too short for {m} rows of a {k}x{n} product");
         if k == 0 {
             (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
-            return;
+            return Ok(());
         }
         let panels = n.div_ceil(PANEL);
-        let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) if pool.current_num_threads() > 1 && m * n * k >= MIN_PARALLEL_WORK => Some(pool),
-            _ => None,
-        };
+        let pool = super::thread_pool(m * n * k >= MIN_PARALLEL_WORK);
         let threads = pool.as_ref().map_or(1, |p| p.current_num_threads());
         // Rows in chunks of equal size, each chunk's panels split in one part per thread: tasks
         // of about equal work, a multiple of the thread count.
@@ -139,6 +137,7 @@ impl PackedWeight {
             }
             None => tasks.iter().for_each(run),
         }
+        Ok(())
     }
 
     /// The rows `rows` of C, columns of panels `panels`.
@@ -221,7 +220,7 @@ impl EvalOp for PackedMatMul {
         {
             let px = x.try_as_plain_ram()?;
             let mut py = y.try_as_plain_ram_mut()?;
-            self.weight.multiply(px.as_slice::<f32>()?, k, rows, py.as_slice_mut::<f32>()?, n);
+            self.weight.multiply(px.as_slice::<f32>()?, k, rows, py.as_slice_mut::<f32>()?, n)?;
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -378,7 +377,7 @@ mod tests {
                 for threads in [1, 3] {
                     let mut c = vec![f32::NAN; m * ldc];
                     let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
-                    tract_linalg::multithread::multithread_tract_scope(executor, || packed.multiply(&a, lda, m, &mut c, ldc));
+                    tract_linalg::multithread::multithread_tract_scope(executor, || packed.multiply(&a, lda, m, &mut c, ldc)).unwrap();
                     for i in 0..m {
                         for j in 0..ldc {
                             let got = c[i * ldc + j];
@@ -416,7 +415,7 @@ mod tests {
         let run = |threads: usize| {
             let mut c = vec![0f32; m * n];
             let executor = if threads > 1 { tract_linalg::multithread::Executor::multithread(threads) } else { tract_linalg::multithread::Executor::SingleThread };
-            tract_linalg::multithread::multithread_tract_scope(executor, || packed.multiply(&a, k, m, &mut c, n));
+            tract_linalg::multithread::multithread_tract_scope(executor, || packed.multiply(&a, k, m, &mut c, n)).unwrap();
             c
         };
         let one = run(1);

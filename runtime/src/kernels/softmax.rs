@@ -106,14 +106,14 @@ impl EvalOp for LastAxisSoftmax {
         if row_len > 0 {
             let mut plain = y.try_as_plain_ram_mut()?;
             let data = plain.as_slice_mut::<f32>()?;
-            match tract_linalg::multithread::current_tract_executor() {
-                tract_linalg::multithread::Executor::MultiThread(pool) if data.len() >= MIN_PARALLEL_ELEMENTS => {
+            match super::thread_pool(data.len() >= MIN_PARALLEL_ELEMENTS) {
+                Some(pool) => {
                     use rayon::prelude::*;
                     // Blocks of whole rows, about 8 KB each.
                     let block = row_len * (2048 / row_len).max(1);
                     pool.install(|| data.par_chunks_mut(block).for_each(|b| softmax_rows(b, row_len)));
                 }
-                _ => softmax_rows(data, row_len),
+                None => softmax_rows(data, row_len),
             }
         }
         Ok(tvec!(y.into_tvalue()))

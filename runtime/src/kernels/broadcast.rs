@@ -58,6 +58,11 @@ impl BinKind {
     }
 }
 
+/// Output elements below which the op stays on the calling thread.
+const MIN_PARALLEL_ELEMENTS: usize = 1 << 16;
+/// Output elements per task, about.
+const BLOCK_ELEMENTS: usize = 1 << 14;
+
 /// `out = a ∘ b` for f32 operands of the output's rank, broadcasting size-1 dimensions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BroadcastBinary {
@@ -95,27 +100,47 @@ impl BroadcastBinary {
         let (a_row, b_row) = (whole(a_shape, split), whole(b_shape, split));
         let (sa, sb) = (broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape));
         let total: usize = out_shape.iter().product();
-        let mut out = vec![0f32; total];
-        let mut index = vec![0usize; split];
-        let (mut off_a, mut off_b) = (0usize, 0usize);
-        for chunk in out.chunks_mut(row.max(1)) {
-            match (a_row, b_row) {
-                (true, false) => self.kind.row_and_value(chunk, &a[off_a..off_a + row], b[off_b], false),
-                (false, true) => self.kind.row_and_value(chunk, &b[off_b..off_b + row], a[off_a], true),
-                _ => self.kind.rows(chunk, &a[off_a..off_a + row], &b[off_b..off_b + row]),
-            }
-            // Odometer over the outer dimensions, keeping both operands' offsets.
+        let row = row.max(1);
+        // Rows from `first` on into `block`: the offsets of the first row from its index, then an
+        // odometer over the outer dimensions, keeping both operands' offsets.
+        let fill = |block: &mut [f32], first: usize| {
+            let mut index = vec![0usize; split];
+            let (mut off_a, mut off_b, mut rest) = (0usize, 0usize, first);
             for d in (0..split).rev() {
-                index[d] += 1;
-                off_a += sa[d];
-                off_b += sb[d];
-                if index[d] < out_shape[d] {
-                    break;
-                }
-                off_a -= sa[d] * index[d];
-                off_b -= sb[d] * index[d];
-                index[d] = 0;
+                index[d] = rest % out_shape[d];
+                rest /= out_shape[d];
+                off_a += index[d] * sa[d];
+                off_b += index[d] * sb[d];
             }
+            for chunk in block.chunks_mut(row) {
+                match (a_row, b_row) {
+                    (true, false) => self.kind.row_and_value(chunk, &a[off_a..off_a + row], b[off_b], false),
+                    (false, true) => self.kind.row_and_value(chunk, &b[off_b..off_b + row], a[off_a], true),
+                    _ => self.kind.rows(chunk, &a[off_a..off_a + row], &b[off_b..off_b + row]),
+                }
+                for d in (0..split).rev() {
+                    index[d] += 1;
+                    off_a += sa[d];
+                    off_b += sb[d];
+                    if index[d] < out_shape[d] {
+                        break;
+                    }
+                    off_a -= sa[d] * index[d];
+                    off_b -= sb[d] * index[d];
+                    index[d] = 0;
+                }
+            }
+        };
+        let mut out = vec![0f32; total];
+        // Large outputs (an attention mask added to every head's scores) in blocks of rows over
+        // the session's threads.
+        match super::thread_pool(total >= MIN_PARALLEL_ELEMENTS && row >= 16) {
+            Some(pool) => {
+                use rayon::prelude::*;
+                let rows_per_block = (BLOCK_ELEMENTS / row).max(1);
+                pool.install(|| out.par_chunks_mut(rows_per_block * row).enumerate().for_each(|(i, block)| fill(block, i * rows_per_block)));
+            }
+            None => fill(&mut out, 0),
         }
         out
     }
@@ -247,6 +272,23 @@ mod tests {
                     assert_eq!(*g, want, "{kind:?} {a_shape:?} {b_shape:?} at {idx:?}");
                 }
             }
+        }
+    }
+
+    /// A mask added to every head's scores, large enough to be split over threads: the same
+    /// values as on one thread, and as element-by-element broadcasting.
+    #[test]
+    fn large_outputs_split_over_threads() {
+        let (a_shape, b_shape, out_shape) = ([2, 12, 64, 64], [2, 1, 1, 64], [2, 12, 64, 64]);
+        let a: Vec<f32> = (0..a_shape.iter().product::<usize>()).map(|i| (i % 97) as f32).collect();
+        let b: Vec<f32> = (0..128).map(|i| i as f32 * 0.25).collect();
+        let op = BroadcastBinary { kind: BinKind::Sub };
+        let one = op.compute(&a, &a_shape, &b, &b_shape, &out_shape);
+        let three = tract_linalg::multithread::multithread_tract_scope(tract_linalg::multithread::Executor::multithread(3), || op.compute(&a, &a_shape, &b, &b_shape, &out_shape));
+        assert_eq!(one, three);
+        for (flat, g) in three.iter().enumerate() {
+            let (batch, col) = (flat / (12 * 64 * 64), flat % 64);
+            assert_eq!(*g, a[flat] - b[batch * 64 + col], "at {flat}");
         }
     }
 }

@@ -486,9 +486,7 @@ unsafe fn exp_shifted_avx2(values: &mut [f32], shift: f32) -> f32 {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
-    }
+    use crate::kernels::test_values as values;
 
     struct Case {
         batch: usize,

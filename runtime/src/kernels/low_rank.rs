@@ -232,9 +232,7 @@ pub fn fuse_low_rank(model: &mut TypedModel) -> TractResult<()> {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// `x · A · B` in f64 by loops, weights in the given layouts.
     fn reference(x: &[f32], (m, k, r, n): (usize, usize, usize, usize), a: &[f32], al: WeightLayout, b: &[f32], bl: WeightLayout) -> Vec<f64> {

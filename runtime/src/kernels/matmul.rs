@@ -498,9 +498,7 @@ mod tests {
         (out, [batch, vec![m, n]].concat())
     }
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
-    }
+    use crate::kernels::test_values as values;
 
     fn run(op: &GemmMatMul, a: &Tensor, b: &Tensor) -> Tensor {
         op.eval(&EvalContext::out_of_plan(), tvec!(a.clone().into_tvalue(), b.clone().into_tvalue())).unwrap().remove(0).into_tensor()

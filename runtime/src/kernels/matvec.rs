@@ -305,9 +305,7 @@ pub fn column_ranges(n: usize, parts: usize) -> Vec<Range<usize>> {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Every shape and both layouts against a plain triple loop, over column ranges that split
     /// the columns in several ways; the split never changes a bit of the result.

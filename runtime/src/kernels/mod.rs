@@ -51,6 +51,12 @@ pub(crate) fn thread_pool(worth_it: bool) -> Option<std::sync::Arc<rayon::Thread
     }
 }
 
+/// Deterministic test data in [-1, 1), varied by `seed`, that the kernels' tests share.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
+}
+
 /// tract's optimiser with the runtime's own kernels swapped in, after keeping symbolic scalars
 /// out of its declutter ([`symbolic_scalars::hide_symbolic_scalars`]): f32 matmuls on `gemm`
 /// ([`matmul::replace_matmuls`], done on the decluttered model, before tract turns them into

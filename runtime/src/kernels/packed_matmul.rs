@@ -348,9 +348,7 @@ unsafe fn tile<const R: usize>(depth: usize, a: *const f32, lda: usize, b: *cons
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Every shape edge: rows not a multiple of the tile, columns not of the panel, contracted
     /// rows over several blocks, strided A and C, both weight layouts, one thread and three.

@@ -160,9 +160,7 @@ fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7 + seed * 13) % 23) as f32 / 11.0 - 1.0).collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// The rotation by its definition, on `[batch, seq, heads, head_size]` with one position per
     /// token, `half` rotated pairs per head.

@@ -60,19 +60,23 @@ impl Lowering {
     fn flatten_as_reshape(&mut self, id: NodeId) {
         let node = self.graph().node(id).clone();
         let Some(x) = node.input(0) else { return };
-        // The rank of x, or of what x is a Cast of (an undeclared intermediate).
-        let rank = self.value_rank(x).or_else(|| {
-            let (producer, _) = self.graph().producer(x)?;
+        // x's shape is read from x, or from what x is a Cast of (an undeclared intermediate).
+        let source = if self.value_rank(x).is_some() {
+            x
+        } else {
+            let Some((producer, _)) = self.graph().producer(x) else { return };
             let p = self.graph().node(producer);
-            p.is("Cast").then(|| p.input(0)).flatten().and_then(|v| self.value_rank(v))
-        });
-        let Some(rank) = rank else { return };
+            match p.input(0) {
+                Some(v) if p.is("Cast") => v,
+                _ => return,
+            }
+        };
+        let Some(rank) = self.value_rank(source) else { return };
         let axis = node.attr_int("axis").unwrap_or(1);
         let axis = if axis < 0 { axis + rank as i64 } else { axis };
         if axis <= 0 || axis > rank as i64 {
             return;
         }
-        let source = if self.value_rank(x).is_some() { x } else { self.graph().producer(x).and_then(|(p, _)| self.graph().node(p).input(0)).unwrap_or(x) };
         let trailing: Option<Vec<i64>> = (axis..rank as i64).map(|d| self.known_dim(source, d)).collect();
         let Some(product) = trailing.map(|t| t.iter().product::<i64>()) else { return };
         if product == 0 {

@@ -52,7 +52,7 @@ impl LayerNorm {
 /// `t`'s values as f32, broadcast to `shape` (scale and bias to the normalised shape).
 fn as_f32(t: &Tensor, shape: &[usize]) -> TractResult<Vec<f32>> {
     let t = t.cast_to::<f32>()?;
-    let t = if t.shape() == shape { t.into_owned() } else { t.broadcast_to_shape(shape)? };
+    let t = if t.shape() == shape { t } else { std::borrow::Cow::Owned(t.broadcast_to_shape(shape)?) };
     Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
 }
 
@@ -117,7 +117,9 @@ impl EvalOp for LayerNorm {
                 None => xv.chunks(n).zip(yv.chunks_mut(n)).for_each(rows),
             }
         }
-        Ok(tvec!(y.cast_to_dt(x.datum_type())?.into_owned().into_tvalue()))
+        // An f32 output as it is (`cast_to_dt` then `into_owned` would copy it).
+        let y = if x.datum_type() == f32::datum_type() { y } else { y.cast_to_dt(x.datum_type())?.into_owned() };
+        Ok(tvec!(y.into_tvalue()))
     }
 }
 

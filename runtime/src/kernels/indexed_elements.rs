@@ -71,7 +71,13 @@ fn walk(shape: &[usize], data_shape: &[usize], axis: usize, indices: &[i64], mut
 }
 
 impl IndexedElements {
-    fn eval_t<T: Datum + Copy>(&self, data: TValue, indices: &[i64], indices_shape: &[usize], updates: Option<TValue>) -> TractResult<Tensor> {
+    /// The op with elements read and written as unsigned integers `T` of their size (it only
+    /// moves them).
+    ///
+    /// # Safety
+    /// `T` has the element size of `data`'s (and `updates`') type, which is a plain type: every
+    /// bit pattern is a valid `T`.
+    unsafe fn eval_t<T: Datum + Copy>(&self, data: TValue, indices: &[i64], indices_shape: &[usize], updates: Option<TValue>) -> TractResult<Tensor> {
         match (self.op, updates) {
             (ElementsOp::Scatter, Some(updates)) => {
                 ensure!(updates.shape() == indices_shape, "ScatterElements: updates of shape {:?} for indices of shape {indices_shape:?}", updates.shape());
@@ -79,19 +85,25 @@ impl IndexedElements {
                 let mut out = data.into_tensor();
                 {
                     let updates = updates.try_as_plain_ram()?;
-                    let updates = updates.as_slice::<T>()?;
+                    // SAFETY: as the caller's.
+                    let updates = unsafe { updates.as_slice_unchecked::<T>() };
                     let mut plain = out.try_as_plain_ram_mut()?;
-                    let out = plain.as_slice_mut::<T>()?;
+                    // SAFETY: as the caller's.
+                    let out = unsafe { plain.as_slice_mut_unchecked::<T>() };
                     walk(indices_shape, &shape, self.axis, indices, |i, at| out[at] = updates[i])?;
                 }
                 Ok(out)
             }
             (ElementsOp::Gather, None) => {
                 let plain = data.try_as_plain_ram()?;
-                let values = plain.as_slice::<T>()?;
+                // SAFETY: as the caller's.
+                let values = unsafe { plain.as_slice_unchecked::<T>() };
                 let mut out = Vec::with_capacity(indices.len());
                 walk(indices_shape, data.shape(), self.axis, indices, |_, at| out.push(values[at]))?;
-                Tensor::from_shape(indices_shape, &out)
+                let mut out = Tensor::from_shape(indices_shape, &out)?;
+                // SAFETY: the elements were moved unchanged, as integers of the type's size.
+                unsafe { out.set_datum_type(data.datum_type()) };
+                Ok(out)
             }
             _ => bail!("{:?} with the wrong number of inputs", self.op),
         }
@@ -119,31 +131,24 @@ impl EvalOp for IndexedElements {
         if let Some(updates) = &updates {
             ensure!(updates.datum_type() == data.datum_type(), "ScatterElements: data of {:?}, updates of {:?}", data.datum_type(), updates.datum_type());
         }
-        let (dt, shape) = (data.datum_type(), indices.shape().to_vec());
+        let shape = indices.shape().to_vec();
         let indices = indices.cast_to::<i64>()?;
         let indices = indices.try_as_plain_ram()?;
         let indices = indices.as_slice::<i64>()?;
-        let out = match data.datum_type().size_of() {
-            1 => self.eval_t::<u8>(reinterpret::<u8>(data)?, indices, &shape, updates.map(reinterpret::<u8>).transpose()?),
-            2 => self.eval_t::<u16>(reinterpret::<u16>(data)?, indices, &shape, updates.map(reinterpret::<u16>).transpose()?),
-            4 => self.eval_t::<u32>(reinterpret::<u32>(data)?, indices, &shape, updates.map(reinterpret::<u32>).transpose()?),
-            8 => self.eval_t::<u64>(reinterpret::<u64>(data)?, indices, &shape, updates.map(reinterpret::<u64>).transpose()?),
-            size => bail!("no walked {:?} for elements of {size} bytes", self.op),
+        let dt = data.datum_type();
+        ensure!(dt.is_number() || dt == bool::datum_type(), "no walked {:?} for {dt:?}", self.op);
+        // SAFETY: numbers and booleans are plain, and each arm's integer type has their size.
+        let out = unsafe {
+            match data.datum_type().size_of() {
+                1 => self.eval_t::<u8>(data, indices, &shape, updates),
+                2 => self.eval_t::<u16>(data, indices, &shape, updates),
+                4 => self.eval_t::<u32>(data, indices, &shape, updates),
+                8 => self.eval_t::<u64>(data, indices, &shape, updates),
+                size => bail!("no walked {:?} for elements of {size} bytes", self.op),
+            }
         };
-        let mut out = out?;
-        // SAFETY: the elements were moved unchanged, as integers of `dt`'s size.
-        unsafe { out.set_datum_type(dt) };
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(out?.into_tvalue()))
     }
-}
-
-/// The same bytes read as unsigned integers of their size (the ops only move elements).
-fn reinterpret<T: Datum>(t: TValue) -> TractResult<TValue> {
-    let mut t = t.into_tensor();
-    // SAFETY: `T` has the element size of `t`'s type (the caller dispatches on it) and the
-    // tensor is plain: every bit pattern is a valid unsigned integer.
-    unsafe { t.set_datum_type(T::datum_type()) };
-    Ok(t.into_tvalue())
 }
 
 impl TypedOp for IndexedElements {
